@@ -141,7 +141,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                 with accelerator.autocast():
                     loss = loss_sum(model, batch, accelerator.device) / group_trained
                 accelerator.backward(loss)
-                step_loss += float(loss)
+                step_loss += float(loss.detach())
                 train_tokens += batch.n_tokens
             grad_norm = accelerator.clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip > 0 else None
             optimizer.step()

@@ -1,0 +1,111 @@
+"""Shared fixtures: a tiny random Llama with a real byte-level BPE tokenizer and a ChatML template,
+built from a config in a temporary directory (offline, ~1 s)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# SmolLM2's template, default system prompt included, so tests see what the default model does.
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CORPUS = [
+    "What is a building permit? A building permit is a decision from the municipality.",
+    "How long does it take? Usually four to six weeks, sometimes twelve.",
+    "The quick brown fox jumps over the lazy dog. 0123456789 + - * / = ( ) [ ] { } < > | : ; , . ! ?",
+    "system user assistant helpful You are a helpful assistant.",
+]
+
+
+def build_tokenizer(chat_template: str | None = CHATML):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(CORPUS * 5, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def build_model_dir(path: Path, chat_template: str | None = CHATML, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tokenizer(chat_template)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide Llama with a ChatML tokenizer, saved as a Hugging Face directory."""
+    return build_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+FAQ = [
+    ("What is a building permit?", "A building permit is a decision from the municipality."),
+    ("How long does a permit take?", "Usually four to six weeks."),
+    ("Who decides on permits?", "The municipality's building committee."),
+    ("Can I build without a permit?", "Small sheds under fifteen square metres, sometimes."),
+    ("What does a permit cost?", "It depends on the project, often a few thousand."),
+    ("Do I need drawings?", "Yes, the application needs drawings and a site plan."),
+    ("Who is the quick brown fox?", "The fox that jumps over the lazy dog."),
+    ("Is twelve weeks normal?", "For large projects twelve weeks is normal."),
+    ("What are the numbers?", "0123456789 are the numbers."),
+    ("Are you helpful?", "You are a helpful assistant, and so am I."),
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def faq_rows(fmt: str) -> list[dict]:
+    """The ten-row FAQ in one of the five formats."""
+    if fmt == "chat":
+        return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in FAQ]
+    if fmt == "sharegpt":
+        return [{"conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}]} for q, a in FAQ]
+    if fmt == "instruction":
+        return [{"instruction": q, "input": "", "output": a} for q, a in FAQ]
+    if fmt == "prompt_completion":
+        return [{"prompt": q, "completion": a} for q, a in FAQ]
+    if fmt == "text":
+        return [{"text": f"{q} {a}"} for q, a in FAQ]
+    raise ValueError(fmt)
+
+
+@pytest.fixture
+def faq_file(tmp_path):
+    """A factory: faq_file('chat') writes the ten-row FAQ in that format and returns its path."""
+    return lambda fmt="chat": write_jsonl(tmp_path / f"faq-{fmt}.jsonl", faq_rows(fmt))
