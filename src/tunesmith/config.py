@@ -131,6 +131,17 @@ def default_epochs(n_train_examples: int) -> float:
     return float(min(10, max(1, math.ceil(1000 / max(1, n_train_examples)))))
 
 
+# What other fine-tuning tools call our keys: only used to suggest the right name in errors.
+OTHER_TOOLS_NAMES = {
+    "learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "output_dir": "output",
+    "model_name_or_path": "model", "base_model": "model", "dataset": "data", "train_file": "data",
+    "eval_dataset": "eval", "validation_file": "eval", "micro_batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum_steps",
+    "max_seq_length": "max_seq_tokens", "sequence_len": "max_seq_tokens", "cutoff_len": "max_seq_tokens",
+    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "max_grad_norm": "grad_clip",
+}
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config key '{key}' {message}")
@@ -184,8 +195,10 @@ def _typed_kwargs(cls: type, raw: dict[str, Any], source: str, prefix: str) -> d
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(prefix + n for n in names)}"
+            close = difflib.get_close_matches(key, names + list(OTHER_TOOLS_NAMES), n=1, cutoff=0.7)
+            suggestion = OTHER_TOOLS_NAMES.get(close[0], prefix + close[0]) if close else None
+            hint = (f"; did you mean '{suggestion}'?" if suggestion
+                    else f"; valid keys: {', '.join(prefix + n for n in names)}")
             raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
         out[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
     return out

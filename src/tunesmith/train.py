@@ -40,12 +40,17 @@ def bf16_available() -> bool:
     )
 
 
-def mixed_precision(precision: str) -> str:
-    if precision == "fp32":
-        return "no"
-    if precision == "bf16" or bf16_available():
-        return "bf16"
-    return "no"
+def compute_dtype(precision: str) -> torch.dtype:
+    """The autocast dtype of a run: bf16 when asked, or when `auto` and the hardware has it."""
+    if precision == "bf16" or (precision == "auto" and bf16_available()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> Any:
+    """Mixed precision per call, not through accelerate's process-wide state, so that runs with
+    different precision can follow each other in one process (tests, notebooks)."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -56,17 +61,34 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def evaluate(model: Any, batches: list[Batch], accelerator: Any) -> float:
+def evaluate(model: Any, batches: list[Batch], device: torch.device, dtype: torch.dtype) -> float:
     """Mean cross-entropy per trained token over all batches (token-weighted, not batch-weighted)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), accelerator.autocast():
+    with torch.no_grad(), autocast(device, dtype):
         for batch in batches:
-            total += float(loss_sum(model, batch, accelerator.device))
+            total += float(loss_sum(model, batch, device))
             count += batch.n_trained
     model.train(was_training)
     return total / max(1, count)
+
+
+def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torch.dtype) -> float:
+    """Accumulate the gradients of one optimizer step; returns its mean loss per trained token.
+
+    Each micro-batch's summed loss is divided by the trained tokens of the whole group, not by the
+    number of micro-batches, so two micro-batches of N/2 give exactly the gradient of one batch of
+    N whatever their token counts (the accumulation bug that bit HF Trainer users).
+    """
+    n_trained = sum(b.n_trained for b in group)
+    total = 0.0
+    for batch in group:
+        with autocast(accelerator.device, dtype):
+            loss = loss_sum(model, batch, accelerator.device) / n_trained
+        accelerator.backward(loss)
+        total += float(loss.detach())
+    return total
 
 
 def default_output(data: str) -> Path:
@@ -89,7 +111,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         console.print(f"[yellow]warning:[/] {warning}")
     config = config.resolve(len(data.train))
     set_seed(config.seed)
-    accelerator = Accelerator(mixed_precision=mixed_precision(config.precision))
+    accelerator = Accelerator()
+    dtype = compute_dtype(config.precision)
     model = add_adapter(load_model(config.model, trust_remote_code=config.trust_remote_code), config.method, config.lora)
     run = RunDir.create(config.output or default_output(config.data), overwrite=overwrite)
     run.write_config(config)
@@ -110,12 +133,12 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         f"[bold]tunesmith train[/] {config.method} on {config.model}: {len(data.train)} train / {len(data.val)} "
         f"val examples, {config.epochs:g} epoch(s) = {total_steps} steps of {config.batch_size}x"
         f"{config.grad_accum_steps} examples, lr {config.lr:g}, {n_trainable:,} trainable parameters, "
-        f"precision {accelerator.mixed_precision}, output {run.path}"
+        f"precision {str(dtype).removeprefix('torch.')}, output {run.path}"
     )
 
     # --- evaluate the untouched model (LoRA/DoRA adapters start as the identity)
     val = eval_batches(data.val, config.batch_size)
-    base_val_loss = evaluate(model, val, accelerator)
+    base_val_loss = evaluate(model, val, accelerator.device, dtype)
     run.append_metrics({"step": 0, "val_loss": base_val_loss})
     console.print(f"base validation loss {base_val_loss:.4f}")
 
@@ -133,16 +156,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         task = progress.add_task("train", total=total_steps, info="")
         for step in range(total_steps):
             group = [next(stream) for _ in range(config.grad_accum_steps)]
-            # Normalise by the trained tokens of the whole accumulation group, so that two
-            # micro-batches of N/2 give the gradient of one batch of N whatever their token counts.
-            group_trained = sum(b.n_trained for _, _, b in group)
-            step_loss = 0.0
-            for _, _, batch in group:
-                with accelerator.autocast():
-                    loss = loss_sum(model, batch, accelerator.device) / group_trained
-                accelerator.backward(loss)
-                step_loss += float(loss.detach())
-                train_tokens += batch.n_tokens
+            step_loss = backward_group(model, [b for _, _, b in group], accelerator, dtype)
+            train_tokens += sum(b.n_tokens for _, _, b in group)
             grad_norm = accelerator.clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip > 0 else None
             optimizer.step()
             scheduler.step()
@@ -162,7 +177,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
             if on_step is not None:
                 on_step(row)
             if (step + 1) % eval_every == 0 or step + 1 == total_steps:
-                val_loss = evaluate(model, val, accelerator)
+                val_loss = evaluate(model, val, accelerator.device, dtype)
                 run.append_metrics({"step": step + 1, "val_loss": val_loss})
             progress.update(task, advance=1, info=f"loss {step_loss:.3f} val {val_loss:.3f} "
                                                   f"{row['tokens_per_s']:.0f} tok/s")
