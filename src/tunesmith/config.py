@@ -76,6 +76,12 @@ class TrainConfig:
     """Clip the global gradient norm at this value; 0 disables clipping."""
     eval_every: int | None = None
     """Evaluate every N optimizer steps; None gives about four evaluations per run."""
+    save_every: int | None = None
+    """Write a resumable checkpoint every N optimizer steps (and at the end); None: at every evaluation."""
+    keep_last: int = 2
+    """Complete checkpoints kept besides the best and the newest; older ones are deleted."""
+    skip_nonfinite: bool = False
+    """On a NaN/inf loss or gradient: False stops the run naming the step; True skips that step and counts it."""
     val_fraction: float = 0.1
     """Share of `data` held out for validation when no `eval` file is given."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -101,6 +107,8 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
         _check(self.grad_clip >= 0, "grad_clip", f"must be non-negative, got {self.grad_clip}")
         _check(self.eval_every is None or self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
+        _check(self.save_every is None or self.save_every >= 1, "save_every", f"must be at least 1, got {self.save_every}")
+        _check(self.keep_last >= 0, "keep_last", f"must be non-negative, got {self.keep_last}")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _check(self.precision in ("auto", "bf16", "fp32"), "precision", f"must be auto, bf16 or fp32, got {self.precision!r}")
 
