@@ -178,5 +178,8 @@ def load_tuned(run_dir: Path, model_name: str, method: str, dtype: torch.dtype =
         return load_model(str(run_dir / "model"), dtype=dtype, trust_remote_code=trust_remote_code)
     from peft import PeftModel
 
+    from .checkpoint import refuse_pickles
+
+    refuse_pickles(run_dir / "adapter")  # peft would fall back to a pickled adapter_model.bin
     base = load_model(model_name, dtype=dtype, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, run_dir / "adapter")
