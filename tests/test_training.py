@@ -91,3 +91,22 @@ def test_same_seed_same_losses(tiny_model_dir, faq_file, tmp_path):
         train(config, show_progress=False, on_step=rows.append)
         losses.append([r["loss"] for r in rows])
     assert losses[0] == losses[1]
+
+
+def test_bf16_frozen_weights_give_the_autocast_results(tiny_model_dir, tiny_tokenizer):
+    """Storing the frozen linears in bf16 is only a saving: under bf16 autocast the loss is unchanged."""
+    exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
+    batch = pack_examples(exs)
+    device = torch.device("cpu")
+    results = []
+    for frozen in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = add_adapter(load_model(str(tiny_model_dir)), "lora", LoraConfig(dropout=0.0), frozen_dtype=frozen)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)  # adapters away from zero, so they take part
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(loss_sum(model, batch, device))
+    assert [p.dtype for n, p in model.named_parameters() if "lora_" in n] == [torch.float32] * len(
+        [n for n, _ in model.named_parameters() if "lora_" in n])
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-6)

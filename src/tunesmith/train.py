@@ -199,7 +199,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     set_seed(config.seed)
     accelerator = Accelerator()
     dtype = compute_dtype(config.precision)
-    model = add_adapter(load_model(config.model, trust_remote_code=config.trust_remote_code), config.method, config.lora)
+    model = add_adapter(load_model(config.model, trust_remote_code=config.trust_remote_code), config.method, config.lora,
+                        frozen_dtype=dtype)
 
     micro_per_epoch = math.ceil(len(data.train) / config.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
