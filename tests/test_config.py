@@ -46,3 +46,14 @@ def test_resolved_config_round_trips(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse(path):
     assert load_config(path).data
+
+
+def test_readme_documents_every_config_key():
+    from dataclasses import fields
+
+    from tunesmith.config import LoraConfig
+
+    readme = (ROOT / "README.md").read_text()
+    keys = [f.name for f in fields(TrainConfig) if f.name != "lora"] + [f"lora.{f.name}" for f in fields(LoraConfig)]
+    missing = [k for k in keys if f"| `{k}` |" not in readme]
+    assert not missing, f"README's config table lacks {missing}"
