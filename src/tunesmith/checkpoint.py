@@ -82,8 +82,12 @@ def trainable_state(model: Any) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: TrainState, metrics: list[dict[str, Any]]) -> Path:
-    """Write checkpoints/step-N atomically; only a folder with its COMPLETE marker counts."""
+                    state: TrainState, metrics: list[dict[str, Any]],
+                    rng_states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None) -> Path:
+    """Write checkpoints/step-N atomically; only a folder with its COMPLETE marker counts.
+
+    `rng_states` holds every process's `rng_state()` (rank order); default: this process only.
+    """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
@@ -93,7 +97,9 @@ def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer,
     save_file(trainable_state(model), str(staging / "trainable.safetensors"))
     opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
     save_file(opt_tensors, str(staging / "optimizer.safetensors"))
-    rng_tensors, rng_meta = _rng_state()
+    rng_states = rng_states or [rng_state()]
+    rng_tensors = {f"rank{r}.{k}": v for r, (tensors, _) in enumerate(rng_states) for k, v in tensors.items()}
+    rng_meta = [meta for _, meta in rng_states]
     save_file(rng_tensors, str(staging / "rng.safetensors"))
     _write_json(staging / "state.json", {
         "train_state": asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta,
@@ -110,13 +116,16 @@ def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer,
     return final
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
-                    ) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Restore weights, optimizer, scheduler and RNG from a complete checkpoint; safetensors and JSON only."""
+def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    rank: int = 0, world_size: int = 1) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Restore weights, optimizer, scheduler and this process's RNG; safetensors and JSON only."""
     if not (path / COMPLETE).exists():
         raise CheckpointError(f"checkpoint '{path}' is incomplete (no {COMPLETE} marker): a save was interrupted")
     refuse_pickles(path)
     meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if len(meta["rng"]) != world_size:
+        raise CheckpointError(f"checkpoint '{path}' was written by {len(meta['rng'])} process(es); resume it with "
+                              f"the same number (now {world_size}) so every rank continues its own random stream")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -128,7 +137,9 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
             params[name].copy_(tensor)
     optimizer.load_state_dict(_optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
     scheduler.load_state_dict(meta["scheduler"])
-    _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+    prefix = f"rank{rank}."
+    rng_tensors = {k[len(prefix):]: v for k, v in load_file(str(path / "rng.safetensors")).items() if k.startswith(prefix)}
+    _set_rng_state(rng_tensors, meta["rng"][rank])
     return TrainState(**meta["train_state"]), meta["metrics"]
 
 
@@ -198,9 +209,10 @@ def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-# --- RNG state: Python and NumPy as JSON, torch as tensors
+# --- RNG state
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """This process's random generators: Python and NumPy as JSON-able data, torch as tensors."""
     version, internal, gauss = random.getstate()
     np_state = np.random.get_state()
     tensors = {"torch_cpu": torch.get_rng_state()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -21,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .batching import Batch, eval_batches, loss_sum, micro_batches
 from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, list_complete, load_checkpoint,
-                         save_checkpoint)
+                         rng_state, save_checkpoint)
 from .config import TrainConfig
 from .data import prepare_data
 from .models import add_adapter, load_model, load_tokenizer, save_trained
@@ -86,19 +87,26 @@ def evaluate(model: Any, batches: list[Batch], device: torch.device, dtype: torc
     return total / max(1, count)
 
 
-def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torch.dtype) -> float:
-    """Accumulate the gradients of one optimizer step; returns its mean loss per trained token.
+def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torch.dtype,
+                   group_trained: int | None = None) -> float:
+    """Accumulate this process's gradients of one optimizer step; returns its share of the step's
+    mean loss per trained token.
 
-    Each micro-batch's summed loss is divided by the trained tokens of the whole group, not by the
-    number of micro-batches, so two micro-batches of N/2 give exactly the gradient of one batch of
-    N whatever their token counts (the accumulation bug that bit HF Trainer users).
+    Each micro-batch's summed loss is divided by the trained tokens of the whole step (across
+    micro-batches and processes, `group_trained`), not by the number of micro-batches, so two
+    micro-batches of N/2 give exactly the gradient of one batch of N whatever their token counts
+    (the accumulation bug that bit HF Trainer users). DDP averages gradients over processes, so
+    each process scales its part by the world size to make that average the sum.
     """
-    n_trained = sum(b.n_trained for b in group)
+    n_trained = group_trained or sum(b.n_trained for b in group)
+    world = accelerator.num_processes
     total = 0.0
-    for batch in group:
-        with autocast(accelerator.device, dtype):
-            loss = loss_sum(model, batch, accelerator.device) / n_trained
-        accelerator.backward(loss)
+    for i, batch in enumerate(group):
+        sync = contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(model)
+        with sync:
+            with autocast(accelerator.device, dtype):
+                loss = loss_sum(model, batch, accelerator.device) / n_trained
+            accelerator.backward(loss * world)
         total += float(loss.detach())
     return total
 
@@ -168,9 +176,11 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     a run directory, or a checkpoint folder; `force` resumes even when config or data changed.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
-    console = console or Console(stderr=True)
+    accelerator = Accelerator()
+    main_process = accelerator.is_main_process
+    console = console if console is not None and main_process else Console(stderr=True, quiet=not main_process)
     started = time.perf_counter()
 
     # --- setup: everything that can fail on bad input happens before the run directory is touched
@@ -180,6 +190,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         console.print(f"[yellow]warning:[/] {warning}")
     config = config.resolve(len(data.train))
     run_path = Path(config.output) if config.output else default_output(config.data)
+    if accelerator.num_processes > 1:  # every rank must agree on the timestamped default name
+        run_path = Path(broadcast_object_list([str(run_path)])[0])
     if resume not in (None, "auto"):
         run_path = Path(resume)
         if run_path.parent.name == "checkpoints":
@@ -197,13 +209,14 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
             raise RunDirError(f"refusing to resume '{run_path}': " + "; ".join(problems) +
                               ". Pass --force to resume anyway, or start a new run with another --output.")
     set_seed(config.seed)
-    accelerator = Accelerator()
     dtype = compute_dtype(config.precision)
     model = add_adapter(load_model(config.model, trust_remote_code=config.trust_remote_code), config.method, config.lora,
                         frozen_dtype=dtype)
 
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro_per_step = config.grad_accum_steps * world  # global batch = micro-batch x accumulation x processes
     micro_per_epoch = math.ceil(len(data.train) / config.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
+    steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     warmup_steps = max(1, round(config.warmup_ratio * total_steps))
     eval_every = config.eval_every or max(1, total_steps // 4)
@@ -216,35 +229,41 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     if start_from is None:
         if resume == "auto" and run_path.is_dir() and (run_path / "config.yaml").exists():
             overwrite = True  # a run that never completed a checkpoint: nothing to keep, start it over
-        run = RunDir.create(run_path, overwrite=overwrite)
-        _check_disk(run.path, checkpoint_bytes(model))
-        run.write_config(config)
-        run.write_manifest(data.sha256, config.seed)
+        if main_process:
+            run = RunDir.create(run_path, overwrite=overwrite)
+            _check_disk(run.path, checkpoint_bytes(model))
+            run.write_config(config)
+            run.write_manifest(data.sha256, config.seed)
+        accelerator.wait_for_everyone()
+        run = RunDir(run_path)
         state = TrainState(step=0, epoch=0, index_in_epoch=0, accum_index=0, train_tokens=0, val_loss=None)
         metrics: list[dict[str, Any]] = []
     else:
-        for stale in clean_stale(run.path):
-            console.print(f"removed incomplete checkpoint {stale}")
-        state, metrics = load_checkpoint(start_from, model, optimizer, scheduler)
-        for step, path in list_complete(run.path):
-            if step > state.step:  # a later timeline abandoned by resuming from an earlier checkpoint
-                shutil.rmtree(path)
-                console.print(f"removed checkpoint {path}: it is later than the resume point")
-        run.rewrite_metrics(metrics)
+        state, metrics = load_checkpoint(start_from, model, optimizer, scheduler, rank, world)
+        accelerator.wait_for_everyone()
+        if main_process:
+            for stale in clean_stale(run.path):
+                console.print(f"removed incomplete checkpoint {stale}")
+            for step, path in list_complete(run.path):
+                if step > state.step:  # a later timeline abandoned by resuming from an earlier checkpoint
+                    shutil.rmtree(path)
+                    console.print(f"removed checkpoint {path}: it is later than the resume point")
+            run.rewrite_metrics(metrics)
         console.print(f"resuming {run.path} from {start_from.name} (epoch {state.epoch}, "
                       f"example {state.index_in_epoch} of its order)")
     model, optimizer = accelerator.prepare(model, optimizer)
     n_trainable = sum(p.numel() for p in trainable)
     console.print(
         f"[bold]tunesmith train[/] {config.method} on {config.model}: {len(data.train)} train / {len(data.val)} "
-        f"val examples, {config.epochs:g} epoch(s) = {total_steps} steps of {config.batch_size}x"
-        f"{config.grad_accum_steps} examples, lr {config.lr:g}, {n_trainable:,} trainable parameters, "
+        f"val examples, {config.epochs:g} epoch(s) = {total_steps} steps of {config.batch_size * micro_per_step} examples "
+        f"({config.batch_size} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es)), lr {config.lr:g}, {n_trainable:,} trainable parameters, "
         f"precision {str(dtype).removeprefix('torch.')}, output {run.path}"
     )
 
     def log(row: dict[str, Any]) -> None:
         metrics.append(row)
-        run.append_metrics(row)
+        if main_process:
+            run.append_metrics(row)
 
     # --- evaluate the untouched model (LoRA/DoRA adapters start as the identity)
     val = eval_batches(data.val, config.batch_size)
@@ -261,15 +280,18 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     progress = Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, disable=not show_progress, transient=False,
+        console=console, disable=not (show_progress and main_process), transient=False,
     )
     stopped_by = None
     with progress, StopFlag() as stop:
         task = progress.add_task("train", total=total_steps, completed=state.step, info="")
         for step in range(state.step, total_steps):
-            group = [next(stream) for _ in range(config.grad_accum_steps)]
+            group = [next(stream) for _ in range(micro_per_step)]
             batches = [b for _, _, b in group]
-            step_loss = backward_group(model, batches, accelerator, dtype)
+            step_loss = backward_group(model, batches[rank::world], accelerator, dtype,
+                                       group_trained=sum(b.n_trained for b in batches))
+            if world > 1:
+                step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"))
             grad_norm = float(accelerator.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else math.inf))
             lr = optimizer.param_groups[0]["lr"]
             skipped = state.skipped_steps
@@ -301,15 +323,23 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                 val_loss = measured = evaluate(model, val, accelerator.device, dtype)
                 log({"step": step + 1, "val_loss": val_loss})
             state = TrainState(step + 1, epoch, index, 0, tokens, measured, skipped)
-            if (step + 1) % save_every == 0 or step + 1 == total_steps or stop.requested:
-                save_checkpoint(run.path, accelerator.unwrap_model(model), optimizer, scheduler, state, metrics)
-                apply_retention(run.path, config.keep_last, newest_step=step + 1)
+            stopping = stop.requested is not None
+            if world > 1:  # ranks may get the signal at different steps: stop together
+                flag = torch.tensor(float(stopping), device=accelerator.device)
+                stopping = bool(accelerator.reduce(flag, "sum") > 0)
+            if (step + 1) % save_every == 0 or step + 1 == total_steps or stopping:
+                rng_states = gather_object([rng_state()]) if world > 1 else None
+                if main_process:
+                    save_checkpoint(run.path, accelerator.unwrap_model(model), optimizer, scheduler, state, metrics,
+                                    rng_states)
+                    apply_retention(run.path, config.keep_last, newest_step=step + 1)
+                accelerator.wait_for_everyone()
             if on_step is not None:
                 on_step({**row, "examples": [s for b in batches for s in b.sources]})
             progress.update(task, advance=1, info=f"loss {step_loss:.3f} val {val_loss:.3f} "
                                                   f"{row['tokens_per_s']:.0f} tok/s")
-            if stop.requested:
-                stopped_by = stop.requested
+            if stopping:
+                stopped_by = stop.requested or "SIGTERM"
                 break
 
     wall = time.perf_counter() - started
@@ -319,8 +349,10 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         return TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, state.step, interrupted=True)
 
     # --- save
-    save_trained(accelerator.unwrap_model(model), tokenizer, config.method, run.path)
     result = TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, total_steps)
+    if not main_process:
+        return result
+    save_trained(accelerator.unwrap_model(model), tokenizer, config.method, run.path)
     run.write_summary({
         "base_val_loss": base_val_loss,
         "final_val_loss": val_loss,
