@@ -119,6 +119,9 @@ def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer,
 def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                     rank: int = 0, world_size: int = 1) -> tuple[TrainState, list[dict[str, Any]]]:
     """Restore weights, optimizer, scheduler and this process's RNG; safetensors and JSON only."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint '{path}' does not exist; complete ones: "
+                              f"{', '.join(p.name for _, p in list_complete(path.parent.parent)) or 'none'}")
     if not (path / COMPLETE).exists():
         raise CheckpointError(f"checkpoint '{path}' is incomplete (no {COMPLETE} marker): a save was interrupted")
     refuse_pickles(path)

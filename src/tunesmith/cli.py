@@ -89,7 +89,7 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     except (*USER_ERRORS, NonFiniteLossError) as exc:
         _fail(exc)
         return
-    if result.interrupted:
+    if result.interrupted or not result.main_process:
         return
     change = (result.final_val_loss - result.base_val_loss) / result.base_val_loss
     out = Console()

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -41,6 +42,8 @@ class TrainResult:
     steps: int
     interrupted: bool = False
     """True when SIGTERM/SIGINT stopped the run after saving a checkpoint."""
+    main_process: bool = True
+    """False on the other ranks of a multi-process run (only rank 0 reports)."""
 
 
 def bf16_available() -> bool:
@@ -178,7 +181,9 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
-    accelerator = Accelerator()
+    # accelerate sets up a gloo process group for several CPU processes only when told cpu=True.
+    cpu_ranks = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(cpu=cpu_ranks)
     main_process = accelerator.is_main_process
     console = console if console is not None and main_process else Console(stderr=True, quiet=not main_process)
     started = time.perf_counter()
@@ -349,7 +354,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         return TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, state.step, interrupted=True)
 
     # --- save
-    result = TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, total_steps)
+    result = TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, total_steps,
+                         main_process=main_process)
     if not main_process:
         return result
     save_trained(accelerator.unwrap_model(model), tokenizer, config.method, run.path)
