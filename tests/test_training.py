@@ -110,3 +110,38 @@ def test_bf16_frozen_weights_give_the_autocast_results(tiny_model_dir, tiny_toke
     assert [p.dtype for n, p in model.named_parameters() if "lora_" in n] == [torch.float32] * len(
         [n for n, _ in model.named_parameters() if "lora_" in n])
     torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-6)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_tokenizer):
+    exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
+    accelerator = Accelerator(cpu=True)
+    found = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = add_adapter(load_model(str(tiny_model_dir)), "lora", LoraConfig(dropout=0.0),
+                            gradient_checkpointing=checkpointing)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+        model.train()
+        backward_group(model, [pack_examples(exs)], accelerator, torch.float32)
+        found.append(grads(model))
+    assert found[0].keys() == found[1].keys() and found[0]
+    for name in found[0]:
+        torch.testing.assert_close(found[1][name], found[0][name], rtol=1e-5, atol=1e-6)
+
+
+def test_qlora_and_fsdp_say_clearly_what_they_need(tiny_model_dir, faq_file, tmp_path):
+    import pytest
+
+    from tunesmith.config import ConfigError
+    from tunesmith.models import ModelError
+
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA these paths run for real")
+    for settings, error, text in (({"method": "qlora"}, ModelError, "CUDA"), ({"distributed": "fsdp"}, ConfigError, "ddp")):
+        config = load_config(None, {"data": str(faq_file("chat")), "model": str(tiny_model_dir),
+                                    "output": str(tmp_path / "run"), "max_steps": 1, **settings})
+        with pytest.raises(error, match=text):
+            train(config, show_progress=False)
+        assert not (tmp_path / "run").exists()

@@ -52,7 +52,7 @@ def main() -> None:
 @main.command("train")
 @click.argument("source", type=click.Path(dir_okay=False), required=False)
 @click.option("--model", help="Local model directory, hub id, or smollm2-135m-instruct (default).")
-@click.option("--method", type=click.Choice(["lora", "dora", "full"]), help="Fine-tuning method (default lora).")
+@click.option("--method", type=click.Choice(["lora", "dora", "full", "qlora"]), help="Fine-tuning method (default lora).")
 @click.option("--output", help="Run directory (default runs/<data-name>-<timestamp>).")
 @click.option("--epochs", type=float, help="Passes over the data (default: from the data size).")
 @click.option("--max-steps", type=int, help="Optimizer steps; wins over --epochs.")

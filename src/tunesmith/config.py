@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args, get_type_hints
 import yaml
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-METHODS = ("lora", "dora", "full")
+METHODS = ("lora", "dora", "full", "qlora")
 
 
 class ConfigError(ValueError):
@@ -48,8 +48,9 @@ class TrainConfig:
     """Validation data file; when absent a seeded `val_fraction` of `data` is held out."""
     model: str = DEFAULT_MODEL
     """A local Hugging Face directory, a hub id, or 'smollm2-135m-instruct' (bundled, offline)."""
-    method: Literal["lora", "dora", "full"] = "lora"
-    """lora (default), dora (weight-decomposed LoRA) or full (every weight trained)."""
+    method: Literal["lora", "dora", "full", "qlora"] = "lora"
+    """lora (default), dora (weight-decomposed LoRA), full (every weight trained), or qlora (LoRA on a
+    4-bit base through bitsandbytes; CUDA only)."""
     output: str | None = None
     """Run directory; None gives runs/<data-name>-<timestamp>."""
     epochs: float | None = None
@@ -88,6 +89,11 @@ class TrainConfig:
     """auto uses bf16 autocast where the hardware has it (AVX-512 BF16/AMX CPUs, modern GPUs)."""
     chat_template: str | None = None
     """Override the model's chat template: a name ('chatml') or a Jinja string."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: about a third more compute for much less memory."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes (torchrun / accelerate launch) share the work: ddp replicates the model,
+    fsdp shards parameters, gradients and optimizer state (CUDA only in accelerate)."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub model; off unless you trust its author."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -110,6 +116,7 @@ class TrainConfig:
         _check(self.save_every is None or self.save_every >= 1, "save_every", f"must be at least 1, got {self.save_every}")
         _check(self.keep_last >= 0, "keep_last", f"must be non-negative, got {self.keep_last}")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        _check(self.distributed in ("ddp", "fsdp"), "distributed", f"must be ddp or fsdp, got {self.distributed!r}")
         _check(self.precision in ("auto", "bf16", "fp32"), "precision", f"must be auto, bf16 or fp32, got {self.precision!r}")
 
     def resolve(self, n_train_examples: int) -> TrainConfig:
@@ -131,7 +138,7 @@ def default_lr(method: str) -> float:
     1e-3 to learn a small task in a few epochs; full fine-tuning moves every weight and wants 1e-4
     at most before general-text perplexity climbs.
     """
-    return {"lora": 1e-3, "dora": 1e-3, "full": 5e-5}[method]
+    return {"lora": 1e-3, "dora": 1e-3, "qlora": 1e-3, "full": 5e-5}[method]
 
 
 def default_epochs(n_train_examples: int) -> float:

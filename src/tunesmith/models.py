@@ -112,18 +112,42 @@ def load_tokenizer(name: str, chat_template: str | None = None, trust_remote_cod
     return tokenizer
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> Any:
-    """A causal LM from a local directory, hub id or the bundled default; safetensors only."""
+def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
+               quantize_4bit: bool = False) -> Any:
+    """A causal LM from a local directory, hub id or the bundled default; safetensors only.
+
+    `quantize_4bit` loads the weights as NF4 through bitsandbytes (QLoRA), which needs CUDA.
+    """
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name)
+    extra: dict[str, Any] = {}
+    if quantize_4bit:
+        extra["quantization_config"] = qlora_quantization()
+        extra["device_map"] = {"": torch.cuda.current_device()}
+        dtype = torch.bfloat16
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code, **extra
         )
     except (OSError, ValueError) as exc:
         raise ModelError(_load_hint(name, exc)) from None
     return model
+
+
+def qlora_quantization() -> Any:
+    """NF4 weights with double quantization and bf16 compute, as in the QLoRA paper (Dettmers et al., 2023)."""
+    if not torch.cuda.is_available():
+        raise ModelError("method 'qlora' needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine use "
+                         "method 'lora', which trains the same adapters on a bf16 or fp32 base")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ModelError("method 'qlora' needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
 
 
 def _load_hint(name: str, exc: Exception) -> str:
@@ -138,19 +162,26 @@ def _load_hint(name: str, exc: Exception) -> str:
             f"Pass a local Hugging Face directory, a hub id reachable from this machine, or '{DEFAULT_MODEL}'.")
 
 
-def add_adapter(model: Any, method: str, lora: LoraConfig, frozen_dtype: torch.dtype = torch.float32) -> Any:
+def add_adapter(model: Any, method: str, lora: LoraConfig, frozen_dtype: torch.dtype = torch.float32,
+                gradient_checkpointing: bool = False) -> Any:
     """Wrap `model` for training: peft LoRA/DoRA adapters, or every weight trainable for `full`.
 
     With LoRA and bf16 compute, the frozen linear weights under the adapters are stored in bf16:
     autocast would round them to bf16 on every forward anyway (same matmul results), so this only
     saves the copies and half their memory. Embeddings, norms and the adapters stay fp32.
     """
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen inputs (LoRA) without hooks on the embeddings.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
     peft_config = PeftLoraConfig(
         r=lora.r,
@@ -184,7 +215,8 @@ def save_trained(model: Any, tokenizer: Any, method: str, run_dir: Path) -> Path
 
 def load_tuned(run_dir: Path, model_name: str, method: str, dtype: torch.dtype = torch.float32,
                trust_remote_code: bool = False) -> Any:
-    """The tuned model of a run: base + peft adapter, or the fully fine-tuned weights."""
+    """The tuned model of a run: base + peft adapter (a QLoRA adapter on the unquantized base), or
+    the fully fine-tuned weights."""
     if method == "full":
         return load_model(str(run_dir / "model"), dtype=dtype, trust_remote_code=trust_remote_code)
     from peft import PeftModel

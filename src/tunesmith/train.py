@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .batching import Batch, eval_batches, loss_sum, micro_batches
 from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, list_complete, load_checkpoint,
                          rng_state, save_checkpoint)
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import prepare_data
 from .models import add_adapter, load_model, load_tokenizer, save_trained
 from .rundir import RunDir, RunDirError
@@ -146,6 +146,22 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def make_accelerator(distributed: str) -> Any:
+    """Accelerate for this process: DDP (gloo on CPUs, NCCL on GPUs) or FSDP (CUDA only)."""
+    from accelerate import Accelerator
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed == "fsdp":
+        if not torch.cuda.is_available():
+            raise ConfigError("distributed: fsdp needs CUDA GPUs (accelerate runs CPU processes with DDP over "
+                              "gloo only); use distributed: ddp here")
+        # FSDP2 shards parameters, gradients and optimizer state; the LoRA adapters stay fp32.
+        return Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True))
+    # accelerate sets up a gloo process group for several CPU processes only when told cpu=True.
+    return Accelerator(cpu=several and not torch.cuda.is_available())
+
+
 def resume_point(run_path: Path, resume: str) -> Path | None:
     """The checkpoint to resume from: a given step folder, or the newest complete one of the run."""
     if _STEP_NAME.match(run_path.name) and run_path.parent.name == "checkpoints":
@@ -178,12 +194,9 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     `resume` is 'auto' (continue `config.output` from its newest complete checkpoint, or start it),
     a run directory, or a checkpoint folder; `force` resumes even when config or data changed.
     """
-    from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
-    # accelerate sets up a gloo process group for several CPU processes only when told cpu=True.
-    cpu_ranks = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(cpu=cpu_ranks)
+    accelerator = make_accelerator(config.distributed)
     main_process = accelerator.is_main_process
     console = console if console is not None and main_process else Console(stderr=True, quiet=not main_process)
     started = time.perf_counter()
@@ -215,8 +228,9 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                               ". Pass --force to resume anyway, or start a new run with another --output.")
     set_seed(config.seed)
     dtype = compute_dtype(config.precision)
-    model = add_adapter(load_model(config.model, trust_remote_code=config.trust_remote_code), config.method, config.lora,
-                        frozen_dtype=dtype)
+    base = load_model(config.model, trust_remote_code=config.trust_remote_code, quantize_4bit=config.method == "qlora")
+    model = add_adapter(base, config.method, config.lora, frozen_dtype=dtype,
+                        gradient_checkpointing=config.gradient_checkpointing)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_step = config.grad_accum_steps * world  # global batch = micro-batch x accumulation x processes
