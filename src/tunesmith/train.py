@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .batching import Batch, eval_batches, loss_sum, micro_batches
 from .config import TrainConfig
 from .data import prepare_data
+from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
 from .rundir import RunDir
 
@@ -84,6 +85,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
 
     # --- setup: everything that can fail on bad input happens before the run directory exists
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
+    check_files(config.data, config.eval, tokenizer, config.max_seq_tokens).enforce(console)  # same as `data check`
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
     for warning in data.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
