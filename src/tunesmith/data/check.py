@@ -315,7 +315,7 @@ class _Checker:
         if match is None or match[0] != "exact":
             index.add(body, sig, line)
         if isinstance(record, Conversation):
-            self._check_prompt(record, file, line, reference is not None, match is None or match[0] != "exact")
+            self._check_prompt(record, file, line, reference is not None, match is None)
 
     def _check_prompt(self, record: Conversation, file: str, line: int, is_eval: bool, distinct: bool) -> None:
         prompt = hash(normalize(" ".join(m.content for m in record.messages if m.role == "user")))

@@ -11,7 +11,8 @@ import re
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 # Optional + or 00 country prefix, an optional (area code), then digits with single spaces, dots or dashes.
-_PHONE = re.compile(r"(?<![\w+.-])(?:\+|00)?(?:\(\d{1,4}\)[ .-]?)?\d(?:[ .-]?\d){5,14}(?![\w-])")
+# Never part of a longer digit run ("4111 1111 1111 1112" is not a phone followed by "1112").
+_PHONE = re.compile(r"(?<![\w+.-])(?<!\d[ .-])(?:\+|00)?(?:\(\d{1,4}\)[ .-]?)?\d(?:[ .-]?\d){5,14}(?![\w-]|[ .]\d)")
 
 
 def luhn_valid(digits: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -18,6 +19,7 @@ from .records import DataIssue, detect_format
 CHUNK_BYTES = 1 << 16
 """Read size: 64 KiB keeps memory small and the Python per-chunk overhead negligible."""
 BOM = b"\xef\xbb\xbf"
+_SPACE = re.compile(r"\s*")
 JSON_SUFFIXES = (".json",)
 CSV_SUFFIXES = (".csv",)
 # CSV cells holding a list of turns are JSON text inside the cell.
@@ -188,9 +190,9 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
     def skip_space() -> bool:
         nonlocal pos, line
         while True:
-            stripped = len(buf) - len(buf[pos:].lstrip())
-            line += buf.count("\n", pos, pos + stripped)
-            pos += stripped
+            end = _SPACE.match(buf, pos).end()
+            line += buf.count("\n", pos, end)
+            pos = end
             if pos < len(buf) or not more():
                 return pos < len(buf)
 
