@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,7 +39,8 @@ class SplitStats:
     format: str | None = None
     rows: int = 0
     examples: int = 0
-    lengths: list[int] = field(default_factory=list)
+    lengths: array = field(default_factory=lambda: array("I"))
+    """Tokens per row, 4 bytes each."""
     trained_tokens: int = 0
     over_max_seq_tokens: int = 0
     cut_trained_tokens: int = 0
@@ -50,8 +52,9 @@ class SplitStats:
     short_answers: int = 0
     long_answers: int = 0
     pii: dict[str, int] = field(default_factory=lambda: {"email": 0, "phone": 0, "card": 0})
-    answer_tokens: list[tuple[int, int]] = field(default_factory=list)
-    """(line, trained tokens) per conversation, for the long-answer check against the median."""
+    answer_lines: array = field(default_factory=lambda: array("I"))
+    answer_tokens: array = field(default_factory=lambda: array("I"))
+    """Line and trained tokens of each conversation, for the long-answer check against the median."""
 
     def to_dict(self) -> dict[str, Any]:
         ordered = sorted(self.lengths)
@@ -144,9 +147,12 @@ class _Checker:
         self.eot = end_of_turn_ids(tokenizer)
         self.leakage = {"exact": 0, "near": 0, "same_prompt": 0}
         self.layouts: dict[tuple[str, ...], str | None] = {}  # roles -> template error or None
-        # normalized prompt hash -> (line, answer hash): this file's, and the training file's
-        self.prompts: dict[int, tuple[int, int]] = {}
-        self.train_prompts: dict[int, tuple[int, int]] = {}
+        # normalized prompt hash -> line and answer hash (ints only: cheap for the GC); this file's
+        # and the training file's
+        self.prompts: dict[int, int] = {}
+        self.answers: dict[int, int] = {}
+        self.train_prompts: dict[int, int] = {}
+        self.train_answers: dict[int, int] = {}
         specials = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(_END_OF_TURN)
         specials |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
                      if getattr(t, "special", False)}
@@ -164,7 +170,7 @@ class _Checker:
                    reference: DuplicateIndex | None) -> SplitStats:
         resolved = resolve_data_path(path)
         stats = SplitStats(str(resolved))
-        self.prompts = {}
+        self.prompts, self.answers = {}, {}
         check_readable(resolved)
         issues: list[DataIssue] = []
         batch: list[tuple[str, Record]] = []
@@ -181,7 +187,7 @@ class _Checker:
             self.error(str(resolved), 1, "(file)", "empty", "has no rows — add one JSON object per line")
         self._after_file(stats)
         if split == "train":
-            self.train_prompts = self.prompts
+            self.train_prompts, self.train_answers = self.prompts, self.answers
         return stats
 
     def _records(self, path: Path, issues: list[DataIssue]) -> Iterator[tuple[str, Record]]:
@@ -259,7 +265,8 @@ class _Checker:
         if trained:
             if any(t in self.eot for t in trained):
                 stats.end_of_turn_trained += 1
-            stats.answer_tokens.append((line, len(trained)))
+            stats.answer_lines.append(line)
+            stats.answer_tokens.append(len(trained))
         answer = " ".join(m.content.strip() for m in conversation.messages if m.role == "assistant" and m.trained)
         if trained and len(answer) < self.limits.short_answer_chars:
             stats.short_answers += 1
@@ -321,23 +328,24 @@ class _Checker:
         prompt = hash(normalize(" ".join(m.content for m in record.messages if m.role == "user")))
         answer = hash(normalize(" ".join(m.content for m in record.messages if m.role == "assistant")))
         earlier = self.prompts.get(prompt)
-        if earlier is not None and earlier[1] != answer and distinct:
-            self.warn(file, line, "(row)", "conflicting answers", f"asks the same as line {earlier[0]} but answers "
+        if earlier is not None and self.answers[prompt] != answer and distinct:
+            self.warn(file, line, "(row)", "conflicting answers", f"asks the same as line {earlier} but answers "
                       "differently — the model learns a blend; keep one answer")
-        self.prompts.setdefault(prompt, (line, answer))
+        if earlier is None:
+            self.prompts[prompt], self.answers[prompt] = line, answer
         if is_eval:
             seen = self.train_prompts.get(prompt)
-            if seen is not None and seen[1] != answer:
+            if seen is not None and self.train_answers[prompt] != answer:
                 self.leakage["same_prompt"] += 1
-                self.warn(file, line, "(row)", "leakage", f"asks the same as training line {seen[0]} — the "
+                self.warn(file, line, "(row)", "leakage", f"asks the same as training line {seen} — the "
                           "evaluation then tests recall of a training question; remove it from one of the files")
 
     def _after_file(self, stats: SplitStats) -> None:
         """Checks that need the whole file: long answers against the median, end-of-turn training."""
         if stats.answer_tokens:
-            median = statistics.median(n for _, n in stats.answer_tokens)
+            median = statistics.median(stats.answer_tokens)
             cap = max(self.limits.long_answer_ratio * median, self.limits.long_answer_min_tokens)
-            for line, n in stats.answer_tokens:
+            for line, n in zip(stats.answer_lines, stats.answer_tokens):
                 if n > cap:
                     stats.long_answers += 1
                     self.warn(stats.file, line, "(answer)", "long answer",
@@ -345,12 +353,12 @@ class _Checker:
                               "it is one answer, not several pasted together")
             missing = len(stats.answer_tokens) - stats.end_of_turn_trained
             if missing:
-                first = next(line for line, _ in stats.answer_tokens)
+                first = stats.answer_lines[0]
                 self.warn(stats.file, first, "(template)", "end of turn not trained",
                           f"{missing} of {len(stats.answer_tokens)} examples never train the end-of-turn token, "
                           "so the model will not learn to stop — use a chat template that closes assistant turns "
                           "with the tokenizer's EOS")
-            stats.answer_tokens = []
+            stats.answer_lines, stats.answer_tokens = array("I"), array("I")
 
     def _keep_preview(self, examples: list[Example], split: str) -> None:
         if split == "train" and len(self.report.previews) < self.show:

@@ -44,8 +44,12 @@ class TemplateError(ValueError):
 def end_of_turn_ids(tokenizer: Any) -> set[int]:
     """Token ids that close an assistant turn: EOS plus the known end-of-turn markers in the vocab."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+    # A token is in the vocabulary when its id maps back to it (unknown tokens map to unk's id);
+    # cheaper than get_vocab(), which copies the whole vocabulary.
+    for token in _END_OF_TURN:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:
+            ids.add(token_id)
     return ids
 
 

@@ -25,6 +25,7 @@ _WORD = re.compile(r"\w+")
 _rng = np.random.default_rng(0x5EED)  # fixed: signatures are comparable across runs and files
 _A = _rng.integers(1, 1 << 31, size=(NUM_PERM, 1), dtype=np.uint64)  # a * h < 2**63: no overflow
 _B = _rng.integers(0, 1 << 32, size=(NUM_PERM, 1), dtype=np.uint64)
+_BAND_MIX = _rng.integers(1, 1 << 63, size=NUM_PERM // BANDS, dtype=np.uint64) | np.uint64(1)
 
 
 def normalize(text: str) -> str:
@@ -45,19 +46,24 @@ def signature(normalized: str) -> np.ndarray:
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Estimated Jaccard overlap of two signatures' sets."""
-    return float(np.count_nonzero(a == b)) / NUM_PERM
+    """Estimated Jaccard overlap of two signatures' sets (compared as 32-bit values)."""
+    return float(np.count_nonzero(a.astype(np.uint32) == b.astype(np.uint32))) / NUM_PERM
 
 
 @dataclass
 class DuplicateIndex:
-    """Rows seen so far, queryable for an exact or near match (the earliest one wins)."""
+    """Rows seen so far, queryable for an exact or near match (the earliest one wins).
+
+    Kept as plain ints and bytes, a few hundred bytes per row, so that 100k rows stay small and
+    give the garbage collector few containers to scan.
+    """
 
     threshold: float
     exact: dict[int, int] = field(default_factory=dict)
     """hash of the normalized text -> line of its first occurrence."""
-    buckets: dict[tuple[int, bytes], list[int]] = field(default_factory=dict)
-    signatures: list[np.ndarray] = field(default_factory=list)
+    buckets: list[dict[int, int | list[int]]] = field(default_factory=lambda: [{} for _ in range(BANDS)])
+    """per band: band hash -> row index (one member) or row indices (several)."""
+    signatures: list[bytes] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
 
     def find(self, normalized: str, sig: np.ndarray) -> tuple[str, int, float] | None:
@@ -66,12 +72,15 @@ class DuplicateIndex:
         if line is not None:
             return "exact", line, 1.0
         seen: set[int] = set()
-        for key in _band_keys(sig):
-            for i in self.buckets.get(key, ()):
+        for band, key in enumerate(_band_keys(sig)):
+            members = self.buckets[band].get(key)
+            if members is None:
+                continue
+            for i in (members,) if isinstance(members, int) else members:
                 if i in seen:
                     continue
                 seen.add(i)
-                score = similarity(sig, self.signatures[i])
+                score = similarity(sig, np.frombuffer(self.signatures[i], dtype=np.uint32))
                 if score >= self.threshold:
                     return "near", self.lines[i], score
                 if len(seen) >= MAX_CANDIDATES:
@@ -81,15 +90,18 @@ class DuplicateIndex:
     def add(self, normalized: str, sig: np.ndarray, line: int) -> None:
         self.exact.setdefault(hash(normalized), line)
         i = len(self.signatures)
-        self.signatures.append(sig)
+        self.signatures.append(sig.astype(np.uint32).tobytes())
         self.lines.append(line)
-        for key in _band_keys(sig):
-            members = self.buckets.setdefault(key, [])
-            if len(members) < MAX_CANDIDATES:
+        for band, key in enumerate(_band_keys(sig)):
+            members = self.buckets[band].setdefault(key, i)
+            if isinstance(members, int):
+                if members != i:
+                    self.buckets[band][key] = [members, i]
+            elif len(members) < MAX_CANDIDATES:
                 members.append(i)
 
 
-def _band_keys(sig: np.ndarray) -> list[tuple[int, bytes]]:
-    rows = NUM_PERM // BANDS
-    raw = sig.astype(np.uint32).tobytes()
-    return [(band, raw[band * rows * 4 : (band + 1) * rows * 4]) for band in range(BANDS)]
+def _band_keys(sig: np.ndarray) -> list[int]:
+    """One 64-bit hash per band of NUM_PERM // BANDS signature rows (uint64 products wrap by design)."""
+    rows = sig.astype(np.uint32).astype(np.uint64).reshape(BANDS, NUM_PERM // BANDS)
+    return (rows * _BAND_MIX).sum(axis=1).tolist()
