@@ -306,3 +306,19 @@ def test_bundled_faq_passes_with_the_real_tokenizer():
     assert (stats["rows"], stats["format"], stats["over_max_seq_tokens"]) == (503, "instruction", 0)
     assert stats["end_of_turn_trained"] == 503 and stats["exact_duplicates"] == 0
     print(json.dumps(stats, indent=1))
+
+
+def test_minhash_estimates_jaccard_and_luhn_accepts_only_valid_cards():
+    from tunesmith.data.pii import luhn_valid
+    from tunesmith.data.similarity import normalize, signature, similarity
+
+    words = [f"w{i}" for i in range(200)]
+    a = normalize(" ".join(words))
+    b = normalize(" ".join(words[:180] + [f"x{i}" for i in range(20)]))  # 179 of 219 bigrams shared: J=0.82
+    c = normalize(" ".join(f"z{i}" for i in range(200)))
+    assert similarity(signature(a), signature(a)) == 1.0
+    assert abs(similarity(signature(a), signature(b)) - 179 / 219) < 0.15
+    assert similarity(signature(a), signature(c)) < 0.1
+    assert normalize("Hello,  WORLD!") == normalize("hello world")
+    assert luhn_valid("4111111111111111") and luhn_valid("79927398713")
+    assert not luhn_valid("4111111111111112") and not luhn_valid("79927398710")
