@@ -322,3 +322,30 @@ def test_minhash_estimates_jaccard_and_luhn_accepts_only_valid_cards():
     assert normalize("Hello,  WORLD!") == normalize("hello world")
     assert luhn_valid("4111111111111111") and luhn_valid("79927398713")
     assert not luhn_valid("4111111111111112") and not luhn_valid("79927398710")
+
+
+def test_json_array_records_across_read_chunks_keep_their_line_numbers(tmp_path):
+    rows = [{"prompt": f"Question {i}?", "completion": "An answer. " * (i % 7 + 1)} for i in range(3000)]
+    path = tmp_path / "many.json"
+    path.write_text("[\n" + ",\n".join(json.dumps(r, indent=1) for r in rows) + "\n]\n", encoding="utf-8")
+    assert path.stat().st_size > 4 * 65536  # several read chunks
+    records = read_records(path)
+    assert len(records) == 3000
+    per_row = json.dumps(rows[0], indent=1).count("\n") + 1  # lines each indented record takes
+    assert [int(r.source.rsplit(":", 1)[1]) for r in records[:3]] == [2, 2 + per_row, 2 + 2 * per_row]
+    assert records[-1].messages[0].content == "Question 2999?"
+    assert records[-1].source.endswith(f":{2 + 2999 * per_row}")
+
+
+def test_train_prints_warnings_and_goes_on(tiny_model_dir, tmp_path):
+    from rich.console import Console
+
+    rows = faq_rows("chat") + [faq_rows("chat")[0]]  # line 11 duplicates line 1
+    path = write_jsonl(tmp_path / "dup.jsonl", rows)
+    config = load_config(None, {"data": str(path), "model": str(tiny_model_dir), "output": str(tmp_path / "run"),
+                                "max_steps": 1, "batch_size": 4})
+    console = Console(record=True, width=200)
+    train(config, console=console, show_progress=False)
+    printed = console.export_text()
+    assert "data warning:" in printed and "duplicate x1" in printed and "dup.jsonl:11" in printed
+    assert (tmp_path / "run" / "summary.json").exists()
