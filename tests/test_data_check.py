@@ -349,3 +349,13 @@ def test_train_prints_warnings_and_goes_on(tiny_model_dir, tmp_path):
     printed = console.export_text()
     assert "data warning:" in printed and "duplicate x1" in printed and "dup.jsonl:11" in printed
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_model_without_chat_template_is_one_error_not_one_per_row(tmp_path, faq_file):
+    model = build_model_dir(tmp_path / "no-template", chat_template=None)
+    result, report = run_check([str(faq_file("chat")), "--model", str(model)])
+    assert result.exit_code == 1
+    assert [(e["line"], e["field"], e["kind"]) for e in report["errors"]] == [(1, "(template)", "template")]
+    # raw text needs no template
+    result, report = run_check([str(faq_file("text")), "--model", str(model)])
+    assert result.exit_code == 0, report["errors"]

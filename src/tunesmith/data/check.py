@@ -19,11 +19,13 @@ from rich.markup import escape
 from .limits import CheckLimits
 from .pii import find_pii
 from .records import (
-    TEXT_SUFFIXES, Conversation, DataError, DataIssue, Document, Record, _read_text_file, check_readable,
-    iter_records, resolve_data_path,
+    TEXT_SUFFIXES, Conversation, DataError, DataIssue, Document, Record, check_readable, iter_records,
+    read_text_file, resolve_data_path,
 )
-from .render import _END_OF_TURN, IGNORE, Example, TemplateError, encode_conversations, encode_document, \
-    end_of_turn_ids, template_layout
+from .render import (
+    END_OF_TURN_TOKENS, IGNORE, Example, TemplateError, encode_conversations, encode_document, end_of_turn_ids,
+    template_layout,
+)
 from .similarity import DuplicateIndex, normalize, signature
 
 BATCH_ROWS = 512
@@ -147,13 +149,15 @@ class _Checker:
         self.eot = end_of_turn_ids(tokenizer)
         self.leakage = {"exact": 0, "near": 0, "same_prompt": 0}
         self.layouts: dict[tuple[str, ...], str | None] = {}  # roles -> template error or None
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.reported_no_template = False  # one error for the file, not one per row
         # normalized prompt hash -> line and answer hash (ints only: cheap for the GC); this file's
         # and the training file's
         self.prompts: dict[int, int] = {}
         self.answers: dict[int, int] = {}
         self.train_prompts: dict[int, int] = {}
         self.train_answers: dict[int, int] = {}
-        specials = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(_END_OF_TURN)
+        specials = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(END_OF_TURN_TOKENS)
         specials |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
                      if getattr(t, "special", False)}
         specials = {s for s in specials if s and not s.isalnum()}
@@ -193,7 +197,7 @@ class _Checker:
     def _records(self, path: Path, issues: list[DataIssue]) -> Iterator[tuple[str, Record]]:
         if path.suffix.lower() in TEXT_SUFFIXES:
             try:
-                yield from (("text", r) for r in _read_text_file(path))
+                yield from (("text", r) for r in read_text_file(path))
             except DataError as exc:
                 issues.extend(exc.issues)
             return
@@ -215,6 +219,13 @@ class _Checker:
                 stats.lengths.append(sum(len(e.input_ids) for e in examples))
                 stats.trained_tokens += sum(e.n_trained for e in examples)
                 self._keep_preview(examples[:1], split)
+                continue
+            if not self.has_template:
+                if not self.reported_no_template:
+                    self.reported_no_template = True
+                    self.error(file, line, "(template)", "template", "the model has no chat template, so "
+                               "conversations cannot be rendered — set `chat_template` in the config to a name "
+                               "('chatml') or a Jinja string, or use a chat model")
                 continue
             roles = tuple(m.role for m in record.messages)
             if roles not in self.layouts:

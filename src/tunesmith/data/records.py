@@ -109,7 +109,7 @@ def read_records(path: str | Path, limits: CheckLimits | None = None) -> list[Re
     path = resolve_data_path(path)
     check_readable(path)
     if path.suffix.lower() in TEXT_SUFFIXES:
-        return _read_text_file(path)
+        return read_text_file(path)
     issues: list[DataIssue] = []
     records = [record for _, record in iter_records(path, limits or CheckLimits(), issues)]
     if not records and not issues:
@@ -126,7 +126,7 @@ def check_readable(path: Path) -> None:
         raise DataError([DataIssue(str(path), 0, "file", "is a directory — pass a .jsonl, .json, .csv, .txt or .md file")])
 
 
-def _read_text_file(path: Path) -> list[Record]:
+def read_text_file(path: Path) -> list[Record]:
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")

@@ -19,7 +19,7 @@ IGNORE = -100
 _SLOT = "\ue000{}\ue001"
 _SLOT_RE = re.compile("\ue000(\\d+)\ue001")
 # End-of-turn tokens of the common chat formats, used when the template's turn suffix has no EOS.
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>", "<|endoftext|>")
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def end_of_turn_ids(tokenizer: Any) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     # A token is in the vocabulary when its id maps back to it (unknown tokens map to unk's id);
     # cheaper than get_vocab(), which copies the whole vocabulary.
-    for token in _END_OF_TURN:
+    for token in END_OF_TURN_TOKENS:
         token_id = tokenizer.convert_tokens_to_ids(token)
         if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:
             ids.add(token_id)
