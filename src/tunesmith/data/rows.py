@@ -27,10 +27,6 @@ _CSV_JSON_COLUMNS = ("messages", "conversations")
 _CSV_OPTIONAL_COLUMNS = ("system",)
 
 
-def _issue(file: str, line: int, field: str, message: str) -> DataIssue:
-    return DataIssue(file, line, field, message)
-
-
 def iter_lines(handle: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
     """(line number, line without its line break or None when over the cap, length in bytes).
 
@@ -101,21 +97,21 @@ def parse_json_line(text: str, file: str, line_no: int, limits: CheckLimits, iss
     try:
         row = json.loads(text, parse_constant=reject_constant)
     except json.JSONDecodeError as exc:
-        issues.append(_issue(file, line_no, "(line)", f"invalid JSON at column {exc.colno}: {exc.msg} "
+        issues.append(DataIssue(file, line_no, "(line)", f"invalid JSON at column {exc.colno}: {exc.msg} "
                              "— write one complete JSON object per line"))
         return None
     except RecursionError:
         issues.append(_too_deep_issue(file, line_no, limits))
         return None
     except ValueError as exc:  # NaN / Infinity from reject_constant
-        issues.append(_issue(file, line_no, "(line)", f"{exc} — use a number or null"))
+        issues.append(DataIssue(file, line_no, "(line)", f"{exc} — use a number or null"))
         return None
     return check_row_shape(row, file, line_no, limits, issues)
 
 
 def check_row_shape(row: Any, file: str, line_no: int, limits: CheckLimits, issues: list[DataIssue]) -> dict[str, Any] | None:
     if not isinstance(row, dict):
-        issues.append(_issue(file, line_no, "(line)", f"is a JSON {type(row).__name__}, not an object "
+        issues.append(DataIssue(file, line_no, "(line)", f"is a JSON {type(row).__name__}, not an object "
                              "— write one {...} object per line"))
         return None
     if too_deep(row, limits.max_nesting_depth):
@@ -125,12 +121,12 @@ def check_row_shape(row: Any, file: str, line_no: int, limits: CheckLimits, issu
 
 
 def _too_deep_issue(file: str, line_no: int, limits: CheckLimits) -> DataIssue:
-    return _issue(file, line_no, "(line)", f"nests deeper than {limits.max_nesting_depth} levels "
+    return DataIssue(file, line_no, "(line)", f"nests deeper than {limits.max_nesting_depth} levels "
                   "— flatten the record; a training row needs at most 3")
 
 
 def _oversize_issue(file: str, line_no: int, n_bytes: int, limits: CheckLimits, what: str = "line") -> DataIssue:
-    return _issue(file, line_no, f"({what})", f"is {n_bytes:,}+ bytes, over the {limits.max_line_bytes:,}-byte cap "
+    return DataIssue(file, line_no, f"({what})", f"is {n_bytes:,}+ bytes, over the {limits.max_line_bytes:,}-byte cap "
                   "— split the text into several rows (or raise the cap with --max-line-bytes)")
 
 
@@ -154,7 +150,7 @@ def _jsonl_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            issues.append(_issue(file, line_no, "(line)", f"is not valid UTF-8 (byte {exc.start + 1}) "
+            issues.append(DataIssue(file, line_no, "(line)", f"is not valid UTF-8 (byte {exc.start + 1}) "
                                  "— re-save the file as UTF-8"))
             continue
         if not text.strip():
@@ -178,7 +174,7 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
         try:
             text = utf8.decode(chunk, final=not chunk)
         except UnicodeDecodeError as exc:
-            issues.append(_issue(file, read_lines + chunk[: exc.start].count(b"\n"), "(line)",
+            issues.append(DataIssue(file, read_lines + chunk[: exc.start].count(b"\n"), "(line)",
                                  "is not valid UTF-8 — re-save the file as UTF-8"))
             eof = eof_error = True
             return False
@@ -198,7 +194,7 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
 
     if not skip_space() or buf[pos] != "[":
         if not eof_error:
-            issues.append(_issue(file, line, "(file)", "a .json file must hold one array of records [{...}, {...}] "
+            issues.append(DataIssue(file, line, "(file)", "a .json file must hold one array of records [{...}, {...}] "
                                  "— or write one object per line in a .jsonl file"))
         return
     pos += 1
@@ -206,13 +202,13 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
     while True:
         if not skip_space():
             if not eof_error:
-                issues.append(_issue(file, line, "(file)", "the array is not closed — end the file with ]"))
+                issues.append(DataIssue(file, line, "(file)", "the array is not closed — end the file with ]"))
             return
         if buf[pos] == "]":
             return
         if not expect_item:
             if buf[pos] != ",":
-                issues.append(_issue(file, line, "(line)", f"expected , or ] between records, got {buf[pos]!r} "
+                issues.append(DataIssue(file, line, "(line)", f"expected , or ] between records, got {buf[pos]!r} "
                                      "— separate records with commas"))
                 return
             pos += 1
@@ -229,14 +225,14 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
                     issues.append(_oversize_issue(file, line, len(buf) - pos, limits, what="record"))
                 else:
                     at = line + buf.count("\n", pos, exc.pos)
-                    issues.append(_issue(file, at, "(line)", f"invalid JSON: {exc.msg} — fix the record; "
+                    issues.append(DataIssue(file, at, "(line)", f"invalid JSON: {exc.msg} — fix the record; "
                                          "the rest of the array is not read"))
                 return
             except RecursionError:
                 issues.append(_too_deep_issue(file, line, limits))
                 return
             except ValueError as exc:
-                issues.append(_issue(file, line, "(line)", f"{exc} — use a number or null"))
+                issues.append(DataIssue(file, line, "(line)", f"{exc} — use a number or null"))
                 return
         if end - pos > limits.max_line_bytes:
             issues.append(_oversize_issue(file, line, end - pos, limits, what="record"))
@@ -261,9 +257,10 @@ def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[Da
             try:
                 yield raw.decode("utf-8") + "\n"
             except UnicodeDecodeError:
-                issues.append(_issue(file, line_no, "(line)", "is not valid UTF-8 — re-save the file as UTF-8"))
+                issues.append(DataIssue(file, line_no, "(line)", "is not valid UTF-8 — re-save the file as UTF-8"))
                 yield "\n"
 
+    # The csv module caps cells at 128 KiB process-wide; lines are already capped, so lift it to match.
     csv.field_size_limit(max(csv.field_size_limit(), limits.max_line_bytes))
     reader = csv.reader(lines())
     try:
@@ -271,11 +268,11 @@ def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[Da
     except StopIteration:
         return
     except csv.Error as exc:
-        issues.append(_issue(file, 1, "(header)", f"is not valid CSV: {exc}"))
+        issues.append(DataIssue(file, 1, "(header)", f"is not valid CSV: {exc}"))
         return
     header = [h.strip() for h in header]
     if detect_format(dict.fromkeys(header)) is None:
-        issues.append(_issue(file, 1, "(header)", f"no known format among columns {header} — name the columns "
+        issues.append(DataIssue(file, 1, "(header)", f"no known format among columns {header} — name the columns "
                              "instruction,input,output or prompt,completion or text or messages"))
         return
     last = reader.line_num
@@ -285,14 +282,14 @@ def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[Da
         except StopIteration:
             return
         except csv.Error as exc:
-            issues.append(_issue(file, last + 1, "(row)", f"is not valid CSV: {exc} — quote cells that hold commas"))
+            issues.append(DataIssue(file, last + 1, "(row)", f"is not valid CSV: {exc} — quote cells that hold commas"))
             last = reader.line_num
             continue
         line_no, last = last + 1, reader.line_num
         if not cells or not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
-            issues.append(_issue(file, line_no, "(row)", f"has {len(cells)} cells but the header has {len(header)} "
+            issues.append(DataIssue(file, line_no, "(row)", f"has {len(cells)} cells but the header has {len(header)} "
                                  "— quote cells that hold commas"))
             continue
         row: dict[str, Any] = {}
@@ -303,7 +300,7 @@ def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[Da
                 try:
                     row[name] = json.loads(cell, parse_constant=reject_constant)
                 except ValueError as exc:
-                    issues.append(_issue(file, line_no, name, f"must be a JSON list of turns in the cell: {exc}"))
+                    issues.append(DataIssue(file, line_no, name, f"must be a JSON list of turns in the cell: {exc}"))
                     row = {}
                     break
             else:
