@@ -66,7 +66,7 @@ CORPUS = {
                                [], 4, "messages", "chat template"),
     "all trained tokens truncated": ("a.jsonl", GOOD + line(chat(LONG_PROMPT, "Yes it is.")),
                                      ["--max-seq-tokens", "32"], 4, "messages", "past max_seq_tokens"),
-    "json array: bad record": ("a.json", b'[\n' + json.dumps({"prompt": "q", "completion": "a"}).encode() + b',\n{"prompt": 1,\n"completion": "a"}\n]',
+    "json array: bad record": ("a.json", b'[\n{"prompt": "q", "completion": "a"},\n{"prompt": 1,\n"completion": "a"}\n]',
                                [], 3, "prompt", "string"),
     "csv: wrong cell count": ("a.csv", b"prompt,completion\nq,a\nq2,a2,extra\n", [], 3, "(row)", "cells"),
     "empty file": ("a.jsonl", b"\n\n", [], 1, "(file)", "no rows"),
@@ -275,7 +275,8 @@ def test_a_50_mb_line_is_rejected_fast_in_bounded_memory(tiny_tokenizer, tmp_pat
 
 
 def test_usage_errors_exit_2(tiny_model_dir, tmp_path):
-    result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "missing.jsonl"), "--model", str(tiny_model_dir)])
+    missing = str(tmp_path / "missing.jsonl")
+    result = CliRunner().invoke(main, ["data", "check", missing, "--model", str(tiny_model_dir)])
     assert result.exit_code == 2
     assert CliRunner().invoke(main, ["data", "check"]).exit_code == 2
     assert CliRunner().invoke(main, ["data", "check", "x.jsonl", "--show", "-1"]).exit_code == 2

@@ -120,7 +120,8 @@ def data_group() -> None:
 @click.option("--model", help="Model whose tokenizer and chat template are used (default smollm2-135m-instruct).")
 @click.option("--max-seq-tokens", type=int, help="Longest example in tokens, as in training (default 1024).")
 @click.option("--max-line-bytes", type=int, help="Longest accepted line in bytes (default 1 MiB).")
-@click.option("--show", type=click.IntRange(min=0), default=0, help="Print N rendered examples, trained tokens highlighted.")
+@click.option("--show", type=click.IntRange(min=0), default=0,
+              help="Print N rendered examples, trained tokens highlighted.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
 def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
                        max_line_bytes: int | None, show: int, as_json: bool) -> None:

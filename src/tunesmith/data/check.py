@@ -317,7 +317,8 @@ class _Checker:
             if kind == "exact":
                 stats.exact_duplicates += 1
                 self.warn(file, line, "(row)", "duplicate", f"duplicates line {first} (after normalizing case, "
-                          "spacing and punctuation) — drop one: duplicates over-weight a row and leak into the validation split")
+                          "spacing and punctuation) — drop one: duplicates over-weight a row and leak into the "
+                          "validation split")
             else:
                 stats.near_duplicates += 1
                 self.warn(file, line, "(row)", "near duplicate", f"is a near-duplicate of line {first} "

@@ -123,7 +123,8 @@ def check_readable(path: Path) -> None:
     if not path.exists():
         raise DataError([DataIssue(str(path), 0, "file", "does not exist — check the path")])
     if path.is_dir():
-        raise DataError([DataIssue(str(path), 0, "file", "is a directory — pass a .jsonl, .json, .csv, .txt or .md file")])
+        raise DataError([DataIssue(str(path), 0, "file",
+                                   "is a directory — pass a .jsonl, .json, .csv, .txt or .md file")])
 
 
 def read_text_file(path: Path) -> list[Record]:

@@ -25,6 +25,8 @@ CSV_SUFFIXES = (".csv",)
 # CSV cells holding a list of turns are JSON text inside the cell.
 _CSV_JSON_COLUMNS = ("messages", "conversations")
 _CSV_OPTIONAL_COLUMNS = ("system",)
+Row = tuple[int, dict[str, Any]]
+"""(line number, the parsed JSON object)."""
 
 
 def iter_lines(handle: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
@@ -92,7 +94,8 @@ def too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def parse_json_line(text: str, file: str, line_no: int, limits: CheckLimits, issues: list[DataIssue]) -> dict[str, Any] | None:
+def parse_json_line(text: str, file: str, line_no: int, limits: CheckLimits,
+                    issues: list[DataIssue]) -> dict[str, Any] | None:
     """One JSON object from one line of text, or None with the problem appended to `issues`."""
     try:
         row = json.loads(text, parse_constant=reject_constant)
@@ -109,7 +112,9 @@ def parse_json_line(text: str, file: str, line_no: int, limits: CheckLimits, iss
     return check_row_shape(row, file, line_no, limits, issues)
 
 
-def check_row_shape(row: Any, file: str, line_no: int, limits: CheckLimits, issues: list[DataIssue]) -> dict[str, Any] | None:
+def check_row_shape(row: Any, file: str, line_no: int, limits: CheckLimits,
+                    issues: list[DataIssue]) -> dict[str, Any] | None:
+    """The row when it is an object of sane depth; otherwise None with the problem in `issues`."""
     if not isinstance(row, dict):
         issues.append(DataIssue(file, line_no, "(line)", f"is a JSON {type(row).__name__}, not an object "
                              "— write one {...} object per line"))
@@ -130,7 +135,7 @@ def _oversize_issue(file: str, line_no: int, n_bytes: int, limits: CheckLimits, 
                   "— split the text into several rows (or raise the cap with --max-line-bytes)")
 
 
-def iter_rows(path: Path, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_rows(path: Path, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
     """(line number, row) for every readable object of a .jsonl, .json or .csv file; problems go to `issues`."""
     suffix = path.suffix.lower()
     with path.open("rb") as handle:
@@ -142,7 +147,7 @@ def iter_rows(path: Path, limits: CheckLimits, issues: list[DataIssue]) -> Itera
             yield from _jsonl_rows(handle, str(path), limits, issues)
 
 
-def _jsonl_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _jsonl_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
     for line_no, raw, n_bytes in iter_lines(handle, limits.max_line_bytes):
         if raw is None:
             issues.append(_oversize_issue(file, line_no, n_bytes, limits))
@@ -160,7 +165,7 @@ def _jsonl_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[
             yield line_no, row
 
 
-def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
     """Records of a top-level JSON array, decoded one element at a time (never the whole file)."""
     decoder = json.JSONDecoder(parse_constant=reject_constant)
     utf8 = codecs.getincrementaldecoder("utf-8-sig")()
@@ -245,7 +250,7 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
         expect_item = False
 
 
-def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
     """Rows of a CSV with a header naming a known format's columns; turn lists are JSON in their cell."""
 
     def lines() -> Iterator[str]:
@@ -282,7 +287,8 @@ def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[Da
         except StopIteration:
             return
         except csv.Error as exc:
-            issues.append(DataIssue(file, last + 1, "(row)", f"is not valid CSV: {exc} — quote cells that hold commas"))
+            issues.append(DataIssue(file, last + 1, "(row)",
+                                    f"is not valid CSV: {exc} — quote cells that hold commas"))
             last = reader.line_num
             continue
         line_no, last = last + 1, reader.line_num
