@@ -70,6 +70,7 @@ CORPUS = {
                                [], 3, "prompt", "string"),
     "csv: wrong cell count": ("a.csv", b"prompt,completion\nq,a\nq2,a2,extra\n", [], 3, "(row)", "cells"),
     "empty file": ("a.jsonl", b"\n\n", [], 1, "(file)", "no rows"),
+    "control character in a .txt": ("a.txt", b"A document.\nWith a \x07 bell.\n", [], 2, "text", "U+0007"),
 }
 
 
@@ -196,7 +197,7 @@ def test_text_warnings_pii_control_tokens_short_and_untrained(tiny_model_dir, tm
     result, report = run_check([str(path), "--model", str(tiny_model_dir)])
     assert result.exit_code == 0, report["errors"]
     pii = [(w["line"], w["message"].split(" (")[0]) for w in report["warnings"] if w["kind"] == "pii"]
-    assert pii == [(4, "looks like a e-mail address"), (5, "looks like a phone number"),
+    assert pii == [(4, "looks like an e-mail address"), (5, "looks like a phone number"),
                    (6, "looks like a payment card number")]
     assert "jane.doe@example.com" not in result.stdout  # masked, not repeated
     assert report["stats"]["splits"]["train"]["pii"] == {"email": 1, "phone": 1, "card": 1}

@@ -303,7 +303,7 @@ class _Checker:
                               "by mistake")
             for kind, masked in find_pii(text):
                 stats.pii[kind] += 1
-                self.warn(file, line, name, "pii", f"looks like a {_PII_NAMES[kind]} ({masked}) — remove or "
+                self.warn(file, line, name, "pii", f"looks like {_PII_NAMES[kind]} ({masked}) — remove or "
                           "replace personal data before training")
         # Fingerprint what the row teaches; a shared system prompt would make every row look alike.
         if isinstance(record, Document):
@@ -377,7 +377,7 @@ class _Checker:
             self.report.previews.extend(examples[: self.show - len(self.report.previews)])
 
 
-_PII_NAMES = {"email": "e-mail address", "phone": "phone number", "card": "payment card number (Luhn-valid)"}
+_PII_NAMES = {"email": "an e-mail address", "phone": "a phone number", "card": "a payment card number (Luhn-valid)"}
 
 
 def _where(source: str) -> tuple[str, int]:

@@ -128,6 +128,7 @@ def check_readable(path: Path) -> None:
 
 
 def read_text_file(path: Path) -> list[Record]:
+    """A .txt/.md file as one document (training chunks it by max_seq_tokens)."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -136,6 +137,11 @@ def read_text_file(path: Path) -> list[Record]:
         raise DataError([DataIssue(str(path), line, "text", "is not valid UTF-8 — re-save the file as UTF-8")]) from None
     if not text.strip():
         raise DataError([DataIssue(str(path), 1, "text", "the file is empty — add the document's text")])
+    bad = _CONTROL_CHARS.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise DataError([DataIssue(str(path), line, "text", f"contains the control character U+{ord(bad.group()):04X} "
+                                   "— remove it (tabs and line breaks are fine)")])
     return [Document(text=text, source=f"{path}:1")]
 
 
