@@ -21,6 +21,8 @@ CHAT_ROLES = ("system", "user", "assistant")
 MAX_ISSUES_SHOWN = 20
 # C0 controls (but tab, LF, CR), DEL and C1 controls: invisible, and NUL truncates text in C code.
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Half of a UTF-16 pair, from a JSON escape like \ud800: no tokenizer can encode it.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,10 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
         if bad is not None:
             issues.append(DataIssue(file, line, name, f"contains the control character U+{ord(bad.group()):04X} at "
                                     f"character {bad.start() + 1} — remove it (tabs and line breaks are fine)"))
+        half = _SURROGATES.search(value)
+        if half is not None:
+            issues.append(DataIssue(file, line, name, f"contains an unpaired surrogate \\u{ord(half.group()):04x} at "
+                                    f"character {half.start() + 1}, which is not valid Unicode — fix the escape"))
         return value
 
     if fmt == "text":

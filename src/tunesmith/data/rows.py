@@ -199,17 +199,20 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
 
     if not skip_space() or buf[pos] != "[":
         if not eof_error:
-            issues.append(DataIssue(file, line, "(file)", "a .json file must hold one array of records [{...}, {...}] "
-                                 "— or write one object per line in a .jsonl file"))
+            issues.append(DataIssue(file, line, "(file)", "a .json file must hold one array of records "
+                                    "[{...}, {...}] — or write one object per line in a .jsonl file"))
         return
     pos += 1
-    expect_item = True
+    expect_item, after_comma = True, False
     while True:
         if not skip_space():
             if not eof_error:
                 issues.append(DataIssue(file, line, "(file)", "the array is not closed — end the file with ]"))
             return
         if buf[pos] == "]":
+            if after_comma:
+                issues.append(DataIssue(file, line, "(line)",
+                                        "invalid JSON: a comma before ] — remove the trailing comma"))
             return
         if not expect_item:
             if buf[pos] != ",":
@@ -217,7 +220,7 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
                                      "— separate records with commas"))
                 return
             pos += 1
-            expect_item = True
+            expect_item = after_comma = True
             continue
         while True:
             try:
@@ -247,7 +250,7 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
                 yield line, checked
         line += buf.count("\n", pos, end)
         pos = end
-        expect_item = False
+        expect_item = after_comma = False
 
 
 def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
