@@ -368,8 +368,8 @@ def test_a_model_without_chat_template_is_one_error_not_one_per_row(tmp_path, fa
 
 def test_a_config_file_names_data_model_and_length(tiny_model_dir, faq_file, tmp_path):
     config = tmp_path / "run.yaml"
-    config.write_text(f"data: {faq_file('instruction')}\nmodel: {tiny_model_dir}\nmax_seq_tokens: 40\n")
+    config.write_text(f"data: {faq_file('instruction')}\nmodel: {tiny_model_dir}\nmax_seq_tokens: 64\n")
     result, report = run_check([str(config)])
     assert result.exit_code == 0, result.output
-    assert report["stats"]["max_seq_tokens"] == 40
+    assert report["stats"]["max_seq_tokens"] == 64
     assert report["stats"]["splits"]["train"]["format"] == "instruction"
