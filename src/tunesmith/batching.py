@@ -50,15 +50,15 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
-def micro_batches(examples: Sequence[Example], batch_size: int, seed: int, start_epoch: int = 0
-                  ) -> Iterator[tuple[int, int, Batch]]:
-    """Endless (epoch, index in epoch, batch) stream over shuffled epochs."""
-    epoch = start_epoch
+def micro_batches(examples: Sequence[Example], batch_size: int, seed: int, start_epoch: int = 0,
+                  start_index: int = 0) -> Iterator[tuple[int, int, Batch]]:
+    """Endless (epoch, index in epoch, batch) stream over shuffled epochs, from any position."""
+    epoch, start = start_epoch, start_index
     while True:
         order = epoch_order(len(examples), seed, epoch)
-        for i in range(0, len(order), batch_size):
+        for i in range(start, len(order), batch_size):
             yield epoch, i, pack_examples([examples[j] for j in order[i : i + batch_size]])
-        epoch += 1
+        epoch, start = epoch + 1, 0
 
 
 def eval_batches(examples: Sequence[Example], batch_size: int) -> list[Batch]:

@@ -12,13 +12,14 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
 from .data import DataError, TemplateError
 from .models import ModelError
-from .rundir import RunDirError
+from .rundir import RunDir, RunDirError
 
 # Errors a user can fix: printed as one clear message, no traceback.
-USER_ERRORS = (ConfigError, DataError, ModelError, RunDirError, TemplateError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, ModelError, RunDirError, TemplateError, FileNotFoundError, CheckpointError)
 console = Console(stderr=True)
 
 
@@ -50,7 +51,7 @@ def main() -> None:
 
 
 @main.command("train")
-@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("source", type=click.Path(dir_okay=False), required=False)
 @click.option("--model", help="Local model directory, hub id, or smollm2-135m-instruct (default).")
 @click.option("--method", type=click.Choice(["lora", "dora", "full"]), help="Fine-tuning method (default lora).")
 @click.option("--output", help="Run directory (default runs/<data-name>-<timestamp>).")
@@ -61,21 +62,35 @@ def main() -> None:
 @click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA).")
 @click.option("--max-seq-tokens", type=int, help="Longest example in tokens (default 1024).")
 @click.option("--batch-size", type=int, help="Examples per micro-batch (default 8).")
+@click.option("--save-every", type=int, help="Checkpoint every N steps (default: at every evaluation).")
+@click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
+@click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
-def train_command(source: str, overwrite: bool, no_progress: bool, eval_data: str | None, **flags: Any) -> None:
-    """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md) or a CONFIG.yaml."""
-    from .train import train
+def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_data: str | None,
+                  resume: str | None, force: bool, **flags: Any) -> None:
+    """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv) or a CONFIG.yaml.
+
+    SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
+    from .train import NonFiniteLossError, train
 
     flags["eval"] = eval_data
     try:
-        if Path(source).suffix.lower() in (".yaml", ".yml"):
+        if source is None:
+            if resume in (None, "auto"):
+                raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
+            run_dir = Path(resume).parent.parent if Path(resume).parent.name == "checkpoints" else Path(resume)
+            config = load_config(RunDir.open(run_dir).path / "config.yaml", flags)
+        elif Path(source).suffix.lower() in (".yaml", ".yml"):
             config = load_config(source, flags)
         else:
             config = load_config(None, {**flags, "data": source})
-        result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress)
-    except USER_ERRORS as exc:
+        result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress,
+                       resume=resume, force=force)
+    except (*USER_ERRORS, NonFiniteLossError) as exc:
         _fail(exc)
+        return
+    if result.interrupted:
         return
     change = (result.final_val_loss - result.base_val_loss) / result.base_val_loss
     out = Console()

@@ -76,6 +76,12 @@ class TrainConfig:
     """Clip the global gradient norm at this value; 0 disables clipping."""
     eval_every: int | None = None
     """Evaluate every N optimizer steps; None gives about four evaluations per run."""
+    save_every: int | None = None
+    """Write a resumable checkpoint every N optimizer steps (and at the end); None: at every evaluation."""
+    keep_last: int = 2
+    """Complete checkpoints kept besides the best and the newest; older ones are deleted."""
+    skip_nonfinite: bool = False
+    """On a NaN/inf loss or gradient: False stops the run naming the step; True skips that step and counts it."""
     val_fraction: float = 0.1
     """Share of `data` held out for validation when no `eval` file is given."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -101,6 +107,8 @@ class TrainConfig:
         _check(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
         _check(self.grad_clip >= 0, "grad_clip", f"must be non-negative, got {self.grad_clip}")
         _check(self.eval_every is None or self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
+        _check(self.save_every is None or self.save_every >= 1, "save_every", f"must be at least 1, got {self.save_every}")
+        _check(self.keep_last >= 0, "keep_last", f"must be non-negative, got {self.keep_last}")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         _check(self.precision in ("auto", "bf16", "fp32"), "precision", f"must be auto, bf16 or fp32, got {self.precision!r}")
 
@@ -129,6 +137,17 @@ def default_lr(method: str) -> float:
 def default_epochs(n_train_examples: int) -> float:
     """Small data sets need more passes: about 1,000 examples seen in all, between 1 and 10 epochs."""
     return float(min(10, max(1, math.ceil(1000 / max(1, n_train_examples)))))
+
+
+# What other fine-tuning tools call our keys: only used to suggest the right name in errors.
+OTHER_TOOLS_NAMES = {
+    "learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "output_dir": "output",
+    "model_name_or_path": "model", "base_model": "model", "dataset": "data", "train_file": "data",
+    "eval_dataset": "eval", "validation_file": "eval", "micro_batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum_steps",
+    "max_seq_length": "max_seq_tokens", "sequence_len": "max_seq_tokens", "cutoff_len": "max_seq_tokens",
+    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "max_grad_norm": "grad_clip",
+}
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -184,8 +203,10 @@ def _typed_kwargs(cls: type, raw: dict[str, Any], source: str, prefix: str) -> d
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(prefix + n for n in names)}"
+            close = difflib.get_close_matches(key, names + list(OTHER_TOOLS_NAMES), n=1, cutoff=0.7)
+            suggestion = OTHER_TOOLS_NAMES.get(close[0], prefix + close[0]) if close else None
+            hint = (f"; did you mean '{suggestion}'?" if suggestion
+                    else f"; valid keys: {', '.join(prefix + n for n in names)}")
             raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
         out[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
     return out

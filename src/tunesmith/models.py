@@ -138,8 +138,13 @@ def _load_hint(name: str, exc: Exception) -> str:
             f"Pass a local Hugging Face directory, a hub id reachable from this machine, or '{DEFAULT_MODEL}'.")
 
 
-def add_adapter(model: Any, method: str, lora: LoraConfig) -> Any:
-    """Wrap `model` for training: peft LoRA/DoRA adapters, or every weight trainable for `full`."""
+def add_adapter(model: Any, method: str, lora: LoraConfig, frozen_dtype: torch.dtype = torch.float32) -> Any:
+    """Wrap `model` for training: peft LoRA/DoRA adapters, or every weight trainable for `full`.
+
+    With LoRA and bf16 compute, the frozen linear weights under the adapters are stored in bf16:
+    autocast would round them to bf16 on every forward anyway (same matmul results), so this only
+    saves the copies and half their memory. Embeddings, norms and the adapters stay fp32.
+    """
     if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
@@ -155,7 +160,13 @@ def add_adapter(model: Any, method: str, lora: LoraConfig) -> Any:
         use_dora=method == "dora",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, peft_config)
+    model = get_peft_model(model, peft_config)
+    if method == "lora" and frozen_dtype != torch.float32:
+        for module in model.modules():
+            base = getattr(module, "base_layer", None)
+            if isinstance(base, torch.nn.Linear):
+                base.weight.data = base.weight.data.to(frozen_dtype)
+    return model
 
 
 def save_trained(model: Any, tokenizer: Any, method: str, run_dir: Path) -> Path:
@@ -178,5 +189,8 @@ def load_tuned(run_dir: Path, model_name: str, method: str, dtype: torch.dtype =
         return load_model(str(run_dir / "model"), dtype=dtype, trust_remote_code=trust_remote_code)
     from peft import PeftModel
 
+    from .checkpoint import refuse_pickles
+
+    refuse_pickles(run_dir / "adapter")  # peft would fall back to a pickled adapter_model.bin
     base = load_model(model_name, dtype=dtype, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, run_dir / "adapter")

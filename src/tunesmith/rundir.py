@@ -93,6 +93,10 @@ class RunDir:
         with (self.path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")
 
+    def rewrite_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl (on resume: drop rows logged after the checkpoint)."""
+        write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
     def metrics(self) -> list[dict[str, Any]]:
         rows = []
         path = self.path / "metrics.jsonl"

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import re
+import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,11 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .batching import Batch, eval_batches, loss_sum, micro_batches
+from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, list_complete, load_checkpoint,
+                         save_checkpoint)
 from .config import TrainConfig
 from .data import prepare_data
 from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
-from .rundir import RunDir
+from .rundir import RunDir, RunDirError
+
+_STEP_NAME = re.compile(r"^step-\d+$")
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,8 @@ class TrainResult:
     train_tokens: int
     wall_seconds: float
     steps: int
+    interrupted: bool = False
+    """True when SIGTERM/SIGINT stopped the run after saving a checkpoint."""
 
 
 def bf16_available() -> bool:
@@ -41,12 +53,17 @@ def bf16_available() -> bool:
     )
 
 
-def mixed_precision(precision: str) -> str:
-    if precision == "fp32":
-        return "no"
-    if precision == "bf16" or bf16_available():
-        return "bf16"
-    return "no"
+def compute_dtype(precision: str) -> torch.dtype:
+    """The autocast dtype of a run: bf16 when asked, or when `auto` and the hardware has it."""
+    if precision == "bf16" or (precision == "auto" and bf16_available()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> Any:
+    """Mixed precision per call, not through accelerate's process-wide state, so that runs with
+    different precision can follow each other in one process (tests, notebooks)."""
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -57,130 +74,272 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -
     return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def evaluate(model: Any, batches: list[Batch], accelerator: Any) -> float:
+def evaluate(model: Any, batches: list[Batch], device: torch.device, dtype: torch.dtype) -> float:
     """Mean cross-entropy per trained token over all batches (token-weighted, not batch-weighted)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), accelerator.autocast():
+    with torch.no_grad(), autocast(device, dtype):
         for batch in batches:
-            total += float(loss_sum(model, batch, accelerator.device))
+            total += float(loss_sum(model, batch, device))
             count += batch.n_trained
     model.train(was_training)
     return total / max(1, count)
+
+
+def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torch.dtype) -> float:
+    """Accumulate the gradients of one optimizer step; returns its mean loss per trained token.
+
+    Each micro-batch's summed loss is divided by the trained tokens of the whole group, not by the
+    number of micro-batches, so two micro-batches of N/2 give exactly the gradient of one batch of
+    N whatever their token counts (the accumulation bug that bit HF Trainer users).
+    """
+    n_trained = sum(b.n_trained for b in group)
+    total = 0.0
+    for batch in group:
+        with autocast(accelerator.device, dtype):
+            loss = loss_sum(model, batch, accelerator.device) / n_trained
+        accelerator.backward(loss)
+        total += float(loss.detach())
+    return total
 
 
 def default_output(data: str) -> Path:
     return Path("runs") / f"{Path(data).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+class NonFiniteLossError(RuntimeError):
+    """A NaN or infinite loss or gradient norm; the message names the step and the batch's rows."""
+
+
+class StopFlag:
+    """SIGTERM/SIGINT set a flag that the loop reads at the next step boundary (no I/O in the handler).
+    A second SIGINT aborts at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def resume_point(run_path: Path, resume: str) -> Path | None:
+    """The checkpoint to resume from: a given step folder, or the newest complete one of the run."""
+    if _STEP_NAME.match(run_path.name) and run_path.parent.name == "checkpoints":
+        return run_path
+    complete = list_complete(run_path)
+    if not complete and resume != "auto":
+        raise RunDirError(f"run '{run_path}' has no complete checkpoint to resume from; start it again with --overwrite")
+    return complete[-1][1] if complete else None
+
+
+def check_resumable(run: RunDir, config: TrainConfig, data_sha256: dict[str, str]) -> list[str]:
+    """Differences between the run as saved and as asked now; empty when resuming is safe."""
+    saved = run.config().to_dict()
+    asked = config.to_dict()
+    problems = [f"config '{k}': saved {saved[k]!r}, now {asked[k]!r}"
+                for k in asked if k != "output" and saved.get(k) != asked[k]]
+    manifest = json.loads((run.path / "manifest.json").read_text(encoding="utf-8"))
+    if list(manifest["data_sha256"].values()) != list(data_sha256.values()):
+        problems.append("the data files' SHA-256 differ from the run's manifest (the data changed)")
+    if manifest.get("seed") != config.seed:
+        problems.append(f"seed: saved {manifest.get('seed')}, now {config.seed}")
+    return problems
+
+
 def train(config: TrainConfig, overwrite: bool = False, console: Console | None = None,
-          show_progress: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
-    """Fine-tune `config.model` on `config.data`; write the run directory; return the headline numbers."""
+          show_progress: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None,
+          resume: str | None = None, force: bool = False) -> TrainResult:
+    """Fine-tune `config.model` on `config.data`; write the run directory; return the headline numbers.
+
+    `resume` is 'auto' (continue `config.output` from its newest complete checkpoint, or start it),
+    a run directory, or a checkpoint folder; `force` resumes even when config or data changed.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     console = console or Console(stderr=True)
     started = time.perf_counter()
 
-    # --- setup: everything that can fail on bad input happens before the run directory exists
+    # --- setup: everything that can fail on bad input happens before the run directory is touched
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     check_files(config.data, config.eval, tokenizer, config.max_seq_tokens).enforce(console)  # same as `data check`
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
     for warning in data.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     config = config.resolve(len(data.train))
+    run_path = Path(config.output) if config.output else default_output(config.data)
+    if resume not in (None, "auto"):
+        run_path = Path(resume)
+        if run_path.parent.name == "checkpoints":
+            run_path = run_path.parent.parent
+        config = dataclasses.replace(config, output=str(run_path))
+    elif resume == "auto" and not config.output:
+        raise RunDirError("--resume auto continues the run in `output`: set output in the config or pass --output")
+    start_from = None
+    if resume is not None and (run_path / "config.yaml").exists():
+        start_from = resume_point(Path(resume) if resume != "auto" else run_path, resume)
+    if start_from is not None:
+        run = RunDir.open(run_path)
+        problems = check_resumable(run, config, data.sha256)
+        if problems and not force:
+            raise RunDirError(f"refusing to resume '{run_path}': " + "; ".join(problems) +
+                              ". Pass --force to resume anyway, or start a new run with another --output.")
     set_seed(config.seed)
-    accelerator = Accelerator(mixed_precision=mixed_precision(config.precision))
-    model = add_adapter(load_model(config.model, trust_remote_code=config.trust_remote_code), config.method, config.lora)
-    run = RunDir.create(config.output or default_output(config.data), overwrite=overwrite)
-    run.write_config(config)
-    run.write_manifest(data.sha256, config.seed)
+    accelerator = Accelerator()
+    dtype = compute_dtype(config.precision)
+    model = add_adapter(load_model(config.model, trust_remote_code=config.trust_remote_code), config.method, config.lora,
+                        frozen_dtype=dtype)
 
     micro_per_epoch = math.ceil(len(data.train) / config.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum_steps)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     warmup_steps = max(1, round(config.warmup_ratio * total_steps))
     eval_every = config.eval_every or max(1, total_steps // 4)
+    save_every = config.save_every or eval_every
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_at(s, total_steps, warmup_steps, config.min_lr_ratio))
+
+    if start_from is None:
+        if resume == "auto" and run_path.is_dir() and (run_path / "config.yaml").exists():
+            overwrite = True  # a run that never completed a checkpoint: nothing to keep, start it over
+        run = RunDir.create(run_path, overwrite=overwrite)
+        _check_disk(run.path, checkpoint_bytes(model))
+        run.write_config(config)
+        run.write_manifest(data.sha256, config.seed)
+        state = TrainState(step=0, epoch=0, index_in_epoch=0, accum_index=0, train_tokens=0, val_loss=None)
+        metrics: list[dict[str, Any]] = []
+    else:
+        for stale in clean_stale(run.path):
+            console.print(f"removed incomplete checkpoint {stale}")
+        state, metrics = load_checkpoint(start_from, model, optimizer, scheduler)
+        for step, path in list_complete(run.path):
+            if step > state.step:  # a later timeline abandoned by resuming from an earlier checkpoint
+                shutil.rmtree(path)
+                console.print(f"removed checkpoint {path}: it is later than the resume point")
+        run.rewrite_metrics(metrics)
+        console.print(f"resuming {run.path} from {start_from.name} (epoch {state.epoch}, "
+                      f"example {state.index_in_epoch} of its order)")
     model, optimizer = accelerator.prepare(model, optimizer)
     n_trainable = sum(p.numel() for p in trainable)
     console.print(
         f"[bold]tunesmith train[/] {config.method} on {config.model}: {len(data.train)} train / {len(data.val)} "
         f"val examples, {config.epochs:g} epoch(s) = {total_steps} steps of {config.batch_size}x"
         f"{config.grad_accum_steps} examples, lr {config.lr:g}, {n_trainable:,} trainable parameters, "
-        f"precision {accelerator.mixed_precision}, output {run.path}"
+        f"precision {str(dtype).removeprefix('torch.')}, output {run.path}"
     )
+
+    def log(row: dict[str, Any]) -> None:
+        metrics.append(row)
+        run.append_metrics(row)
 
     # --- evaluate the untouched model (LoRA/DoRA adapters start as the identity)
     val = eval_batches(data.val, config.batch_size)
-    base_val_loss = evaluate(model, val, accelerator)
-    run.append_metrics({"step": 0, "val_loss": base_val_loss})
-    console.print(f"base validation loss {base_val_loss:.4f}")
+    if state.step == 0:
+        log({"step": 0, "val_loss": evaluate(model, val, accelerator.device, dtype)})
+        console.print(f"base validation loss {metrics[-1]['val_loss']:.4f}")
+    base_val_loss = next(r["val_loss"] for r in metrics if r["step"] == 0 and "val_loss" in r)
+    val_loss = next((r["val_loss"] for r in reversed(metrics) if "val_loss" in r), base_val_loss)
 
     # --- train
     model.train()
-    stream = micro_batches(data.train, config.batch_size, config.seed)
-    train_tokens, val_loss = 0, base_val_loss
-    tick = time.perf_counter()
+    stream = micro_batches(data.train, config.batch_size, config.seed, state.epoch, state.index_in_epoch)
+    tick, tokens_at_start = time.perf_counter(), state.train_tokens
     progress = Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
         console=console, disable=not show_progress, transient=False,
     )
-    with progress:
-        task = progress.add_task("train", total=total_steps, info="")
-        for step in range(total_steps):
+    stopped_by = None
+    with progress, StopFlag() as stop:
+        task = progress.add_task("train", total=total_steps, completed=state.step, info="")
+        for step in range(state.step, total_steps):
             group = [next(stream) for _ in range(config.grad_accum_steps)]
-            # Normalise by the trained tokens of the whole accumulation group, so that two
-            # micro-batches of N/2 give the gradient of one batch of N whatever their token counts.
-            group_trained = sum(b.n_trained for _, _, b in group)
-            step_loss = 0.0
-            for _, _, batch in group:
-                with accelerator.autocast():
-                    loss = loss_sum(model, batch, accelerator.device) / group_trained
-                accelerator.backward(loss)
-                step_loss += float(loss.detach())
-                train_tokens += batch.n_tokens
-            grad_norm = accelerator.clip_grad_norm_(trainable, config.grad_clip) if config.grad_clip > 0 else None
-            optimizer.step()
+            batches = [b for _, _, b in group]
+            step_loss = backward_group(model, batches, accelerator, dtype)
+            grad_norm = float(accelerator.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else math.inf))
+            lr = optimizer.param_groups[0]["lr"]
+            skipped = state.skipped_steps
+            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+                rows = [s for b in batches for s in b.sources]
+                if not config.skip_nonfinite:
+                    raise NonFiniteLossError(
+                        f"non-finite {'loss' if not math.isfinite(step_loss) else 'gradient norm'} at step {step + 1} "
+                        f"(rows {', '.join(rows)}); no checkpoint was written from this state. Lower lr, check "
+                        "those rows, or set skip_nonfinite: true")
+                console.print(f"[yellow]warning:[/] skipped step {step + 1}: non-finite loss (rows {', '.join(rows)})")
+                skipped += 1
+            else:
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            epoch, index, _ = group[-1]
+            index += config.batch_size
+            if index >= len(data.train):
+                epoch, index = epoch + 1, 0
             elapsed = time.perf_counter() - tick
-            row = {
-                "step": step + 1,
-                "loss": step_loss,
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch": group[-1][0],
-                "tokens": train_tokens,
-                "tokens_per_s": train_tokens / elapsed if elapsed > 0 else 0.0,
-            }
-            if grad_norm is not None:
-                row["grad_norm"] = float(grad_norm)
-            run.append_metrics(row)
-            if on_step is not None:
-                on_step(row)
+            tokens = state.train_tokens + sum(b.n_tokens for b in batches)
+            row = {"step": step + 1, "loss": step_loss, "lr": lr, "epoch": group[-1][0],
+                   "tokens": tokens, "tokens_per_s": (tokens - tokens_at_start) / elapsed if elapsed > 0 else 0.0,
+                   "grad_norm": grad_norm}
+            log(row)
+            measured = None
             if (step + 1) % eval_every == 0 or step + 1 == total_steps:
-                val_loss = evaluate(model, val, accelerator)
-                run.append_metrics({"step": step + 1, "val_loss": val_loss})
+                val_loss = measured = evaluate(model, val, accelerator.device, dtype)
+                log({"step": step + 1, "val_loss": val_loss})
+            state = TrainState(step + 1, epoch, index, 0, tokens, measured, skipped)
+            if (step + 1) % save_every == 0 or step + 1 == total_steps or stop.requested:
+                save_checkpoint(run.path, accelerator.unwrap_model(model), optimizer, scheduler, state, metrics)
+                apply_retention(run.path, config.keep_last, newest_step=step + 1)
+            if on_step is not None:
+                on_step({**row, "examples": [s for b in batches for s in b.sources]})
             progress.update(task, advance=1, info=f"loss {step_loss:.3f} val {val_loss:.3f} "
                                                   f"{row['tokens_per_s']:.0f} tok/s")
+            if stop.requested:
+                stopped_by = stop.requested
+                break
+
+    wall = time.perf_counter() - started
+    if stopped_by is not None:
+        console.print(f"{stopped_by}: saved checkpoint step-{state.step}; continue with "
+                      f"`tunesmith train --resume {run.path}`")
+        return TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, state.step, interrupted=True)
 
     # --- save
     save_trained(accelerator.unwrap_model(model), tokenizer, config.method, run.path)
-    wall = time.perf_counter() - started
-    result = TrainResult(run.path, base_val_loss, val_loss, train_tokens, wall, total_steps)
+    result = TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, total_steps)
     run.write_summary({
         "base_val_loss": base_val_loss,
         "final_val_loss": val_loss,
         "val_loss_change": (val_loss - base_val_loss) / base_val_loss,
-        "train_tokens": train_tokens,
+        "train_tokens": state.train_tokens,
         "wall_seconds": wall,
         "steps": total_steps,
+        "skipped_steps": state.skipped_steps,
         "method": config.method,
         "model": config.model,
     })
     return result
+
+
+def _check_disk(path: Path, checkpoint_size: int) -> None:
+    """Stop before training when the first checkpoint (plus the final weights) will not fit."""
+    free = shutil.disk_usage(path).free
+    if free < 2 * checkpoint_size:
+        raise RunDirError(f"'{path}' has {free / 2**20:.0f} MiB free; checkpoints need about "
+                          f"{2 * checkpoint_size / 2**20:.0f} MiB. Free space or choose another --output.")

@@ -1,0 +1,242 @@
+"""Resumable checkpoints: written to a staging folder, fsynced, renamed, and marked complete last.
+
+Nothing in a checkpoint can run code when loaded: tensors go through safetensors, everything else
+(optimizer hyper-parameters, scheduler, RNG, data position) through JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+COMPLETE = "COMPLETE"
+STAGING_PREFIX = ".staging-"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class TrainState:
+    """Where the run is: enough to continue exactly as if it had never stopped."""
+
+    step: int
+    """Optimizer steps done."""
+    epoch: int
+    """Epoch of the next micro-batch."""
+    index_in_epoch: int
+    """Position of the next micro-batch's first example in that epoch's shuffled order."""
+    accum_index: int
+    """Micro-batches of the current accumulation cycle already done (0: saves happen at step boundaries)."""
+    train_tokens: int
+    val_loss: float | None
+    """Validation loss measured at this step, if an evaluation ran here (used to pick the best)."""
+    skipped_steps: int = 0
+    """Steps skipped for a non-finite loss (with `skip_nonfinite`)."""
+
+
+def checkpoint_root(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def list_complete(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints sorted by step number (numerically: step-10 after step-9)."""
+    root = checkpoint_root(run_dir)
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and (child / COMPLETE).exists():
+                found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def clean_stale(run_dir: Path) -> list[Path]:
+    """Remove staging folders and step folders without a completion marker (a crash mid-save)."""
+    root = checkpoint_root(run_dir)
+    removed = []
+    if root.is_dir():
+        for child in root.iterdir():
+            incomplete = _STEP_DIR.match(child.name) and not (child / COMPLETE).exists()
+            if child.name.startswith(STAGING_PREFIX) or incomplete:
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    state: TrainState, metrics: list[dict[str, Any]]) -> Path:
+    """Write checkpoints/step-N atomically; only a folder with its COMPLETE marker counts."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step}"
+    staging = root / f"{STAGING_PREFIX}step-{state.step}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+    save_file(opt_tensors, str(staging / "optimizer.safetensors"))
+    rng_tensors, rng_meta = _rng_state()
+    save_file(rng_tensors, str(staging / "rng.safetensors"))
+    _write_json(staging / "state.json", {
+        "train_state": asdict(state), "optimizer": opt_meta, "scheduler": scheduler.state_dict(), "rng": rng_meta,
+        "metrics": metrics,
+    })
+    for path in staging.iterdir():
+        _fsync_file(path)
+    _write_json(staging / COMPLETE, {"step": state.step})
+    _fsync_file(staging / COMPLETE)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _fsync_dir(root)
+    return final
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
+                    ) -> tuple[TrainState, list[dict[str, Any]]]:
+    """Restore weights, optimizer, scheduler and RNG from a complete checkpoint; safetensors and JSON only."""
+    if not (path / COMPLETE).exists():
+        raise CheckpointError(f"checkpoint '{path}' is incomplete (no {COMPLETE} marker): a save was interrupted")
+    refuse_pickles(path)
+    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    if missing:
+        raise CheckpointError(f"checkpoint '{path}' lacks {len(missing)} trained tensors (first: {missing[0]}): "
+                              "it belongs to a different method or model")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    optimizer.load_state_dict(_optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
+    scheduler.load_state_dict(meta["scheduler"])
+    _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+    return TrainState(**meta["train_state"]), meta["metrics"]
+
+
+def read_train_state(path: Path) -> TrainState:
+    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    return TrainState(**meta["train_state"])
+
+
+def apply_retention(run_dir: Path, keep_last: int, newest_step: int) -> list[Path]:
+    """Delete old checkpoints, keeping the last `keep_last`, the best by val_loss and the newest."""
+    complete = list_complete(run_dir)
+    keep = {step for step, _ in complete[-keep_last:]} if keep_last > 0 else set()
+    keep.add(newest_step)
+    scored = [(read_train_state(p).val_loss, step) for step, p in complete]
+    scored = [(v, s) for v, s in scored if v is not None]
+    if scored:
+        keep.add(min(scored)[1])
+    removed = []
+    for step, path in complete:
+        if step not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def refuse_pickles(folder: Path) -> None:
+    """Refuse a folder holding pickle-based weights: loading them could execute code."""
+    for path in folder.iterdir():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise CheckpointError(
+                f"'{path}' is a pickle-based file: tunesmith loads only safetensors (a pickle can run code "
+                "when loaded). Convert it with safetensors.torch.save_file, or remove it.")
+
+
+def checkpoint_bytes(model: Any) -> int:
+    """Estimated size of one checkpoint: trained weights plus AdamW's two moments, fp32."""
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return n * 4 * 3 + (1 << 20)
+
+
+# --- optimizer state <-> flat tensors + JSON (torch's own format would need pickle)
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state_dict = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for param_id, param_state in state_dict["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{param_id}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(param_id), {})[key] = value
+    if not tensors:  # safetensors wants at least one tensor
+        tensors["_empty"] = torch.zeros(1)
+    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name == "_empty":
+            continue
+        param_id, key = name.split(".", 1)
+        state.setdefault(int(param_id), {})[key] = tensor
+    for param_id, values in meta["scalars"].items():
+        state.setdefault(int(param_id), {}).update(values)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+# --- RNG state: Python and NumPy as JSON, torch as tensors
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    version, internal, gauss = random.getstate()
+    np_state = np.random.get_state()
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    meta = {
+        "python": [version, list(internal), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+    }
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("torch_cuda_")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,112 @@
+"""Training-loop correctness on the tiny model: accumulation, packing, adapters, run contracts."""
+
+import torch
+from accelerate import Accelerator
+
+from tunesmith import load_config, train
+from tunesmith.batching import loss_sum, pack_examples
+from tunesmith.config import LoraConfig
+from tunesmith.data import Conversation, Message, encode_conversation
+from tunesmith.generate import load_run
+from tunesmith.models import add_adapter, load_model
+from tunesmith.train import backward_group
+
+
+def examples(tokenizer, answers):
+    return [encode_conversation(Conversation((Message("user", f"Question {i}?"), Message("assistant", a)), f"t:{i}"),
+                                tokenizer, 512)[0] for i, a in enumerate(answers)]
+
+
+def grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_accumulation_normalises_by_trained_tokens(tiny_model_dir, tiny_tokenizer):
+    exs = examples(tiny_tokenizer, ["Yes.", "No.", "The quick brown fox jumps over the lazy dog twice.",
+                                    "Four to six weeks, sometimes twelve for large projects."])
+    first, second = pack_examples(exs[:2]), pack_examples(exs[2:])
+    assert first.n_trained * 2 < second.n_trained  # the halves differ, so averaging per micro-batch would be wrong
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = add_adapter(load_model(str(tiny_model_dir)), "full", LoraConfig())
+    one = backward_group(model, [pack_examples(exs)], accelerator, torch.float32)
+    g_one = grads(model)
+    model.zero_grad()
+    two = backward_group(model, [first, second], accelerator, torch.float32)
+    g_two = grads(model)
+    assert abs(one - two) < 1e-5
+    for name in g_one:
+        torch.testing.assert_close(g_two[name], g_one[name], rtol=1e-5, atol=1e-5)
+
+
+def test_packed_loss_equals_examples_one_at_a_time(tiny_model_dir, tiny_tokenizer):
+    exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
+    model = load_model(str(tiny_model_dir)).eval()
+    device = torch.device("cpu")
+    with torch.no_grad():
+        packed = loss_sum(model, pack_examples(exs), device)
+        alone = sum(loss_sum(model, pack_examples([e]), device) for e in exs)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_plain_peft_loads_the_adapter_with_the_same_logits(tiny_model_dir, faq_file, tmp_path):
+    from peft import PeftModel
+
+    config = load_config(None, {"data": str(faq_file("chat")), "model": str(tiny_model_dir), "output": str(tmp_path / "run"),
+                                "max_steps": 3, "lr": 5e-2, "method": "lora"})
+    train(config, show_progress=False)
+    ours, _ = load_run(tmp_path / "run")
+    theirs = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), tmp_path / "run" / "adapter").eval()
+    lora_b = [p for n, p in theirs.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b), "training must have moved the adapter off zero"
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250]])
+    with torch.no_grad():
+        base = load_model(str(tiny_model_dir))(ids).logits
+        torch.testing.assert_close(ours(ids).logits, theirs(ids).logits, rtol=0, atol=0)
+    assert not torch.allclose(base, theirs(ids).logits, atol=1e-4), "the adapter must change the logits"
+
+
+def test_full_and_dora_runs_save_their_weights(tiny_model_dir, faq_file, tmp_path):
+    for method, saved in (("full", "model/model.safetensors"), ("dora", "adapter/adapter_model.safetensors")):
+        config = load_config(None, {"data": str(faq_file("instruction")), "model": str(tiny_model_dir),
+                                    "output": str(tmp_path / method), "max_steps": 2, "method": method})
+        result = train(config, show_progress=False)
+        assert (tmp_path / method / saved).exists()
+        assert result.final_val_loss != result.base_val_loss
+
+
+def test_training_lowers_validation_loss(tiny_model_dir, faq_file, tmp_path):
+    config = load_config(None, {"data": str(faq_file("chat")), "eval": str(faq_file("chat")), "model": str(tiny_model_dir),
+                                "output": str(tmp_path / "run"), "max_steps": 30, "lr": 1e-2, "method": "full"})
+    result = train(config, show_progress=False)
+    assert result.final_val_loss < 0.8 * result.base_val_loss
+
+
+def test_same_seed_same_losses(tiny_model_dir, faq_file, tmp_path):
+    losses = []
+    for name in ("a", "b"):
+        rows = []
+        config = load_config(None, {"data": str(faq_file("chat")), "model": str(tiny_model_dir),
+                                    "output": str(tmp_path / name), "max_steps": 3})
+        train(config, show_progress=False, on_step=rows.append)
+        losses.append([r["loss"] for r in rows])
+    assert losses[0] == losses[1]
+
+
+def test_bf16_frozen_weights_give_the_autocast_results(tiny_model_dir, tiny_tokenizer):
+    """Storing the frozen linears in bf16 is only a saving: under bf16 autocast the loss is unchanged."""
+    exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
+    batch = pack_examples(exs)
+    device = torch.device("cpu")
+    results = []
+    for frozen in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        model = add_adapter(load_model(str(tiny_model_dir)), "lora", LoraConfig(dropout=0.0), frozen_dtype=frozen)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)  # adapters away from zero, so they take part
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(loss_sum(model, batch, device))
+    assert [p.dtype for n, p in model.named_parameters() if "lora_" in n] == [torch.float32] * len(
+        [n for n, _ in model.named_parameters() if "lora_" in n])
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-6)
