@@ -62,6 +62,8 @@ def encode_conversations(conversations: Sequence[Conversation], tokenizer: Any,
                          max_seq_tokens: int) -> list[tuple[Example, bool]]:
     """`encode_conversation` for many rows at once: the template is rendered once per role sequence
     and all message texts go through the tokenizer in one batched call."""
+    # Message text is rendered as slots, so the markup depends on the roles alone: one render per
+    # role sequence gives every row's markup (and a template error names the first row it hits).
     layouts: dict[tuple[str, ...], list[list[int]]] = {}
     for conversation in conversations:
         roles = tuple(m.role for m in conversation.messages)
