@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from .checkpoint import CheckpointError
 from .config import ConfigError, load_config
@@ -120,6 +121,72 @@ def generate_command(run: str, prompt: str, system: str | None, max_new_tokens: 
         return
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     click.echo(generate(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature))
+
+
+
+@main.group("data")
+def data_group() -> None:
+    """Look at training data before training on it."""
+
+
+@data_group.command("check")
+@click.argument("data")
+@click.option("--eval", "eval_data", help="Evaluation file: checked too, and for leakage from DATA.")
+@click.option("--model", help="Model whose tokenizer and chat template are used (default smollm2-135m-instruct).")
+@click.option("--max-seq-tokens", type=int, help="Longest example in tokens, as in training (default 1024).")
+@click.option("--max-line-bytes", type=int, help="Longest accepted line in bytes (default 1 MiB).")
+@click.option("--show", type=click.IntRange(min=0), default=0,
+              help="Print N rendered examples, trained tokens highlighted.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
+def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
+                       max_line_bytes: int | None, show: int, as_json: bool) -> None:
+    """Check DATA (a data file or a CONFIG.yaml): exit 0 clean, 1 errors, 2 usage errors."""
+    import dataclasses
+    import json
+
+    from .data import resolve_data_path
+    from .data.check import check_files, render_preview
+    from .data.limits import CheckLimits
+    from .models import load_tokenizer
+
+    try:
+        if Path(data).suffix.lower() in (".yaml", ".yml"):
+            config = load_config(data, {"eval": eval_data, "model": model, "max_seq_tokens": max_seq_tokens})
+        else:
+            config = load_config(None, {"data": data, "eval": eval_data, "model": model,
+                                        "max_seq_tokens": max_seq_tokens})
+        for path in filter(None, (config.data, config.eval)):
+            if not resolve_data_path(path).is_file():
+                raise FileNotFoundError(f"{path}: no such data file — check the path")
+        limits = CheckLimits(**({"max_line_bytes": max_line_bytes} if max_line_bytes else {}))
+        tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
+    except (ConfigError, DataError, ModelError, FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]usage error:[/] {escape(str(exc))}", highlight=False)
+        sys.exit(2)
+    report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens, limits, show=show)
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+        sys.exit(0 if report.ok else 1)
+    out = Console(highlight=False)
+    for title, issues, color in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
+        for issue in issues[: limits.max_issues_shown]:
+            out.print(f"[{color}]{title}:[/] {escape(str(issue))}")
+        if len(issues) > limits.max_issues_shown:
+            out.print(f"[{color}]... and {len(issues) - limits.max_issues_shown} more {title}(s)[/] (all with --json)")
+    for name, split in report.stats["splits"].items():
+        tokens = split["tokens"]
+        out.print(f"[bold]{name}[/] {escape(split['file'])}: {split['rows']} rows ({split['format']}), tokens "
+                  f"min {tokens['min']} / median {tokens['median']} / p95 {tokens['p95']} / max {tokens['max']}, "
+                  f"{split['trained_tokens']:,} trained; {split['over_max_seq_tokens']} over max_seq_tokens="
+                  f"{config.max_seq_tokens}; end-of-turn trained in {split['end_of_turn_trained']}")
+    for i, example in enumerate(report.previews):
+        out.rule(f"{escape(example.source)} — trained tokens highlighted")
+        out.print(render_preview(example, tokenizer, config.max_seq_tokens))
+    if report.ok:
+        out.print(f"[bold green]data check passed[/] ({len(report.warnings)} warning(s))")
+    else:
+        out.print(f"[bold red]data check failed:[/] {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    sys.exit(0 if report.ok else 1)
 
 
 if __name__ == "__main__":

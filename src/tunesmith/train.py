@@ -26,6 +26,7 @@ from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_st
                          rng_state, save_checkpoint)
 from .config import ConfigError, TrainConfig
 from .data import prepare_data
+from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
 from .rundir import RunDir, RunDirError
 
@@ -203,6 +204,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
 
     # --- setup: everything that can fail on bad input happens before the run directory is touched
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
+    check_files(config.data, config.eval, tokenizer, config.max_seq_tokens).enforce(console)  # same as `data check`
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
     for warning in data.warnings:
         console.print(f"[yellow]warning:[/] {warning}")

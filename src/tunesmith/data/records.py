@@ -7,16 +7,22 @@ fix), not only the first.
 from __future__ import annotations
 
 import importlib.util
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
+
+from .limits import CheckLimits
 
 FORMATS = ("chat", "sharegpt", "instruction", "prompt_completion", "text")
 TEXT_SUFFIXES = (".txt", ".md")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_ISSUES_SHOWN = 20
+# C0 controls (but tab, LF, CR), DEL and C1 controls: invisible, and NUL truncates text in C code.
+_CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Half of a UTF-16 pair, from a JSON escape like \ud800: no tokenizer can encode it.
+_SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,8 @@ class DataIssue:
     line: int
     field: str
     message: str
+    kind: str = ""
+    """The data check's name for the problem (duplicate, pii, truncation, ...); empty from plain reads."""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.field}: {self.message}"
@@ -98,19 +106,31 @@ def resolve_data_path(path: str | Path) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / relative
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """All records of a data file, or a DataError naming every bad row."""
+def read_records(path: str | Path, limits: CheckLimits | None = None) -> list[Record]:
+    """All records of a data file (.jsonl, .json array, .csv, .txt, .md), or a DataError naming every bad row."""
     path = resolve_data_path(path)
+    check_readable(path)
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        return read_text_file(path)
+    issues: list[DataIssue] = []
+    records = [record for _, record in iter_records(path, limits or CheckLimits(), issues)]
+    if not records and not issues:
+        issues.append(DataIssue(str(path), 1, "(file)", "has no rows — add one JSON object per line"))
+    if issues:
+        raise DataError(issues)
+    return records
+
+
+def check_readable(path: Path) -> None:
     if not path.exists():
         raise DataError([DataIssue(str(path), 0, "file", "does not exist — check the path")])
     if path.is_dir():
-        raise DataError([DataIssue(str(path), 0, "file", "is a directory — pass a .jsonl, .txt or .md file")])
-    if path.suffix.lower() in TEXT_SUFFIXES:
-        return _read_text_file(path)
-    return _read_jsonl(path)
+        raise DataError([DataIssue(str(path), 0, "file",
+                                   "is a directory — pass a .jsonl, .json, .csv, .txt or .md file")])
 
 
-def _read_text_file(path: Path) -> list[Record]:
+def read_text_file(path: Path) -> list[Record]:
+    """A .txt/.md file as one document (training chunks it by max_seq_tokens)."""
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
@@ -119,14 +139,20 @@ def _read_text_file(path: Path) -> list[Record]:
         raise DataError([DataIssue(str(path), line, "text", "is not valid UTF-8 — re-save the file as UTF-8")]) from None
     if not text.strip():
         raise DataError([DataIssue(str(path), 1, "text", "the file is empty — add the document's text")])
+    bad = _CONTROL_CHARS.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        raise DataError([DataIssue(str(path), line, "text", f"contains the control character U+{ord(bad.group()):04X} "
+                                   "— remove it (tabs and line breaks are fine)")])
     return [Document(text=text, source=f"{path}:1")]
 
 
-def _read_jsonl(path: Path) -> list[Record]:
-    issues: list[DataIssue] = []
-    records: list[Record] = []
+def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[tuple[str, Record]]:
+    """(format, record) for every good row of a .jsonl/.json/.csv file, streamed; bad rows go to `issues`."""
+    from .rows import iter_rows  # rows needs DataIssue from here
+
     file_format: str | None = None
-    for line_no, row in _json_rows(path, issues):
+    for line_no, row in iter_rows(path, limits, issues):
         fmt = detect_format(row)
         if fmt is None:
             issues.append(DataIssue(str(path), line_no, "(row)", f"no known format among keys {sorted(row)} — use "
@@ -140,44 +166,7 @@ def _read_jsonl(path: Path) -> list[Record]:
             continue
         record = _to_record(row, fmt, str(path), line_no, issues)
         if record is not None:
-            records.append(record)
-    if not records and not issues:
-        issues.append(DataIssue(str(path), 1, "(file)", "has no rows — add one JSON object per line"))
-    if issues:
-        raise DataError(issues)
-    return records
-
-
-def _json_rows(path: Path, issues: list[DataIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                issues.append(DataIssue(str(path), line_no, "(line)", "is not valid UTF-8 — re-save the file as UTF-8"))
-                continue
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text, parse_constant=_reject_constant)
-            except json.JSONDecodeError as exc:
-                issues.append(DataIssue(str(path), line_no, "(line)", f"invalid JSON at column {exc.colno}: {exc.msg} "
-                                        "— write one complete JSON object per line"))
-                continue
-            except ValueError as exc:
-                issues.append(DataIssue(str(path), line_no, "(line)", f"{exc} — use a number or null"))
-                continue
-            if not isinstance(row, dict):
-                issues.append(DataIssue(str(path), line_no, "(line)", f"is a JSON {type(row).__name__}, not an object "
-                                        "— write one {...} object per line"))
-                continue
-            yield line_no, row
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+            yield fmt, record
 
 
 def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list[DataIssue]) -> Record | None:
@@ -193,6 +182,14 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
             return ""
         if not allow_empty and not value.strip():
             issues.append(DataIssue(file, line, name, "is empty — write the text or remove the row"))
+        bad = _CONTROL_CHARS.search(value)
+        if bad is not None:
+            issues.append(DataIssue(file, line, name, f"contains the control character U+{ord(bad.group()):04X} at "
+                                    f"character {bad.start() + 1} — remove it (tabs and line breaks are fine)"))
+        half = _SURROGATES.search(value)
+        if half is not None:
+            issues.append(DataIssue(file, line, name, f"contains an unpaired surrogate \\u{ord(half.group()):04x} at "
+                                    f"character {half.start() + 1}, which is not valid Unicode — fix the escape"))
         return value
 
     if fmt == "text":

@@ -19,7 +19,7 @@ IGNORE = -100
 _SLOT = "\ue000{}\ue001"
 _SLOT_RE = re.compile("\ue000(\\d+)\ue001")
 # End-of-turn tokens of the common chat formats, used when the template's turn suffix has no EOS.
-_END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>", "<|endoftext|>")
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "</s>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -44,31 +44,68 @@ class TemplateError(ValueError):
 def end_of_turn_ids(tokenizer: Any) -> set[int]:
     """Token ids that close an assistant turn: EOS plus the known end-of-turn markers in the vocab."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids.update(vocab[t] for t in _END_OF_TURN if t in vocab)
+    # A token is in the vocabulary when its id maps back to it (unknown tokens map to unk's id);
+    # cheaper than get_vocab(), which copies the whole vocabulary.
+    for token in END_OF_TURN_TOKENS:
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:
+            ids.add(token_id)
     return ids
 
 
 def encode_conversation(conversation: Conversation, tokenizer: Any, max_seq_tokens: int) -> tuple[Example, bool]:
     """Render, tokenize and label one conversation; returns (example, was_truncated)."""
+    return encode_conversations([conversation], tokenizer, max_seq_tokens)[0]
+
+
+def encode_conversations(conversations: Sequence[Conversation], tokenizer: Any,
+                         max_seq_tokens: int) -> list[tuple[Example, bool]]:
+    """`encode_conversation` for many rows at once: the template is rendered once per role sequence
+    and all message texts go through the tokenizer in one batched call."""
+    # Message text is rendered as slots, so the markup depends on the roles alone: one render per
+    # role sequence gives every row's markup (and a template error names the first row it hits).
+    layouts: dict[tuple[str, ...], list[list[int]]] = {}
+    for conversation in conversations:
+        roles = tuple(m.role for m in conversation.messages)
+        if roles not in layouts:
+            layouts[roles] = template_layout(roles, tokenizer, conversation.source)
+    texts = [m.content for c in conversations for m in c.messages]
+    encoded = iter(_encode_batch(tokenizer, texts))
+    eot = end_of_turn_ids(tokenizer)
+    out = []
+    for conversation in conversations:
+        pieces = layouts[tuple(m.role for m in conversation.messages)]
+        contents = [next(encoded) for _ in conversation.messages]
+        out.append(_label(conversation, pieces, contents, eot, tokenizer.eos_token_id, max_seq_tokens))
+    return out
+
+
+def template_layout(roles: Sequence[str], tokenizer: Any, source: str = "") -> list[list[int]]:
+    """Token ids of the template markup around messages with these roles: [before the first
+    message, after message 0, after message 1, ...]; TemplateError when the template refuses them."""
     if not getattr(tokenizer, "chat_template", None):
         raise TemplateError(
             "the model has no chat template: set `chat_template` in the config to a name ('chatml') "
             "or a Jinja string"
         )
-    slots = [{"role": m.role, "content": _SLOT.format(i)} for i, m in enumerate(conversation.messages)]
+    where = f"{source}: " if source else ""
+    slots = [{"role": role, "content": _SLOT.format(i)} for i, role in enumerate(roles)]
     try:
         rendered = tokenizer.apply_chat_template(slots, tokenize=False)
     except Exception as exc:  # Jinja raises its own types (raise_exception in templates)
-        raise TemplateError(f"{conversation.source}: the chat template rejected this conversation: {exc}") from None
+        raise TemplateError(f"{where}the chat template rejected this conversation: {exc}") from None
     pieces = _SLOT_RE.split(rendered)  # [template, idx, template, idx, ..., template]
     order = [int(i) for i in pieces[1::2]]
-    if order != list(range(len(conversation.messages))):
+    if order != list(range(len(roles))):
         raise TemplateError(
-            f"{conversation.source}: the chat template dropped, reordered or repeated message text "
+            f"{where}the chat template dropped, reordered or repeated message text "
             f"(rendered order {order}); set `chat_template` to one that keeps every message"
         )
-    eot = end_of_turn_ids(tokenizer)
+    return [_encode(tokenizer, piece, special=True) for piece in pieces[0::2]]
+
+
+def _label(conversation: Conversation, pieces: list[list[int]], contents: list[list[int]], eot: set[int],
+           eos_token_id: int | None, max_seq_tokens: int) -> tuple[Example, bool]:
     input_ids: list[int] = []
     trained: list[bool] = []
 
@@ -76,11 +113,11 @@ def encode_conversation(conversation: Conversation, tokenizer: Any, max_seq_toke
         input_ids.extend(ids)
         trained.extend([train] * len(ids))
 
-    add(_encode(tokenizer, pieces[0], special=True), False)
+    add(pieces[0], False)
     for k, message in enumerate(conversation.messages):
         is_target = message.role == "assistant" and message.trained
-        add(_encode(tokenizer, message.content, special=False), is_target)
-        suffix = _encode(tokenizer, pieces[2 + 2 * k], special=True)
+        add(contents[k], is_target)
+        suffix = pieces[k + 1]
         if not is_target:
             add(suffix, False)
             continue
@@ -89,9 +126,9 @@ def encode_conversation(conversation: Conversation, tokenizer: Any, max_seq_toke
         cut = next((j + 1 for j, t in enumerate(suffix) if t in eot), None)
         if cut is None:
             last = k == len(conversation.messages) - 1
-            if last and tokenizer.eos_token_id is not None:
+            if last and eos_token_id is not None:
                 add(suffix, True)
-                add([tokenizer.eos_token_id], True)
+                add([eos_token_id], True)
             else:
                 add(suffix, False)
         else:
@@ -121,6 +158,14 @@ def encode_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[int]:
         ids += _encode(tokenizer, message["content"], special=False)
         ids += _encode(tokenizer, pieces[2 + 2 * k], special=True)
     return ids
+
+
+def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Message texts as plain text (special-token parsing off), in one call to the fast tokenizer."""
+    if not texts:
+        return []
+    ids = tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    return [list(row) if text else [] for row, text in zip(ids, texts)]
 
 
 def _encode(tokenizer: Any, text: str, special: bool) -> list[int]:

@@ -1,0 +1,423 @@
+"""The data check: every problem of a training (and evaluation) file, before a minute of training.
+
+Streams each file in batches, so memory holds one batch plus a few numbers per row. Tokenizes
+through the training renderer (`encode_conversations` / `encode_document`), so lengths, label
+masks and truncation are exactly what training will see.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from rich.markup import escape
+
+from .limits import CheckLimits
+from .pii import find_pii
+from .records import (
+    TEXT_SUFFIXES, Conversation, DataError, DataIssue, Document, Record, check_readable, iter_records,
+    read_text_file, resolve_data_path,
+)
+from .render import (
+    END_OF_TURN_TOKENS, IGNORE, Example, TemplateError, encode_conversations, encode_document, end_of_turn_ids,
+    template_layout,
+)
+from .similarity import DuplicateIndex, normalize, signature
+
+BATCH_ROWS = 512
+"""Rows tokenized per call: large enough for the fast tokenizer's batching, small for memory."""
+UNLIMITED = 1 << 62  # encode without truncating; the check works out what truncation would cut
+
+
+@dataclass
+class SplitStats:
+    """Numbers about one file, gathered while streaming it."""
+
+    file: str
+    format: str | None = None
+    rows: int = 0
+    examples: int = 0
+    lengths: array = field(default_factory=lambda: array("I"))
+    """Tokens per row, 4 bytes each."""
+    trained_tokens: int = 0
+    over_max_seq_tokens: int = 0
+    cut_trained_tokens: int = 0
+    no_trained_tokens: int = 0
+    end_of_turn_trained: int = 0
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    control_token_strings: int = 0
+    short_answers: int = 0
+    long_answers: int = 0
+    pii: dict[str, int] = field(default_factory=lambda: {"email": 0, "phone": 0, "card": 0})
+    answer_lines: array = field(default_factory=lambda: array("I"))
+    answer_tokens: array = field(default_factory=lambda: array("I"))
+    """Line and trained tokens of each conversation, for the long-answer check against the median."""
+
+    def to_dict(self) -> dict[str, Any]:
+        ordered = sorted(self.lengths)
+        tokens = {"min": 0, "median": 0, "p95": 0, "max": 0, "total": 0}
+        if ordered:
+            tokens = {"min": ordered[0], "median": int(statistics.median(ordered)),
+                      "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1],
+                      "total": sum(ordered)}
+        return {
+            "file": self.file, "format": self.format, "rows": self.rows, "examples": self.examples,
+            "tokens": tokens, "trained_tokens": self.trained_tokens,
+            "over_max_seq_tokens": self.over_max_seq_tokens, "cut_trained_tokens": self.cut_trained_tokens,
+            "no_trained_tokens": self.no_trained_tokens, "end_of_turn_trained": self.end_of_turn_trained,
+            "exact_duplicates": self.exact_duplicates, "near_duplicates": self.near_duplicates,
+            "control_token_strings": self.control_token_strings, "short_answers": self.short_answers,
+            "long_answers": self.long_answers, "pii": dict(self.pii),
+        }
+
+
+@dataclass
+class CheckReport:
+    """Errors (training refuses), warnings (training goes on) and statistics, per file and line."""
+
+    errors: list[DataIssue] = field(default_factory=list)
+    warnings: list[DataIssue] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    previews: list[Example] = field(default_factory=list)
+    """The first rendered examples of the training file, for `--show`."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        def rows(issues: list[DataIssue]) -> list[dict[str, Any]]:
+            return [{"file": i.file, "line": i.line, "field": i.field, "message": i.message, "kind": i.kind}
+                    for i in issues]
+
+        return {"ok": self.ok, "errors": rows(self.errors), "warnings": rows(self.warnings), "stats": self.stats}
+
+    def warning_summary(self, per_kind: int = 3) -> list[str]:
+        """One line per kind of warning: how many, and the first few places."""
+        by_kind: dict[str, list[DataIssue]] = {}
+        for issue in self.warnings:
+            by_kind.setdefault(issue.kind, []).append(issue)
+        lines = []
+        for kind, issues in by_kind.items():
+            first = "; ".join(str(i) for i in issues[:per_kind])
+            more = f" (+{len(issues) - per_kind} more)" if len(issues) > per_kind else ""
+            lines.append(f"{kind} x{len(issues)}: {first}{more}")
+        return lines
+
+    def enforce(self, console: Any) -> None:
+        """What `train` does with the report: print warnings, refuse on errors (before creating anything)."""
+        for line in self.warning_summary():
+            console.print(f"[yellow]data warning:[/] {escape(line)}", highlight=False)
+        if self.errors:
+            raise DataError(self.errors)
+
+
+def check_files(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
+                limits: CheckLimits | None = None, show: int = 0) -> CheckReport:
+    """Check the training file and, when given, the evaluation file and leakage between them."""
+    limits = limits or CheckLimits()
+    report = CheckReport()
+    checker = _Checker(tokenizer, max_seq_tokens, limits, report, show)
+    train_index = DuplicateIndex(limits.near_duplicate_jaccard)
+    splits = {"train": checker.check_file(data, "train", train_index, None)}
+    if eval_data is not None:
+        eval_index = DuplicateIndex(limits.near_duplicate_jaccard)
+        splits["eval"] = checker.check_file(eval_data, "eval", eval_index, train_index)
+    train_file = str(resolve_data_path(data))
+    for issues in (report.errors, report.warnings):
+        issues.sort(key=lambda i: (i.file != train_file, i.file, i.line))
+    report.stats = {"max_seq_tokens": max_seq_tokens, "splits": {k: v.to_dict() for k, v in splits.items()}}
+    if eval_data is not None:
+        report.stats["leakage"] = checker.leakage
+    return report
+
+
+class _Checker:
+    """State shared across the files of one check: tokenizer facts, report, leakage counts."""
+
+    def __init__(self, tokenizer: Any, max_seq_tokens: int, limits: CheckLimits, report: CheckReport, show: int):
+        self.tokenizer = tokenizer
+        self.max_seq_tokens = max_seq_tokens
+        self.limits = limits
+        self.report = report
+        self.show = show
+        self.eot = end_of_turn_ids(tokenizer)
+        self.leakage = {"exact": 0, "near": 0, "same_prompt": 0}
+        self.layouts: dict[tuple[str, ...], str | None] = {}  # roles -> template error or None
+        self.has_template = bool(getattr(tokenizer, "chat_template", None))
+        self.reported_no_template = False  # one error for the file, not one per row
+        # normalized prompt hash -> line and answer hash (ints only: cheap for the GC); this file's
+        # and the training file's
+        self.prompts: dict[int, int] = {}
+        self.answers: dict[int, int] = {}
+        self.train_prompts: dict[int, int] = {}
+        self.train_answers: dict[int, int] = {}
+        specials = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(END_OF_TURN_TOKENS)
+        specials |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
+                     if getattr(t, "special", False)}
+        specials = {s for s in specials if s and not s.isalnum()}
+        self.control_re = re.compile("|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True))) \
+            if specials else None
+
+    def warn(self, file: str, line: int, field_name: str, kind: str, message: str) -> None:
+        self.report.warnings.append(DataIssue(file, line, field_name, message, kind))
+
+    def error(self, file: str, line: int, field_name: str, kind: str, message: str) -> None:
+        self.report.errors.append(DataIssue(file, line, field_name, message, kind))
+
+    def check_file(self, path: str | Path, split: str, index: DuplicateIndex,
+                   reference: DuplicateIndex | None) -> SplitStats:
+        resolved = resolve_data_path(path)
+        stats = SplitStats(str(resolved))
+        self.prompts, self.answers = {}, {}
+        check_readable(resolved)
+        issues: list[DataIssue] = []
+        batch: list[tuple[str, Record]] = []
+        for item in self._records(resolved, issues):
+            batch.append(item)
+            if len(batch) == BATCH_ROWS:
+                self._check_batch(batch, stats, split, index, reference)
+                batch = []
+        if batch:
+            self._check_batch(batch, stats, split, index, reference)
+        for issue in issues:
+            self.report.errors.append(DataIssue(issue.file, issue.line, issue.field, issue.message, "format"))
+        if stats.rows == 0 and not issues:
+            self.error(str(resolved), 1, "(file)", "empty", "has no rows — add one JSON object per line")
+        self._after_file(stats)
+        if split == "train":
+            self.train_prompts, self.train_answers = self.prompts, self.answers
+        return stats
+
+    def _records(self, path: Path, issues: list[DataIssue]) -> Iterator[tuple[str, Record]]:
+        if path.suffix.lower() in TEXT_SUFFIXES:
+            try:
+                yield from (("text", r) for r in read_text_file(path))
+            except DataError as exc:
+                issues.extend(exc.issues)
+            return
+        yield from iter_records(path, self.limits, issues)
+
+    def _check_batch(self, batch: list[tuple[str, Record]], stats: SplitStats, split: str,
+                     index: DuplicateIndex, reference: DuplicateIndex | None) -> None:
+        conversations: list[Conversation] = []
+        fmt_of: dict[str, str] = {}
+        for fmt, record in batch:
+            stats.rows += 1
+            stats.format = stats.format or fmt
+            file, line = _where(record.source)
+            fmt_of[record.source] = fmt
+            self._check_text(record, fmt, file, line, stats, index, reference)
+            if isinstance(record, Document):
+                examples = encode_document(record, self.tokenizer, self.max_seq_tokens)
+                stats.examples += len(examples)
+                stats.lengths.append(sum(len(e.input_ids) for e in examples))
+                stats.trained_tokens += sum(e.n_trained for e in examples)
+                self._keep_preview(examples[:1], split)
+                continue
+            if not self.has_template:
+                if not self.reported_no_template:
+                    self.reported_no_template = True
+                    self.error(file, line, "(template)", "template", "the model has no chat template, so "
+                               "conversations cannot be rendered — set `chat_template` in the config to a name "
+                               "('chatml') or a Jinja string, or use a chat model")
+                continue
+            roles = tuple(m.role for m in record.messages)
+            if roles not in self.layouts:
+                try:
+                    template_layout(roles, self.tokenizer)
+                    self.layouts[roles] = None
+                except TemplateError as exc:
+                    self.layouts[roles] = str(exc)
+            problem = self.layouts[roles]
+            if problem is not None:
+                self.error(file, line, _turns_field(fmt), "template",
+                           f"role order ({', '.join(roles)}) is refused by the model's chat template: {problem} "
+                           "— reorder the turns (usually system?, then user/assistant alternating)")
+                continue
+            conversations.append(record)
+        for conversation, (example, _) in zip(conversations, encode_conversations(conversations, self.tokenizer,
+                                                                                   UNLIMITED)):
+            self._check_example(conversation, fmt_of[conversation.source], example, stats, split)
+
+    def _check_example(self, conversation: Conversation, fmt: str, example: Example, stats: SplitStats,
+                       split: str) -> None:
+        file, line = _where(conversation.source)
+        n = self.max_seq_tokens
+        length = len(example.input_ids)
+        trained = [t for t in example.targets if t != IGNORE]
+        kept = sum(1 for t in example.targets[: n - 1] if t != IGNORE) if length > n else len(trained)
+        stats.examples += 1
+        stats.lengths.append(length)
+        stats.trained_tokens += kept
+        field_name = _turns_field(fmt)
+        if not trained:
+            stats.no_trained_tokens += 1
+            self.warn(file, line, field_name, "no trained tokens",
+                      "has no trained tokens (every assistant turn has weight 0) — it costs compute and teaches "
+                      "nothing; give an assistant turn weight 1 or drop the row")
+        elif length > n:
+            stats.over_max_seq_tokens += 1
+            stats.cut_trained_tokens += len(trained) - kept
+            if kept == 0:
+                self.error(file, line, field_name, "truncation",
+                           f"is {length} tokens; every one of its {len(trained)} trained tokens lies past "
+                           f"max_seq_tokens={n}, so training would learn nothing from it — shorten the prompt "
+                           "or raise --max-seq-tokens")
+            else:
+                self.warn(file, line, field_name, "truncation",
+                          f"is {length} tokens, over max_seq_tokens={n}: truncation cuts {length - n} tokens, "
+                          f"{len(trained) - kept} of them trained — shorten it or raise --max-seq-tokens")
+        if trained:
+            if any(t in self.eot for t in trained):
+                stats.end_of_turn_trained += 1
+            stats.answer_lines.append(line)
+            stats.answer_tokens.append(len(trained))
+        answer = " ".join(m.content.strip() for m in conversation.messages if m.role == "assistant" and m.trained)
+        if trained and len(answer) < self.limits.short_answer_chars:
+            stats.short_answers += 1
+            self.warn(file, line, _answer_field(fmt, conversation), "short answer",
+                      f"the answer {answer!r} is suspiciously short — is it the whole answer?")
+        self._keep_preview([example], split)
+
+    def _check_text(self, record: Record, fmt: str, file: str, line: int, stats: SplitStats,
+                    index: DuplicateIndex, reference: DuplicateIndex | None) -> None:
+        """Duplicates, leakage, control-token strings and PII: the checks that read the text itself."""
+        if isinstance(record, Document):
+            parts = [("text", record.text)]
+        else:
+            parts = [(_message_field(fmt, i, m.role), m.content) for i, m in enumerate(record.messages)]
+        for name, text in parts:
+            if self.control_re is not None:
+                hit = self.control_re.search(text)
+                if hit is not None:
+                    stats.control_token_strings += 1
+                    self.warn(file, line, name, "control token string",
+                              f"contains the control-token string {hit.group()!r}; training keeps it as plain text, "
+                              "but a model that sees it in prompts may stop or switch roles — remove it if pasted "
+                              "by mistake")
+            for kind, masked in find_pii(text):
+                stats.pii[kind] += 1
+                self.warn(file, line, name, "pii", f"looks like {_PII_NAMES[kind]} ({masked}) — remove or "
+                          "replace personal data before training")
+        # Fingerprint what the row teaches; a shared system prompt would make every row look alike.
+        if isinstance(record, Document):
+            body = normalize(record.text)
+        else:
+            body = normalize(" ".join(m.content for m in record.messages if m.role != "system"))
+        sig = signature(body)
+        match = index.find(body, sig)
+        if match is not None:
+            kind, first, score = match
+            if kind == "exact":
+                stats.exact_duplicates += 1
+                self.warn(file, line, "(row)", "duplicate", f"duplicates line {first} (after normalizing case, "
+                          "spacing and punctuation) — drop one: duplicates over-weight a row and leak into the "
+                          "validation split")
+            else:
+                stats.near_duplicates += 1
+                self.warn(file, line, "(row)", "near duplicate", f"is a near-duplicate of line {first} "
+                          f"(~{score:.0%} overlap) — keep the better one")
+        if reference is not None:
+            leak = reference.find(body, sig)
+            if leak is not None:
+                kind, first, score = leak
+                self.leakage[kind] += 1
+                how = "the same as" if kind == "exact" else f"a near-duplicate (~{score:.0%}) of"
+                self.warn(file, line, "(row)", "leakage", f"is {how} training line {first} — evaluation rows seen "
+                          "in training overstate the score; remove it from one of the files")
+        if match is None or match[0] != "exact":
+            index.add(body, sig, line)
+        if isinstance(record, Conversation):
+            self._check_prompt(record, file, line, reference is not None, match is None)
+
+    def _check_prompt(self, record: Conversation, file: str, line: int, is_eval: bool, distinct: bool) -> None:
+        prompt = hash(normalize(" ".join(m.content for m in record.messages if m.role == "user")))
+        answer = hash(normalize(" ".join(m.content for m in record.messages if m.role == "assistant")))
+        earlier = self.prompts.get(prompt)
+        if earlier is not None and self.answers[prompt] != answer and distinct:
+            self.warn(file, line, "(row)", "conflicting answers", f"asks the same as line {earlier} but answers "
+                      "differently — the model learns a blend; keep one answer")
+        if earlier is None:
+            self.prompts[prompt], self.answers[prompt] = line, answer
+        if is_eval:
+            seen = self.train_prompts.get(prompt)
+            if seen is not None and self.train_answers[prompt] != answer:
+                self.leakage["same_prompt"] += 1
+                self.warn(file, line, "(row)", "leakage", f"asks the same as training line {seen} — the "
+                          "evaluation then tests recall of a training question; remove it from one of the files")
+
+    def _after_file(self, stats: SplitStats) -> None:
+        """Checks that need the whole file: long answers against the median, end-of-turn training."""
+        if stats.answer_tokens:
+            median = statistics.median(stats.answer_tokens)
+            cap = max(self.limits.long_answer_ratio * median, self.limits.long_answer_min_tokens)
+            for line, n in zip(stats.answer_lines, stats.answer_tokens):
+                if n > cap:
+                    stats.long_answers += 1
+                    self.warn(stats.file, line, "(answer)", "long answer",
+                              f"trains {n} tokens, {n / median:.0f}x the median answer ({median:g}) — check that "
+                              "it is one answer, not several pasted together")
+            missing = len(stats.answer_tokens) - stats.end_of_turn_trained
+            if missing:
+                first = stats.answer_lines[0]
+                self.warn(stats.file, first, "(template)", "end of turn not trained",
+                          f"{missing} of {len(stats.answer_tokens)} examples never train the end-of-turn token, "
+                          "so the model will not learn to stop — use a chat template that closes assistant turns "
+                          "with the tokenizer's EOS")
+            stats.answer_lines, stats.answer_tokens = array("I"), array("I")
+
+    def _keep_preview(self, examples: list[Example], split: str) -> None:
+        if split == "train" and len(self.report.previews) < self.show:
+            self.report.previews.extend(examples[: self.show - len(self.report.previews)])
+
+
+_PII_NAMES = {"email": "an e-mail address", "phone": "a phone number", "card": "a payment card number (Luhn-valid)"}
+
+
+def _where(source: str) -> tuple[str, int]:
+    file, _, line = source.rpartition(":")
+    return file, int(line)
+
+
+def _turns_field(fmt: str) -> str:
+    return {"chat": "messages", "sharegpt": "conversations", "instruction": "output",
+            "prompt_completion": "completion"}.get(fmt, "text")
+
+
+def _message_field(fmt: str, i: int, role: str) -> str:
+    """The user's own name for message i: messages[1].content, output, completion, ..."""
+    if fmt == "chat":
+        return f"messages[{i}].content"
+    if fmt == "sharegpt":
+        return f"conversations[{i}].value"
+    if fmt == "instruction":
+        return {"system": "system", "user": "instruction", "assistant": "output"}[role]
+    return {"user": "prompt", "assistant": "completion"}.get(role, role)
+
+
+def _answer_field(fmt: str, conversation: Conversation) -> str:
+    last = max(i for i, m in enumerate(conversation.messages) if m.role == "assistant")
+    return _message_field(fmt, last, "assistant")
+
+
+def render_preview(example: Example, tokenizer: Any, max_seq_tokens: int) -> str:
+    """Rich markup of one example: trained tokens highlighted, untrained dim, the truncation point marked."""
+    ids = example.input_ids
+    # token t is trained when the target at t-1 predicts it
+    trained = [False] + [t != IGNORE for t in example.targets[:-1]]
+    out: list[str] = []
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or trained[end] != trained[start] or end == max_seq_tokens:
+            text = escape(tokenizer.decode(ids[start:end], skip_special_tokens=False))
+            out.append(f"[bold green on grey15]{text}[/]" if trained[start] else f"[dim]{text}[/]")
+            if end == max_seq_tokens and end < len(ids):
+                out.append(f"[bold red]✂ max_seq_tokens={max_seq_tokens}: the rest is cut[/]")
+            start = end
+    return "".join(out)

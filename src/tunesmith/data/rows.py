@@ -1,0 +1,320 @@
+"""Stream JSON objects out of .jsonl, .json (an array) and .csv files in bounded memory.
+
+Lines are read in fixed-size chunks, so a line over the cap is reported and skipped without ever
+being held whole. Every bad row becomes a DataIssue (file, line, field, what, how to fix).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import re
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from .limits import CheckLimits
+from .records import DataIssue, detect_format
+
+CHUNK_BYTES = 1 << 16
+"""Read size: 64 KiB keeps memory small and the Python per-chunk overhead negligible."""
+BOM = b"\xef\xbb\xbf"
+_SPACE = re.compile(r"\s*")
+JSON_SUFFIXES = (".json",)
+CSV_SUFFIXES = (".csv",)
+# CSV cells holding a list of turns are JSON text inside the cell.
+_CSV_JSON_COLUMNS = ("messages", "conversations")
+_CSV_OPTIONAL_COLUMNS = ("system",)
+Row = tuple[int, dict[str, Any]]
+"""(line number, the parsed JSON object)."""
+
+
+def iter_lines(handle: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, line without its line break or None when over the cap, length in bytes).
+
+    A BOM on the first line and a CR before the LF are removed. At most one chunk plus
+    `max_line_bytes` are held at any time.
+    """
+    line_no = 0
+    parts: list[bytes] = []
+    held = 0  # bytes in `parts`
+    skipping = 0  # > 0: inside a line already over the cap, this many bytes seen so far
+    first = True
+    while True:
+        chunk = handle.read(CHUNK_BYTES)
+        if first and chunk.startswith(BOM):
+            chunk = chunk[len(BOM):]
+        first = False
+        if not chunk:
+            break
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            if skipping:
+                skipping += len(piece)
+            else:
+                parts.append(piece)
+                held += len(piece)
+                if held > max_line_bytes + 1:  # +1: the CR of a CRLF line does not count
+                    skipping, parts, held = held, [], 0
+            if end < 0:
+                break
+            line_no += 1
+            yield _finish(line_no, parts, held, skipping, max_line_bytes)
+            parts, held, skipping = [], 0, 0
+            start = end + 1
+    if parts and held or skipping:
+        yield _finish(line_no + 1, parts, held, skipping, max_line_bytes)
+
+
+def _finish(line_no: int, parts: list[bytes], held: int, skipping: int, cap: int) -> tuple[int, bytes | None, int]:
+    if skipping:
+        return line_no, None, skipping
+    line = b"".join(parts)
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return (line_no, line, len(line)) if len(line) <= cap else (line_no, None, len(line))
+
+
+def reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists/objects deeper than `limit` levels (the row itself is level 1)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def parse_json_line(text: str, file: str, line_no: int, limits: CheckLimits,
+                    issues: list[DataIssue]) -> dict[str, Any] | None:
+    """One JSON object from one line of text, or None with the problem appended to `issues`."""
+    try:
+        row = json.loads(text, parse_constant=reject_constant)
+    except json.JSONDecodeError as exc:
+        issues.append(DataIssue(file, line_no, "(line)", f"invalid JSON at column {exc.colno}: {exc.msg} "
+                             "— write one complete JSON object per line"))
+        return None
+    except RecursionError:
+        issues.append(_too_deep_issue(file, line_no, limits))
+        return None
+    except ValueError as exc:  # NaN / Infinity from reject_constant
+        issues.append(DataIssue(file, line_no, "(line)", f"{exc} — use a number or null"))
+        return None
+    return check_row_shape(row, file, line_no, limits, issues)
+
+
+def check_row_shape(row: Any, file: str, line_no: int, limits: CheckLimits,
+                    issues: list[DataIssue]) -> dict[str, Any] | None:
+    """The row when it is an object of sane depth; otherwise None with the problem in `issues`."""
+    if not isinstance(row, dict):
+        issues.append(DataIssue(file, line_no, "(line)", f"is a JSON {type(row).__name__}, not an object "
+                             "— write one {...} object per line"))
+        return None
+    if too_deep(row, limits.max_nesting_depth):
+        issues.append(_too_deep_issue(file, line_no, limits))
+        return None
+    return row
+
+
+def _too_deep_issue(file: str, line_no: int, limits: CheckLimits) -> DataIssue:
+    return DataIssue(file, line_no, "(line)", f"nests deeper than {limits.max_nesting_depth} levels "
+                  "— flatten the record; a training row needs at most 3")
+
+
+def _oversize_issue(file: str, line_no: int, n_bytes: int, limits: CheckLimits, what: str = "line") -> DataIssue:
+    return DataIssue(file, line_no, f"({what})", f"is {n_bytes:,}+ bytes, over the {limits.max_line_bytes:,}-byte cap "
+                  "— split the text into several rows (or raise the cap with --max-line-bytes)")
+
+
+def iter_rows(path: Path, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
+    """(line number, row) for every readable object of a .jsonl, .json or .csv file; problems go to `issues`."""
+    suffix = path.suffix.lower()
+    with path.open("rb") as handle:
+        if suffix in JSON_SUFFIXES:
+            yield from _json_array_rows(handle, str(path), limits, issues)
+        elif suffix in CSV_SUFFIXES:
+            yield from _csv_rows(handle, str(path), limits, issues)
+        else:
+            yield from _jsonl_rows(handle, str(path), limits, issues)
+
+
+def _jsonl_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
+    for line_no, raw, n_bytes in iter_lines(handle, limits.max_line_bytes):
+        if raw is None:
+            issues.append(_oversize_issue(file, line_no, n_bytes, limits))
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            issues.append(DataIssue(file, line_no, "(line)", f"is not valid UTF-8 (byte {exc.start + 1}) "
+                                 "— re-save the file as UTF-8"))
+            continue
+        if not text.strip():
+            continue
+        row = parse_json_line(text, file, line_no, limits, issues)
+        if row is not None:
+            yield line_no, row
+
+
+def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
+    """Records of a top-level JSON array, decoded one element at a time (never the whole file)."""
+    decoder = json.JSONDecoder(parse_constant=reject_constant)
+    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+    buf, pos, line, eof = "", 0, 1, False  # `line` is the line number at buf[pos]
+    read_lines = 1  # line number at the end of what was read so far (for UTF-8 errors)
+    eof_error = False
+
+    def more() -> bool:
+        nonlocal buf, pos, eof, read_lines, eof_error
+        chunk = handle.read(CHUNK_BYTES)
+        try:
+            text = utf8.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            issues.append(DataIssue(file, read_lines + chunk[: exc.start].count(b"\n"), "(line)",
+                                 "is not valid UTF-8 — re-save the file as UTF-8"))
+            eof = eof_error = True
+            return False
+        read_lines += chunk.count(b"\n")
+        buf, pos = buf[pos:] + text, 0
+        eof = not chunk
+        return bool(chunk)
+
+    def skip_space() -> bool:
+        nonlocal pos, line
+        while True:
+            end = _SPACE.match(buf, pos).end()
+            line += buf.count("\n", pos, end)
+            pos = end
+            if pos < len(buf) or not more():
+                return pos < len(buf)
+
+    if not skip_space() or buf[pos] != "[":
+        if not eof_error:
+            issues.append(DataIssue(file, line, "(file)", "a .json file must hold one array of records "
+                                    "[{...}, {...}] — or write one object per line in a .jsonl file"))
+        return
+    pos += 1
+    expect_item, after_comma = True, False
+    while True:
+        if not skip_space():
+            if not eof_error:
+                issues.append(DataIssue(file, line, "(file)", "the array is not closed — end the file with ]"))
+            return
+        if buf[pos] == "]":
+            if after_comma:
+                issues.append(DataIssue(file, line, "(line)",
+                                        "invalid JSON: a comma before ] — remove the trailing comma"))
+            return
+        if not expect_item:
+            if buf[pos] != ",":
+                issues.append(DataIssue(file, line, "(line)", f"expected , or ] between records, got {buf[pos]!r} "
+                                     "— separate records with commas"))
+                return
+            pos += 1
+            expect_item = after_comma = True
+            continue
+        while True:
+            try:
+                row, end = decoder.raw_decode(buf, pos)
+                break
+            except json.JSONDecodeError as exc:
+                if not eof and len(buf) - pos <= limits.max_line_bytes and more():
+                    continue
+                if len(buf) - pos > limits.max_line_bytes:
+                    issues.append(_oversize_issue(file, line, len(buf) - pos, limits, what="record"))
+                else:
+                    at = line + buf.count("\n", pos, exc.pos)
+                    issues.append(DataIssue(file, at, "(line)", f"invalid JSON: {exc.msg} — fix the record; "
+                                         "the rest of the array is not read"))
+                return
+            except RecursionError:
+                issues.append(_too_deep_issue(file, line, limits))
+                return
+            except ValueError as exc:
+                issues.append(DataIssue(file, line, "(line)", f"{exc} — use a number or null"))
+                return
+        if end - pos > limits.max_line_bytes:
+            issues.append(_oversize_issue(file, line, end - pos, limits, what="record"))
+        else:
+            checked = check_row_shape(row, file, line, limits, issues)
+            if checked is not None:
+                yield line, checked
+        line += buf.count("\n", pos, end)
+        pos = end
+        expect_item = after_comma = False
+
+
+def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
+    """Rows of a CSV with a header naming a known format's columns; turn lists are JSON in their cell."""
+
+    def lines() -> Iterator[str]:
+        for line_no, raw, n_bytes in iter_lines(handle, limits.max_line_bytes):
+            if raw is None:
+                issues.append(_oversize_issue(file, line_no, n_bytes, limits))
+                yield "\n"  # keeps the reader's line count equal to the file's
+                continue
+            try:
+                yield raw.decode("utf-8") + "\n"
+            except UnicodeDecodeError:
+                issues.append(DataIssue(file, line_no, "(line)", "is not valid UTF-8 — re-save the file as UTF-8"))
+                yield "\n"
+
+    # The csv module caps cells at 128 KiB process-wide; lines are already capped, so lift it to match.
+    csv.field_size_limit(max(csv.field_size_limit(), limits.max_line_bytes))
+    reader = csv.reader(lines())
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        issues.append(DataIssue(file, 1, "(header)", f"is not valid CSV: {exc}"))
+        return
+    header = [h.strip() for h in header]
+    if detect_format(dict.fromkeys(header)) is None:
+        issues.append(DataIssue(file, 1, "(header)", f"no known format among columns {header} — name the columns "
+                             "instruction,input,output or prompt,completion or text or messages"))
+        return
+    last = reader.line_num
+    while True:
+        try:
+            cells = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            issues.append(DataIssue(file, last + 1, "(row)",
+                                    f"is not valid CSV: {exc} — quote cells that hold commas"))
+            last = reader.line_num
+            continue
+        line_no, last = last + 1, reader.line_num
+        if not cells or not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            issues.append(DataIssue(file, line_no, "(row)", f"has {len(cells)} cells but the header has {len(header)} "
+                                 "— quote cells that hold commas"))
+            continue
+        row: dict[str, Any] = {}
+        for name, cell in zip(header, cells):
+            if name in _CSV_OPTIONAL_COLUMNS and not cell:
+                continue
+            if name in _CSV_JSON_COLUMNS:
+                try:
+                    row[name] = json.loads(cell, parse_constant=reject_constant)
+                except ValueError as exc:
+                    issues.append(DataIssue(file, line_no, name, f"must be a JSON list of turns in the cell: {exc}"))
+                    row = {}
+                    break
+            else:
+                row[name] = cell
+        if row:
+            checked = check_row_shape(row, file, line_no, limits, issues)
+            if checked is not None:
+                yield line_no, checked
