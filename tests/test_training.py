@@ -145,3 +145,21 @@ def test_qlora_and_fsdp_say_clearly_what_they_need(tiny_model_dir, faq_file, tmp
         with pytest.raises(error, match=text):
             train(config, show_progress=False)
         assert not (tmp_path / "run").exists()
+
+
+def test_packed_attention_equals_examples_one_at_a_time(tiny_model_dir, tiny_tokenizer):
+    from tunesmith.attention import use_packed_attention
+
+    exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
+    model = load_model(str(tiny_model_dir)).eval()
+    device = torch.device("cpu")
+    with torch.no_grad():
+        masked = loss_sum(model, pack_examples(exs), device)  # transformers' block-diagonal mask
+        assert use_packed_attention(model)
+        packed = loss_sum(model, pack_examples(exs), device)  # one causal SDPA per example
+        alone = sum(loss_sum(model, pack_examples([e]), device) for e in exs)
+    torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(packed, masked, rtol=1e-5, atol=1e-5)
+    # Generation takes the fallback path (no segments, a KV cache) and still works.
+    out = model.generate(torch.tensor([exs[0].input_ids[:6]]), max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == 9

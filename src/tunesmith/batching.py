@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -19,6 +20,7 @@ class Batch:
     input_ids: torch.Tensor  # (1, T) T = total tokens of the packed examples
     position_ids: torch.Tensor  # (1, T) 0..len-1 per example, which tells attention where examples end
     targets: torch.Tensor  # (1, T) next-token targets, IGNORE where untrained
+    bounds: torch.Tensor  # (n_examples + 1,) cumulative example lengths: example i is [bounds[i], bounds[i+1])
     sources: tuple[str, ...]
 
     @property
@@ -39,6 +41,7 @@ def pack_examples(examples: Sequence[Example]) -> Batch:
         input_ids=torch.tensor([input_ids], dtype=torch.long),
         position_ids=torch.tensor([positions], dtype=torch.long),
         targets=torch.tensor([targets], dtype=torch.long),
+        bounds=torch.tensor([0, *itertools.accumulate(len(e.input_ids) for e in examples)], dtype=torch.int32),
         sources=tuple(e.source for e in examples),
     )
 
@@ -79,6 +82,7 @@ def loss_sum(model: Any, batch: Batch, device: torch.device) -> torch.Tensor:
         position_ids=batch.position_ids.to(device),
         logits_to_keep=keep,
         use_cache=False,
+        cu_seq_lens_q=batch.bounds,  # read by the packed attention (attention.py); other kernels ignore it
     )
     logits = out.logits[0].float()  # (n_trained, vocab)
     return F.cross_entropy(logits, targets[keep], reduction="sum")

@@ -124,6 +124,43 @@ def generate_command(run: str, prompt: str, system: str | None, max_new_tokens: 
 
 
 
+@main.command("plan")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--model", help="Model directory, hub id, or smollm2-135m-instruct.")
+@click.option("--method", type=click.Choice(["lora", "dora", "full", "qlora"]))
+@click.option("--max-seq-tokens", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--devices", type=int, default=1, show_default=True, help="Processes (GPUs or CPU ranks).")
+@click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
+def plan_command(source: str, devices: int, as_json: bool, **flags: Any) -> None:
+    """Estimate the peak memory per device of training on SOURCE (data file or CONFIG.yaml)."""
+    import json
+
+    from .plan import plan_memory
+
+    try:
+        if Path(source).suffix.lower() in (".yaml", ".yml"):
+            config = load_config(source, flags)
+        else:
+            config = load_config(None, {**flags, "data": source})
+        plan = plan_memory(config, devices=devices)
+    except USER_ERRORS as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(plan.to_dict(), indent=2))
+        return
+    click.echo(f"{config.method} on {config.model}: {plan.parameters:,} parameters, "
+               f"{plan.trainable_parameters:,} trained, {devices} device(s)")
+    click.echo(f"  tokens per optimizer step   {plan.tokens_per_step:,} (largest micro-batch "
+               f"{plan.max_micro_batch_tokens:,} tokens)")
+    for label, value in (("frozen weights", plan.weights_gib), ("trained weights + grads + AdamW", plan.trainable_state_gib),
+                         ("activations", plan.activations_gib), ("LM head logits", plan.logits_gib),
+                         ("runtime", plan.runtime_gib), ("peak while loading", plan.load_peak_gib)):
+        click.echo(f"  {label:<30} {value:7.2f} GiB")
+    click.echo(f"  estimated peak per device     {plan.peak_gib:7.2f} GiB")
+
+
 @main.group("data")
 def data_group() -> None:
     """Look at training data before training on it."""

@@ -21,6 +21,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .attention import use_packed_attention
 from .batching import Batch, eval_batches, loss_sum, micro_batches
 from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, list_complete, load_checkpoint,
                          rng_state, save_checkpoint)
@@ -231,6 +232,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     set_seed(config.seed)
     dtype = compute_dtype(config.precision)
     base = load_model(config.model, trust_remote_code=config.trust_remote_code, quantize_4bit=config.method == "qlora")
+    use_packed_attention(base)
     model = add_adapter(base, config.method, config.lora, frozen_dtype=dtype,
                         gradient_checkpointing=config.gradient_checkpointing)
 

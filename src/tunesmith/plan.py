@@ -1,0 +1,112 @@
+"""`tunesmith plan`: how much memory a run will need per device, before it is launched.
+
+The estimate is built from the model's shape (counted on the meta device, no weights loaded), the
+method, and the real token counts of the data's micro-batches. Activation cost per token is an
+empirical constant measured on SmolLM2-135M (docs/distributed.md says how).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .batching import epoch_order
+from .config import TrainConfig
+from .data import prepare_data
+from .models import load_tokenizer, resolve_model_path
+
+GIB = 1024**3
+# Bytes kept for the backward pass per token, per layer, per unit of hidden width (bf16 autocast,
+# no recomputation): measured as the slope of peak memory against micro-batch tokens.
+ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN = 60
+# With gradient checkpointing only each layer's input survives (plus one layer being recomputed).
+CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN = 4
+# Per trained token the LM head keeps fp32 logits and their gradient plus the bf16 matmul output.
+LOGIT_BYTES_PER_TRAINED_TOKEN_VOCAB = 10
+# The process itself: Python, torch, transformers and tokenizer, measured on CPU after imports.
+RUNTIME_BYTES_CPU = int(0.75 * GIB)
+RUNTIME_BYTES_CUDA = int(0.6 * GIB)  # CUDA context and kernels, on the device
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Estimated peak memory of one process (one device)."""
+
+    parameters: int
+    trainable_parameters: int
+    devices: int
+    max_micro_batch_tokens: int
+    tokens_per_step: int
+    weights_gib: float
+    trainable_state_gib: float
+    """Trained weights, gradients and AdamW's two moments, fp32."""
+    activations_gib: float
+    logits_gib: float
+    runtime_gib: float
+    load_peak_gib: float
+    """Loading weights from safetensors briefly holds the file pages and the tensors."""
+    peak_gib: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count_parameters(model_name: str, method: str, lora_r: int, trust_remote_code: bool = False
+                     ) -> tuple[int, int, int, int, int, int]:
+    """(total, trainable, frozen linear, layers, hidden, vocab) counted on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model_name), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    total = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    linear_params = sum(m.weight.numel() for m in linears)
+    lora = sum(lora_r * (m.in_features + m.out_features) for m in linears)
+    trainable = total if method == "full" else lora
+    return total, trainable, linear_params, config.num_hidden_layers, config.hidden_size, config.vocab_size
+
+
+def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None) -> MemoryPlan:
+    """Peak memory per device of `config`, from the model's shape and the data's real token counts."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
+    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
+    total, trainable, linear_params, layers, hidden, vocab = count_parameters(
+        config.model, config.method, config.lora.r, config.trust_remote_code)
+
+    order = epoch_order(len(data.train), config.seed, 0)
+    micro = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    tokens = [sum(len(data.train[j].input_ids) for j in m) for m in micro]
+    trained = [sum(data.train[j].n_trained for j in m) for m in micro]
+    worst = max(range(len(micro)), key=lambda i: tokens[i])
+
+    bf16 = config.precision != "fp32"
+    if config.method == "full":
+        weights = 0  # every weight is trained: counted in the trainable state
+    elif config.method == "qlora":
+        weights = linear_params // 2 + (total - linear_params) * 2  # NF4 linears, bf16 rest
+    else:
+        weights = linear_params * (2 if bf16 else 4) + (total - linear_params) * 4
+    state = trainable * 16
+    per_token = CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN if config.gradient_checkpointing else \
+        ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
+    activations = tokens[worst] * layers * hidden * per_token
+    logits = trained[worst] * vocab * LOGIT_BYTES_PER_TRAINED_TOKEN_VOCAB
+    runtime = RUNTIME_BYTES_CUDA if cuda else RUNTIME_BYTES_CPU
+    if config.distributed == "fsdp" and devices > 1:
+        weights, state = weights // devices, state // devices
+    train_peak = runtime + weights + state + activations + logits
+    load_peak = runtime + total * 4 * (1 if cuda else 2)  # fp32 tensors, plus the file's pages on CPU
+    return MemoryPlan(
+        parameters=total, trainable_parameters=trainable, devices=devices,
+        max_micro_batch_tokens=tokens[worst],
+        tokens_per_step=int(math.fsum(tokens) / len(tokens) * config.grad_accum_steps * devices),
+        weights_gib=weights / GIB, trainable_state_gib=state / GIB, activations_gib=activations / GIB,
+        logits_gib=logits / GIB, runtime_gib=runtime / GIB, load_peak_gib=load_peak / GIB,
+        peak_gib=max(train_peak, load_peak) / GIB,
+    )
