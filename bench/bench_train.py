@@ -1,0 +1,263 @@
+"""Training speed and memory: tunesmith against TRL's SFTTrainer + peft, side by side.
+
+Same model shape (SmolLM2-135M's config, random init, seeded), same data (the bundled FAQ as
+chat, 90% train), LoRA r=16 / alpha 32 / dropout 0.05 on all linear layers, AdamW, the same peak
+learning rate with warmup + cosine, micro-batches of 8 examples, bf16 autocast, the same number
+of optimizer steps. Systems run in separate processes, alternating round by round, so a noisy
+machine hits them alike; medians over rounds are reported, then ratios. The last line printed is
+one JSON object for scripts.
+
+    python bench/bench_train.py [--steps 30] [--rounds 3] [--systems tunesmith,trl_padding,trl_padding_free]
+    python bench/bench_train.py --scaling      # tunesmith tokens/s and peak RSS vs sequence length and model size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
+SYSTEMS = ("tunesmith", "trl_padding", "trl_padding_free")
+SHAPES = {  # SmolLM2 configurations: (hidden, intermediate, layers, heads, kv heads)
+    "135M": (576, 1536, 30, 9, 3),
+    "360M": (960, 2560, 32, 15, 5),
+}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def build_model(folder: Path, shape: str = "135M", seed: int = 0) -> Path:
+    """A random-init model of the default model's shape, with the default model's tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunesmith.models import load_tokenizer, resolve_model_path
+
+    source = resolve_model_path("smollm2-135m-instruct")
+    config = AutoConfig.from_pretrained(source)
+    config.hidden_size, config.intermediate_size, config.num_hidden_layers, config.num_attention_heads, \
+        config.num_key_value_heads = SHAPES[shape]
+    config.head_dim = config.hidden_size // config.num_attention_heads
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
+    load_tokenizer("smollm2-135m-instruct").save_pretrained(folder)
+    return folder
+
+
+def split_data(folder: Path) -> tuple[Path, Path]:
+    """The FAQ as chat rows, split 90/10 the same way for every system."""
+    from tunesmith.data import read_records
+
+    records = read_records(FAQ)
+    rows = [{"messages": [{"role": m.role, "content": m.content} for m in r.messages]} for r in records]
+    cut = int(len(rows) * 0.9)
+    train, val = folder / "train.jsonl", folder / "val.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:cut]))
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows[cut:]))
+    return train, val
+
+
+def validation_loss(model, val: Path, tokenizer) -> float:
+    """Mean loss per trained token with tunesmith's own evaluation, for every system alike."""
+    import torch
+
+    from tunesmith.batching import eval_batches
+    from tunesmith.data import read_records, tokenize_records
+    from tunesmith.train import evaluate
+
+    examples, _ = tokenize_records(read_records(val), tokenizer, 1024)
+    return evaluate(model, eval_batches(examples, 8), torch.device("cpu"), torch.bfloat16)
+
+
+def run_tunesmith(args) -> dict:
+    from tunesmith import load_config, train
+    from tunesmith.generate import load_run
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    config = load_config(None, {"data": str(args.train), "eval": str(args.val), "model": str(args.model),
+                                "output": str(out), "max_steps": args.steps, "batch_size": 8, "lr": args.lr,
+                                "eval_every": args.steps, "save_every": args.steps, "precision": "bf16",
+                                "max_seq_tokens": args.max_seq_tokens})
+    rows = []
+    result = train(config, show_progress=False, on_step=rows.append)
+    return {"tokens_per_s": rows[-1]["tokens_per_s"], "real_tokens": result.train_tokens, "padding_fraction": 0.0,
+            "val_loss": result.final_val_loss, "peak_rss_gib": peak_rss_gib()}
+
+
+def run_trl(args, padding_free: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    def pairs(path: Path) -> Dataset:
+        rows = [json.loads(line)["messages"] for line in path.read_text().splitlines()]
+        return Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in rows])
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    counts = {"real": 0, "all": 0, "seconds": 0.0}
+
+    class Count(TrainerCallback):  # real vs padded tokens of every micro-batch, and training time only
+        def on_step_begin(self, *a, **k):
+            counts["t0"] = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            counts["seconds"] += time.perf_counter() - counts["t0"]
+
+    trainer = SFTTrainer(
+        model=model, train_dataset=pairs(args.train), processing_class=tokenizer,
+        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                               task_type="CAUSAL_LM"),
+        args=SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=8,
+                       learning_rate=args.lr, lr_scheduler_type="cosine", warmup_ratio=0.05, bf16=True,
+                       use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], seed=0,
+                       padding_free=padding_free, max_length=args.max_seq_tokens, dataloader_num_workers=0),
+        callbacks=[Count()],
+    )
+    collate = trainer.data_collator
+
+    def counting_collator(features):
+        batch = collate(features)
+        labels = batch["input_ids"]
+        pad = tokenizer.pad_token_id
+        # With padding_free there is no padding; otherwise pad positions are those past each row's length.
+        counts["all"] += labels.numel()
+        counts["real"] += sum(len(f["input_ids"]) for f in features)
+        return batch
+
+    trainer.data_collator = counting_collator
+    trainer.train()
+    val = validation_loss(trainer.model, args.val, tokenizer)
+    return {"tokens_per_s": counts["real"] / counts["seconds"], "real_tokens": counts["real"],
+            "padding_fraction": 1 - counts["real"] / max(1, counts["all"]), "val_loss": val,
+            "peak_rss_gib": peak_rss_gib()}
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """The bf16 matmul rate this machine reaches right now, the denominator of model FLOP utilization."""
+    import torch
+
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    a @ b
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def worker(args) -> None:
+    if args.worker == "tunesmith":
+        result = run_tunesmith(args)
+    else:
+        result = run_trl(args, padding_free=args.worker == "trl_padding_free")
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def spawn(system: str, args, extra: list[str] | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", system, "--model", str(args.model), "--train", str(args.train),
+           "--val", str(args.val), "--steps", str(args.steps), "--lr", str(args.lr),
+           "--max-seq-tokens", str(args.max_seq_tokens), *(extra or [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{system} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
+def compare(args) -> None:
+    systems = args.systems.split(",")
+    results: dict[str, list[dict]] = {s: [] for s in systems}
+    for round_no in range(args.rounds):
+        for system in systems if round_no % 2 == 0 else reversed(systems):
+            results[system].append(spawn(system, args))
+            print(f"round {round_no + 1} {system}: {results[system][-1]}", flush=True)
+    peak = matmul_peak_gflops()
+    params = 134_515_008
+    flops_per_token = 4 * params  # LoRA: forward 2N, backward through activations 2N, no frozen weight grads
+    med = {s: {k: statistics.median(r[k] for r in results[s]) for k in results[s][0]} for s in systems}
+    print(f"\n{'system':<18}{'real tok/s':>12}{'peak RSS GiB':>14}{'padding':>9}{'val loss':>10}{'MFU':>7}")
+    for s in systems:
+        mfu = med[s]["tokens_per_s"] * flops_per_token / (peak * 1e9)
+        med[s]["mfu"] = mfu
+        print(f"{s:<18}{med[s]['tokens_per_s']:>12.0f}{med[s]['peak_rss_gib']:>14.2f}"
+              f"{med[s]['padding_fraction']:>9.1%}{med[s]['val_loss']:>10.4f}{mfu:>7.1%}")
+    summary = {"tokens_per_s": {s: med[s]["tokens_per_s"] for s in systems}, "matmul_peak_gflops": peak,
+               "mfu": med.get("tunesmith", {}).get("mfu"), "steps": args.steps, "rounds": args.rounds}
+    if "tunesmith" in med:
+        ours = med["tunesmith"]
+        if "trl_padding" in med:
+            summary["ratio_vs_trl_default"] = ours["tokens_per_s"] / med["trl_padding"]["tokens_per_s"]
+            summary["peak_rss_ratio"] = ours["peak_rss_gib"] / med["trl_padding"]["peak_rss_gib"]
+        if "trl_padding_free" in med:
+            summary["ratio_vs_trl_best"] = ours["tokens_per_s"] / med["trl_padding_free"]["tokens_per_s"]
+            summary["peak_rss_ratio_vs_trl_best"] = ours["peak_rss_gib"] / med["trl_padding_free"]["peak_rss_gib"]
+        summary["val_loss"] = {s: med[s]["val_loss"] for s in systems}
+    print(json.dumps(summary))
+
+
+def scaling(args) -> None:
+    """tunesmith alone: real tokens/s and peak RSS vs sequence length (long raw-text rows) and model size."""
+    from tunesmith.data import read_records
+
+    text = " ".join(m.content for r in read_records(FAQ) for m in r.messages)
+    rows = []
+    for shape in ("135M", "360M"):
+        model = build_model(Path(tempfile.mkdtemp()), shape)
+        for length in (256, 1024, 4096) if shape == "135M" else (1024,):
+            folder = Path(tempfile.mkdtemp())
+            train, val = folder / "train.jsonl", folder / "val.jsonl"
+            chunk = length * 4  # ~4 characters per token: each row fills about one sequence
+            docs = [{"text": text[i:i + chunk]} for i in range(0, min(len(text), chunk * 64), chunk)]
+            train.write_text("".join(json.dumps(d) + "\n" for d in docs[:-4]))
+            val.write_text("".join(json.dumps(d) + "\n" for d in docs[-4:]))
+            sub = argparse.Namespace(**{**vars(args), "model": model, "train": train, "val": val,
+                                        "max_seq_tokens": length, "steps": max(3, args.steps // 4)})
+            result = spawn("tunesmith", sub)
+            rows.append({"shape": shape, "max_seq_tokens": length, **result})
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'shape':<7}{'seq':>6}{'tok/s':>8}{'peak RSS GiB':>14}")
+    for r in rows:
+        print(f"{r['shape']:<7}{r['max_seq_tokens']:>6}{r['tokens_per_s']:>8.0f}{r['peak_rss_gib']:>14.2f}")
+    print(json.dumps({"scaling": rows}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-seq-tokens", type=int, default=1024)
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--scaling", action="store_true")
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--train", type=Path)
+    parser.add_argument("--val", type=Path)
+    parser.add_argument("--worker", choices=SYSTEMS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    folder = Path(tempfile.mkdtemp(prefix="tunesmith-bench-"))
+    if args.scaling:
+        return scaling(args)
+    args.model = args.model or build_model(folder / "model")
+    args.train, args.val = split_data(folder)
+    compare(args)
+
+
+if __name__ == "__main__":
+    main()
