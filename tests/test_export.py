@@ -184,3 +184,20 @@ def test_full_finetune_run_exports(tiny_model_dir, tmp_path):
     assert changed > 0  # the export carries the tuned weights, not the base
     same, _ = logit_diff(tuned_model, load_model(str(tmp_path / "merged")), sample_inputs(load_run(run)[1]))
     assert same <= 1e-6
+
+
+def test_cli_export_and_chat(tiny_run, tmp_path):
+    from click.testing import CliRunner
+
+    from tunesmith.cli import main
+
+    runner = CliRunner()
+    done = runner.invoke(main, ["export", str(tiny_run), "--format", "gguf", "--gguf-type", "q8_0",
+                                "--output", str(tmp_path / "g")])
+    assert done.exit_code == 0, done.output
+    assert "model-q8_0.gguf" in done.output and (tmp_path / "g" / "Modelfile").exists()
+    refused = runner.invoke(main, ["export", str(tiny_run), "--format", "adapter", "--output", str(tmp_path / "g")])
+    assert refused.exit_code == 1 and "--overwrite" in refused.output
+    chat = runner.invoke(main, ["chat", str(tiny_run), "--max-new-tokens", "4"], input="Hello\n/exit\n")
+    assert chat.exit_code == 0, chat.output
+    assert "bot> " in chat.output and "/reset" in chat.output

@@ -140,7 +140,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
 @click.option("--output", help="Folder to write (default RUN/export-FORMAT).")
 @click.option("--gguf-type", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
               help="Weight type of a GGUF export.")
-@click.option("--tolerance", type=float, help="Largest accepted logit difference (merged: absolute, default 1e-4; "
+@click.option("--tolerance", type=float, help="Largest accepted logit difference (merged: |Δ|/(1+|logit|), default 1e-3; "
                                               "gguf: relative RMS, default per type).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
 def export_command(run: str, fmt: str, output: str | None, gguf_type: str, tolerance: float | None,
