@@ -246,6 +246,19 @@ def test_concurrent_requests_all_answered_alike(server):
     assert all(r.text.rstrip().endswith("data: [DONE]") for r in replies if r.headers["content-type"].startswith("text/event-stream"))
 
 
+def test_client_leaving_a_stream_frees_the_model(server):
+    url, _, served = server
+    with httpx.stream("POST", url + "/v1/completions", headers=auth(),
+                      json={"model": MODEL_ID, "prompt": "The quick brown fox", "max_tokens": 48, "stream": True}) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())  # read one event, then hang up
+    deadline = time.time() + 20
+    while served.gate.waiting or served.gate.busy:
+        assert time.time() < deadline, "the generation slot was not freed"
+        time.sleep(0.05)
+    assert httpx.post(url + "/v1/chat/completions", json=chat_body(), headers=auth()).status_code == 200
+
+
 # --- pure parts ----------------------------------------------------------------------------------
 
 

@@ -45,6 +45,11 @@ class GenerationGate:
         self._capacity = max_queued + 1
 
     @property
+    def busy(self) -> bool:
+        """A generation holds the model."""
+        return self._lock.locked()
+
+    @property
     def waiting(self) -> int:
         return max(0, self._admitted - 1)
 
@@ -84,7 +89,8 @@ def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = S
                     int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens))
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": served.model_id, "queued": served.gate.waiting})
+        return JSONResponse({"status": "ok", "model": served.model_id, "busy": served.gate.busy,
+                             "queued": served.gate.waiting})
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [_model_card(served.model_id)]})
