@@ -66,6 +66,8 @@ def export_gguf(run: RunDir, out: Path, gguf_type: str, tolerance: float | None,
 def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str, name: str) -> None:
     import gguf
 
+    from .export import ExportError
+
     cfg = model.config
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
@@ -95,7 +97,8 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str, name: str
             continue
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
-            raise ValueError(f"no GGUF name for tensor '{hf_name}'")
+            raise ExportError(f"no GGUF name for tensor '{hf_name}': this architecture is not llama-like enough; "
+                              "export --format merged and convert it with llama.cpp")
         data = tensor.detach().to(torch.float32).cpu().numpy()
         if hf_name.endswith("q_proj.weight"):
             data = permute_qk(data, n_head)
@@ -127,10 +130,13 @@ def _rope_theta(cfg: Any) -> float:
 def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
     import gguf
 
+    from .export import ExportError
+
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec.get("model", {})
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-        raise ValueError("GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM and Llama 3 use)")
+        raise ExportError("GGUF export supports byte-level BPE tokenizers (GPT-2 style, as SmolLM and Llama 3 use); "
+                          "export --format merged and convert it with llama.cpp")
     vocab = tokenizer.get_vocab()
     by_id = {i: t for t, i in vocab.items()}
     added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
