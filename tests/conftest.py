@@ -109,3 +109,32 @@ def faq_rows(fmt: str) -> list[dict]:
 def faq_file(tmp_path):
     """A factory: faq_file('chat') writes the ten-row FAQ in that format and returns its path."""
     return lambda fmt="chat": write_jsonl(tmp_path / f"faq-{fmt}.jsonl", faq_rows(fmt))
+
+
+def make_tiny_run(model_dir: Path, output: Path, method: str = "lora") -> Path:
+    """Train two steps on the FAQ; for adapters, move lora_B away from its zero init (with B = 0 a
+    broken merge or GGUF conversion would still pass) and save the adapter again."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tunesmith import load_config, train
+
+    data = write_jsonl(output.parent / f"{output.name}-faq.jsonl", faq_rows("chat"))
+    config = load_config(None, {"data": str(data), "model": str(model_dir), "output": str(output),
+                                "method": method, "max_steps": 2, "batch_size": 4, "lr": 1e-2})
+    train(config, show_progress=False)
+    if method != "full":
+        path = output / "adapter" / "adapter_model.safetensors"
+        weights = load_file(path)
+        generator = torch.Generator().manual_seed(0)
+        for name, tensor in weights.items():
+            if "lora_B" in name:
+                weights[name] = torch.randn(tensor.shape, generator=generator) * 0.5
+        save_file(weights, path)
+    return output
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A finished LoRA run on the tiny model with non-zero adapter weights."""
+    return make_tiny_run(tiny_model_dir, tmp_path_factory.mktemp("runs") / "tiny-lora")

@@ -226,5 +226,79 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
     sys.exit(0 if report.ok else 1)
 
 
+@main.command("chat")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--system", help="A system prompt (default: the chat template's own).")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Most tokens per answer.")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (temperature > 0).")
+@click.option("--seed", type=int, help="Seed for sampled answers.")
+def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
+                 seed: int | None) -> None:
+    """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /exit)."""
+    from .chat import chat_loop
+    from .generate import load_run
+    from .streaming import Sampling
+
+    try:
+        model, tokenizer = load_run(run)
+    except USER_ERRORS as exc:
+        _fail(exc)
+        return
+
+    def write(text: str) -> None:
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+
+    chat_loop(model, tokenizer, Sampling(max_new_tokens, temperature, top_p, seed), input, write, system)
+
+
+@main.command("export")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["adapter", "merged", "gguf"]), default="merged", show_default=True)
+@click.option("--output", help="Folder to write (default RUN/export-FORMAT).")
+@click.option("--gguf-type", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
+              help="Weight type of a GGUF export.")
+@click.option("--tolerance", type=float, help="Largest accepted logit difference (merged: |Δ|/(1+|logit|), default 1e-3; "
+                                              "gguf: relative RMS, default per type).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
+def export_command(run: str, fmt: str, output: str | None, gguf_type: str, tolerance: float | None,
+                   overwrite: bool) -> None:
+    """Export RUN as a peft adapter with a card, a merged Hugging Face model, or GGUF + Ollama Modelfile."""
+    from .export import ExportError, export_run
+
+    try:
+        result = export_run(run, fmt, output, tolerance=tolerance, gguf_type=gguf_type, overwrite=overwrite,
+                            log=lambda line: console.print(line, highlight=False))
+    except (*USER_ERRORS, ExportError) as exc:
+        _fail(exc)
+        return
+    click.echo(f"exported {fmt} to {result.output}: {', '.join(result.files)}")
+
+
+@main.command("serve")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key", envvar="TUNESMITH_API_KEY", help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header name to accept (repeatable).")
+@click.option("--model-name", help="Model id clients send (default: the run folder's name).")
+@click.option("--max-tokens", type=int, help="Largest max_tokens a request may ask for (default 1024).")
+@click.option("--max-queued", type=int, help="Requests that may wait for the model before 429 (default 8).")
+def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...],
+                  model_name: str | None, max_tokens: int | None, max_queued: int | None) -> None:
+    """Serve RUN over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
+    from .config import ServeLimits
+    from .serve import serve
+
+    overrides = {k: v for k, v in (("max_tokens", max_tokens), ("max_queued", max_queued)) if v is not None}
+    if max_tokens is not None:
+        overrides["default_max_tokens"] = min(ServeLimits.default_max_tokens, max_tokens)
+    try:
+        serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name)
+    except USER_ERRORS as exc:
+        _fail(exc)
+
+
 if __name__ == "__main__":
     main()

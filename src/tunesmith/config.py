@@ -249,3 +249,33 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 def dump_config(config: TrainConfig) -> str:
     """The resolved config as YAML, in field order, loadable by `load_config`."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What `tunesmith serve` accepts; each limit answers a request past it with a 4xx error."""
+
+    max_body_bytes: int = 1_000_000
+    """Largest request body (chunked bodies counted while they arrive); larger gets 413."""
+    max_tokens: int = 1024
+    """Largest `max_tokens` a request may ask for; more gets 400."""
+    default_max_tokens: int = 256
+    """`max_tokens` when a request gives none (the same default as `tunesmith generate`)."""
+    max_n: int = 4
+    """Most choices per request (`n`); each is generated in turn."""
+    max_prompt_tokens: int = 4096
+    """Longest prompt after the chat template, in tokens; longer gets 400 (also capped by the model's context)."""
+    max_queued: int = 8
+    """Requests waiting behind the one being generated; one more gets 429 rather than waiting unboundedly."""
+    max_stop: int = 4
+    """Most stop strings per request (OpenAI's limit)."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, seconds to let running requests finish before they are cut off."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_body_bytes", "max_tokens", "default_max_tokens", "max_n", "max_prompt_tokens", "max_stop"):
+            _check(getattr(self, key) >= 1, f"serve.{key}", f"must be at least 1, got {getattr(self, key)}")
+        _check(self.max_queued >= 0, "serve.max_queued", f"must be non-negative, got {self.max_queued}")
+        _check(self.default_max_tokens <= self.max_tokens, "serve.default_max_tokens",
+               f"must not exceed serve.max_tokens ({self.max_tokens}), got {self.default_max_tokens}")
+        _check(self.shutdown_grace_s >= 0, "serve.shutdown_grace_s", f"must be non-negative, got {self.shutdown_grace_s}")

@@ -226,3 +226,15 @@ def load_tuned(run_dir: Path, model_name: str, method: str, dtype: torch.dtype =
     refuse_pickles(run_dir / "adapter")  # peft would fall back to a pickled adapter_model.bin
     base = load_model(model_name, dtype=dtype, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, run_dir / "adapter")
+
+
+def merge_adapter(model: Any) -> Any:
+    """Fold LoRA/DoRA weights into the base layers; returns the plain model (merge checked finite)."""
+    return model.merge_and_unload(safe_merge=True)
+
+
+def load_gguf_model(folder: str | Path, gguf_file: str) -> Any:
+    """A model from a GGUF file, dequantized to fp32 by transformers (used to verify GGUF exports)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32).eval()

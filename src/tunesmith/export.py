@@ -1,0 +1,174 @@
+"""Export a run for use elsewhere: the peft adapter with a card, a merged Hugging Face model, or GGUF.
+
+Every export is written to a staging folder and renamed into place; the run itself (its adapter
+above all) is only read. Merged and GGUF exports prove themselves: the written files are loaded
+back and their logits compared with base + adapter before the export is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .data.render import encode_prompt
+from .generate import load_run
+from .models import load_model, load_tokenizer, merge_adapter
+from .rundir import RunDir, RunDirError, write_atomic
+
+FORMATS = ("adapter", "merged", "gguf")
+# Prompts the parity checks run through both models: chat-rendered, so the template's control
+# tokens are in them, plus one long plain text.
+SAMPLE_MESSAGES = (
+    [{"role": "user", "content": "What is a building permit?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "How long does it take?"}],
+)
+SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 " * 4
+# Merged vs base + adapter: |Δ logit| <= MERGE_TOLERANCE * (1 + |logit|). Float32 rounding alone
+# gives ~1.3e-4 on SmolLM2-135M (30 layers) and ~3e-6 on the 2-layer test model; a merge that
+# drops or mis-scales an adapter is off by far more than 1e-3.
+MERGE_TOLERANCE = 1e-3
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be made or failed its check; nothing was written."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    output: Path
+    files: tuple[str, ...]
+    max_abs_diff: float | None = None
+    """Largest |logit| difference between the export and base + adapter (merged, gguf)."""
+    relative_diff: float | None = None
+    """‖Δ logits‖ / ‖logits of base + adapter‖ (root-mean-square error relative to the logits' size)."""
+
+
+def export_run(run_path: str | Path, fmt: str, output: str | Path | None = None, *, tolerance: float | None = None,
+               gguf_type: str = "f16", overwrite: bool = False, log: Callable[[str], None] = print) -> ExportResult:
+    """Write RUN's tuned model as `fmt` into `output` (default RUN/export-FMT)."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    run = RunDir.open(run_path)
+    target = Path(output) if output is not None else run.path / f"export-{fmt}"
+    occupied = target.is_file() or (target.is_dir() and any(target.iterdir()))
+    if occupied and not overwrite:
+        raise RunDirError(f"export folder '{target}' already exists; choose another with --output or pass --overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        if fmt == "adapter":
+            result = _export_adapter(run, staging)
+        elif fmt == "merged":
+            result = _export_merged(run, staging, MERGE_TOLERANCE if tolerance is None else tolerance, log)
+        else:
+            from .gguf_export import export_gguf
+
+            result = export_gguf(run, staging, gguf_type, tolerance, log)
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = tuple(sorted(p.name for p in target.iterdir()))
+    return ExportResult(target, files, *result)
+
+
+def _export_adapter(run: RunDir, out: Path) -> tuple[None, None]:
+    config = run.config()
+    if config.method == "full":
+        raise ExportError(f"run '{run.path}' is a full fine-tune and has no adapter: export it with --format merged or gguf")
+    source = run.path / "adapter"
+    if not source.is_dir():
+        raise FileNotFoundError(f"run '{run.path}' has no adapter/: it did not finish; train it again")
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    write_atomic(out / "README.md", model_card(run))
+    return None, None
+
+
+def model_card(run: RunDir) -> str:
+    """A README for the exported adapter: base model, method, data hash and the run's metrics."""
+    config = run.config()
+    manifest = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")) if (run.path / "manifest.json").exists() else {}
+    summary = run.summary() if (run.path / "summary.json").exists() else {}
+    hashes = manifest.get("data_sha256", {})
+    data_rows = "\n".join(f"| data sha256 ({Path(name).name}) | `{digest}` |" for name, digest in hashes.items())
+    metrics = ""
+    if summary:
+        metrics = (
+            f"| validation loss, base | {summary['base_val_loss']:.4f} |\n"
+            f"| validation loss, tuned | {summary['final_val_loss']:.4f} ({summary['val_loss_change']:+.1%}) |\n"
+            f"| steps | {summary['steps']} |\n| tokens trained | {summary['train_tokens']:,} |\n"
+        )
+    return (
+        f"---\nbase_model: {config.model}\nlibrary_name: peft\ntags: [tunesmith, {config.method}]\n---\n\n"
+        f"# {run.path.name}\n\n{config.method.upper()} adapter trained with tunesmith.\n\n"
+        f"| | |\n|---|---|\n| base model | `{config.model}` |\n"
+        f"| method | {config.method} (r={config.lora.r}, alpha={config.lora.alpha}) |\n"
+        f"| learning rate | {config.lr} |\n| seed | {config.seed} |\n{data_rows}\n{metrics}\n"
+        "## Use\n\n```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n\n"
+        f"base = AutoModelForCausalLM.from_pretrained(\"{config.model}\")\n"
+        "model = PeftModel.from_pretrained(base, \"THIS_FOLDER\")\n```\n"
+    )
+
+
+def merged_model(run: RunDir) -> tuple[Any, Any, Any]:
+    """(merged model, base + adapter model, tokenizer); for a full fine-tune both are the same model."""
+    tuned, tokenizer = load_run(run.path)
+    if run.config().method == "full":
+        return tuned, tuned, tokenizer
+    merged = merge_adapter(copy.deepcopy(tuned))  # a copy: the adapter model stays the reference
+    bad = [name for name, p in merged.state_dict().items() if not torch.isfinite(p).all()]
+    if bad:
+        raise ExportError(f"the merged weights are not finite in {bad[:3]}: the adapter is broken; nothing was written")
+    return merged.eval(), tuned, tokenizer
+
+
+def sample_inputs(tokenizer: Any) -> list[torch.Tensor]:
+    """Token ids (1, T) of the parity prompts."""
+    prompts = [encode_prompt(m, tokenizer) for m in SAMPLE_MESSAGES]
+    prompts.append(list(tokenizer(SAMPLE_TEXT, add_special_tokens=False)["input_ids"]))
+    return [torch.tensor([p]) for p in prompts]
+
+
+def logit_diff(reference: Any, candidate: Any, inputs: list[torch.Tensor]) -> tuple[float, float]:
+    """(max |Δ logit|, ‖Δ‖ / ‖reference‖) over all sample inputs."""
+    worst, _, rel = _compare(reference, candidate, inputs)
+    return worst, rel
+
+
+def _compare(reference: Any, candidate: Any, inputs: list[torch.Tensor]) -> tuple[float, float, float]:
+    """(max |Δ|, max |Δ| / (1 + |reference|) elementwise, ‖Δ‖ / ‖reference‖) of the logits."""
+    worst, scaled, err_sq, ref_sq = 0.0, 0.0, 0.0, 0.0
+    with torch.no_grad():
+        for ids in inputs:
+            ref = reference(input_ids=ids).logits.float()  # (1, T, vocab)
+            delta = (candidate(input_ids=ids).logits.float() - ref).abs()
+            worst = max(worst, float(delta.max()))
+            scaled = max(scaled, float((delta / (1 + ref.abs())).max()))
+            err_sq += float(delta.pow(2).sum())
+            ref_sq += float(ref.pow(2).sum())
+    return worst, scaled, (err_sq / max(ref_sq, 1e-24)) ** 0.5
+
+
+def _export_merged(run: RunDir, out: Path, tolerance: float, log: Callable[[str], None]) -> tuple[float, float]:
+    merged, tuned, tokenizer = merged_model(run)
+    merged.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)  # carries the chat template
+    # Check what was written, not what is in memory: reload and compare with base + adapter.
+    reloaded = load_model(str(out)).eval()
+    diff, scaled, rel = _compare(tuned, reloaded, sample_inputs(load_tokenizer(str(out))))
+    # Elementwise, like torch.allclose with atol = rtol = tolerance.
+    log(f"merged vs base + adapter: max |logit difference| {diff:.3g}, max |Δ| / (1 + |logit|) {scaled:.3g} "
+        f"(tolerance {tolerance:g})")
+    if not scaled <= tolerance:
+        raise ExportError(f"merged model differs from base + adapter: max |Δ| / (1 + |logit|) = {scaled:.3g} > "
+                          f"tolerance {tolerance:g}; nothing was written (raise --tolerance only if you accept that)")
+    return diff, rel

@@ -1,0 +1,310 @@
+"""`tunesmith serve`: an OpenAI-compatible HTTP server for a run's tuned model (starlette + uvicorn).
+
+Safe by default: binds 127.0.0.1, checks the Host header (DNS rebinding), takes an optional API
+key (constant-time compare), caps bodies while they arrive, caps max_tokens and n, generates one
+request at a time with a bounded queue (429 past it), and shuts down cleanly on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable
+
+import anyio
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from .config import ServeLimits
+from .data.render import encode_prompt
+from .serve_protocol import (
+    GenerationRequest, RequestError, chat_chunk, chat_response, completion_chunk, completion_response, new_id,
+    parse_chat_request, parse_completion_request, usage_chunk,
+)
+from .streaming import Completion, ReplyStream, Sampling, complete, encode_text
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+OPEN_PATHS = ("/health",)  # liveness checks need no key (they reveal nothing but "up")
+log = logging.getLogger("tunesmith.serve")
+
+
+class GenerationGate:
+    """One generation at a time; at most `max_queued` requests wait for it; the next is turned away."""
+
+    def __init__(self, max_queued: int) -> None:
+        self._lock = asyncio.Lock()
+        self._admitted = 0  # running + waiting
+        self._capacity = max_queued + 1
+
+    @property
+    def busy(self) -> bool:
+        """A generation holds the model."""
+        return self._lock.locked()
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self._admitted - 1)
+
+    async def enter(self) -> None:
+        """Take a place in the queue and wait for the model; RequestError 429 when the queue is full."""
+        if self._admitted >= self._capacity:
+            raise RequestError(429, f"the server is busy: {self._capacity - 1} requests are already queued; "
+                                    "retry later", code="queue_full")
+        self._admitted += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._admitted -= 1
+            raise
+
+    def leave(self) -> None:
+        self._lock.release()
+        self._admitted -= 1
+
+
+@dataclass
+class Served:
+    """What the endpoints share: the model, its name, and the server's limits."""
+
+    model: Any
+    tokenizer: Any
+    model_id: str
+    limits: ServeLimits
+    gate: GenerationGate
+    context_tokens: int
+
+
+def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = ServeLimits(),
+              api_key: str | None = None, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS) -> Any:
+    """The ASGI app: routes behind the Host and API-key guard."""
+    served = Served(model, tokenizer, model_id, limits, GenerationGate(limits.max_queued),
+                    int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens))
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": served.model_id, "busy": served.gate.busy,
+                             "queued": served.gate.waiting})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [_model_card(served.model_id)]})
+
+    async def model_detail(request: Request) -> Response:
+        if request.path_params["model"] != served.model_id:
+            raise RequestError(404, f"The model '{request.path_params['model']}' does not exist", "model", "model_not_found")
+        return JSONResponse(_model_card(served.model_id))
+
+    async def chat_completions(request: Request) -> Response:
+        parsed = parse_chat_request(await read_json(request, limits.max_body_bytes), served.model_id, limits)
+        prompt_ids = encode_prompt([dict(m) for m in parsed.messages or ()], served.tokenizer)
+        return await _respond(served, parsed, prompt_ids, chat=True)
+
+    async def completions(request: Request) -> Response:
+        parsed = parse_completion_request(await read_json(request, limits.max_body_bytes), served.model_id, limits)
+        return await _respond(served, parsed, encode_text(served.tokenizer, parsed.prompt or ""), chat=False)
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model_detail, methods=["GET"]),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/completions", completions, methods=["POST"]),
+    ]
+    handlers = {RequestError: _request_error, HTTPException: _http_error, Exception: _server_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)
+    app.state.served = served
+    return Guard(app, api_key, allowed_hosts)
+
+
+def _model_card(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "tunesmith"}
+
+
+async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object, refused with 413 as soon as it passes `max_bytes` (chunked too)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise RequestError(400, "the Content-Length header is not a number")
+        if int(declared) > max_bytes:
+            raise RequestError(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:  # counted as it arrives: chunked bodies declare no length
+            raise RequestError(413, f"request body is over the limit of {max_bytes} bytes")
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError(400, "the request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise RequestError(400, "the request body must be a JSON object")
+    return data
+
+
+async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[int], chat: bool) -> Response:
+    room = min(served.limits.max_prompt_tokens, served.context_tokens - parsed.sampling.max_new_tokens)
+    if len(prompt_ids) > room:
+        raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens; at most {room} fit with max_tokens "
+                                f"{parsed.sampling.max_new_tokens}", "messages" if chat else "prompt",
+                           "context_length_exceeded")
+    rid = new_id("chatcmpl" if chat else "cmpl")
+    await served.gate.enter()
+    if parsed.stream:
+        events = _events(served, parsed, prompt_ids, rid, chat)
+        return LeaveAfter(StreamingResponse(events, media_type="text/event-stream",
+                                            headers={"Cache-Control": "no-cache"}), served.gate)
+    try:
+        done = await run_in_threadpool(_complete_all, served, parsed, prompt_ids)
+    finally:
+        served.gate.leave()
+    body = (chat_response if chat else completion_response)(rid, served.model_id, done)
+    return JSONResponse(body)
+
+
+def _choice_sampling(sampling: Sampling, index: int) -> Sampling:
+    """Choice i of n samples with seed + i, so n seeded choices differ and still reproduce."""
+    if sampling.seed is None or index == 0:
+        return sampling
+    return Sampling(sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed + index, sampling.stop)
+
+
+def _complete_all(served: Served, parsed: GenerationRequest, prompt_ids: list[int]) -> list[Completion]:
+    return [complete(served.model, served.tokenizer, prompt_ids, _choice_sampling(parsed.sampling, i))
+            for i in range(parsed.n)]
+
+
+_END = object()
+
+
+async def _events(served: Served, parsed: GenerationRequest, prompt_ids: list[int], rid: str,
+                  chat: bool) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per text piece, a finishing chunk per choice, then [DONE]."""
+    finished: list[Completion] = []
+    for index in range(parsed.n):
+        stream = ReplyStream(served.model, served.tokenizer, prompt_ids, _choice_sampling(parsed.sampling, index))
+        pieces = iter(stream)
+        try:
+            if chat:
+                yield _sse(chat_chunk(rid, served.model_id, index, {"role": "assistant", "content": ""}))
+            while True:
+                piece = await run_in_threadpool(next, pieces, _END)
+                if piece is _END:
+                    break
+                yield _sse(chat_chunk(rid, served.model_id, index, {"content": piece}) if chat
+                           else completion_chunk(rid, served.model_id, index, piece))
+        except Exception as exc:  # the status line is sent already: report in-band and stop
+            log.exception("generation failed")
+            yield _sse(RequestError(500, f"generation failed: {type(exc).__name__}").body())
+            return
+        finally:
+            # Client gone or shutdown: stop the generation thread (shielded: we may be cancelled).
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(pieces.close)
+        assert stream.completion is not None
+        finished.append(stream.completion)
+        reason = stream.completion.finish_reason
+        yield _sse(chat_chunk(rid, served.model_id, index, {}, reason) if chat
+                   else completion_chunk(rid, served.model_id, index, "", reason))
+    if parsed.include_usage:
+        yield _sse(usage_chunk(rid, served.model_id, "chat.completion.chunk" if chat else "text_completion", finished))
+    yield "data: [DONE]\n\n"
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class LeaveAfter:
+    """An ASGI response that frees the generation slot when it ends, however it ends."""
+
+    def __init__(self, response: Response, gate: GenerationGate) -> None:
+        self.response, self.gate = response, gate
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await self.response(scope, receive, send)
+        finally:
+            self.gate.leave()
+
+
+class Guard:
+    """ASGI middleware: Host header allow-list (403) and API key (401) before any route runs."""
+
+    def __init__(self, app: Any, api_key: str | None, allowed_hosts: Iterable[str]) -> None:
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.allowed_hosts = {h.lower().strip("[]") for h in allowed_hosts}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        error = None
+        if host_name(headers.get("host", "")) not in self.allowed_hosts:
+            # A page on evil.example whose name re-resolves to 127.0.0.1 still sends its own Host.
+            error = RequestError(403, f"Host '{headers.get('host', '')}' is not allowed; start the server with "
+                                      "--allowed-host NAME to accept it", code="host_not_allowed")
+        elif self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._key_ok(headers):
+            error = RequestError(401, "Incorrect API key provided: send 'Authorization: Bearer KEY'",
+                                 code="invalid_api_key")
+        if error is not None:
+            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _key_ok(self, headers: dict[str, str]) -> bool:
+        given = headers.get("authorization", "")
+        token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+        assert self.api_key is not None
+        return hmac.compare_digest(token.encode(), self.api_key)
+
+
+def host_name(host: str) -> str:
+    """The name part of a Host header, lower-cased: 'LocalHost:8000' -> 'localhost', '[::1]:80' -> '::1'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(RequestError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code,
+                        headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("request failed")
+    return JSONResponse(RequestError(500, f"internal error: {type(exc).__name__}").body(), status_code=500)
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          limits: ServeLimits = ServeLimits(), allowed_hosts: Iterable[str] = (), model_id: str | None = None) -> None:
+    """Load RUN and serve it until SIGTERM/SIGINT (uvicorn lets running requests finish, up to a grace)."""
+    import uvicorn
+
+    from .generate import load_run
+
+    model, tokenizer = load_run(run)
+    name = model_id or Path(run).resolve().name
+    hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts]
+    app = build_app(model, tokenizer, name, limits, api_key, hosts)
+    log.info("serving %s on http://%s:%d/v1 (%s)", name, host, port, "API key required" if api_key else "no API key")
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=limits.shutdown_grace_s)
+    # uvicorn stops accepting on SIGTERM/SIGINT, lets running requests finish within the grace
+    # period, then re-raises the signal so the exit status says how the process ended.
+    uvicorn.Server(config).run()

@@ -1,0 +1,162 @@
+"""Streamed generation for chat and serve: text pieces as they come, then exact usage and why it stopped.
+
+`generate.generate` answers in one piece; this is the same generation (same prompt ids, same
+end-of-turn stop set, greedy unless temperature > 0) run in a thread behind transformers'
+`TextIteratorStreamer`, with stop strings and cancellation that `generate` does not need.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from .data.render import end_of_turn_ids
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens; the defaults are `generate.generate`'s."""
+
+    max_new_tokens: int = 256
+    """Most tokens in one answer."""
+    temperature: float = 0.0
+    """0 is greedy (reproducible); above 0 samples."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, used when temperature > 0."""
+    seed: int | None = None
+    """Seeds sampling for a reproducible sampled answer."""
+    stop: tuple[str, ...] = ()
+    """Extra strings that end the answer; they are not included in it."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one finished generation produced."""
+
+    text: str
+    """Exactly the streamed pieces joined (not stripped)."""
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """'stop' (end-of-turn token or stop string), 'length' (max_new_tokens) or 'cancelled'."""
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Raw text as token ids, with special-token parsing off (typed `<|im_end|>` stays text)."""
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+class _Cancelled:
+    """A stopping criterion that ends generation once `event` is set (client gone, shutdown)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class ReplyStream:
+    """Iterate for text pieces; afterwards `completion` holds the whole answer and its usage.
+
+    Generation starts on the first iteration, in its own thread; `cancel()` ends it early.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, prompt_ids: Sequence[int], sampling: Sampling) -> None:
+        self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
+        self.prompt_ids = list(prompt_ids)
+        self.completion: Completion | None = None
+        self._cancel = threading.Event()
+        self._output: list[torch.Tensor] = []
+        self._error: list[BaseException] = []
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    def __iter__(self) -> Iterator[str]:
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        s = self.sampling
+        prompt = torch.tensor([self.prompt_ids], device=self.model.device)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p} if s.temperature > 0 else {"do_sample": False}
+        if s.seed is not None:
+            torch.manual_seed(s.seed)
+        kwargs = dict(
+            input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=s.max_new_tokens,
+            eos_token_id=sorted(end_of_turn_ids(self.tokenizer)), pad_token_id=self.tokenizer.pad_token_id,
+            streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancelled(self._cancel)]), **sampling,
+        )
+        thread = threading.Thread(target=self._run, args=(kwargs, streamer), daemon=True)
+        thread.start()
+        text, sent = "", 0
+        stopped_by_string = exhausted = False
+        try:
+            for piece in streamer:
+                text += piece
+                cut = _first_stop(text, s.stop)
+                if cut is not None:
+                    text, stopped_by_string = text[:cut], True
+                    self._cancel.set()
+                # Hold back a tail that could still grow into a stop string.
+                safe = len(text) if stopped_by_string else max(sent, len(text) - _longest(s.stop) + 1)
+                if safe > sent:
+                    yield text[sent:safe]
+                    sent = safe
+                if stopped_by_string:
+                    break
+            else:
+                exhausted = True
+            if sent < len(text):
+                yield text[sent:]
+        finally:
+            if not exhausted:
+                self._cancel.set()  # stop string, or the consumer left early: stop generating
+                for _ in streamer:  # drain so the generation thread can finish
+                    pass
+            thread.join()
+        if self._error:
+            raise self._error[0]
+        self.completion = self._finish(text, stopped_by_string)
+
+    def _run(self, kwargs: dict[str, Any], streamer: Any) -> None:
+        try:
+            with torch.no_grad():
+                self._output.append(self.model.generate(**kwargs))
+        except BaseException as exc:  # surfaced in the consumer's thread
+            self._error.append(exc)
+            streamer.end()
+
+    def _finish(self, text: str, stopped_by_string: bool) -> Completion:
+        new = self._output[0][0, len(self.prompt_ids):].tolist() if self._output else []
+        eot = end_of_turn_ids(self.tokenizer)
+        if stopped_by_string or (new and new[-1] in eot):
+            reason = "stop"
+        elif self._cancel.is_set():
+            reason = "cancelled"
+        else:
+            reason = "length"
+        return Completion(text, len(self.prompt_ids), len(new), reason)
+
+
+def complete(model: Any, tokenizer: Any, prompt_ids: Sequence[int], sampling: Sampling) -> Completion:
+    """The whole answer at once (the stream, drained)."""
+    stream = ReplyStream(model, tokenizer, prompt_ids, sampling)
+    for _ in stream:
+        pass
+    assert stream.completion is not None
+    return stream.completion
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None
+
+
+def _longest(stops: Sequence[str]) -> int:
+    return max((len(s) for s in stops), default=1)
