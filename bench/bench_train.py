@@ -121,7 +121,7 @@ def run_trl(args, padding_free: bool) -> dict:
         peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                task_type="CAUSAL_LM"),
         args=SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=8,
-                       learning_rate=args.lr, lr_scheduler_type="cosine", warmup_ratio=0.05, bf16=True,
+                       learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=max(1, round(0.05 * args.steps)), bf16=True,
                        use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], seed=0,
                        padding_free=padding_free, max_length=args.max_seq_tokens, dataloader_num_workers=0),
         callbacks=[Count()],
