@@ -15,6 +15,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import Conversation, prepare_data, read_records
+from .data.probe_files import read_probe_file
 from .data.render import end_of_turn_ids
 from .forgetting.budget import budget_checks
 from .forgetting.measure import base_view, measure_probes
@@ -129,6 +130,8 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     started = time.perf_counter()
     run = RunDir.open(run_path)
     config = run.config()
+    for path in config.forgetting.probes:  # a bad probe file fails now, not after minutes of scoring
+        read_probe_file(path)
     model, tokenizer = load_run(run.path)
     # Full fine-tuning has no adapters to switch off: the base is a second, frozen copy.
     base_model = load_model(config.model, trust_remote_code=config.trust_remote_code).eval() \

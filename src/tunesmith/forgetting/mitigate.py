@@ -42,17 +42,18 @@ class ReplaySource:
         self.max_seq_tokens = max_seq_tokens
         self.position = position
 
-    def take(self, n_tokens: int) -> list[Example]:
-        """The next `n_tokens` tokens of the stream as examples of at most `max_seq_tokens`, every
-        token a target (plain language modelling); wraps around at the end of the stream."""
+    def take(self, n_trained: int) -> list[Example]:
+        """Examples holding the next `n_trained` target tokens of the stream, each at most
+        `max_seq_tokens` long, every token a target (plain language modelling). A chunk's last
+        token has no target, so it opens the next chunk; the stream wraps around at its end."""
         examples = []
-        while n_tokens >= 2:
-            length = min(n_tokens, self.max_seq_tokens)
+        while n_trained >= 1:
+            targets = min(n_trained, self.max_seq_tokens - 1)
             start = self.position % len(self.stream)
-            ids = (self.stream[start:] + self.stream)[:length]  # wrap: at most one extra pass
+            ids = (self.stream[start:] + self.stream)[: targets + 1]  # wrap: at most one extra pass
             examples.append(Example(ids, ids[1:] + [IGNORE], f"replay@{self.position}"))
-            self.position += length
-            n_tokens -= length
+            self.position += targets
+            n_trained -= targets
         return examples
 
     def extend(self, batch: Batch, fraction: float) -> Batch:
@@ -69,8 +70,8 @@ class ReplaySource:
         )
 
     def batch(self, n_tokens: int) -> Batch:
-        """A batch of the next `n_tokens` general-text tokens (for the KL-to-base term)."""
-        return pack_examples(self.take(max(2, n_tokens)))
+        """A batch of the next `n_tokens` general-text target tokens (for the KL-to-base term)."""
+        return pack_examples(self.take(max(1, n_tokens)))
 
 
 def kl_to_base_loss(model: Any, batch: Batch, base_model: Any | None = None) -> torch.Tensor:
