@@ -84,3 +84,12 @@ def test_cli_eval_names_a_bad_probe_file(tiny_run, tmp_path):
     (broken / "config.yaml").write_text(config.replace("probes: []", f"probes: [{bad}]"))
     out = CliRunner().invoke(main, ["eval", str(broken)])
     assert out.exit_code == 1 and "mine.jsonl:1" in out.output
+
+
+def test_lm_eval_hook_says_how_to_install_it(tiny_run):
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is not None:
+        pytest.skip("lm-eval is installed here")
+    out = CliRunner().invoke(main, ["eval", str(tiny_run), "--lm-eval", "hellaswag"])
+    assert out.exit_code == 1 and "pip install lm-eval" in out.output

@@ -113,7 +113,8 @@ def generate_command(run: str, prompt: str, system: str | None, max_new_tokens: 
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json to stdout instead of the summary.")
 @click.option("--full", is_flag=True, help="The larger probe and task samples (minutes, not one).")
 @click.option("--no-cache", is_flag=True, help="Recompute the base model's probe results.")
-def eval_command(run: str, as_json: bool, full: bool, no_cache: bool) -> None:
+@click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
+def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
     """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
     import json
 
@@ -121,7 +122,9 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool) -> None:
     from .forgetting import ProbeDataError
 
     try:
-        result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{m}[/]"), use_cache=not no_cache)
+        tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
+        result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{m}[/]"), use_cache=not no_cache,
+                              lm_eval_tasks=tasks)
     except (*USER_ERRORS, ProbeDataError) as exc:
         _fail(exc)
         return

@@ -9,12 +9,12 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .config import TrainConfig
-from .data import Conversation, prepare_data, read_records
+from .data import Conversation, encode_prompt, prepare_data, read_records
 from .data.probe_files import read_probe_file
 from .data.render import end_of_turn_ids
 from .forgetting.budget import budget_checks
@@ -74,8 +74,6 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
     task["n_generated"] = len(pairs)
     if not pairs:
         return task
-    from .data import encode_prompt
-
     log(f"task: generating {len(pairs)} answers with each model")
     prompts = [encode_prompt(messages, tokenizer) for messages, _ in pairs]
     eos = sorted(end_of_turn_ids(tokenizer))
@@ -120,8 +118,11 @@ def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]])
 
 
 def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], None] | None = None,
-                 use_cache: bool = True) -> dict[str, Any]:
-    """Evaluate a finished run; write RUN/eval.json and RUN/report.html; return the eval.json content."""
+                 use_cache: bool = True, lm_eval_tasks: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate a finished run; write RUN/eval.json and RUN/report.html; return the eval.json content.
+
+    lm_eval_tasks: optional lm-evaluation-harness task names (needs `pip install lm-eval` and a network).
+    """
     from .generate import load_run
     from .models import load_model
     from .report import write_report
@@ -132,6 +133,10 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     config = run.config()
     for path in config.forgetting.probes:  # a bad probe file fails now, not after minutes of scoring
         read_probe_file(path)
+    if lm_eval_tasks:
+        from .forgetting.lm_eval_hook import require_lm_eval
+
+        require_lm_eval()
     model, tokenizer = load_run(run.path)
     # Full fine-tuning has no adapters to switch off: the base is a second, frozen copy.
     base_model = load_model(config.model, trust_remote_code=config.trust_remote_code).eval() \
@@ -141,6 +146,11 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     task = task_metrics(model, tokenizer, config, view, TASK_SIZES[preset], log)
     general = measure_probes(model, tokenizer, config.model, preset, config.forgetting.probes, base_model,
                              use_cache=use_cache, log=log)
+    if lm_eval_tasks:
+        from .forgetting.lm_eval_hook import lm_eval_scores
+
+        log(f"lm-eval: {', '.join(lm_eval_tasks)}")
+        lm_eval_results = lm_eval_scores(model, tokenizer, lm_eval_tasks, base_model=base_model)
     checks = budget_checks(config.forgetting.budget, general)
     ok = all(good for _, good, _ in checks)
     result = {
@@ -158,6 +168,8 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
         "base_cached": general.base_cached,
         "seconds": time.perf_counter() - started,
     }
+    if lm_eval_tasks:
+        result["lm_eval"] = lm_eval_results
     write_atomic(run.path / "eval.json", json.dumps(result, indent=2) + "\n")
     write_report(run, result)
     return result

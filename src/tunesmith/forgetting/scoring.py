@@ -9,7 +9,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..batching import Batch, pack_examples
 from ..data import IGNORE, Example, encode_prompt
