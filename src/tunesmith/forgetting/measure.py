@@ -19,6 +19,7 @@ import numpy as np
 
 from ..data.render import end_of_turn_ids
 from ..models import cache_dir, resolve_model_path
+from ..rundir import write_atomic
 from ..stats import paired_summary
 from .probes import PROBE_SIZES, Probe, ProbeSizes, build_probes, probe_fingerprint
 from .scoring import choice_correct, continuation_example, generate_greedy, kl_sums, prompt_ids, target_logprobs, text_example
@@ -70,8 +71,8 @@ def _adapters_disabled(model: Any):
 
 
 def base_view(model: Any, base_model: Any | None = None) -> BaseView:
-    """How to reach the base model: a frozen copy when given (full fine-tuning), else the same
-    model with its peft adapters disabled (no second copy in memory)."""
+    """How to reach the base model: a frozen copy when given (full fine-tuning; the caller puts
+    it in eval mode), else the same model with its peft adapters disabled (no second copy)."""
     if base_model is not None:
         return lambda: contextlib.nullcontext(base_model)
     if not hasattr(model, "disable_adapter"):
@@ -93,8 +94,10 @@ def model_fingerprint(model_name: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def _cache_path(model_name: str, fingerprint: str) -> Path:
-    return cache_dir() / "probes" / f"v{CACHE_VERSION}-{model_fingerprint(model_name)}-{fingerprint}.json"
+def _cache_path(model_name: str, tokenizer: Any, fingerprint: str) -> Path:
+    # The chat template shapes the KL prompts, and a run may override it: it is part of the key.
+    template = hashlib.sha256(str(getattr(tokenizer, "chat_template", "")).encode()).hexdigest()[:8]
+    return cache_dir() / "probes" / f"v{CACHE_VERSION}-{model_fingerprint(model_name)}-{template}-{fingerprint}.json"
 
 
 def _read_cache(path: Path) -> dict[str, Any] | None:
@@ -105,8 +108,6 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 
 
 def _write_cache(path: Path, data: dict[str, Any]) -> None:
-    from ..rundir import write_atomic
-
     write_atomic(path, json.dumps(data))
 
 
@@ -159,7 +160,7 @@ def measure_probes(model: Any, tokenizer: Any, model_name: str, sizes: ProbeSize
     probes = build_probes(sizes, user_probes)
     fingerprint = probe_fingerprint(probes, sizes)
     view = base_view(model, base_model)
-    cache_path = _cache_path(model_name, fingerprint)
+    cache_path = _cache_path(model_name, tokenizer, fingerprint)
     cached = _read_cache(cache_path) if use_cache else None
     was_training = model.training
     model.eval()
