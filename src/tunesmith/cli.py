@@ -300,5 +300,36 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
         _fail(exc)
 
 
+@main.command("eval")
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print eval.json to stdout instead of the summary.")
+@click.option("--full", is_flag=True, help="The larger probe and task samples (minutes, not one).")
+@click.option("--no-cache", is_flag=True, help="Recompute the base model's probe results.")
+@click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
+def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
+    """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
+    import json
+
+    from .evaluate import evaluate_run
+    from .forgetting import ProbeDataError
+
+    try:
+        tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
+        result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{m}[/]"), use_cache=not no_cache,
+                              lm_eval_tasks=tasks)
+    except (*USER_ERRORS, ProbeDataError) as exc:
+        _fail(exc)
+        return
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    out = Console()
+    out.print()
+    out.print(f"[bold]tunesmith eval: {'within' if result['within_budget'] else '[red]OVER[/]'} the forgetting budget[/]")
+    for line in result["verdict"].splitlines():
+        out.print(f"  {line}", highlight=False)
+    out.print(f"  report            {Path(run) / 'report.html'}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,175 @@
+"""`tunesmith eval RUN`: base vs tuned on the held-out task data and on every general probe, the
+same examples for both, with paired bootstrap CIs; writes RUN/eval.json and RUN/report.html."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .config import TrainConfig
+from .data import Conversation, encode_prompt, prepare_data, read_records
+from .data.probe_files import read_probe_file
+from .data.render import end_of_turn_ids
+from .forgetting.budget import budget_checks
+from .forgetting.measure import base_view, measure_probes
+from .forgetting.scoring import generate_greedy, target_logprobs
+from .metrics import exact_match, rouge_l, token_f1
+from .rundir import RunDir, write_atomic
+from .stats import paired_summary
+
+SAMPLES_SHOWN = 5
+"""Generated answers quoted in eval.json and the report, base beside tuned."""
+
+
+@dataclass(frozen=True)
+class TaskSizes:
+    generate: int
+    """Held-out examples answered by both models and scored against their references."""
+    max_new_tokens: int
+    """Longest generated answer; FAQ answers are 20-80 tokens."""
+    seed: int = 0
+
+
+TASK_SIZES = {"standard": TaskSizes(generate=12, max_new_tokens=64), "full": TaskSizes(generate=64, max_new_tokens=160)}
+
+
+def validation_conversations(config: TrainConfig, sources: set[str]) -> list[tuple[list[dict[str, str]], str]]:
+    """(prompt messages, reference answer) of the held-out conversations whose last turn is the
+    assistant's; raw-text validation data has no references and gives an empty list."""
+    records = read_records(config.eval or config.data)
+    pairs = []
+    for record in records:
+        if isinstance(record, Conversation) and record.source in sources and record.messages[-1].role == "assistant":
+            prompt = [{"role": m.role, "content": m.content} for m in record.messages[:-1]]
+            pairs.append((prompt, record.messages[-1].content))
+    return pairs
+
+
+def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable, sizes: TaskSizes,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """Held-out loss and perplexity (every validation example), and generated-answer scores on a sample."""
+    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
+    log(f"task: loss on {len(data.val)} held-out examples")
+    with view() as base:
+        base_lp = target_logprobs(base, data.val)
+    tuned_lp = target_logprobs(model, data.val)
+    weights = np.array([lp.size for lp in base_lp], float)
+    base_nll = np.array([-lp.sum() for lp in base_lp])
+    tuned_nll = np.array([-lp.sum() for lp in tuned_lp])
+    task: dict[str, Any] = {
+        "n_examples": len(data.val),
+        "loss": paired_summary(base_nll, tuned_nll, weights),
+        "perplexity": paired_summary(base_nll, tuned_nll, weights, np.exp),
+    }
+    pairs = validation_conversations(config, {e.source for e in data.val})
+    random.Random(sizes.seed).shuffle(pairs)
+    pairs = pairs[: sizes.generate]
+    task["n_generated"] = len(pairs)
+    if not pairs:
+        return task
+    log(f"task: generating {len(pairs)} answers with each model")
+    prompts = [encode_prompt(messages, tokenizer) for messages, _ in pairs]
+    eos = sorted(end_of_turn_ids(tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    with view() as base:
+        base_out = generate_greedy(base, prompts, sizes.max_new_tokens, eos, pad)
+    tuned_out = generate_greedy(model, prompts, sizes.max_new_tokens, eos, pad)
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
+    base_text, tuned_text = [decode(o) for o in base_out], [decode(o) for o in tuned_out]
+    ones = np.ones(len(pairs))
+    for name, fn in (("exact_match", exact_match), ("token_f1", token_f1), ("rouge_l", rouge_l)):
+        b = np.array([fn(p, ref) for p, (_, ref) in zip(base_text, pairs)])
+        t = np.array([fn(p, ref) for p, (_, ref) in zip(tuned_text, pairs)])
+        task[name] = paired_summary(b, t, ones)
+    task["samples"] = [
+        {"prompt": messages[-1]["content"], "reference": ref, "base": b, "tuned": t}
+        for (messages, ref), b, t in list(zip(pairs, base_text, tuned_text))[:SAMPLES_SHOWN]
+    ]
+    return task
+
+
+def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]]) -> str:
+    """Three plain sentences: what improved, what was lost, whether it is within budget."""
+    loss = task["loss"]
+    change = loss["delta"] / loss["base"] if loss["base"] else 0.0
+    learned = f"Task: held-out loss {loss['base']:.3f} -> {loss['tuned']:.3f} ({change:+.1%}"
+    lo, hi = loss["ci95"]
+    learned += f", 95% CI of change [{lo:+.3f}, {hi:+.3f}])"
+    if "token_f1" in task:
+        f1 = task["token_f1"]
+        learned += f"; answer token F1 {f1['base']:.2f} -> {f1['tuned']:.2f}"
+    learned += "."
+    worst = [text for _, good, text in checks if not good]
+    if ok:
+        lost = "General abilities: " + "; ".join(text for _, _, text in checks) + "."
+        budget = "Within the forgetting budget."
+    else:
+        lost = "Lost: " + "; ".join(worst) + "."
+        budget = "OVER the forgetting budget: lower the learning rate, train fewer steps, or turn on " \
+                 "forgetting.replay_fraction / forgetting.kl_weight."
+    return "\n".join([learned, lost, budget])
+
+
+def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], None] | None = None,
+                 use_cache: bool = True, lm_eval_tasks: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate a finished run; write RUN/eval.json and RUN/report.html; return the eval.json content.
+
+    lm_eval_tasks: optional lm-evaluation-harness task names (needs `pip install lm-eval` and a network).
+    """
+    from .generate import load_run
+    from .models import load_model
+    from .report import write_report
+
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    run = RunDir.open(run_path)
+    config = run.config()
+    for path in config.forgetting.probes:  # a bad probe file fails now, not after minutes of scoring
+        read_probe_file(path)
+    if lm_eval_tasks:
+        from .forgetting.lm_eval_hook import require_lm_eval
+
+        require_lm_eval()
+    model, tokenizer = load_run(run.path)
+    # Full fine-tuning has no adapters to switch off: the base is a second, frozen copy.
+    base_model = load_model(config.model, trust_remote_code=config.trust_remote_code).eval() \
+        if config.method == "full" else None
+    view = base_view(model, base_model)
+    preset = "full" if full else "standard"
+    task = task_metrics(model, tokenizer, config, view, TASK_SIZES[preset], log)
+    general = measure_probes(model, tokenizer, config.model, preset, config.forgetting.probes, base_model,
+                             use_cache=use_cache, log=log)
+    if lm_eval_tasks:
+        from .forgetting.lm_eval_hook import lm_eval_scores
+
+        log(f"lm-eval: {', '.join(lm_eval_tasks)}")
+        lm_eval_results = lm_eval_scores(model, tokenizer, lm_eval_tasks, base_model=base_model)
+    checks = budget_checks(config.forgetting.budget, general)
+    ok = all(good for _, good, _ in checks)
+    result = {
+        "run": str(run.path),
+        "model": config.model,
+        "method": config.method,
+        "probe_set": preset,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "task": task,
+        "general": general.to_dict(),
+        "budget": asdict(config.forgetting.budget),
+        "budget_checks": [{"probe": name, "ok": good, "text": text} for name, good, text in checks],
+        "within_budget": ok,
+        "verdict": verdict(task, ok, checks),
+        "base_cached": general.base_cached,
+        "seconds": time.perf_counter() - started,
+    }
+    if lm_eval_tasks:
+        result["lm_eval"] = lm_eval_results
+    write_atomic(run.path / "eval.json", json.dumps(result, indent=2) + "\n")
+    write_report(run, result)
+    return result

@@ -1,0 +1,177 @@
+"""RUN/report.html with PNG plots beside it: the verdict first, then the numbers behind it."""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .rundir import RunDir, write_atomic
+
+LOSS_PNG = "report-loss.png"
+PROBES_PNG = "report-probes.png"
+TRADEOFF_PNG = "report-tradeoff.png"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    """PNG written to a temporary file and renamed, like every other run file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        _pyplot().close(fig)
+
+
+def plot_losses(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Training loss per step and validation loss per evaluation; False when there is nothing to plot."""
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r and "step" in r]
+    if not train and not val:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#7a9cc6", linewidth=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", color="#d1495b")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / trained token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_probes(general: dict[str, dict[str, Any]], path: Path) -> bool:
+    """Base and tuned bars per probe, the tuned bar carrying the 95% CI of the change."""
+    if not general:
+        return False
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(general), figsize=(2.4 * len(general), 3), squeeze=False)
+    for ax, (name, score) in zip(axes[0], general.items()):
+        lo, hi = score["ci95"]
+        err = [[max(0.0, score["delta"] - lo)], [max(0.0, hi - score["delta"])]]
+        ax.bar([0], [score["base"]], color="#9aa5b1", label="base")
+        ax.bar([1], [score["tuned"]], color="#d1495b", yerr=err, capsize=4, label="tuned")
+        ax.set_xticks([0, 1], ["base", "tuned"])
+        ax.set_title(f"{name}\n({score['metric']})", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    return True
+
+
+def plot_tradeoff(rows: list[dict[str, Any]], max_ppl_increase: float, path: Path) -> bool:
+    """Task gain vs general-perplexity increase at each evaluation that measured probes during training."""
+    val = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r and "step" in r}
+    base_loss = val.get(0)
+    points = []
+    for r in rows:
+        probes = r.get("probes")
+        if not probes or base_loss is None or r.get("step") not in val:
+            continue
+        rises = [p["relative_delta"] for p in probes.values() if p.get("relative_delta") is not None]
+        if rises:
+            gain = (base_loss - val[r["step"]]) / base_loss
+            points.append((r["step"], gain, max(rises), bool(r.get("within_budget", True))))
+    if not points:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for step, gain, rise, ok in points:
+        ax.scatter([gain * 100], [rise * 100], color="#2e8b57" if ok else "#d1495b", zorder=3)
+        ax.annotate(f"step {step}", (gain * 100, rise * 100), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(max_ppl_increase * 100, color="#d1495b", linestyle="--", linewidth=1, label="budget")
+    ax.set_xlabel("task gain: validation loss decrease (%)")
+    ax.set_ylabel("general perplexity increase (%)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def _fmt(value: Any, metric: str) -> str:
+    if value is None:
+        return "—"
+    if metric == "accuracy" or metric in ("exact_match", "token_f1", "rouge_l"):
+        return f"{value:.3f}"
+    return f"{value:.4g}"
+
+
+def _table(rows: list[tuple[str, dict[str, Any], str, str]]) -> str:
+    head = "<tr><th>measure</th><th>base</th><th>tuned</th><th>change</th><th>95% CI of change</th><th></th></tr>"
+    body = []
+    for name, score, metric, status in rows:
+        lo, hi = score["ci95"]
+        body.append(f"<tr><td>{html.escape(name)}</td><td>{_fmt(score['base'], metric)}</td>"
+                    f"<td>{_fmt(score['tuned'], metric)}</td><td>{score['delta']:+.4g}</td>"
+                    f"<td>[{lo:+.4g}, {hi:+.4g}]</td><td>{status}</td></tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
+def write_report(run: RunDir, result: dict[str, Any]) -> Path:
+    """Write report.html and its PNGs into the run directory; return the HTML path."""
+    rows = run.metrics()
+    images = []
+    if plot_losses(rows, run.path / LOSS_PNG):
+        images.append((LOSS_PNG, "Training and validation loss"))
+    if plot_probes(result["general"], run.path / PROBES_PNG):
+        images.append((PROBES_PNG, "General probes, base vs tuned (error bar: 95% CI of the change)"))
+    if plot_tradeoff(rows, result["budget"]["max_ppl_increase"], run.path / TRADEOFF_PNG):
+        images.append((TRADEOFF_PNG, "Task gain vs forgetting at each evaluation (red: over budget)"))
+    ok = result["within_budget"]
+    task = result["task"]
+    task_rows = [(m, task[m], m, "") for m in ("loss", "perplexity", "exact_match", "token_f1", "rouge_l") if m in task]
+    check_by_probe = {c["probe"]: c["ok"] for c in result["budget_checks"]}
+    general_rows = [
+        (f"{name} ({s['metric']})", s, s["metric"],
+         "" if name not in check_by_probe else ("within" if check_by_probe[name] else "<b>over</b>"))
+        for name, s in result["general"].items()
+    ]
+    samples = "".join(
+        f"<tr><td>{html.escape(s['prompt'])}</td><td>{html.escape(s['reference'])}</td>"
+        f"<td>{html.escape(s['base'])}</td><td>{html.escape(s['tuned'])}</td></tr>"
+        for s in task.get("samples", [])
+    )
+    verdict = "".join(f"<p>{html.escape(line)}</p>" for line in result["verdict"].splitlines())
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>tunesmith report: {html.escape(run.path.name)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; color: #222; }}
+.verdict {{ padding: 0.8rem 1.2rem; border-radius: 6px; border-left: 8px solid {'#2e8b57' if ok else '#d1495b'};
+  background: {'#eef8f1' if ok else '#fdeeee'}; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
+td, th {{ border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: left; vertical-align: top; }}
+img {{ max-width: 100%; }} small {{ color: #666; }}
+</style></head><body>
+<h1>{html.escape(run.path.name)}: {'within' if ok else 'OVER'} the forgetting budget</h1>
+<div class="verdict">{verdict}</div>
+<p><small>{html.escape(result['method'])} on {html.escape(result['model'])}; probe set
+{html.escape(result['probe_set'])}; base and tuned scored on the same examples; CIs from a paired bootstrap
+over examples; generated {result['created']} in {result['seconds']:.0f} s.</small></p>
+<h2>Task (held-out data, {task['n_examples']} examples; {task.get('n_generated', 0)} answers generated)</h2>
+{_table(task_rows)}
+<h2>General abilities</h2>
+{_table(general_rows)}
+{''.join(f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>' for name, caption in images)}
+<h2>Sample answers</h2>
+<table><tr><th>question</th><th>reference</th><th>base</th><th>tuned</th></tr>{samples}</table>
+</body></html>
+"""
+    path = run.path / "report.html"
+    write_atomic(path, page)
+    return path

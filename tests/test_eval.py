@@ -1,0 +1,95 @@
+"""`tunesmith eval` end to end on a tiny trained run: eval.json schema, report.html and its PNGs."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from tunesmith import load_config, train
+from tunesmith.cli import main
+from tunesmith.evaluate import TASK_SIZES, TaskSizes, evaluate_run
+from tunesmith.forgetting import probes as probe_module
+from tunesmith.forgetting.probes import ProbeSizes
+from tunesmith.report import LOSS_PNG, PROBES_PNG, TRADEOFF_PNG, write_report
+from tunesmith.rundir import RunDir
+
+TINY = ProbeSizes("standard", wiki_passages=4, wiki_max_tokens=48, analogies_per_section=1, trivia=4, kl_prompts=3,
+                  kl_new_tokens=5)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir):
+    from conftest import faq_rows, write_jsonl
+
+    root = tmp_path_factory.mktemp("eval")
+    data = write_jsonl(root / "faq.jsonl", faq_rows("chat") * 2)
+    config = load_config(None, {"data": str(data), "model": str(tiny_model_dir), "output": str(root / "run"),
+                                "max_steps": 4, "batch_size": 4, "lr": 3e-2, "eval_every": 2})
+    train(config, show_progress=False)
+    return root / "run"
+
+
+@pytest.fixture(autouse=True)
+def small_and_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(probe_module.PROBE_SIZES, "standard", TINY)
+    monkeypatch.setitem(TASK_SIZES, "standard", TaskSizes(generate=2, max_new_tokens=6))
+
+
+def test_eval_writes_the_schema_and_the_report(tiny_run):
+    result = evaluate_run(tiny_run)
+    written = json.loads((tiny_run / "eval.json").read_text())
+    assert written["within_budget"] == result["within_budget"] and isinstance(written["within_budget"], bool)
+    assert {"loss", "perplexity", "exact_match", "token_f1", "rouge_l", "n_examples"} <= set(written["task"])
+    assert written["task"]["n_generated"] == 2 and len(written["task"]["samples"]) == 2
+    assert set(written["general"]) == {"wikipedia_ppl", "analogies", "trivia", "kl_drift"}
+    for score in list(written["general"].values()) + [written["task"]["loss"]]:
+        assert {"base", "tuned", "delta", "ci95"} <= set(score)
+        lo, hi = score["ci95"]
+        assert lo <= score["delta"] + 1e-9 and score["delta"] <= hi + 1e-9
+    assert written["general"]["kl_drift"]["tuned"] > 0  # the run trained, so the model moved
+    assert written["task"]["loss"]["delta"] < 0  # and it learned the task
+    assert written["verdict"].count("\n") == 2
+    page = (tiny_run / "report.html").read_text()
+    assert ("within" if result["within_budget"] else "OVER") in page
+    for png in (LOSS_PNG, PROBES_PNG):
+        assert (tiny_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png in page
+    assert not (tiny_run / TRADEOFF_PNG).exists()  # no probe rows in metrics.jsonl yet
+
+
+def test_tradeoff_plot_appears_with_probe_rows(tiny_run, tmp_path):
+    result = json.loads((tiny_run / "eval.json").read_text()) if (tiny_run / "eval.json").exists() else evaluate_run(tiny_run)
+    run = RunDir.open(tiny_run)
+    for step, rise in ((2, 0.01), (4, 0.3)):
+        run.append_metrics({"step": step, "probes": {"wikipedia_ppl": {"relative_delta": rise}},
+                            "within_budget": rise < 0.1})
+    write_report(run, result)
+    assert (tiny_run / TRADEOFF_PNG).exists() and TRADEOFF_PNG in (tiny_run / "report.html").read_text()
+
+
+def test_cli_eval_json(tiny_run):
+    out = CliRunner().invoke(main, ["eval", str(tiny_run), "--json"])
+    assert out.exit_code == 0, out.output
+    assert "within_budget" in json.loads(out.stdout)
+
+
+def test_cli_eval_names_a_bad_probe_file(tiny_run, tmp_path):
+    config = (tiny_run / "config.yaml").read_text()
+    bad = tmp_path / "mine.jsonl"
+    bad.write_text('{"question": "q"}\n')
+    broken = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(tiny_run, broken)
+    (broken / "config.yaml").write_text(config.replace("probes: []", f"probes: [{bad}]"))
+    out = CliRunner().invoke(main, ["eval", str(broken)])
+    assert out.exit_code == 1 and "mine.jsonl:1" in out.output
+
+
+def test_lm_eval_hook_says_how_to_install_it(tiny_run):
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is not None:
+        pytest.skip("lm-eval is installed here")
+    out = CliRunner().invoke(main, ["eval", str(tiny_run), "--lm-eval", "hellaswag"])
+    assert out.exit_code == 1 and "pip install lm-eval" in out.output
