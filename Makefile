@@ -31,6 +31,7 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	$(VENV)/bin/tunesmith train examples/faq-demo.yaml --overwrite
+	$(VENV)/bin/tunesmith eval runs/faq-demo
 
 test: setup
 	$(VENV)/bin/pytest -q -m "not slow"
