@@ -66,6 +66,7 @@ class ReplaySource:
             input_ids=torch.cat([batch.input_ids, general.input_ids], dim=1),  # (1, T + R)
             position_ids=torch.cat([batch.position_ids, general.position_ids], dim=1),
             targets=torch.cat([batch.targets, general.targets], dim=1),
+            bounds=torch.cat([batch.bounds, general.bounds[1:] + batch.bounds[-1]]),
             sources=batch.sources + general.sources,
         )
 
