@@ -121,7 +121,8 @@ def make_tiny_run(model_dir: Path, output: Path, method: str = "lora") -> Path:
 
     data = write_jsonl(output.parent / f"{output.name}-faq.jsonl", faq_rows("chat"))
     config = load_config(None, {"data": str(data), "model": str(model_dir), "output": str(output),
-                                "method": method, "max_steps": 2, "batch_size": 4, "lr": 1e-2})
+                                "method": method, "max_steps": 2, "batch_size": 4, "lr": 1e-2,
+                                "forgetting": {"measure_during_training": False}})
     train(config, show_progress=False)
     if method != "full":
         path = output / "adapter" / "adapter_model.safetensors"

@@ -24,7 +24,8 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("eval")
     data = write_jsonl(root / "faq.jsonl", faq_rows("chat") * 2)
     config = load_config(None, {"data": str(data), "model": str(tiny_model_dir), "output": str(root / "run"),
-                                "max_steps": 4, "batch_size": 4, "lr": 3e-2, "eval_every": 2})
+                                "max_steps": 4, "batch_size": 4, "lr": 3e-2, "eval_every": 2,
+                                "forgetting": {"measure_during_training": False}})  # the last step, no probe rows
     train(config, show_progress=False)
     return root / "run"
 

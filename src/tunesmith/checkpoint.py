@@ -46,6 +46,8 @@ class TrainState:
     """Validation loss measured at this step, if an evaluation ran here (used to pick the best)."""
     skipped_steps: int = 0
     """Steps skipped for a non-finite loss (with `skip_nonfinite`)."""
+    replay_position: int = 0
+    """Tokens of the general-text replay stream consumed (forgetting.replay_fraction / kl_weight)."""
 
 
 def checkpoint_root(run_dir: Path) -> Path:
@@ -129,6 +131,18 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
     if len(meta["rng"]) != world_size:
         raise CheckpointError(f"checkpoint '{path}' was written by {len(meta['rng'])} process(es); resume it with "
                               f"the same number (now {world_size}) so every rank continues its own random stream")
+    load_trainable(path, model)
+    optimizer.load_state_dict(_optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
+    scheduler.load_state_dict(meta["scheduler"])
+    prefix = f"rank{rank}."
+    rng_tensors = {k[len(prefix):]: v for k, v in load_file(str(path / "rng.safetensors")).items() if k.startswith(prefix)}
+    _set_rng_state(rng_tensors, meta["rng"][rank])
+    return TrainState(**meta["train_state"]), meta["metrics"]
+
+
+def load_trainable(path: Path, model: Any) -> None:
+    """Copy a checkpoint's trained weights into `model` (safetensors only)."""
+    refuse_pickles(path)
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -138,12 +152,6 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(_optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
-    scheduler.load_state_dict(meta["scheduler"])
-    prefix = f"rank{rank}."
-    rng_tensors = {k[len(prefix):]: v for k, v in load_file(str(path / "rng.safetensors")).items() if k.startswith(prefix)}
-    _set_rng_state(rng_tensors, meta["rng"][rank])
-    return TrainState(**meta["train_state"]), meta["metrics"]
 
 
 def read_train_state(path: Path) -> TrainState:
@@ -151,11 +159,13 @@ def read_train_state(path: Path) -> TrainState:
     return TrainState(**meta["train_state"])
 
 
-def apply_retention(run_dir: Path, keep_last: int, newest_step: int) -> list[Path]:
-    """Delete old checkpoints, keeping the last `keep_last`, the best by val_loss and the newest."""
+def apply_retention(run_dir: Path, keep_last: int, newest_step: int, protected: set[int] = frozenset()) -> list[Path]:
+    """Delete old checkpoints, keeping the last `keep_last`, the best by val_loss, the newest, and
+    the `protected` steps (the best within the forgetting budget)."""
     complete = list_complete(run_dir)
     keep = {step for step, _ in complete[-keep_last:]} if keep_last > 0 else set()
     keep.add(newest_step)
+    keep.update(protected)
     scored = [(read_train_state(p).val_loss, step) for step, p in complete]
     scored = [(v, s) for v, s in scored if v is not None]
     if scored:

@@ -77,6 +77,9 @@ class ForgettingConfig:
     """Weight of a KL(base || tuned) term on general text added to the loss; 0 turns it off."""
     probes: list[str] = field(default_factory=list)
     """Extra general-probe files (JSONL: text / question+choices+answer / prompt rows)."""
+    measure_during_training: bool = True
+    """Run the fast probe subset at every evaluation (about 20 s on the 135M model on 2 cores) and
+    keep, as the final adapter, the best checkpoint on the task among those within the budget."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.replay_fraction < 1.0, "forgetting.replay_fraction",

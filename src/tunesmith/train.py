@@ -24,7 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .attention import use_packed_attention
 from .batching import Batch, eval_batches, loss_sum, micro_batches
 from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, list_complete, load_checkpoint,
-                         rng_state, save_checkpoint)
+                         load_trainable, rng_state, save_checkpoint)
+from .forgetting import ReplaySource, kl_to_base_loss, measure_probes_fast, probe_metrics_row, within_budget
 from .config import ConfigError, TrainConfig
 from .data import prepare_data
 from .data.check import check_files
@@ -93,7 +94,7 @@ def evaluate(model: Any, batches: list[Batch], device: torch.device, dtype: torc
 
 
 def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torch.dtype,
-                   group_trained: int | None = None) -> float:
+                   group_trained: int | None = None, kl_term: KLTerm | None = None) -> float:
     """Accumulate this process's gradients of one optimizer step; returns its share of the step's
     mean loss per trained token.
 
@@ -101,7 +102,8 @@ def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torc
     micro-batches and processes, `group_trained`), not by the number of micro-batches, so two
     micro-batches of N/2 give exactly the gradient of one batch of N whatever their token counts
     (the accumulation bug that bit HF Trainer users). DDP averages gradients over processes, so
-    each process scales its part by the world size to make that average the sum.
+    each process scales its part by the world size to make that average the sum. `kl_term` adds
+    weight x KL(base || tuned) on general text, averaged over the step's micro-batches.
     """
     n_trained = group_trained or sum(b.n_trained for b in group)
     world = accelerator.num_processes
@@ -111,9 +113,38 @@ def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torc
         with sync:
             with autocast(accelerator.device, dtype):
                 loss = loss_sum(model, batch, accelerator.device) / n_trained
+                if kl_term is not None:
+                    kl = kl_to_base_loss(model, kl_term.batches[i], kl_term.base_model)
+                    loss = loss + kl_term.weight * kl / (len(group) * world)
             accelerator.backward(loss * world)
         total += float(loss.detach())
     return total
+
+
+@dataclass(frozen=True)
+class KLTerm:
+    """The KL-to-base mitigation for one step: its weight, a general-text batch per micro-batch, and
+    the frozen base (None with adapters: the same model with adapters disabled)."""
+
+    weight: float
+    batches: list[Batch]
+    base_model: Any | None
+
+
+def select_final(metrics: list[dict[str, Any]]) -> tuple[int | None, str]:
+    """The evaluation step whose weights become the final model, and why.
+
+    The best validation loss among evaluations within the forgetting budget; when none is within,
+    the best validation loss, said plainly. None (the last step) when probes were not measured.
+    """
+    vals = {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r and r["step"] > 0}
+    within = {r["step"]: r["within_budget"] for r in metrics if "within_budget" in r}
+    if not within or not vals:
+        return None, "last step"
+    ok = [s for s in vals if within.get(s)]
+    if ok:
+        return min(ok, key=vals.get), "best validation loss within the forgetting budget"
+    return min(vals, key=vals.get), "best validation loss; NO evaluation was within the forgetting budget"
 
 
 def default_output(data: str) -> Path:
@@ -238,6 +269,15 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
 
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_per_step = config.grad_accum_steps * world  # global batch = micro-batch x accumulation x processes
+    fg = config.forgetting
+    if fg.kl_weight > 0 and world > 1:
+        raise ConfigError("forgetting.kl_weight with several processes is not supported yet: run it in one process "
+                          "or use forgetting.replay_fraction")
+    # Full fine-tuning changes every weight, so the base for probes and KL is a frozen copy; with
+    # adapters it is the same model with the adapters disabled (no second copy).
+    needs_base = config.method == "full" and (fg.kl_weight > 0 or fg.measure_during_training)
+    base_copy = load_model(config.model, trust_remote_code=config.trust_remote_code).eval().requires_grad_(False) \
+        if needs_base else None
     micro_per_epoch = math.ceil(len(data.train) / config.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
@@ -296,6 +336,9 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     base_val_loss = next(r["val_loss"] for r in metrics if r["step"] == 0 and "val_loss" in r)
     val_loss = next((r["val_loss"] for r in reversed(metrics) if "val_loss" in r), base_val_loss)
 
+    replay = ReplaySource(tokenizer, config.max_seq_tokens, position=state.replay_position) \
+        if fg.replay_fraction > 0 or fg.kl_weight > 0 else None
+
     # --- train
     model.train()
     stream = micro_batches(data.train, config.batch_size, config.seed, state.epoch, state.index_in_epoch)
@@ -311,8 +354,15 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         for step in range(state.step, total_steps):
             group = [next(stream) for _ in range(micro_per_step)]
             batches = [b for _, _, b in group]
+            kl_term = None
+            if replay is not None:  # every rank walks the same replay stream, so all agree on the step
+                if fg.replay_fraction > 0:
+                    batches = [replay.extend(b, fg.replay_fraction) for b in batches]
+                if fg.kl_weight > 0:
+                    kl_batches = [replay.batch(b.n_trained) for b in batches]
+                    kl_term = KLTerm(fg.kl_weight, kl_batches[rank::world], base_copy)
             step_loss = backward_group(model, batches[rank::world], accelerator, dtype,
-                                       group_trained=sum(b.n_trained for b in batches))
+                                       group_trained=sum(b.n_trained for b in batches), kl_term=kl_term)
             if world > 1:
                 step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"))
             grad_norm = float(accelerator.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else math.inf))
@@ -342,20 +392,34 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                    "grad_norm": grad_norm}
             log(row)
             measured = None
-            if (step + 1) % eval_every == 0 or step + 1 == total_steps:
+            evaluating = (step + 1) % eval_every == 0 or step + 1 == total_steps
+            if evaluating:
                 val_loss = measured = evaluate(model, val, accelerator.device, dtype)
                 log({"step": step + 1, "val_loss": val_loss})
-            state = TrainState(step + 1, epoch, index, 0, tokens, measured, skipped)
+                if fg.measure_during_training:
+                    with autocast(accelerator.device, dtype):  # frozen weights may be stored in bf16
+                        probes = measure_probes_fast(accelerator.unwrap_model(model), tokenizer, config.model,
+                                                     fg.probes, base_model=base_copy)
+                    ok, reason = within_budget(fg.budget, probes)
+                    log(probe_metrics_row(step + 1, probes, ok))
+                    if not ok:
+                        console.print(f"step {step + 1}: over the forgetting budget ({reason})")
+            state = TrainState(step + 1, epoch, index, 0, tokens, measured, skipped,
+                               replay.position if replay is not None else 0)
             stopping = stop.requested is not None
             if world > 1:  # ranks may get the signal at different steps: stop together
                 flag = torch.tensor(float(stopping), device=accelerator.device)
                 stopping = bool(accelerator.reduce(flag, "sum") > 0)
-            if (step + 1) % save_every == 0 or step + 1 == total_steps or stopping:
+            # With probes, every evaluation is a candidate for the final model, so it gets a checkpoint.
+            probed = evaluating and fg.measure_during_training
+            if (step + 1) % save_every == 0 or step + 1 == total_steps or stopping or probed:
                 rng_states = gather_object([rng_state()]) if world > 1 else None
                 if main_process:
                     save_checkpoint(run.path, accelerator.unwrap_model(model), optimizer, scheduler, state, metrics,
                                     rng_states)
-                    apply_retention(run.path, config.keep_last, newest_step=step + 1)
+                    chosen, _ = select_final(metrics)
+                    apply_retention(run.path, config.keep_last, newest_step=step + 1,
+                                    protected={chosen} if chosen is not None else set())
                 accelerator.wait_for_everyone()
             if on_step is not None:
                 on_step({**row, "examples": [s for b in batches for s in b.sources]})
@@ -371,15 +435,35 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                       f"`tunesmith train --resume {run.path}`")
         return TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, state.step, interrupted=True)
 
-    # --- save
+    # --- save: the final model is the best evaluation within the forgetting budget
+    chosen, why = select_final(metrics)
+    last_val_loss = val_loss
+    if chosen is not None and chosen != total_steps:
+        val_loss = next(r["val_loss"] for r in metrics if r["step"] == chosen and "val_loss" in r)
     result = TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, total_steps,
                          main_process=main_process)
     if not main_process:
         return result
-    save_trained(accelerator.unwrap_model(model), tokenizer, config.method, run.path)
+    unwrapped = accelerator.unwrap_model(model)
+    if chosen is not None and chosen != total_steps:
+        # Keep the last weights too, labelled, then put the chosen checkpoint's weights in place.
+        last_dir = save_trained(unwrapped, tokenizer, config.method, run.path)
+        labelled = last_dir.with_name(f"{last_dir.name}-last")
+        shutil.rmtree(labelled, ignore_errors=True)
+        last_dir.rename(labelled)
+        load_trainable(run.path / "checkpoints" / f"step-{chosen}", unwrapped)
+    save_trained(unwrapped, tokenizer, config.method, run.path)
+    if chosen is not None:
+        console.print(f"final model: step {chosen} of {total_steps}, {why}")
+    within = next((r["within_budget"] for r in metrics if r["step"] == (chosen or total_steps) and "within_budget" in r),
+                  None)
     run.write_summary({
         "base_val_loss": base_val_loss,
         "final_val_loss": val_loss,
+        "last_val_loss": last_val_loss,
+        "selected_step": chosen or total_steps,
+        "selection": why,
+        "within_budget": within,
         "val_loss_change": (val_loss - base_val_loss) / base_val_loss,
         "train_tokens": state.train_tokens,
         "wall_seconds": wall,
