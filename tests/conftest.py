@@ -58,6 +58,20 @@ def build_model_dir(path: Path, chat_template: str | None = CHATML, seed: int = 
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_caches(tmp_path_factory):
+    """Tokenized data and base-model probe results go to a per-session folder, never the user's
+    cache (the converted default model stays shared: the slow tests reuse it)."""
+    import tunesmith.data.cache
+    import tunesmith.forgetting.measure
+
+    folder = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tunesmith.data.cache, "tokens_dir", lambda: folder / "tokens")
+        patch.setattr(tunesmith.forgetting.measure, "cache_dir", lambda: folder)
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-wide Llama with a ChatML tokenizer, saved as a Hugging Face directory."""

@@ -22,7 +22,10 @@ TINY = ProbeSizes("tiny", wiki_passages=4, wiki_max_tokens=48, analogies_per_sec
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    """A probe cache per test, so that cache hits and misses are this test's own."""
+    import tunesmith.forgetting.measure
+
+    monkeypatch.setattr(tunesmith.forgetting.measure, "cache_dir", lambda: tmp_path / "cache" / "tunesmith")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -34,14 +35,15 @@ class Batch:
 
 def pack_examples(examples: Sequence[Example]) -> Batch:
     """Concatenate examples; transformers sees restarting position ids and masks across examples."""
-    input_ids = [t for e in examples for t in e.input_ids]
-    positions = [p for e in examples for p in range(len(e.input_ids))]
-    targets = [t for e in examples for t in e.targets]
+    lengths = [len(e.input_ids) for e in examples]
+    input_ids = np.concatenate([np.asarray(e.input_ids, dtype=np.int64) for e in examples])  # (T,)
+    targets = np.concatenate([np.asarray(e.targets, dtype=np.int64) for e in examples])  # (T,)
+    positions = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])  # (T,)
     return Batch(
-        input_ids=torch.tensor([input_ids], dtype=torch.long),
-        position_ids=torch.tensor([positions], dtype=torch.long),
-        targets=torch.tensor([targets], dtype=torch.long),
-        bounds=torch.tensor([0, *itertools.accumulate(len(e.input_ids) for e in examples)], dtype=torch.int32),
+        input_ids=torch.from_numpy(input_ids)[None],
+        position_ids=torch.from_numpy(positions)[None],
+        targets=torch.from_numpy(targets)[None],
+        bounds=torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32),
         sources=tuple(e.source for e in examples),
     )
 

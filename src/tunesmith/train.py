@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .attention import use_packed_attention
@@ -27,7 +28,8 @@ from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_st
                          load_trainable, rng_state, save_checkpoint)
 from .forgetting import ReplaySource, kl_to_base_loss, measure_probes_fast, probe_metrics_row, within_budget
 from .config import ConfigError, TrainConfig
-from .data import prepare_data
+from .data import file_sha256, prepare_data
+from .data.cache import passed_check, record_check
 from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
 from .rundir import RunDir, RunDirError
@@ -219,6 +221,21 @@ def check_resumable(run: RunDir, config: TrainConfig, data_sha256: dict[str, str
     return problems
 
 
+def check_data(config: TrainConfig, tokenizer: Any, console: Console) -> None:
+    """`data check` before anything is written; skipped when it already passed on these exact files."""
+    key = (file_sha256(config.data), file_sha256(config.eval) if config.eval else None, tokenizer,
+           config.max_seq_tokens)
+    earlier = passed_check(*key)
+    if earlier is None:
+        report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens)
+        report.enforce(console)
+        earlier = report.warning_summary()
+        record_check(*key, earlier)
+    else:
+        for line in earlier:
+            console.print(f"[yellow]data warning:[/] {escape(line)}", highlight=False)
+
+
 def train(config: TrainConfig, overwrite: bool = False, console: Console | None = None,
           show_progress: bool = True, on_step: Callable[[dict[str, Any]], None] | None = None,
           resume: str | None = None, force: bool = False) -> TrainResult:
@@ -236,7 +253,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
 
     # --- setup: everything that can fail on bad input happens before the run directory is touched
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
-    check_files(config.data, config.eval, tokenizer, config.max_seq_tokens).enforce(console)  # same as `data check`
+    check_data(config, tokenizer, console)
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
     for warning in data.warnings:
         console.print(f"[yellow]warning:[/] {warning}")

@@ -62,14 +62,19 @@ def tokenize_records(records: list[Any], tokenizer: Any, max_seq_tokens: int) ->
 
 
 def prepare_data(data: str, eval_data: str | None, tokenizer: Any, max_seq_tokens: int,
-                 val_fraction: float, seed: int) -> PreparedData:
-    """Training and validation examples from the config's files, split reproducibly by `seed`."""
-    train, warnings = tokenize_records(read_records(data), tokenizer, max_seq_tokens)
+                 val_fraction: float, seed: int, use_cache: bool = True) -> PreparedData:
+    """Training and validation examples from the config's files, split reproducibly by `seed`.
+
+    Tokenized files come from the memory-mapped cache (data/cache.py) when it holds them."""
+    from .cache import tokenize_file
+
     sha = {str(data): file_sha256(data)}
+    train, warnings = tokenize_file(data, sha[str(data)], tokenizer, max_seq_tokens, use_cache)
+    warnings = list(warnings)
     if eval_data is not None:
-        val, more = tokenize_records(read_records(eval_data), tokenizer, max_seq_tokens)
-        warnings += [f"eval: {w}" for w in more]
         sha[str(eval_data)] = file_sha256(eval_data)
+        val, more = tokenize_file(eval_data, sha[str(eval_data)], tokenizer, max_seq_tokens, use_cache)
+        warnings += [f"eval: {w}" for w in more]
     else:
         if len(train) < 2:
             raise DataError([DataIssue(str(data), 0, "(file)", f"has {len(train)} usable example(s); a validation split "

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from .records import Conversation, Document
 
 IGNORE = -100
@@ -26,15 +28,15 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<
 class Example:
     """One training row in token space."""
 
-    input_ids: list[int]
-    targets: list[int]
+    input_ids: Sequence[int]  # a list, or an int32 view into the memory-mapped token cache
+    targets: Sequence[int]
     """targets[t] is the token the model must predict after input_ids[:t+1], or -100 (not trained)."""
     source: str
     """file:line of the row this came from."""
 
     @property
     def n_trained(self) -> int:
-        return sum(1 for t in self.targets if t != IGNORE)
+        return int(np.count_nonzero(np.asarray(self.targets) != IGNORE))
 
 
 class TemplateError(ValueError):

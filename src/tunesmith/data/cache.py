@@ -1,0 +1,123 @@
+"""Tokenized files cached on disk and memory-mapped: a file is tokenized once per content, tokenizer,
+chat template and `max_seq_tokens`, and a data check that passed is not repeated.
+
+An entry is a folder `tokens/v<version>-<file sha>-<tokenizer fingerprint>-<max_seq_tokens>/` under
+tunesmith's cache: `input_ids.npy` and `targets.npy` (int32, every example end to end),
+`offsets.npy` (int64, example i is [offsets[i], offsets[i+1])) and `meta.json` (sources and
+warnings). Entries are built in a temporary folder and renamed into place, so a crash leaves none
+half-written; a damaged entry is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .records import read_records
+from .render import Example
+
+CACHE_VERSION = 1
+"""Bump when rendering changes what a row tokenizes to, so old entries are not reused."""
+
+
+def tokens_dir() -> Path:
+    from ..models import cache_dir
+
+    return cache_dir() / "tokens"
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """The tokenizer's identity: its full serialized form (vocabulary, merges, normalizers) where
+    it has one, its special tokens and its chat template (a run may override the template)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    extra = json.dumps([str(getattr(tokenizer, "chat_template", "")), tokenizer.eos_token_id, tokenizer.pad_token_id,
+                        tokenizer.bos_token_id])
+    return hashlib.sha256((body + extra).encode()).hexdigest()[:16]
+
+
+def entry_path(file_sha: str, tokenizer: Any, max_seq_tokens: int) -> Path:
+    return tokens_dir() / f"v{CACHE_VERSION}-{file_sha[:16]}-{tokenizer_fingerprint(tokenizer)}-{max_seq_tokens}"
+
+
+def _read_entry(entry: Path) -> tuple[list[Example], list[str]] | None:
+    try:
+        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        input_ids = np.load(entry / "input_ids.npy", mmap_mode="r", allow_pickle=False)  # (total tokens,)
+        targets = np.load(entry / "targets.npy", mmap_mode="r", allow_pickle=False)  # (total tokens,)
+        offsets = np.load(entry / "offsets.npy", allow_pickle=False)  # (n_examples + 1,)
+    except (OSError, ValueError, json.JSONDecodeError):
+        return None
+    sources = meta["sources"]
+    if len(offsets) != len(sources) + 1 or offsets[-1] != len(input_ids) or len(targets) != len(input_ids):
+        return None
+    examples = [Example(input_ids[a:b], targets[a:b], source)
+                for a, b, source in zip(offsets[:-1].tolist(), offsets[1:].tolist(), sources)]
+    return examples, meta["warnings"]
+
+
+def _write_entry(entry: Path, examples: list[Example], warnings: list[str]) -> None:
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    try:
+        lengths = [len(e.input_ids) for e in examples]
+        np.save(staging / "offsets.npy", np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64))
+        for name in ("input_ids", "targets"):
+            flat = [t for e in examples for t in getattr(e, name)]
+            np.save(staging / f"{name}.npy", np.asarray(flat, dtype=np.int32))
+        (staging / "meta.json").write_text(json.dumps({"sources": [e.source for e in examples], "warnings": warnings}),
+                                           encoding="utf-8")
+        shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, or none
+        os.replace(staging, entry)
+    except OSError:
+        pass  # another process won the race, or the cache is read-only: the examples are still good
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def tokenize_file(path: str | Path, file_sha: str, tokenizer: Any, max_seq_tokens: int,
+                  use_cache: bool = True) -> tuple[list[Example], list[str]]:
+    """(examples, warnings) of one data file, from the cache when it holds them."""
+    from . import tokenize_records
+
+    entry = entry_path(file_sha, tokenizer, max_seq_tokens)
+    if use_cache and (cached := _read_entry(entry)) is not None:
+        return cached
+    examples, warnings = tokenize_records(read_records(path), tokenizer, max_seq_tokens)
+    if use_cache:
+        _write_entry(entry, examples, warnings)
+        if (cached := _read_entry(entry)) is not None:  # memory-mapped: the lists can go
+            return cached
+    return examples, warnings
+
+
+def _check_marker(train_sha: str, eval_sha: str | None, tokenizer: Any, max_seq_tokens: int) -> Path:
+    # The check of a train file depends on the eval file too (leakage between them).
+    name = f"v{CACHE_VERSION}-{train_sha[:16]}-{(eval_sha or 'none')[:16]}-{tokenizer_fingerprint(tokenizer)}-{max_seq_tokens}"
+    return tokens_dir() / "checks" / f"{name}.json"
+
+
+def passed_check(train_sha: str, eval_sha: str | None, tokenizer: Any, max_seq_tokens: int) -> list[str] | None:
+    """The warning lines of an earlier data check that passed on exactly these inputs, or None."""
+    try:
+        return json.loads(_check_marker(train_sha, eval_sha, tokenizer, max_seq_tokens).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def record_check(train_sha: str, eval_sha: str | None, tokenizer: Any, max_seq_tokens: int,
+                 warning_lines: list[str]) -> None:
+    """Remember that the check passed on these inputs, with the warnings it printed."""
+    from ..rundir import write_atomic
+
+    try:
+        write_atomic(_check_marker(train_sha, eval_sha, tokenizer, max_seq_tokens), json.dumps(warning_lines))
+    except OSError:
+        pass  # a read-only cache: the check simply runs again next time
