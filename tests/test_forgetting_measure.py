@@ -162,3 +162,17 @@ def test_kl_to_base_loss_is_zero_at_start_and_trains(base, tiny_tokenizer):
     assert all(p.grad is None for p in frozen)
     # The same value from a frozen copy (full fine-tuning's route).
     assert float(kl_to_base_loss(moved, batch, base_model=base).detach()) == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_an_accuracy_drop_counts_only_when_its_interval_excludes_zero():
+    from tunesmith.forgetting.measure import ForgettingResult, ProbeScore
+
+    def result(delta, ci):
+        score = ProbeScore("trivia", "choice", "accuracy", 0.625, 0.625 + delta, delta, ci, 8)
+        return ForgettingResult({"trivia": score}, "train", "x", 0.0)
+
+    budget = ForgettingBudget(max_accuracy_drop=0.10)
+    assert within_budget(budget, result(-0.125, (-0.375, 0.0)))[0]  # one item lost: within the noise
+    ok, reason = within_budget(budget, result(-0.25, (-0.5, -0.125)))
+    assert not ok and "trivia accuracy -25.0 pt" in reason
+    assert within_budget(budget, result(-0.05, (-0.08, -0.02)))[0]  # certain, but smaller than the limit

@@ -50,11 +50,14 @@ class ForgettingBudget:
     max_ppl_increase: float = 0.10
     """Largest relative rise of general-text perplexity, tuned vs base (0.10 = +10%). The demo's
     LoRA at lr 1e-3 measured +8.9% after one epoch; 2e-4 measured +0.8%."""
-    max_kl: float = 0.25
-    """Largest mean per-token KL(base || tuned), in nats, on answers to general prompts."""
-    max_accuracy_drop: float = 0.05
+    max_kl: float = 1.0
+    """Largest mean per-token KL(base || tuned), in nats, on answers to general prompts. Learning a
+    tone moves it too: the demo's LoRA measured 0.35 after 8 steps and 0.67 after one epoch, full
+    fine-tuning at lr 2e-4 about 0.7 throughout; 1.0 flags general answers changed wholesale."""
+    max_accuracy_drop: float = 0.10
     """Largest fall of knowledge accuracy (analogies, trivia, multiple-choice user probes), in
-    absolute terms (0.05 = five points)."""
+    absolute terms (0.10 = ten points). A drop counts only when its 95% interval excludes zero:
+    one item of the fast probe set is 7 to 12 points, so a single unlucky item must not fail a run."""
 
     def __post_init__(self) -> None:
         _check(self.max_ppl_increase >= 0, "forgetting.budget.max_ppl_increase",

@@ -10,8 +10,9 @@ def budget_checks(budget: ForgettingBudget, result: ForgettingResult) -> list[tu
     """One (probe name, ok, sentence) per probe that the budget covers.
 
     Perplexity probes: relative increase vs `max_ppl_increase`; multiple-choice probes: accuracy
-    drop vs `max_accuracy_drop`; KL probes: mean KL vs `max_kl`. Point estimates are compared, and
-    the sentence carries the 95% CI so a reader can see how sure the call is.
+    drop vs `max_accuracy_drop`, counted only when the drop's 95% CI excludes zero (small probe
+    sets move in steps of one item); KL probes: mean KL vs `max_kl`. Point estimates are compared,
+    and the sentence carries the 95% CI so a reader can see how sure the call is.
     """
     checks = []
     for score in result.probes.values():
@@ -23,7 +24,8 @@ def budget_checks(budget: ForgettingBudget, result: ForgettingResult) -> list[tu
                            f"{score.base:.2f} -> {score.tuned:.2f}, 95% CI of change [{lo:+.2f}, {hi:+.2f}])"))
         elif score.kind == "choice":
             drop = -score.delta
-            checks.append((score.name, drop <= budget.max_accuracy_drop,
+            significant = hi < 0  # the whole interval of the change is below zero
+            checks.append((score.name, drop <= budget.max_accuracy_drop or not significant,
                            f"{score.name} accuracy {score.delta * 100:+.1f} pt (limit -{budget.max_accuracy_drop * 100:.0f} pt; "
                            f"{score.base:.1%} -> {score.tuned:.1%}, 95% CI [{lo * 100:+.1f}, {hi * 100:+.1f}] pt)"))
         elif score.kind == "kl":
