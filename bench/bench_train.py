@@ -1,13 +1,13 @@
 """Training speed and memory: tunesmith against TRL's SFTTrainer + peft, side by side.
 
 Same model shape (SmolLM2-135M's config, random init, seeded), same data (the bundled FAQ as
-chat, 90% train), LoRA r=16 / alpha 32 / dropout 0.05 on all linear layers, AdamW, the same peak
-learning rate with warmup + cosine, micro-batches of 8 examples, bf16 autocast, the same number
-of optimizer steps. Systems run in separate processes, alternating round by round, so a noisy
+chat, 90% train), tunesmith's LoRA defaults (r 16, alpha 32, dropout 0, all linear layers) on both
+sides, AdamW, the same peak learning rate with warmup + cosine, micro-batches of 8 examples, bf16
+autocast, the same number of optimizer steps; and full fine-tuning the same way (`*_full`). Systems run in separate processes, alternating round by round, so a noisy
 machine hits them alike; medians over rounds are reported, then ratios. The last line printed is
 one JSON object for scripts.
 
-    python bench/bench_train.py [--steps 30] [--rounds 3] [--systems tunesmith,trl_padding,trl_padding_free]
+    python bench/bench_train.py [--steps 30] [--rounds 3] [--systems tunesmith,trl_padding,trl_padding_free,...]
     python bench/bench_train.py --scaling      # tunesmith tokens/s and peak RSS vs sequence length and model size
 """
 
@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
-SYSTEMS = ("tunesmith", "trl_padding", "trl_padding_free")
+SYSTEMS = ("tunesmith", "trl_padding", "trl_padding_free", "tunesmith_full", "trl_full")
+LORA = ("tunesmith", "trl_padding", "trl_padding_free")
 SHAPES = {  # SmolLM2 configurations: (hidden, intermediate, layers, heads, kv heads)
     "135M": (576, 1536, 30, 9, 3),
     "360M": (960, 2560, 32, 15, 5),
@@ -84,22 +85,28 @@ def run_tunesmith(args) -> dict:
     from tunesmith.generate import load_run
 
     out = Path(tempfile.mkdtemp()) / "run"
+    method = "full" if args.worker == "tunesmith_full" else "lora"
     config = load_config(None, {"data": str(args.train), "eval": str(args.val), "model": str(args.model),
-                                "output": str(out), "max_steps": args.steps, "batch_size": 8, "lr": args.lr,
+                                "method": method, "lr": args.lr if method == "lora" else args.full_lr,
+                                "output": str(out), "max_steps": args.steps, "batch_size": 8,
                                 "eval_every": args.steps, "save_every": args.steps, "precision": "bf16",
-                                "max_seq_tokens": args.max_seq_tokens})
+                                "max_seq_tokens": args.max_seq_tokens,
+                                # Training speed only: the forgetting probes at evaluations are not part of it.
+                                "forgetting": {"measure_during_training": False}})
     rows = []
     result = train(config, show_progress=False, on_step=rows.append)
     return {"tokens_per_s": rows[-1]["tokens_per_s"], "real_tokens": result.train_tokens, "padding_fraction": 0.0,
             "val_loss": result.final_val_loss, "peak_rss_gib": peak_rss_gib()}
 
 
-def run_trl(args, padding_free: bool) -> dict:
+def run_trl(args, padding_free: bool, full: bool) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    from tunesmith.config import LoraConfig as TunesmithLora
 
     def pairs(path: Path) -> Dataset:
         rows = [json.loads(line)["messages"] for line in path.read_text().splitlines()]
@@ -116,14 +123,17 @@ def run_trl(args, padding_free: bool) -> dict:
         def on_step_end(self, *a, **k):
             counts["seconds"] += time.perf_counter() - counts["t0"]
 
+    lora = TunesmithLora()  # tunesmith's defaults, so that both sides train the same adapters
     trainer = SFTTrainer(
         model=model, train_dataset=pairs(args.train), processing_class=tokenizer,
-        peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                               task_type="CAUSAL_LM"),
+        peft_config=None if full else LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                                 target_modules=lora.target_modules, task_type="CAUSAL_LM"),
         args=SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=8,
-                       learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=max(1, round(0.05 * args.steps)), bf16=True,
+                       learning_rate=args.full_lr if full else args.lr, lr_scheduler_type="cosine", warmup_steps=max(1, round(0.05 * args.steps)), bf16=True,
                        use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], seed=0,
-                       padding_free=padding_free, max_length=args.max_seq_tokens, dataloader_num_workers=0),
+                       padding_free=padding_free,
+                       # TRL enforces max_length only by padding/packing; padding-free rows are all shorter anyway.
+                       max_length=None if padding_free else args.max_seq_tokens, dataloader_num_workers=0),
         callbacks=[Count()],
     )
     collate = trainer.data_collator
@@ -161,16 +171,16 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
 
 
 def worker(args) -> None:
-    if args.worker == "tunesmith":
+    if args.worker.startswith("tunesmith"):
         result = run_tunesmith(args)
     else:
-        result = run_trl(args, padding_free=args.worker == "trl_padding_free")
+        result = run_trl(args, padding_free=args.worker == "trl_padding_free", full=args.worker == "trl_full")
     print("RESULT " + json.dumps(result), flush=True)
 
 
 def spawn(system: str, args, extra: list[str] | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", system, "--model", str(args.model), "--train", str(args.train),
-           "--val", str(args.val), "--steps", str(args.steps), "--lr", str(args.lr),
+           "--val", str(args.val), "--steps", str(args.steps), "--lr", str(args.lr), "--full-lr", str(args.full_lr),
            "--max-seq-tokens", str(args.max_seq_tokens), *(extra or [])]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     for line in done.stdout.splitlines():
@@ -187,27 +197,44 @@ def compare(args) -> None:
             results[system].append(spawn(system, args))
             print(f"round {round_no + 1} {system}: {results[system][-1]}", flush=True)
     peak = matmul_peak_gflops()
-    params = 134_515_008
-    flops_per_token = 4 * params  # LoRA: forward 2N, backward through activations 2N, no frozen weight grads
+    body = body_params(args.model)
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k in results[s][0]} for s in systems}
     print(f"\n{'system':<18}{'real tok/s':>12}{'peak RSS GiB':>14}{'padding':>9}{'val loss':>10}{'MFU':>7}")
     for s in systems:
-        mfu = med[s]["tokens_per_s"] * flops_per_token / (peak * 1e9)
-        med[s]["mfu"] = mfu
+        # Useful work per real token, non-embedding weights only (the PaLM convention without the
+        # attention term, so it understates): forward 2N and backward through activations 2N;
+        # full fine-tuning adds 2N for the weight gradients.
+        flops_per_token = (6 if s.endswith("full") else 4) * body
+        med[s]["mfu"] = med[s]["tokens_per_s"] * flops_per_token / (peak * 1e9)
         print(f"{s:<18}{med[s]['tokens_per_s']:>12.0f}{med[s]['peak_rss_gib']:>14.2f}"
-              f"{med[s]['padding_fraction']:>9.1%}{med[s]['val_loss']:>10.4f}{mfu:>7.1%}")
-    summary = {"tokens_per_s": {s: med[s]["tokens_per_s"] for s in systems}, "matmul_peak_gflops": peak,
-               "mfu": med.get("tunesmith", {}).get("mfu"), "steps": args.steps, "rounds": args.rounds}
-    if "tunesmith" in med:
-        ours = med["tunesmith"]
-        if "trl_padding" in med:
-            summary["ratio_vs_trl_default"] = ours["tokens_per_s"] / med["trl_padding"]["tokens_per_s"]
-            summary["peak_rss_ratio"] = ours["peak_rss_gib"] / med["trl_padding"]["peak_rss_gib"]
-        if "trl_padding_free" in med:
-            summary["ratio_vs_trl_best"] = ours["tokens_per_s"] / med["trl_padding_free"]["tokens_per_s"]
-            summary["peak_rss_ratio_vs_trl_best"] = ours["peak_rss_gib"] / med["trl_padding_free"]["peak_rss_gib"]
-        summary["val_loss"] = {s: med[s]["val_loss"] for s in systems}
+              f"{med[s]['padding_fraction']:>9.1%}{med[s]['val_loss']:>10.4f}{med[s]['mfu']:>7.1%}")
+    summary = {"tokens_per_s": {s: med[s]["tokens_per_s"] for s in systems},
+               "peak_rss_gib": {s: med[s]["peak_rss_gib"] for s in systems},
+               "val_loss": {s: med[s]["val_loss"] for s in systems},
+               "padding_fraction": {s: med[s]["padding_fraction"] for s in systems},
+               "mfu": med.get("tunesmith", {}).get("mfu"), "mfu_by_system": {s: med[s]["mfu"] for s in systems},
+               "matmul_peak_gflops": peak, "steps": args.steps, "rounds": args.rounds}
+
+    def ratio(ours: str, theirs: str, key: str) -> float | None:
+        return med[ours][key] / med[theirs][key] if ours in med and theirs in med else None
+
+    summary.update({
+        "ratio_vs_trl_default": ratio("tunesmith", "trl_padding", "tokens_per_s"),
+        "ratio_vs_trl_best": ratio("tunesmith", "trl_padding_free", "tokens_per_s"),
+        "peak_rss_ratio": ratio("tunesmith", "trl_padding", "peak_rss_gib"),
+        "peak_rss_ratio_vs_trl_best": ratio("tunesmith", "trl_padding_free", "peak_rss_gib"),
+        "val_loss_ratio_vs_trl_default": ratio("tunesmith", "trl_padding", "val_loss"),
+        "full_ratio_vs_trl_default": ratio("tunesmith_full", "trl_full", "tokens_per_s"),
+    })
     print(json.dumps(summary))
+
+
+def body_params(model: Path) -> int:
+    """Weights of the transformer blocks (embeddings and LM head excluded)."""
+    config = json.loads((Path(model) / "config.json").read_text())
+    h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    kv = config["num_key_value_heads"] * (config.get("head_dim") or h // config["num_attention_heads"])
+    return layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
 
 
 def scaling(args) -> None:
@@ -240,7 +267,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA peak learning rate (tunesmith's default)")
+    parser.add_argument("--full-lr", type=float, default=1e-4, help="full fine-tuning peak learning rate")
     parser.add_argument("--max-seq-tokens", type=int, default=1024)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--scaling", action="store_true")

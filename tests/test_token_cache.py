@@ -44,13 +44,15 @@ def test_a_cache_hit_does_not_tokenize(faq_path, tiny_tokenizer, monkeypatch):
     assert data.train and data.val
 
 
-def test_the_key_changes_with_content_template_and_length(faq_path, tiny_tokenizer, tmp_path):
+def test_the_key_changes_with_content_path_template_and_length(faq_path, tiny_tokenizer, tmp_path):
     sha = file_sha256(faq_path)
     other_template = build_tokenizer(chat_template=tiny_tokenizer.chat_template.replace("helpful", "careful"))
-    keys = {entry_path(sha, tiny_tokenizer, 64), entry_path(sha, tiny_tokenizer, 128),
-            entry_path(sha, other_template, 64),
-            entry_path(file_sha256(write_jsonl(tmp_path / "x.jsonl", [{"text": "other"}])), tiny_tokenizer, 64)}
-    assert len(keys) == 4
+    keys = {entry_path(faq_path, sha, tiny_tokenizer, 64), entry_path(faq_path, sha, tiny_tokenizer, 128),
+            entry_path(faq_path, sha, other_template, 64),
+            entry_path(tmp_path / "x.jsonl", file_sha256(write_jsonl(tmp_path / "x.jsonl", [{"text": "other"}])),
+                       tiny_tokenizer, 64),
+            entry_path(tmp_path / "copy.jsonl", sha, tiny_tokenizer, 64)}  # same content elsewhere: rows named anew
+    assert len(keys) == 5
     tokenize_file(faq_path, sha, tiny_tokenizer, 64)
     with_other, _ = tokenize_file(faq_path, sha, other_template, 64)
     assert "careful" in other_template.decode(list(with_other[0].input_ids))
@@ -59,7 +61,7 @@ def test_the_key_changes_with_content_template_and_length(faq_path, tiny_tokeniz
 def test_a_damaged_entry_is_rebuilt(faq_path, tiny_tokenizer):
     sha = file_sha256(faq_path)
     tokenize_file(faq_path, sha, tiny_tokenizer, 96)
-    entry = entry_path(sha, tiny_tokenizer, 96)
+    entry = entry_path(faq_path, sha, tiny_tokenizer, 96)
     (entry / "targets.npy").unlink()  # replaced, not rewritten in place: a mapped file must never shrink
     np.save(entry / "targets.npy", np.zeros(3, dtype=np.int32))  # a truncated file
     fresh, _ = tokenize_records(read_records(faq_path), tiny_tokenizer, 96)

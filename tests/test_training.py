@@ -163,3 +163,32 @@ def test_packed_attention_equals_examples_one_at_a_time(tiny_model_dir, tiny_tok
     # Generation takes the fallback path (no segments, a KV cache) and still works.
     out = model.generate(torch.tensor([exs[0].input_ids[:6]]), max_new_tokens=3, do_sample=False)
     assert out.shape[1] == 9
+
+
+def test_best_fit_bins_respect_the_budget_and_fill_tightly():
+    from tunesmith.batching import best_fit_bins
+
+    lengths = [7, 5, 4, 3, 3, 2, 2, 1, 1]
+    bins = best_fit_bins(lengths, 10)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))  # every item once
+    assert all(sum(lengths[i] for i in b) <= 10 for b in bins)
+    assert len(bins) == 3  # 28 tokens: the fewest bins of 10 that can hold them
+    # 7 leaves room 3 that the first 3 fills exactly; 5 and 4 share a bin that a 1 completes
+    assert [sorted(lengths[i] for i in b) for b in bins] == [[3, 7], [1, 4, 5], [1, 2, 2, 3]]
+
+
+def test_token_budget_epochs_cover_every_example_once_and_resume_mid_epoch(tiny_tokenizer):
+    from tunesmith.batching import epoch_plan, micro_batches
+
+    exs = examples(tiny_tokenizer, [f"Answer number {i} " + "word " * (i % 7) for i in range(23)])
+    budget = 3 * max(len(e.input_ids) for e in exs)
+    plan = epoch_plan(exs, 8, seed=1, epoch=0, batch_tokens=budget)
+    assert sorted(i for b in plan for i in b) == list(range(len(exs)))
+    assert all(sum(len(exs[i].input_ids) for i in b) <= budget for b in plan)
+    stream = micro_batches(exs, 8, 1, batch_tokens=budget)
+    first = [next(stream) for _ in range(len(plan) + 2)]  # into the second epoch
+    epoch, index, _ = first[3]
+    resumed = micro_batches(exs, 8, 1, epoch, index, batch_tokens=budget)
+    for expected in first[3:]:
+        got = next(resumed)
+        assert got[:2] == expected[:2] and got[2].sources == expected[2].sources

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import random
 from dataclasses import dataclass
@@ -55,14 +56,47 @@ def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     return order
 
 
+def best_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing: longest first, each item into the open bin it fills most tightly.
+
+    Returns bins of item indices; within equal lengths the given order is kept (pure, resumable).
+    """
+    bins: list[list[int]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, bin id), sorted
+    for item in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        spot = bisect.bisect_left(room, (lengths[item], -1))
+        if spot == len(room):  # no open bin has room: open one
+            bins.append([item])
+            bisect.insort(room, (capacity - lengths[item], len(bins) - 1))
+        else:
+            free, bin_id = room.pop(spot)
+            bins[bin_id].append(item)
+            bisect.insort(room, (free - lengths[item], bin_id))
+    return bins
+
+
+def epoch_plan(examples: Sequence[Example], batch_size: int, seed: int, epoch: int,
+               batch_tokens: int | None = None) -> list[list[int]]:
+    """The micro-batches (example indices) of one epoch: `batch_size` examples in shuffled order, or
+    bins of at most `batch_tokens` tokens in shuffled order. A pure function, so resumable."""
+    order = epoch_order(len(examples), seed, epoch)
+    if batch_tokens is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    bins = best_fit_bins([len(examples[j].input_ids) for j in order], batch_tokens)
+    random.Random(seed * 100_003 + epoch + 1).shuffle(bins)  # else the fullest bins come first
+    return [[order[i] for i in b] for b in bins]
+
+
 def micro_batches(examples: Sequence[Example], batch_size: int, seed: int, start_epoch: int = 0,
-                  start_index: int = 0) -> Iterator[tuple[int, int, Batch]]:
-    """Endless (epoch, index in epoch, batch) stream over shuffled epochs, from any position."""
+                  start_index: int = 0, batch_tokens: int | None = None) -> Iterator[tuple[int, int, Batch]]:
+    """Endless (epoch, examples of the epoch before this batch, batch) stream, from any position."""
     epoch, start = start_epoch, start_index
     while True:
-        order = epoch_order(len(examples), seed, epoch)
-        for i in range(start, len(order), batch_size):
-            yield epoch, i, pack_examples([examples[j] for j in order[i : i + batch_size]])
+        consumed = 0
+        for members in epoch_plan(examples, batch_size, seed, epoch, batch_tokens):
+            if consumed >= start:
+                yield epoch, consumed, pack_examples([examples[j] for j in members])
+            consumed += len(members)
         epoch, start = epoch + 1, 0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .batching import epoch_order
+from .batching import epoch_plan
 from .config import TrainConfig
 from .data import prepare_data
 from .models import load_tokenizer, resolve_model_path
@@ -82,8 +82,7 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     total, trainable, linear_params, layers, hidden, vocab = count_parameters(
         config.model, config.method, config.lora.r, config.trust_remote_code)
 
-    order = epoch_order(len(data.train), config.seed, 0)
-    micro = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    micro = epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens)
     tokens = [sum(len(data.train[j].input_ids) for j in m) for m in micro]
     trained = [sum(data.train[j].n_trained for j in m) for m in micro]
     worst = max(range(len(micro)), key=lambda i: tokens[i])

@@ -23,12 +23,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .attention import use_packed_attention
-from .batching import Batch, eval_batches, loss_sum, micro_batches
+from .batching import Batch, epoch_plan, eval_batches, loss_sum, micro_batches
 from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, list_complete, load_checkpoint,
                          load_trainable, rng_state, save_checkpoint)
 from .forgetting import ReplaySource, kl_to_base_loss, measure_probes_fast, probe_metrics_row, within_budget
 from .config import ConfigError, TrainConfig
-from .data import file_sha256, prepare_data
+from .data import prepare_data
 from .data.cache import passed_check, record_check
 from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
@@ -223,8 +223,7 @@ def check_resumable(run: RunDir, config: TrainConfig, data_sha256: dict[str, str
 
 def check_data(config: TrainConfig, tokenizer: Any, console: Console) -> None:
     """`data check` before anything is written; skipped when it already passed on these exact files."""
-    key = (file_sha256(config.data), file_sha256(config.eval) if config.eval else None, tokenizer,
-           config.max_seq_tokens)
+    key = (config.data, config.eval, tokenizer, config.max_seq_tokens)
     earlier = passed_check(*key)
     if earlier is None:
         report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens)
@@ -295,7 +294,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     needs_base = config.method == "full" and (fg.kl_weight > 0 or fg.measure_during_training)
     base_copy = load_model(config.model, trust_remote_code=config.trust_remote_code).eval().requires_grad_(False) \
         if needs_base else None
-    micro_per_epoch = math.ceil(len(data.train) / config.batch_size)
+    micro_per_epoch = len(epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens))
     steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     warmup_steps = max(1, round(config.warmup_ratio * total_steps))
@@ -333,10 +332,13 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                       f"example {state.index_in_epoch} of its order)")
     model, optimizer = accelerator.prepare(model, optimizer)
     n_trainable = sum(p.numel() for p in trainable)
+    per_micro = f"up to {config.batch_tokens} tokens" if config.batch_tokens else config.batch_size
+    step_size = f"{micro_per_step} micro-batch(es)" if config.batch_tokens else f"{config.batch_size * micro_per_step} examples"
     console.print(
         f"[bold]tunesmith train[/] {config.method} on {config.model}: {len(data.train)} train / {len(data.val)} "
-        f"val examples, {config.epochs:g} epoch(s) = {total_steps} steps of {config.batch_size * micro_per_step} examples "
-        f"({config.batch_size} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es)), lr {config.lr:g}, {n_trainable:,} trainable parameters, "
+        f"val examples, {config.epochs:g} epoch(s) = {total_steps} steps of {step_size} "
+        f"({per_micro} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es), packed: "
+        f"0% padding), lr {config.lr:g}, {n_trainable:,} trainable parameters, "
         f"precision {str(dtype).removeprefix('torch.')}, output {run.path}"
     )
 
@@ -358,7 +360,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
 
     # --- train
     model.train()
-    stream = micro_batches(data.train, config.batch_size, config.seed, state.epoch, state.index_in_epoch)
+    stream = micro_batches(data.train, config.batch_size, config.seed, state.epoch, state.index_in_epoch,
+                           config.batch_tokens)
     tick, tokens_at_start = time.perf_counter(), state.train_tokens
     progress = Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
@@ -398,8 +401,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                 optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            epoch, index, _ = group[-1]
-            index += config.batch_size
+            epoch, index, last = group[-1]
+            index += len(last.sources)
             if index >= len(data.train):
                 epoch, index = epoch + 1, 0
             elapsed = time.perf_counter() - tick

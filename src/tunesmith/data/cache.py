@@ -1,7 +1,7 @@
 """Tokenized files cached on disk and memory-mapped: a file is tokenized once per content, tokenizer,
 chat template and `max_seq_tokens`, and a data check that passed is not repeated.
 
-An entry is a folder `tokens/v<version>-<file sha>-<tokenizer fingerprint>-<max_seq_tokens>/` under
+An entry is a folder `tokens/v<version>-<file sha>-<path hash>-<tokenizer fingerprint>-<max_seq_tokens>/` under
 tunesmith's cache: `input_ids.npy` and `targets.npy` (int32, every example end to end),
 `offsets.npy` (int64, example i is [offsets[i], offsets[i+1])) and `meta.json` (sources and
 warnings). Entries are built in a temporary folder and renamed into place, so a crash leaves none
@@ -43,8 +43,10 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256((body + extra).encode()).hexdigest()[:16]
 
 
-def entry_path(file_sha: str, tokenizer: Any, max_seq_tokens: int) -> Path:
-    return tokens_dir() / f"v{CACHE_VERSION}-{file_sha[:16]}-{tokenizer_fingerprint(tokenizer)}-{max_seq_tokens}"
+def entry_path(path: str | Path, file_sha: str, tokenizer: Any, max_seq_tokens: int) -> Path:
+    # The path is part of the key because examples and warnings name their rows as path:line.
+    where = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return tokens_dir() / f"v{CACHE_VERSION}-{file_sha[:16]}-{where}-{tokenizer_fingerprint(tokenizer)}-{max_seq_tokens}"
 
 
 def _read_entry(entry: Path) -> tuple[list[Example], list[str]] | None:
@@ -87,7 +89,7 @@ def tokenize_file(path: str | Path, file_sha: str, tokenizer: Any, max_seq_token
     """(examples, warnings) of one data file, from the cache when it holds them."""
     from . import tokenize_records
 
-    entry = entry_path(file_sha, tokenizer, max_seq_tokens)
+    entry = entry_path(path, file_sha, tokenizer, max_seq_tokens)
     if use_cache and (cached := _read_entry(entry)) is not None:
         return cached
     examples, warnings = tokenize_records(read_records(path), tokenizer, max_seq_tokens)
@@ -98,26 +100,30 @@ def tokenize_file(path: str | Path, file_sha: str, tokenizer: Any, max_seq_token
     return examples, warnings
 
 
-def _check_marker(train_sha: str, eval_sha: str | None, tokenizer: Any, max_seq_tokens: int) -> Path:
-    # The check of a train file depends on the eval file too (leakage between them).
-    name = f"v{CACHE_VERSION}-{train_sha[:16]}-{(eval_sha or 'none')[:16]}-{tokenizer_fingerprint(tokenizer)}-{max_seq_tokens}"
-    return tokens_dir() / "checks" / f"{name}.json"
+def _check_marker(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int) -> Path:
+    from . import file_sha256
+
+    # The check of a train file depends on the eval file too (leakage between them), and its
+    # warnings name both by path.
+    files = [(str(f), file_sha256(f)) for f in (data, eval_data) if f is not None]
+    key = hashlib.sha256(json.dumps([files, tokenizer_fingerprint(tokenizer), max_seq_tokens]).encode()).hexdigest()
+    return tokens_dir() / "checks" / f"v{CACHE_VERSION}-{key[:24]}.json"
 
 
-def passed_check(train_sha: str, eval_sha: str | None, tokenizer: Any, max_seq_tokens: int) -> list[str] | None:
+def passed_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int) -> list[str] | None:
     """The warning lines of an earlier data check that passed on exactly these inputs, or None."""
     try:
-        return json.loads(_check_marker(train_sha, eval_sha, tokenizer, max_seq_tokens).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return json.loads(_check_marker(data, eval_data, tokenizer, max_seq_tokens).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no marker, a damaged one, or an unreadable file: the check will say
         return None
 
 
-def record_check(train_sha: str, eval_sha: str | None, tokenizer: Any, max_seq_tokens: int,
+def record_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
                  warning_lines: list[str]) -> None:
     """Remember that the check passed on these inputs, with the warnings it printed."""
     from ..rundir import write_atomic
 
     try:
-        write_atomic(_check_marker(train_sha, eval_sha, tokenizer, max_seq_tokens), json.dumps(warning_lines))
+        write_atomic(_check_marker(data, eval_data, tokenizer, max_seq_tokens), json.dumps(warning_lines))
     except OSError:
         pass  # a read-only cache: the check simply runs again next time
