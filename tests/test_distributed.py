@@ -1,4 +1,5 @@
-"""Two CPU processes (gloo, launched by torchrun) train exactly like one process with the same global batch."""
+"""Two CPU processes (gloo, launched by torchrun) train exactly like one process with the same global
+batch, replicated (DDP) or sharded (FSDP), and resume exactly."""
 
 import json
 import os
@@ -33,6 +34,11 @@ def losses(run: Path) -> list[float]:
     return [r["loss"] for r in rows if "loss" in r]
 
 
+def set_distributed(config_file: Path, distributed: str, **more) -> None:
+    settings = yaml.safe_load(config_file.read_text())
+    config_file.write_text(yaml.safe_dump({**settings, "distributed": distributed, **more}))
+
+
 @pytest.fixture
 def config_file(faq_file, tiny_model_dir, tmp_path):
     # Dropout off: each process draws its own masks, which one process cannot reproduce.
@@ -43,10 +49,13 @@ def config_file(faq_file, tiny_model_dir, tmp_path):
     return path
 
 
-def test_two_processes_match_one_with_the_same_global_batch(config_file, tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(config_file, tmp_path, distributed):
+    set_distributed(config_file, distributed)
     done = torchrun(str(config_file), "--output", str(tmp_path / "ddp"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 process(es)" in done.stderr + done.stdout
+    assert ("sharded (FSDP)" in done.stderr + done.stdout) == (distributed == "fsdp")
     single = load_config(config_file, {"output": str(tmp_path / "one"), "grad_accum_steps": 2})
     train(single, show_progress=False)
     ddp, one = losses(tmp_path / "ddp"), losses(tmp_path / "one")
@@ -55,7 +64,9 @@ def test_two_processes_match_one_with_the_same_global_batch(config_file, tmp_pat
     assert (tmp_path / "ddp" / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_two_process_resume_continues_exactly(config_file, tmp_path):
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_process_resume_continues_exactly(config_file, tmp_path, distributed):
+    set_distributed(config_file, distributed)
     run = tmp_path / "ddp"
     assert torchrun(str(config_file), "--output", str(run)).returncode == 0
     full = losses(run)
