@@ -196,6 +196,17 @@ def make_accelerator() -> Any:
     return Accelerator(cpu=several and not torch.cuda.is_available())
 
 
+def end_processes() -> None:
+    """Wait for every rank, then close the process group. A rank that exits while another still
+    writes the run can abort in the process group's teardown ("terminate called without an active
+    exception", seen with gloo); the launcher then reports the whole run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def resume_point(run_path: Path, resume: str) -> Path | None:
     """The checkpoint to resume from: a given step folder, or the newest complete one of the run."""
     if _STEP_NAME.match(run_path.name) and run_path.parent.name == "checkpoints":
