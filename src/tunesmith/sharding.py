@@ -36,8 +36,3 @@ def shard_model(model: Any) -> Any:
     fully_shard(model, reshard_after_forward=True)
     return model
 
-
-def is_sharded(model: Any) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
