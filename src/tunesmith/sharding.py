@@ -11,28 +11,42 @@ from __future__ import annotations
 from typing import Any
 
 
-def layer_classes(model: Any) -> set[str]:
-    """Class names of the model's repeated blocks: transformers' `_no_split_modules` (e.g.
-    LlamaDecoderLayer), the same units accelerate's FSDP auto-wrap policy shards."""
-    return {name for module in model.modules() for name in (getattr(module, "_no_split_modules", None) or [])}
+def transformers_model(model: Any) -> Any:
+    """The outermost transformers model in `model` (inside a peft wrapper, or `model` itself): the
+    module whose class declares `_no_split_modules`; `model` when none does."""
+    return next((m for m in model.modules() if getattr(type(m), "_no_split_modules", None)), model)
 
 
 def shard_model(model: Any) -> Any:
     """Shard `model` in place across the default process group and return it.
 
-    Each decoder layer is its own unit (its weights are gathered just for its forward and backward,
-    then freed), and the root holds the rest: embeddings, the tied LM head, the final norm. Tied
-    weights must stay in one unit, which the root guarantees. Parameter names do not change, so
-    checkpoints keep the names of an unsharded model.
+    Each decoder layer (the classes in transformers' `_no_split_modules`, e.g. LlamaDecoderLayer,
+    the units accelerate's auto-wrap policy picks) is its own unit: its weights are gathered just
+    for its forward and backward, then freed. The transformers model around them is the root and
+    holds the rest: embeddings, the tied LM head, the final norm (tied weights must stay in one
+    unit). The root is that model and not a peft wrapper around it, because `generate` (the
+    forgetting probes) calls the transformers model directly, and a wrapper's hooks would not
+    gather the root's weights. Parameter names do not change, so checkpoints keep the names of an
+    unsharded model.
     """
     from torch.distributed.fsdp import fully_shard
 
-    names = layer_classes(model)
-    for module in [m for m in model.modules() if type(m).__name__ in names]:
+    root = transformers_model(model)
+    names = set(getattr(type(root), "_no_split_modules", None) or [])
+    for module in [m for m in root.modules() if type(m).__name__ in names]:
         fully_shard(module, reshard_after_forward=True)
-    # The root too, although torch keeps it gathered by default: after a forward without a backward
-    # (evaluation) its parameters would stay unsharded, and the optimizer, which holds the sharded
-    # ones, could no longer be matched to the model by the checkpoint's state-dict helpers.
-    fully_shard(model, reshard_after_forward=True)
+    # The root reshards too, although torch keeps a root gathered by default: after a forward
+    # without a backward (evaluation) its parameters would stay unsharded, and the optimizer,
+    # which holds the sharded ones, could no longer be matched to the model by the checkpoint's
+    # state-dict helpers.
+    fully_shard(root, reshard_after_forward=True)
     return model
 
+
+def local_share(model: Any) -> tuple[int, int]:
+    """(elements this process stores, elements of the whole model) over the model's parameters."""
+    from torch.distributed.tensor import DTensor
+
+    params = list(model.parameters())
+    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    return local, sum(p.numel() for p in params)

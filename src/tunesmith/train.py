@@ -33,7 +33,7 @@ from .data.cache import passed_check, record_check
 from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
 from .rundir import RunDir, RunDirError
-from .sharding import shard_model
+from .sharding import local_share, shard_model
 
 _STEP_NAME = re.compile(r"^step-\d+$")
 
@@ -356,6 +356,10 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         f"({config.batch_size} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es){', sharded (FSDP)' if sharded else ''}), lr {config.lr:g}, {n_trainable:,} trainable parameters, "
         f"precision {str(dtype).removeprefix('torch.')}, output {run.path}"
     )
+
+    if sharded:
+        local, total = local_share(model)
+        console.print(f"FSDP: rank 0 stores {local:,} of the model's {total:,} weights ({local / total:.0%})")
 
     def log(row: dict[str, Any]) -> None:
         metrics.append(row)
