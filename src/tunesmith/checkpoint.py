@@ -167,6 +167,9 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
     if len(meta["rng"]) != world_size:
         raise CheckpointError(f"checkpoint '{path}' was written by {len(meta['rng'])} process(es); resume it with "
                               f"the same number (now {world_size}) so every rank continues its own random stream")
+    if any(isinstance(p, int) for group in meta["optimizer"]["param_groups"] for p in group["params"]):
+        raise CheckpointError(f"checkpoint '{path}' keys its optimizer state by position (tunesmith before "
+                              "FSDP support); resume it with the version that wrote it, or start the run again")
     load_trainable(path, model)
     set_optimizer_state_dict(model, optimizer, _optimizer_from_flat(load_file(str(path / "optimizer.safetensors")),
                                                                      meta["optimizer"]),
