@@ -24,12 +24,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(*args, cache: Path | None = None) -> subprocess.CompletedProcess:
-    """`tunesmith train` in two processes; `cache`: a fresh cache folder, so that the base model's
-    probe values are computed by these processes (under FSDP: `generate` on a sharded model)."""
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    if cache is not None:
-        env["XDG_CACHE_HOME"] = str(cache)
+def torchrun(*args, cache: Path) -> subprocess.CompletedProcess:
+    """`tunesmith train` in two processes, caching in `cache` (not the user's cache): a fresh folder
+    makes these processes compute the base model's probe values (under FSDP: `generate` on a
+    sharded model)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cache)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "tunesmith", "train", *args, "--no-progress"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -80,7 +79,7 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_exactly(c
     # The final adapter (FSDP: gathered from the shards) is the one a single process trains.
     adapter = Path("adapter") / "adapter_model.safetensors"
     assert max_difference(run / adapter, tmp_path / "one" / adapter) < 1e-6
-    done = torchrun("--resume", str(run / "checkpoints" / "step-3"))
+    done = torchrun("--resume", str(run / "checkpoints" / "step-3"), cache=tmp_path / "cache")
     assert done.returncode == 0, done.stdout + done.stderr
     assert losses(run) == two
 
@@ -89,14 +88,14 @@ def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_exactly(config_fi
     # Every weight sharded, the tied embedding / LM head included; optimizer state restored per shard.
     update_config(config_file, distributed="fsdp", method="full", lr=1e-3)
     run = tmp_path / "two"
-    done = torchrun(str(config_file), "--output", str(run))
+    done = torchrun(str(config_file), "--output", str(run), cache=tmp_path / "cache")
     assert done.returncode == 0, done.stdout + done.stderr
     full = losses(run)
     train(load_config(config_file, {"output": str(tmp_path / "one"), "grad_accum_steps": 2}), show_progress=False)
     assert max(abs(a - b) for a, b in zip(full, losses(tmp_path / "one"))) < 1e-5
     weights = Path("model") / "model.safetensors"
     assert max_difference(run / weights, tmp_path / "one" / weights) < 1e-6
-    done = torchrun("--resume", str(run / "checkpoints" / "step-3"))
+    done = torchrun("--resume", str(run / "checkpoints" / "step-3"), cache=tmp_path / "cache")
     assert done.returncode == 0, done.stdout + done.stderr
     assert losses(run) == full
 
@@ -110,7 +109,7 @@ def test_kl_to_base_with_two_processes_matches_one(config_file, tmp_path, distri
     train(without_kl, show_progress=False)
     train(load_config(config_file, {"output": str(tmp_path / "one"), "grad_accum_steps": 2}), show_progress=False)
     update_config(config_file, distributed=distributed)
-    done = torchrun(str(config_file), "--output", str(tmp_path / "two"))
+    done = torchrun(str(config_file), "--output", str(tmp_path / "two"), cache=tmp_path / "cache")
     assert done.returncode == 0, done.stdout + done.stderr
     two, one, plain = losses(tmp_path / "two"), losses(tmp_path / "one"), losses(tmp_path / "plain")
     assert max(abs(a - b) for a, b in zip(one, plain)) > 1e-3  # the term is on
