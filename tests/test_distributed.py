@@ -1,7 +1,9 @@
-"""Two CPU processes (gloo, launched by torchrun) train exactly like one process with the same global batch."""
+"""Two CPU processes (gloo, launched by torchrun) train exactly like one process with the same global
+batch, replicated (DDP) or sharded (FSDP), and resume exactly."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from tunesmith import load_config, train
 
@@ -21,8 +24,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+def torchrun(*args, cache: Path) -> subprocess.CompletedProcess:
+    """`tunesmith train` in two processes, caching in `cache` (not the user's cache): a fresh folder
+    makes these processes compute the base model's probe values (under FSDP: `generate` on a
+    sharded model)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cache)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "tunesmith", "train", *args, "--no-progress"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -31,6 +37,17 @@ def torchrun(*args) -> subprocess.CompletedProcess:
 def losses(run: Path) -> list[float]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in rows if "loss" in r]
+
+
+def update_config(config_file: Path, **settings) -> None:
+    config_file.write_text(yaml.safe_dump({**yaml.safe_load(config_file.read_text()), **settings}))
+
+
+def max_difference(a: Path, b: Path) -> float:
+    """Largest absolute difference between two safetensors files with the same tensors."""
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert ta.keys() == tb.keys()
+    return max(float((ta[k] - tb[k]).abs().max()) for k in ta)
 
 
 @pytest.fixture
@@ -43,22 +60,57 @@ def config_file(faq_file, tiny_model_dir, tmp_path):
     return path
 
 
-def test_two_processes_match_one_with_the_same_global_batch(config_file, tmp_path):
-    done = torchrun(str(config_file), "--output", str(tmp_path / "ddp"))
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch_and_resume_exactly(config_file, tmp_path, distributed):
+    update_config(config_file, distributed=distributed)
+    run = tmp_path / "two"
+    done = torchrun(str(config_file), "--output", str(run), cache=tmp_path / "cache")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 process(es)" in done.stderr + done.stdout
+    assert ("sharded (FSDP)" in done.stderr + done.stdout) == (distributed == "fsdp")
+    if distributed == "fsdp":  # rank 0 stores about half of the weights (FSDP pads uneven rows)
+        share = re.search(r"stores [\d,]+ of the model's [\d,]+ weights \((\d+)%\)", done.stderr + done.stdout)
+        assert share and 45 <= int(share.group(1)) <= 55, done.stdout + done.stderr
     single = load_config(config_file, {"output": str(tmp_path / "one"), "grad_accum_steps": 2})
     train(single, show_progress=False)
-    ddp, one = losses(tmp_path / "ddp"), losses(tmp_path / "one")
-    assert len(ddp) == len(one) == 6
-    assert max(abs(a - b) for a, b in zip(ddp, one)) < 1e-5
-    assert (tmp_path / "ddp" / "adapter" / "adapter_model.safetensors").exists()
+    two, one = losses(run), losses(tmp_path / "one")
+    assert len(two) == len(one) == 6
+    assert max(abs(a - b) for a, b in zip(two, one)) < 1e-5
+    # The final adapter (FSDP: gathered from the shards) is the one a single process trains.
+    adapter = Path("adapter") / "adapter_model.safetensors"
+    assert max_difference(run / adapter, tmp_path / "one" / adapter) < 1e-6
+    done = torchrun("--resume", str(run / "checkpoints" / "step-3"), cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert losses(run) == two
 
 
-def test_two_process_resume_continues_exactly(config_file, tmp_path):
-    run = tmp_path / "ddp"
-    assert torchrun(str(config_file), "--output", str(run)).returncode == 0
+def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_exactly(config_file, tmp_path):
+    # Every weight sharded, the tied embedding / LM head included; optimizer state restored per shard.
+    update_config(config_file, distributed="fsdp", method="full", lr=1e-3)
+    run = tmp_path / "two"
+    done = torchrun(str(config_file), "--output", str(run), cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stdout + done.stderr
     full = losses(run)
-    done = torchrun("--resume", str(run / "checkpoints" / "step-3"))
+    train(load_config(config_file, {"output": str(tmp_path / "one"), "grad_accum_steps": 2}), show_progress=False)
+    assert max(abs(a - b) for a, b in zip(full, losses(tmp_path / "one"))) < 1e-5
+    weights = Path("model") / "model.safetensors"
+    assert max_difference(run / weights, tmp_path / "one" / weights) < 1e-6
+    done = torchrun("--resume", str(run / "checkpoints" / "step-3"), cache=tmp_path / "cache")
     assert done.returncode == 0, done.stdout + done.stderr
     assert losses(run) == full
+
+
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_kl_to_base_with_two_processes_matches_one(config_file, tmp_path, distributed):
+    # The base pass disables the adapters of the model inside the DDP wrapper / the sharded model.
+    update_config(config_file, forgetting={"kl_weight": 0.5, "measure_during_training": False})
+    without_kl = load_config(config_file, {"output": str(tmp_path / "plain"), "grad_accum_steps": 2,
+                                           "forgetting": {"kl_weight": 0.0, "measure_during_training": False}})
+    train(without_kl, show_progress=False)
+    train(load_config(config_file, {"output": str(tmp_path / "one"), "grad_accum_steps": 2}), show_progress=False)
+    update_config(config_file, distributed=distributed)
+    done = torchrun(str(config_file), "--output", str(tmp_path / "two"), cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stdout + done.stderr
+    two, one, plain = losses(tmp_path / "two"), losses(tmp_path / "one"), losses(tmp_path / "plain")
+    assert max(abs(a - b) for a, b in zip(one, plain)) > 1e-3  # the term is on
+    assert max(abs(a - b) for a, b in zip(two, one)) < 1e-5

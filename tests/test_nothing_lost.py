@@ -226,3 +226,16 @@ def test_rerun_from_saved_config_reproduces_losses(reference, tmp_path):
     again = load_config(tmp_path / "ref" / "config.yaml", {"output": str(tmp_path / "again")})
     train(again, show_progress=False)
     assert losses(tmp_path / "again") == expected
+
+
+def test_checkpoint_with_optimizer_state_by_position_is_refused_clearly(reference, tiny_model_dir, tmp_path):
+    # Checkpoints from before FSDP support keyed AdamW's state by parameter position, not name.
+    data, _, _ = reference
+    step = tmp_path / "ref" / "checkpoints" / "step-4"
+    state = json.loads((step / "state.json").read_text())
+    for group in state["optimizer"]["param_groups"]:
+        group["params"] = list(range(len(group["params"])))
+    (step / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="by position"):
+        train(load_config(None, settings(data, tiny_model_dir, tmp_path / "ref")), resume=str(step),
+              show_progress=False)

@@ -131,7 +131,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_to
         torch.testing.assert_close(found[1][name], found[0][name], rtol=1e-5, atol=1e-6)
 
 
-def test_qlora_and_fsdp_say_clearly_what_they_need(tiny_model_dir, faq_file, tmp_path):
+def test_qlora_says_clearly_what_it_needs(tiny_model_dir, faq_file, tmp_path):
     import pytest
 
     from tunesmith.config import ConfigError
@@ -139,7 +139,8 @@ def test_qlora_and_fsdp_say_clearly_what_they_need(tiny_model_dir, faq_file, tmp
 
     if torch.cuda.is_available():
         pytest.skip("on CUDA these paths run for real")
-    for settings, error, text in (({"method": "qlora"}, ModelError, "CUDA"), ({"distributed": "fsdp"}, ConfigError, "ddp")):
+    for settings, error, text in (({"method": "qlora"}, ModelError, "CUDA"),
+                                  ({"method": "qlora", "distributed": "fsdp"}, ConfigError, "distributed: ddp")):
         config = load_config(None, {"data": str(faq_file("chat")), "model": str(tiny_model_dir),
                                     "output": str(tmp_path / "run"), "max_steps": 1, **settings})
         with pytest.raises(error, match=text):

@@ -79,16 +79,47 @@ def clean_stale(run_dir: Path) -> list[Path]:
     return removed
 
 
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+def _state_dict_options(**kwargs: Any) -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
 
 
-def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+def gather_weights(model: Any, frozen: bool = False) -> dict[str, torch.Tensor]:
+    """The full (unsharded) weights of `model` by parameter name: the trained ones, or with `frozen`
+    every parameter and persistent buffer (full fine-tuning's final model).
+
+    torch's distributed-checkpoint helpers do the gathering, so one call serves one process, DDP
+    (pass the unwrapped model) and FSDP (sharded DTensors are all-gathered). With several
+    processes it is a collective: every rank calls it, rank 0 receives the tensors on the CPU and
+    the others get an empty dict.
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_state_dict_options(cpu_offload=True, ignore_frozen_params=not frozen))
+    # Tied weights appear under two names in a state dict; named_parameters() lists each once.
+    keep = {name for name, p in model.named_parameters() if frozen or p.requires_grad}
+    if frozen:
+        keep |= {name for name, _ in model.named_buffers()}
+    return {k: v.contiguous() for k, v in state.items() if k in keep}
+
+
+def gather_trained(model: Any, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The trained weights and the optimizer state (keyed by parameter name) for a checkpoint;
+    a collective like `gather_weights`."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    state = get_optimizer_state_dict(model, optimizer, options=_state_dict_options(cpu_offload=True))
+    return gather_weights(model), state
+
+
+def save_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any], scheduler: Any,
                     state: TrainState, metrics: list[dict[str, Any]],
                     rng_states: list[tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None) -> Path:
     """Write checkpoints/step-N atomically; only a folder with its COMPLETE marker counts.
 
-    `rng_states` holds every process's `rng_state()` (rank order); default: this process only.
+    `weights` and `optimizer_state` come from `gather_trained`; `rng_states` holds every
+    process's `rng_state()` (rank order); default: this process only.
     """
     root = checkpoint_root(run_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -96,8 +127,8 @@ def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer,
     staging = root / f"{STAGING_PREFIX}step-{state.step}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    save_file(trainable_state(model), str(staging / "trainable.safetensors"))
-    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+    save_file(weights, str(staging / "trainable.safetensors"))
+    opt_tensors, opt_meta = _optimizer_to_flat(optimizer_state)
     save_file(opt_tensors, str(staging / "optimizer.safetensors"))
     rng_states = rng_states or [rng_state()]
     rng_tensors = {f"rank{r}.{k}": v for r, (tensors, _) in enumerate(rng_states) for k, v in tensors.items()}
@@ -120,7 +151,12 @@ def save_checkpoint(run_dir: Path, model: Any, optimizer: torch.optim.Optimizer,
 
 def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                     rank: int = 0, world_size: int = 1) -> tuple[TrainState, list[dict[str, Any]]]:
-    """Restore weights, optimizer, scheduler and this process's RNG; safetensors and JSON only."""
+    """Restore weights, optimizer, scheduler and this process's RNG; safetensors and JSON only.
+
+    Every rank reads the full tensors; under FSDP each keeps its own shard of them.
+    """
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
     if not path.is_dir():
         raise CheckpointError(f"checkpoint '{path}' does not exist; complete ones: "
                               f"{', '.join(p.name for _, p in list_complete(path.parent.parent)) or 'none'}")
@@ -131,8 +167,13 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
     if len(meta["rng"]) != world_size:
         raise CheckpointError(f"checkpoint '{path}' was written by {len(meta['rng'])} process(es); resume it with "
                               f"the same number (now {world_size}) so every rank continues its own random stream")
+    if any(isinstance(p, int) for group in meta["optimizer"]["param_groups"] for p in group["params"]):
+        raise CheckpointError(f"checkpoint '{path}' keys its optimizer state by position (tunesmith before "
+                              "FSDP support); resume it with the version that wrote it, or start the run again")
     load_trainable(path, model)
-    optimizer.load_state_dict(_optimizer_from_flat(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
+    set_optimizer_state_dict(model, optimizer, _optimizer_from_flat(load_file(str(path / "optimizer.safetensors")),
+                                                                     meta["optimizer"]),
+                             options=_state_dict_options())
     scheduler.load_state_dict(meta["scheduler"])
     prefix = f"rank{rank}."
     rng_tensors = {k[len(prefix):]: v for k, v in load_file(str(path / "rng.safetensors")).items() if k.startswith(prefix)}
@@ -140,18 +181,22 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
     return TrainState(**meta["train_state"]), meta["metrics"]
 
 
-def load_trainable(path: Path, model: Any) -> None:
-    """Copy a checkpoint's trained weights into `model` (safetensors only)."""
+def read_trainable(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's trained weights by parameter name (safetensors only)."""
     refuse_pickles(path)
-    weights = load_file(str(path / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+    return load_file(str(path / "trainable.safetensors"))
+
+
+def load_trainable(path: Path, model: Any) -> None:
+    """Copy a checkpoint's trained weights into `model` (sharded or not; frozen weights untouched)."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    weights = read_trainable(path)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
     if missing:
         raise CheckpointError(f"checkpoint '{path}' lacks {len(missing)} trained tensors (first: {missing[0]}): "
                               "it belongs to a different method or model")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor)
+    set_model_state_dict(model, weights, options=_state_dict_options(strict=False))
 
 
 def read_train_state(path: Path) -> TrainState:
@@ -195,30 +240,30 @@ def checkpoint_bytes(model: Any) -> int:
 
 # --- optimizer state <-> flat tensors + JSON (torch's own format would need pickle)
 
-def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state_dict = optimizer.state_dict()
+def _optimizer_to_flat(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A state dict keyed by parameter name (`gather_trained`) as `name.key` tensors + JSON."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
-    for param_id, param_state in state_dict["state"].items():
+    for param, param_state in state_dict.get("state", {}).items():
         for key, value in param_state.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{param_id}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{param}.{key}"] = value.detach().cpu().contiguous()
             else:
-                scalars.setdefault(str(param_id), {})[key] = value
+                scalars.setdefault(str(param), {})[key] = value
     if not tensors:  # safetensors wants at least one tensor
         tensors["_empty"] = torch.zeros(1)
-    return tensors, {"param_groups": state_dict["param_groups"], "scalars": scalars}
+    return tensors, {"param_groups": state_dict.get("param_groups", []), "scalars": scalars}
 
 
 def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
+    state: dict[str, dict[str, Any]] = {}
     for name, tensor in tensors.items():
         if name == "_empty":
             continue
-        param_id, key = name.split(".", 1)
-        state.setdefault(int(param_id), {})[key] = tensor
-    for param_id, values in meta["scalars"].items():
-        state.setdefault(int(param_id), {}).update(values)
+        param, key = name.rsplit(".", 1)  # parameter names hold dots, AdamW's keys (exp_avg, step) do not
+        state.setdefault(param, {})[key] = tensor
+    for param, values in meta["scalars"].items():
+        state.setdefault(param, {}).update(values)
     return {"state": state, "param_groups": meta["param_groups"]}
 
 

@@ -72,7 +72,7 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv) or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
-    from .train import NonFiniteLossError, train
+    from .train import NonFiniteLossError, end_processes, train
 
     flags["eval"] = eval_data
     try:
@@ -87,6 +87,7 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
             config = load_config(None, {**flags, "data": source})
         result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress,
                        resume=resume, force=force)
+        end_processes()  # this command owns the process: close its group cleanly (not on errors)
     except (*USER_ERRORS, NonFiniteLossError) as exc:
         _fail(exc)
         return

@@ -153,7 +153,8 @@ class TrainConfig:
     """Recompute activations in the backward pass: about a third more compute for much less memory."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """How several processes (torchrun / accelerate launch) share the work: ddp replicates the model,
-    fsdp shards parameters, gradients and optimizer state (CUDA only in accelerate)."""
+    fsdp shards parameters, gradients and optimizer state (torch FSDP2, on GPUs and on CPU processes over
+    gloo; not with qlora). One process has nothing to shard and trains the same either way."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub model; off unless you trust its author."""
     lora: LoraConfig = field(default_factory=LoraConfig)

@@ -200,12 +200,17 @@ def add_adapter(model: Any, method: str, lora: LoraConfig, frozen_dtype: torch.d
     return model
 
 
-def save_trained(model: Any, tokenizer: Any, method: str, run_dir: Path) -> Path:
-    """Write the adapter (peft format) or the full model (safetensors + tokenizer); return its folder."""
+def save_trained(model: Any, tokenizer: Any, method: str, run_dir: Path,
+                 weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the adapter (peft format) or the full model (safetensors + tokenizer); return its folder.
+
+    `weights` (by parameter name) replace the model's own tensors: the gathered copy of a sharded
+    model, or a chosen checkpoint's. peft keeps only the adapter's entries of them.
+    """
     target = run_dir / ("model" if method == "full" else "adapter")
     staging = run_dir / f".{target.name}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
+    model.save_pretrained(staging, safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(staging)
     if target.exists():
         shutil.rmtree(target)

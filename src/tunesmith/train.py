@@ -24,8 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .attention import use_packed_attention
 from .batching import Batch, epoch_plan, eval_batches, loss_sum, micro_batches
-from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, list_complete, load_checkpoint,
-                         load_trainable, rng_state, save_checkpoint)
+from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, gather_trained, gather_weights,
+                         list_complete, load_checkpoint, read_trainable, rng_state, save_checkpoint)
 from .forgetting import ReplaySource, kl_to_base_loss, measure_probes_fast, probe_metrics_row, within_budget
 from .config import ConfigError, TrainConfig
 from .data import prepare_data
@@ -33,6 +33,7 @@ from .data.cache import passed_check, record_check
 from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
 from .rundir import RunDir, RunDirError
+from .sharding import local_share, shard_model
 
 _STEP_NAME = re.compile(r"^step-\d+$")
 
@@ -104,7 +105,8 @@ def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torc
     micro-batches and processes, `group_trained`), not by the number of micro-batches, so two
     micro-batches of N/2 give exactly the gradient of one batch of N whatever their token counts
     (the accumulation bug that bit HF Trainer users). DDP averages gradients over processes, so
-    each process scales its part by the world size to make that average the sum. `kl_term` adds
+    each process scales its part by the world size to make that average the sum (FSDP's
+    reduce-scatter averages the same way). `kl_term` adds
     weight x KL(base || tuned) on general text, averaged over the step's micro-batches.
     """
     n_trained = group_trained or sum(b.n_trained for b in group)
@@ -116,7 +118,8 @@ def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torc
             with autocast(accelerator.device, dtype):
                 loss = loss_sum(model, batch, accelerator.device) / n_trained
                 if kl_term is not None:
-                    kl = kl_to_base_loss(model, kl_term.batches[i], kl_term.base_model)
+                    kl = kl_to_base_loss(model, kl_term.batches[i], kl_term.base_model,
+                                         inner=accelerator.unwrap_model(model))
                     loss = loss + kl_term.weight * kl / (len(group) * world)
             accelerator.backward(loss * world)
         total += float(loss.detach())
@@ -181,20 +184,27 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def make_accelerator(distributed: str) -> Any:
-    """Accelerate for this process: DDP (gloo on CPUs, NCCL on GPUs) or FSDP (CUDA only)."""
+def make_accelerator() -> Any:
+    """Accelerate for this process: its device and, with several processes, the process group
+    (gloo on CPUs, NCCL on GPUs). DDP comes from `accelerator.prepare`; FSDP from `shard_model`,
+    because accelerate ignores an FSDP plugin on CPUs (see sharding.py)."""
     from accelerate import Accelerator
-    from accelerate.utils import FullyShardedDataParallelPlugin
 
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed == "fsdp":
-        if not torch.cuda.is_available():
-            raise ConfigError("distributed: fsdp needs CUDA GPUs (accelerate runs CPU processes with DDP over "
-                              "gloo only); use distributed: ddp here")
-        # FSDP2 shards parameters, gradients and optimizer state; the LoRA adapters stay fp32.
-        return Accelerator(fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=2, reshard_after_forward=True))
-    # accelerate sets up a gloo process group for several CPU processes only when told cpu=True.
+    # accelerate sets up a gloo process group for several CPU processes only when told cpu=True;
+    # without it each process would silently train alone.
     return Accelerator(cpu=several and not torch.cuda.is_available())
+
+
+def end_processes() -> None:
+    """Wait for every rank, then close the process group. A rank that exits while another still
+    writes the run can abort in the process group's teardown ("terminate called without an active
+    exception", seen with gloo); the launcher then reports the whole run as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def resume_point(run_path: Path, resume: str) -> Path | None:
@@ -245,7 +255,10 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     """
     from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
-    accelerator = make_accelerator(config.distributed)
+    if config.distributed == "fsdp" and config.method == "qlora":
+        raise ConfigError("distributed: fsdp with method: qlora is not supported (4-bit weights cannot be sharded "
+                          "as DTensors here); use distributed: ddp, which QLoRA's small adapters suit")
+    accelerator = make_accelerator()
     main_process = accelerator.is_main_process
     console = console if console is not None and main_process else Console(stderr=True, quiet=not main_process)
     started = time.perf_counter()
@@ -284,11 +297,11 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                         gradient_checkpointing=config.gradient_checkpointing)
 
     world, rank = accelerator.num_processes, accelerator.process_index
+    sharded = config.distributed == "fsdp" and world > 1
+    if sharded:  # before the optimizer exists: sharding replaces the parameters by DTensors
+        model = shard_model(model)
     micro_per_step = config.grad_accum_steps * world  # global batch = micro-batch x accumulation x processes
     fg = config.forgetting
-    if fg.kl_weight > 0 and world > 1:
-        raise ConfigError("forgetting.kl_weight with several processes is not supported yet: run it in one process "
-                          "or use forgetting.replay_fraction")
     # Full fine-tuning changes every weight, so the base for probes and KL is a frozen copy; with
     # adapters it is the same model with the adapters disabled (no second copy).
     needs_base = config.method == "full" and (fg.kl_weight > 0 or fg.measure_during_training)
@@ -330,17 +343,25 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
             run.rewrite_metrics(metrics)
         console.print(f"resuming {run.path} from {start_from.name} (epoch {state.epoch}, "
                       f"example {state.index_in_epoch} of its order)")
-    model, optimizer = accelerator.prepare(model, optimizer)
+    inner_optimizer = optimizer  # the torch optimizer, for the state-dict helpers
+    if sharded:
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     n_trainable = sum(p.numel() for p in trainable)
     per_micro = f"up to {config.batch_tokens} tokens" if config.batch_tokens else config.batch_size
     step_size = f"{micro_per_step} micro-batch(es)" if config.batch_tokens else f"{config.batch_size * micro_per_step} examples"
     console.print(
         f"[bold]tunesmith train[/] {config.method} on {config.model}: {len(data.train)} train / {len(data.val)} "
         f"val examples, {config.epochs:g} epoch(s) = {total_steps} steps of {step_size} "
-        f"({per_micro} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es), packed: "
-        f"0% padding), lr {config.lr:g}, {n_trainable:,} trainable parameters, "
+        f"({per_micro} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es)"
+        f"{', sharded (FSDP)' if sharded else ''}, packed: 0% padding), lr {config.lr:g}, {n_trainable:,} trainable parameters, "
         f"precision {str(dtype).removeprefix('torch.')}, output {run.path}"
     )
+
+    if sharded:
+        local, total = local_share(model)
+        console.print(f"FSDP: rank 0 stores {local:,} of the model's {total:,} weights ({local / total:.0%})")
 
     def log(row: dict[str, Any]) -> None:
         metrics.append(row)
@@ -434,9 +455,9 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
             probed = evaluating and fg.measure_during_training
             if (step + 1) % save_every == 0 or step + 1 == total_steps or stopping or probed:
                 rng_states = gather_object([rng_state()]) if world > 1 else None
+                weights, optimizer_state = gather_trained(accelerator.unwrap_model(model), inner_optimizer)
                 if main_process:
-                    save_checkpoint(run.path, accelerator.unwrap_model(model), optimizer, scheduler, state, metrics,
-                                    rng_states)
+                    save_checkpoint(run.path, weights, optimizer_state, scheduler, state, metrics, rng_states)
                     chosen, _ = select_final(metrics)
                     apply_retention(run.path, config.keep_last, newest_step=step + 1,
                                     protected={chosen} if chosen is not None else set())
@@ -462,17 +483,19 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         val_loss = next(r["val_loss"] for r in metrics if r["step"] == chosen and "val_loss" in r)
     result = TrainResult(run.path, base_val_loss, val_loss, state.train_tokens, wall, total_steps,
                          main_process=main_process)
+    unwrapped = accelerator.unwrap_model(model)
+    # A collective under FSDP (every rank gathers its shards); the full model for full fine-tuning.
+    final_weights = gather_weights(unwrapped, frozen=config.method == "full")
     if not main_process:
         return result
-    unwrapped = accelerator.unwrap_model(model)
     if chosen is not None and chosen != total_steps:
         # Keep the last weights too, labelled, then put the chosen checkpoint's weights in place.
-        last_dir = save_trained(unwrapped, tokenizer, config.method, run.path)
+        last_dir = save_trained(unwrapped, tokenizer, config.method, run.path, final_weights)
         labelled = last_dir.with_name(f"{last_dir.name}-last")
         shutil.rmtree(labelled, ignore_errors=True)
         last_dir.rename(labelled)
-        load_trainable(run.path / "checkpoints" / f"step-{chosen}", unwrapped)
-    save_trained(unwrapped, tokenizer, config.method, run.path)
+        final_weights.update(read_trainable(run.path / "checkpoints" / f"step-{chosen}"))
+    save_trained(unwrapped, tokenizer, config.method, run.path, final_weights)
     if chosen is not None:
         console.print(f"final model: step {chosen} of {total_steps}, {why}")
     within = next((r["within_budget"] for r in metrics if r["step"] == (chosen or total_steps) and "within_budget" in r),

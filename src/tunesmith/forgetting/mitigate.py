@@ -75,16 +75,17 @@ class ReplaySource:
         return pack_examples(self.take(max(1, n_tokens)))
 
 
-def kl_to_base_loss(model: Any, batch: Batch, base_model: Any | None = None) -> torch.Tensor:
+def kl_to_base_loss(model: Any, batch: Batch, base_model: Any | None = None, inner: Any | None = None) -> torch.Tensor:
     """Mean per-token KL(base || tuned) over the batch's target positions, differentiable in the
     tuned model. The base pass runs without gradients, with the peft adapters disabled (no second
-    copy of the model) or on `base_model` when given (full fine-tuning)."""
+    copy of the model) or on `base_model` when given (full fine-tuning). `inner` is the peft model
+    inside `model` when a wrapper (DDP) hides its `disable_adapter`; the base pass goes through it."""
     device = next(model.parameters()).device
     targets = batch.targets[0].to(device)
     keep = (targets != IGNORE).nonzero().squeeze(1)  # (n,)
     inputs = {"input_ids": batch.input_ids.to(device), "position_ids": batch.position_ids.to(device),
               "logits_to_keep": keep, "use_cache": False}
-    with torch.no_grad(), base_view(model, base_model)() as base:
+    with torch.no_grad(), base_view(inner if inner is not None else model, base_model)() as base:
         base_logp = F.log_softmax(base(**inputs).logits[0].float(), dim=-1)  # (n, vocab)
     tuned_logp = F.log_softmax(model(**inputs).logits[0].float(), dim=-1)  # (n, vocab)
     # F.kl_div(input=log Q, target=log P, log_target=True) = sum P (log P - log Q) = KL(P || Q).

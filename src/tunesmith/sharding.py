@@ -1,0 +1,52 @@
+"""FSDP for several processes: torch's FSDP2 `fully_shard` on each decoder layer, then the root.
+
+tunesmith calls torch directly, the same way on CPUs and GPUs (as torchtune's distributed recipes
+do), because Accelerate 1.15 shards only on accelerators: with CPU processes it keeps
+`distributed_type` MULTI_CPU and wraps the model in DDP, silently ignoring an FSDP plugin
+(accelerate/state.py, AcceleratorState.__init__). torch's FSDP2 itself runs on CPUs over gloo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def transformers_model(model: Any) -> Any:
+    """The outermost transformers model in `model` (inside a peft wrapper, or `model` itself): the
+    module whose class declares `_no_split_modules`; `model` when none does."""
+    return next((m for m in model.modules() if getattr(type(m), "_no_split_modules", None)), model)
+
+
+def shard_model(model: Any) -> Any:
+    """Shard `model` in place across the default process group and return it.
+
+    Each decoder layer (the classes in transformers' `_no_split_modules`, e.g. LlamaDecoderLayer,
+    the units accelerate's auto-wrap policy picks) is its own unit: its weights are gathered just
+    for its forward and backward, then freed. The transformers model around them is the root and
+    holds the rest: embeddings, the tied LM head, the final norm (tied weights must stay in one
+    unit). The root is that model and not a peft wrapper around it, because `generate` (the
+    forgetting probes) calls the transformers model directly, and a wrapper's hooks would not
+    gather the root's weights. Parameter names do not change, so checkpoints keep the names of an
+    unsharded model.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    root = transformers_model(model)
+    names = set(getattr(type(root), "_no_split_modules", None) or [])
+    for module in [m for m in root.modules() if type(m).__name__ in names]:
+        fully_shard(module, reshard_after_forward=True)
+    # The root reshards too, although torch keeps a root gathered by default: after a forward
+    # without a backward (evaluation) its parameters would stay unsharded, and the optimizer,
+    # which holds the sharded ones, could no longer be matched to the model by the checkpoint's
+    # state-dict helpers.
+    fully_shard(root, reshard_after_forward=True)
+    return model
+
+
+def local_share(model: Any) -> tuple[int, int]:
+    """(elements this process stores, elements of the whole model) over the model's parameters."""
+    from torch.distributed.tensor import DTensor
+
+    params = list(model.parameters())
+    local = sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params)
+    return local, sum(p.numel() for p in params)
