@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 import click
 from rich.console import Console
@@ -39,10 +39,27 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     kind = "data error" if isinstance(exc, DataError) else "error"
     console.print(f"[bold red]{kind}:[/] {exc}", markup=True, highlight=False)
     sys.exit(1)
+
+
+def _report_or_exit(build: Callable[[], dict[str, Any]], as_json: bool) -> dict[str, Any]:
+    """The report `build()` returns; a user error is printed and exits 1; with --json the report is
+    printed and the command ends there."""
+    import json
+
+    from .forgetting import ProbeDataError
+
+    try:
+        result = build()
+    except (*USER_ERRORS, ProbeDataError) as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        sys.exit(0)
+    return result
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -327,21 +344,12 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
                     top_k: int, as_json: bool) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
-    import json
-
     from .compare import compare_run, format_table
-    from .forgetting import ProbeDataError
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens,
                                retrieval=RetrievalSettings(top_k=top_k))
-    try:
-        result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    except (*USER_ERRORS, ProbeDataError) as exc:
-        _fail(exc)
-        return
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
+    result = _report_or_exit(lambda: compare_run(run, knowledge, eval_data, settings,
+                                                 log=lambda m: console.print(f"[dim]{escape(m)}[/]")), as_json)
     out = Console(highlight=False)
     for name, split in result["splits"].items():
         if name == "all":
@@ -363,21 +371,11 @@ def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int,
 @click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
 def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
     """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
-    import json
-
     from .evaluate import evaluate_run
-    from .forgetting import ProbeDataError
 
-    try:
-        tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
-        result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{m}[/]"), use_cache=not no_cache,
-                              lm_eval_tasks=tasks)
-    except (*USER_ERRORS, ProbeDataError) as exc:
-        _fail(exc)
-        return
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
+    tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
+    result = _report_or_exit(lambda: evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{m}[/]"),
+                                                  use_cache=not no_cache, lm_eval_tasks=tasks), as_json)
     out = Console()
     out.print()
     out.print(f"[bold]tunesmith eval: {'within' if result['within_budget'] else '[red]OVER[/]'} the forgetting budget[/]")
