@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data import QA, DataError, DataIssue, answered_questions, encode_prompt, prepare_data, read_records
 from .data.render import end_of_turn_ids
 from .forgetting.measure import base_view
-from .generate import GENERATION_BATCH, generate_batch
+from .generate import GENERATION_BATCH, generate_batch, load_run
 from .metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
 from .recommend import Delta, Evidence, recommend
 from .retrieval import RetrievalSettings, Retriever
@@ -147,11 +147,10 @@ def general_texts() -> list[str]:
 
 
 def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | None = None,
-                settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None,
-                retriever: Retriever | None = None) -> dict[str, Any]:
+                settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None
+                ) -> dict[str, Any]:
     """Answer held-out and training questions with the four systems; score, recommend, write
-    RUN/compare.json and return its content. `retriever` replaces the one built from `knowledge`."""
-    from .generate import load_run
+    RUN/compare.json and return its content."""
     from .models import load_model
 
     log = log or (lambda message: None)
@@ -170,7 +169,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     markers = style_markers([q.reference for q in seen], general_texts())
     unseen, seen = sample(unseen, settings.limit, config.seed), sample(seen, settings.seen, config.seed)
     questions = unseen + seen
-    retriever = retriever or Retriever.load(knowledge, settings.retrieval, log)
+    retriever = Retriever.load(knowledge, settings.retrieval, log)
     context = int(getattr(model.config, "max_position_embeddings", 0) or settings.retrieval.max_prompt_tokens)
     budget = min(settings.retrieval.max_prompt_tokens, context - settings.max_new_tokens)
     hits = retriever.retrieve([q.messages[-1]["content"] for q in questions])
@@ -181,10 +180,14 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     generate = lambda m: generate_batch(m, plain + rag, settings.max_new_tokens, eos, pad, settings.batch_size)  # noqa: E731
     log(f"compare: {len(questions)} questions x 4 systems ({len(unseen)} held-out, {len(seen)} from training)")
+    timer = time.perf_counter()
     with view() as base:
         base_out = generate(base)
-    log("compare: base answered")
+    seconds = {"base": time.perf_counter() - timer}
+    log(f"compare: base and base+rag answered in {seconds['base']:.0f} s")
+    timer = time.perf_counter()
     tuned_out = generate(model)
+    seconds["tuned"] = time.perf_counter() - timer
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
     n = len(questions)
     answers = {"base": base_out[:n], "base+rag": base_out[n:], "tuned": tuned_out[:n], "tuned+rag": tuned_out[n:]}
@@ -212,6 +215,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
         "settings": {"limit": settings.limit, "seen": settings.seen, "max_new_tokens": settings.max_new_tokens},
         "samples": [{"question": q.messages[-1]["content"], "reference": q.reference,
                      **{s: answers[s][i] for s in SYSTEMS}} for i, q in enumerate(questions[:SAMPLES_SHOWN])],
+        "generation_seconds": seconds,
         "seconds": time.perf_counter() - started,
     }
     run.write_compare(result)
