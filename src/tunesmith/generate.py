@@ -42,8 +42,11 @@ def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new
 
 
 GENERATION_BATCH = 8
-"""Prompts decoded together. A decoding step of a small model on a CPU is bound by reading the
-weights, which a batch shares, so 8 answers cost little more per step than one."""
+"""Prompts decoded together (`compare --batch-size`). A decoding step of a small model is bound by
+reading the weights, which a batch shares. Not yet measured against one prompt at a time on the
+CPU, where forgetting/scoring.py measured left-padded batches slower per token: a real-model
+`compare` (60 questions x 4 systems) did not finish its first two systems in 25 minutes on 2 cores
+already loaded 3x by other work; `--batch-size 1` decodes one unpadded prompt at a time."""
 
 
 @torch.no_grad()
@@ -53,6 +56,17 @@ def generate_batch(model: Any, prompts: Sequence[list[int]], max_new_tokens: int
     each stops after its first token of `eos_ids` (kept). Same answers as one prompt at a time,
     up to float rounding."""
     device = next(model.parameters()).device
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # as generate_greedy: on shared cores 2 threads decoded 3-7x slower
+    try:
+        return _generate_batches(model, prompts, max_new_tokens, eos_ids, pad_id, batch_size, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate_batches(model: Any, prompts: Sequence[list[int]], max_new_tokens: int, eos_ids: Sequence[int],
+                      pad_id: int, batch_size: int, device: torch.device) -> list[list[int]]:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad little
     outputs: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
