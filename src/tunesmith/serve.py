@@ -80,13 +80,15 @@ class Served:
     limits: ServeLimits
     gate: GenerationGate
     context_tokens: int
+    retriever: Any = None
+    """A `retrieval.Retriever` whose passages go into chat prompts (`--knowledge`), or None."""
 
 
 def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = ServeLimits(),
-              api_key: str | None = None, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS) -> Any:
-    """The ASGI app: routes behind the Host and API-key guard."""
+              api_key: str | None = None, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS, retriever: Any = None) -> Any:
+    """The ASGI app: routes behind the Host and API-key guard; chat answers use `retriever` when given."""
     served = Served(model, tokenizer, model_id, limits, GenerationGate(limits.max_queued),
-                    int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens))
+                    int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens), retriever)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": served.model_id, "busy": served.gate.busy,
@@ -102,7 +104,11 @@ def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = S
 
     async def chat_completions(request: Request) -> Response:
         parsed = parse_chat_request(await read_json(request, limits.max_body_bytes), served.model_id, limits)
-        prompt_ids = encode_prompt([dict(m) for m in parsed.messages or ()], served.tokenizer)
+        messages = [dict(m) for m in parsed.messages or ()]
+        if served.retriever is not None:
+            room = min(served.limits.max_prompt_tokens, served.context_tokens - parsed.sampling.max_new_tokens)
+            messages = await run_in_threadpool(served.retriever.augment, messages, served.tokenizer, room)
+        prompt_ids = encode_prompt(messages, served.tokenizer)
         return await _respond(served, parsed, prompt_ids, chat=True)
 
     async def completions(request: Request) -> Response:
@@ -292,16 +298,23 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          limits: ServeLimits = ServeLimits(), allowed_hosts: Iterable[str] = (), model_id: str | None = None) -> None:
-    """Load RUN and serve it until SIGTERM/SIGINT (uvicorn lets running requests finish, up to a grace)."""
+          limits: ServeLimits = ServeLimits(), allowed_hosts: Iterable[str] = (), model_id: str | None = None,
+          knowledge: str | Path | None = None) -> None:
+    """Load RUN and serve it until SIGTERM/SIGINT (uvicorn lets running requests finish, up to a grace);
+    with `knowledge`, chat completions answer with passages retrieved from it."""
     import uvicorn
 
     from .generate import load_run
 
     model, tokenizer = load_run(run)
+    retriever = None
+    if knowledge is not None:
+        from .retrieval import Retriever
+
+        retriever = Retriever.load(knowledge, log=log.info)
     name = model_id or Path(run).resolve().name
     hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts]
-    app = build_app(model, tokenizer, name, limits, api_key, hosts)
+    app = build_app(model, tokenizer, name, limits, api_key, hosts, retriever)
     log.info("serving %s on http://%s:%d/v1 (%s)", name, host, port, "API key required" if api_key else "no API key")
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                             timeout_graceful_shutdown=limits.shutdown_grace_s)

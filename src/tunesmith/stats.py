@@ -35,12 +35,30 @@ def paired_bootstrap_ci(base: np.ndarray, tuned: np.ndarray, weights: np.ndarray
     n = len(base)
     if n == 0:
         return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_resamples, n))  # (B, n) example indices per resample
+    idx = _resamples(n, n_resamples, seed)
     w = np.maximum(weights[idx].sum(axis=1), 1e-12)  # (B,)
     diff = transform(tuned[idx].sum(axis=1) / w) - transform(base[idx].sum(axis=1) / w)  # (B,)
+    return _percentiles(diff, level)
+
+
+def bootstrap_ci(values: np.ndarray, weights: np.ndarray, n_resamples: int = N_RESAMPLES, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile CI of one ratio-of-sums metric sum(values) / sum(weights), resampling examples."""
+    values, weights = np.asarray(values, float), np.asarray(weights, float)
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    idx = _resamples(len(values), n_resamples, seed)
+    return _percentiles(values[idx].sum(axis=1) / np.maximum(weights[idx].sum(axis=1), 1e-12), level)
+
+
+def _resamples(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(B, n) example indices, drawn with replacement, one row per resample."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+
+
+def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(diff, [alpha, 1 - alpha])
+    lo, hi = np.quantile(samples, [alpha, 1 - alpha])
     return (float(lo), float(hi))
 
 

@@ -14,7 +14,7 @@ from .render import IGNORE, Example, TemplateError, encode_conversation, encode_
 __all__ = [
     "Conversation", "DataError", "DataIssue", "Document", "Example", "IGNORE", "Message", "PreparedData",
     "TemplateError", "encode_conversation", "encode_document", "encode_prompt", "file_sha256",
-    "prepare_data", "read_records", "resolve_data_path", "tokenize_records",
+    "QA", "answered_questions", "prepare_data", "read_records", "resolve_data_path", "tokenize_records",
 ]
 
 
@@ -25,6 +25,26 @@ class PreparedData:
     warnings: list[str] = field(default_factory=list)
     sha256: dict[str, str] = field(default_factory=dict)
     """SHA-256 of each input file, for the manifest and resume checks."""
+
+
+@dataclass(frozen=True)
+class QA:
+    """A conversation as a question for generation: the turns before its last answer, and that answer."""
+
+    messages: list[dict[str, str]]
+    reference: str
+    source: str
+
+
+def answered_questions(records: list[Any]) -> list[QA]:
+    """The conversations whose last turn is the assistant's, as (prompt turns, reference answer);
+    raw text has no answers and is skipped."""
+    out = []
+    for record in records:
+        if isinstance(record, Conversation) and record.messages[-1].role == "assistant":
+            prompt = [{"role": m.role, "content": m.content} for m in record.messages[:-1]]
+            out.append(QA(prompt, record.messages[-1].content, record.source))
+    return out
 
 
 def file_sha256(path: str | Path) -> str:

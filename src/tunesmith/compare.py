@@ -1,0 +1,236 @@
+"""`tunesmith compare`: base, base+RAG, tuned and tuned+RAG answer the same questions, scored on
+content (token F1, ROUGE-L, exact match) and form (length ratio, style match) with 95% bootstrap
+intervals, split into held-out questions (facts only in the knowledge source) and training
+questions (facts seen in training); writes RUN/compare.json with a rule-based recommendation."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .config import TrainConfig
+from .data import QA, DataError, DataIssue, answered_questions, encode_prompt, prepare_data, read_records
+from .data.render import end_of_turn_ids
+from .forgetting.measure import base_view
+from .generate import GENERATION_BATCH, generate_batch, load_run
+from .metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
+from .recommend import Delta, Evidence, recommend
+from .retrieval import RetrievalSettings, Retriever
+from .rundir import RunDir
+from .stats import bootstrap_ci, paired_summary
+
+SYSTEMS = ("base", "base+rag", "tuned", "tuned+rag")
+METRICS = ("token_f1", "rouge_l", "exact_match", "length_ratio", "style_match")
+SPLITS = {
+    "unseen": "held-out questions: their facts are only in the knowledge source",
+    "seen": "training questions: their facts were in the training data",
+    "all": "both together",
+}
+# Paired differences the recommendation reads: name -> (from system, to system).
+COMPARISONS = {"rag_on_base": ("base", "base+rag"), "rag_on_tuned": ("tuned", "tuned+rag"),
+               "tuning": ("base", "tuned"), "tuning_with_rag": ("base+rag", "tuned+rag")}
+SAMPLES_SHOWN = 3
+"""Questions quoted in compare.json with all four answers."""
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """How many questions each system answers, and how."""
+
+    limit: int = 40
+    """Held-out questions answered (a sample drawn with the run's seed). 40 held-out + 20 training
+    questions, 4 systems, 96 new tokens: minutes, not hours, for the 135M default on 2 CPU cores."""
+    seen: int = 20
+    """Training questions answered, for the split 'facts seen in training'; 0 leaves it out."""
+    max_new_tokens: int = 96
+    """Longest answer; the demo's FAQ answers are 20-80 words."""
+    batch_size: int = GENERATION_BATCH
+    """Prompts decoded together."""
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+
+    def __post_init__(self) -> None:
+        for key in ("limit", "max_new_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"compare {key} must be at least 1, got {getattr(self, key)}")
+        if self.seen < 0:
+            raise ValueError(f"compare seen must be non-negative, got {self.seen}")
+
+
+def question_splits(config: TrainConfig, tokenizer: Any, eval_data: str | None) -> tuple[list[QA], list[QA]]:
+    """(held-out, training) questions: held-out from `eval_data` when given, else the run's own
+    validation split (recomputed from its config with its seed, exactly as training split it)."""
+    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
+    train_sources = {e.source for e in data.train}
+    seen = [q for q in answered_questions(read_records(config.data)) if q.source in train_sources]
+    if eval_data is not None:
+        unseen = answered_questions(read_records(eval_data))
+    else:
+        val_sources = {e.source for e in data.val}
+        unseen = [q for q in answered_questions(read_records(config.eval or config.data)) if q.source in val_sources]
+    return unseen, seen
+
+
+def sample(questions: list[QA], n: int, seed: int) -> list[QA]:
+    chosen = list(questions)
+    random.Random(seed).shuffle(chosen)
+    return chosen[:n]
+
+
+def per_question_scores(answers: Sequence[str], questions: Sequence[QA], markers: list[str]) -> dict[str, np.ndarray]:
+    """(n,) arrays per question: each metric's value, plus the answer and reference lengths."""
+    refs = [q.reference for q in questions]
+    pred_len = np.array([answer_length(a) for a in answers], float)
+    ref_len = np.array([answer_length(r) for r in refs], float)
+    return {
+        "token_f1": np.array([token_f1(a, r) for a, r in zip(answers, refs)]),
+        "rouge_l": np.array([rouge_l(a, r) for a, r in zip(answers, refs)]),
+        "exact_match": np.array([exact_match(a, r) for a, r in zip(answers, refs)]),
+        "style_match": np.array([style_match(a, markers) for a in answers]),
+        "answer_words": pred_len,
+        "reference_words": ref_len,
+        # |log ratio| of lengths (+1 words so an empty answer is finite): 0 is the reference's length.
+        "length_error": np.abs(np.log((pred_len + 1) / (ref_len + 1))),
+    }
+
+
+def summarize_system(scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """{metric: {"value", "ci95"}} of one system on one split. The length ratio is total answer
+    words / total reference words (resampled as a ratio of sums); the others are means."""
+    n = len(scores["token_f1"])
+    out: dict[str, Any] = {"n": n}
+    for name in METRICS + ("length_error",):
+        values, weights = (scores["answer_words"], scores["reference_words"]) if name == "length_ratio" \
+            else (scores[name], np.ones(n))
+        value = float(values.sum() / max(weights.sum(), 1e-12)) if n else math.nan
+        out[name] = {"value": value, "ci95": list(bootstrap_ci(values, weights))}
+    return out
+
+
+def summarize_split(scores: dict[str, dict[str, np.ndarray]], keep: np.ndarray) -> dict[str, Any]:
+    """Every system's summary and the paired differences of COMPARISONS on the questions in `keep`."""
+    part = {s: {k: v[keep] for k, v in scores[s].items()} for s in SYSTEMS}
+    ones = np.ones(int(keep.sum()))
+    deltas = {}
+    for name, (a, b) in COMPARISONS.items():
+        deltas[name] = {}
+        for metric in ("token_f1", "rouge_l", "style_match", "length_error"):
+            paired = paired_summary(part[a][metric], part[b][metric], ones)
+            deltas[name][metric] = {"delta": paired["delta"], "ci95": paired["ci95"]}
+    return {"n": int(keep.sum()), "systems": {s: summarize_system(part[s]) for s in SYSTEMS}, "deltas": deltas}
+
+
+def evidence(splits: dict[str, Any]) -> Evidence:
+    """The differences the recommendation rules read (recommend.py)."""
+    def delta(split: str, name: str, metric: str) -> Delta:
+        d = splits[split]["deltas"][name][metric] if split in splits else {"delta": math.nan, "ci95": [math.nan] * 2}
+        return Delta(d["delta"], *d["ci95"])
+
+    return Evidence(rag_facts=delta("unseen", "rag_on_base", "token_f1"),
+                    tuning_seen_facts=delta("seen", "tuning", "token_f1"),
+                    tuning_style=delta("all", "tuning", "style_match"),
+                    tuning_length_error=delta("all", "tuning", "length_error"),
+                    tuning_with_rag=delta("unseen", "tuning_with_rag", "token_f1"))
+
+
+def general_texts() -> list[str]:
+    """Plain general text (the Wikipedia sample of the forgetting probes), the contrast for style markers."""
+    from .forgetting.probes import wiki_articles
+
+    return [text for _, text in wiki_articles()]
+
+
+def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | None = None,
+                settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None
+                ) -> dict[str, Any]:
+    """Answer held-out and training questions with the four systems; score, recommend, write
+    RUN/compare.json and return its content."""
+    from .models import load_model
+
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    run = RunDir.open(run_path)
+    config = run.config()
+    model, tokenizer = load_run(run.path)
+    # Full fine-tuning has no adapters to switch off: the base is a second, frozen copy.
+    base_model = load_model(config.model, trust_remote_code=config.trust_remote_code).eval() \
+        if config.method == "full" else None
+    view = base_view(model, base_model)
+    unseen, seen = question_splits(config, tokenizer, eval_data)
+    if not unseen:
+        raise DataError([DataIssue(str(eval_data or config.eval or config.data), 0, "(file)",
+                                   "has no held-out questions with answers: pass --eval FILE with question/answer rows")])
+    markers = style_markers([q.reference for q in seen], general_texts())
+    unseen, seen = sample(unseen, settings.limit, config.seed), sample(seen, settings.seen, config.seed)
+    questions = unseen + seen
+    retriever = Retriever.load(knowledge, settings.retrieval, log)
+    context = int(getattr(model.config, "max_position_embeddings", 0) or settings.retrieval.max_prompt_tokens)
+    budget = min(settings.retrieval.max_prompt_tokens, context - settings.max_new_tokens)
+    hits = retriever.retrieve([q.messages[-1]["content"] for q in questions])
+    plain = [encode_prompt(q.messages, tokenizer) for q in questions]
+    rag = [encode_prompt(retriever.augment_with(q.messages, h, tokenizer, budget), tokenizer)
+           for q, h in zip(questions, hits)]
+    eos = sorted(end_of_turn_ids(tokenizer))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    generate = lambda m: generate_batch(m, plain + rag, settings.max_new_tokens, eos, pad, settings.batch_size)  # noqa: E731
+    log(f"compare: {len(questions)} questions x 4 systems ({len(unseen)} held-out, {len(seen)} from training)")
+    timer = time.perf_counter()
+    with view() as base:
+        base_out = generate(base)
+    seconds = {"base": time.perf_counter() - timer}
+    log(f"compare: base and base+rag answered in {seconds['base']:.0f} s")
+    timer = time.perf_counter()
+    tuned_out = generate(model)
+    seconds["tuned"] = time.perf_counter() - timer
+    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
+    n = len(questions)
+    answers = {"base": base_out[:n], "base+rag": base_out[n:], "tuned": tuned_out[:n], "tuned+rag": tuned_out[n:]}
+    answers = {s: [decode(ids) for ids in out] for s, out in answers.items()}
+    scores = {s: per_question_scores(answers[s], questions, markers) for s in SYSTEMS}
+    in_unseen = np.arange(n) < len(unseen)
+    masks = {"unseen": in_unseen, "seen": ~in_unseen, "all": np.ones(n, bool)}
+    splits = {name: {"description": SPLITS[name], **summarize_split(scores, keep)}
+              for name, keep in masks.items() if keep.any()}
+    advice = recommend(evidence(splits))
+    found = [max((token_f1(p.text, q.reference) for p in h), default=0.0) >= 0.5 for q, h in zip(questions, hits)]
+    result = {
+        "run": str(run.path),
+        "model": config.model,
+        "method": config.method,
+        "knowledge": str(knowledge),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "systems": splits["unseen"]["systems"],
+        "splits": splits,
+        "recommendation": advice.text,
+        "choice": advice.choice,
+        "retrieval": {"passages": len(retriever.index.passages), "top_k": retriever.settings.top_k,
+                      "prompt_budget_tokens": budget, "answer_found_rate": float(np.mean(found))},
+        "style_markers": markers,
+        "settings": {"limit": settings.limit, "seen": settings.seen, "max_new_tokens": settings.max_new_tokens},
+        "samples": [{"question": q.messages[-1]["content"], "reference": q.reference,
+                     **{s: answers[s][i] for s in SYSTEMS}} for i, q in enumerate(questions[:SAMPLES_SHOWN])],
+        "generation_seconds": seconds,
+        "seconds": time.perf_counter() - started,
+    }
+    run.write_compare(result)
+    return result
+
+
+def format_table(systems: dict[str, Any]) -> list[str]:
+    """One line per system: each metric's value and 95% interval."""
+    head = f"{'system':<10}" + "".join(f"{m:>22}" for m in METRICS)
+    lines = [head]
+    for name in SYSTEMS:
+        cells = []
+        for metric in METRICS:
+            score = systems[name][metric]
+            lo, hi = score["ci95"]
+            cells.append(f"{score['value']:.2f} [{lo:.2f}, {hi:.2f}]".rjust(22))
+        lines.append(f"{name:<10}" + "".join(cells))
+    return lines

@@ -1,0 +1,111 @@
+"""Put retrieved passages into a chat prompt, through the model's chat template, within a token budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..data.render import encode_prompt
+from .chunking import Passage
+from .embed import Embedder
+from .index import VectorIndex, load_or_build_index
+
+CONTEXT_HEADER = "Answer the question. These passages may help:"
+"""Opens the user turn of a retrieval prompt; the passages follow, numbered, then the question."""
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """How the knowledge source is cut, searched and put into prompts (`--knowledge`)."""
+
+    top_k: int = 3
+    """Passages retrieved per question; FAQ answers are ~60 words, so 3 fit easily and the right
+    one is usually among them."""
+    chunk_words: int = 120
+    """Words per passage: ~160 MiniLM tokens, under its 256-token input limit."""
+    overlap_words: int = 30
+    """Words shared by consecutive passages of a long document, so a fact cut at an edge is whole in one."""
+    max_prompt_tokens: int = 1024
+    """Largest prompt (template, passages and question) in the model's tokens; passages that do not
+    fit are cut or dropped. Prefill cost on a CPU grows with it; the model's context also caps it."""
+    min_passage_tokens: int = 16
+    """A passage cut to fewer tokens than this is dropped instead: a fragment helps less than it costs."""
+
+    def __post_init__(self) -> None:
+        for key in ("top_k", "chunk_words", "max_prompt_tokens", "min_passage_tokens"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"retrieval {key} must be at least 1, got {getattr(self, key)}")
+        if not 0 <= self.overlap_words < self.chunk_words:
+            raise ValueError(f"retrieval overlap_words must be in [0, chunk_words), got {self.overlap_words}")
+
+
+def with_passages(messages: list[dict[str, str]], passages: Sequence[str]) -> list[dict[str, str]]:
+    """The conversation with the passages put before the question in its last user turn."""
+    if not passages:
+        return list(messages)
+    numbered = "\n\n".join(f"[{i}] {text}" for i, text in enumerate(passages, start=1))
+    last = messages[-1]
+    content = f"{CONTEXT_HEADER}\n\n{numbered}\n\nQuestion: {last['content']}"
+    return list(messages[:-1]) + [{**last, "content": content}]
+
+
+def fit_passages(messages: list[dict[str, str]], passages: Sequence[str], tokenizer: Any,
+                 budget_tokens: int, min_passage_tokens: int = RetrievalSettings.min_passage_tokens
+                 ) -> list[dict[str, str]]:
+    """`with_passages` with as many passages, best first, as fit in `budget_tokens` of the rendered
+    prompt; the first that does not fit whole is cut to the tokens left (or dropped below
+    `min_passage_tokens`), and the rest are dropped. Lengths are measured on the prompt exactly as
+    it will be encoded, so the budget holds whatever the tokenizer does at the joins."""
+    fits = lambda texts: len(encode_prompt(with_passages(messages, texts), tokenizer)) <= budget_tokens  # noqa: E731
+    kept: list[str] = []
+    for text in passages:
+        if fits(kept + [text]):
+            kept.append(text)
+            continue
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        lo, hi = 0, len(ids)  # the longest prefix that fits lies in [lo, hi)
+        while lo < hi - 1:
+            mid = (lo + hi) // 2
+            if fits(kept + [tokenizer.decode(ids[:mid])]):
+                lo = mid
+            else:
+                hi = mid
+        if lo >= min_passage_tokens:
+            kept.append(tokenizer.decode(ids[:lo]))
+        break
+    return with_passages(messages, kept)
+
+
+@dataclass
+class Retriever:
+    """A knowledge source's index and the embedder for queries."""
+
+    index: VectorIndex
+    embedder: Embedder
+    settings: RetrievalSettings
+
+    @classmethod
+    def load(cls, knowledge: str | Path, settings: RetrievalSettings = RetrievalSettings(),
+             log: Callable[[str], None] = lambda m: None, embedder: Embedder | None = None) -> Retriever:
+        embedder = embedder or Embedder.load()
+        index = load_or_build_index(knowledge, embedder, settings.chunk_words, settings.overlap_words, log)
+        return cls(index, embedder, settings)
+
+    def retrieve(self, queries: Sequence[str]) -> list[list[Passage]]:
+        """The top_k passages for each query, best first."""
+        hits = self.index.search(self.embedder.encode(queries), self.settings.top_k)
+        return [[self.index.passages[j] for j, _ in row] for row in hits]
+
+    def augment(self, messages: list[dict[str, str]], tokenizer: Any, budget_tokens: int) -> list[dict[str, str]]:
+        """The conversation with passages for its last user turn, within min(budget, max_prompt_tokens)."""
+        if not messages or messages[-1].get("role") != "user":
+            return list(messages)
+        passages = self.retrieve([messages[-1]["content"]])[0]
+        return self.augment_with(messages, passages, tokenizer, budget_tokens)
+
+    def augment_with(self, messages: list[dict[str, str]], passages: Sequence[Passage], tokenizer: Any,
+                     budget_tokens: int) -> list[dict[str, str]]:
+        budget = min(budget_tokens, self.settings.max_prompt_tokens)
+        return fit_passages(messages, [p.text for p in passages], tokenizer, budget, self.settings.min_passage_tokens)
+
