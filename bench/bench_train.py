@@ -26,7 +26,7 @@ from pathlib import Path
 
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
 SYSTEMS = ("tunesmith", "trl_padding", "trl_padding_free", "tunesmith_full", "trl_full")
-LORA = ("tunesmith", "trl_padding", "trl_padding_free")
+SCALING_BATCH_TOKENS = 4096  # tokens per micro-batch in the scaling table
 SHAPES = {  # SmolLM2 configurations: (hidden, intermediate, layers, heads, kv heads)
     "135M": (576, 1536, 30, 9, 3),
     "360M": (960, 2560, 32, 15, 5),
@@ -90,7 +90,7 @@ def run_tunesmith(args) -> dict:
                                 "method": method, "lr": args.lr if method == "lora" else args.full_lr,
                                 "output": str(out), "max_steps": args.steps, "batch_size": 8,
                                 "eval_every": args.steps, "save_every": args.steps, "precision": "bf16",
-                                "max_seq_tokens": args.max_seq_tokens,
+                                "max_seq_tokens": args.max_seq_tokens, "batch_tokens": args.batch_tokens,
                                 # Training speed only: the forgetting probes at evaluations are not part of it.
                                 "forgetting": {"measure_during_training": False}})
     rows = []
@@ -181,7 +181,8 @@ def worker(args) -> None:
 def spawn(system: str, args, extra: list[str] | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", system, "--model", str(args.model), "--train", str(args.train),
            "--val", str(args.val), "--steps", str(args.steps), "--lr", str(args.lr), "--full-lr", str(args.full_lr),
-           "--max-seq-tokens", str(args.max_seq_tokens), *(extra or [])]
+           "--max-seq-tokens", str(args.max_seq_tokens),
+           *(["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []), *(extra or [])]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -253,7 +254,10 @@ def scaling(args) -> None:
             train.write_text("".join(json.dumps(d) + "\n" for d in docs[:-4]))
             val.write_text("".join(json.dumps(d) + "\n" for d in docs[-4:]))
             sub = argparse.Namespace(**{**vars(args), "model": model, "train": train, "val": val,
-                                        "max_seq_tokens": length, "steps": max(3, args.steps // 4)})
+                                        "max_seq_tokens": length, "steps": max(3, args.steps // 4),
+                                        # The same tokens per micro-batch at every length, so only
+                                        # the sequence length changes (8 rows of 4096 would not fit).
+                                        "batch_tokens": max(length, SCALING_BATCH_TOKENS)})
             result = spawn("tunesmith", sub)
             rows.append({"shape": shape, "max_seq_tokens": length, **result})
             print(json.dumps(rows[-1]), flush=True)
@@ -270,6 +274,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="LoRA peak learning rate (tunesmith's default)")
     parser.add_argument("--full-lr", type=float, default=1e-4, help="full fine-tuning peak learning rate")
     parser.add_argument("--max-seq-tokens", type=int, default=1024)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="tunesmith: tokens per micro-batch")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--model", type=Path)
