@@ -268,8 +268,8 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
             from .retrieval import Retriever
 
             retriever = Retriever.load(knowledge, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-            budget = int(getattr(model.config, "max_position_embeddings", 0) or retriever.settings.max_prompt_tokens)
-            augment = lambda messages: retriever.augment(messages, tokenizer, budget - max_new_tokens)  # noqa: E731
+            budget = retriever.prompt_budget(model, max_new_tokens)
+            augment = lambda messages: retriever.augment(messages, tokenizer, budget)  # noqa: E731
     except USER_ERRORS as exc:
         _fail(exc)
         return

@@ -170,8 +170,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     unseen, seen = sample(unseen, settings.limit, config.seed), sample(seen, settings.seen, config.seed)
     questions = unseen + seen
     retriever = Retriever.load(knowledge, settings.retrieval, log)
-    context = int(getattr(model.config, "max_position_embeddings", 0) or settings.retrieval.max_prompt_tokens)
-    budget = min(settings.retrieval.max_prompt_tokens, context - settings.max_new_tokens)
+    budget = retriever.prompt_budget(model, settings.max_new_tokens)
     hits = retriever.retrieve([q.messages[-1]["content"] for q in questions])
     plain = [encode_prompt(q.messages, tokenizer) for q in questions]
     rag = [encode_prompt(retriever.augment_with(q.messages, h, tokenizer, budget), tokenizer)

@@ -72,8 +72,8 @@ def _write_entry(entry: Path, examples: list[Example], warnings: list[str]) -> N
         lengths = [len(e.input_ids) for e in examples]
         np.save(staging / "offsets.npy", np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64))
         for name in ("input_ids", "targets"):
-            flat = [t for e in examples for t in getattr(e, name)]
-            np.save(staging / f"{name}.npy", np.asarray(flat, dtype=np.int32))
+            parts = [np.asarray(getattr(e, name), dtype=np.int32) for e in examples]
+            np.save(staging / f"{name}.npy", np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32))
         (staging / "meta.json").write_text(json.dumps({"sources": [e.source for e in examples], "warnings": warnings}),
                                            encoding="utf-8")
         shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, or none

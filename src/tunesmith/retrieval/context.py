@@ -97,6 +97,11 @@ class Retriever:
         hits = self.index.search(self.embedder.encode(queries), self.settings.top_k)
         return [[self.index.passages[j] for j, _ in row] for row in hits]
 
+    def prompt_budget(self, model: Any, max_new_tokens: int) -> int:
+        """Tokens a prompt may take: the model's context less the answer, at most max_prompt_tokens."""
+        context = int(getattr(model.config, "max_position_embeddings", 0) or self.settings.max_prompt_tokens)
+        return min(self.settings.max_prompt_tokens, context - max_new_tokens)
+
     def augment(self, messages: list[dict[str, str]], tokenizer: Any, budget_tokens: int) -> list[dict[str, str]]:
         """The conversation with passages for its last user turn, within min(budget, max_prompt_tokens)."""
         if not messages or messages[-1].get("role") != "user":
