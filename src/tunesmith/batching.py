@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import itertools
 import random
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import IGNORE, Example
+from .head_loss import chunked_head, head_returns_loss
 
 
 @dataclass(frozen=True)
@@ -108,17 +110,22 @@ def eval_batches(examples: Sequence[Example], batch_size: int) -> list[Batch]:
 def loss_sum(model: Any, batch: Batch, device: torch.device) -> torch.Tensor:
     """Summed cross-entropy over the batch's trained positions.
 
-    The LM head runs only where a target exists (`logits_to_keep` with indices), so the
-    [tokens x vocab] logits of untrained prompt tokens are never built.
+    The LM head runs only where a target exists (`logits_to_keep` with indices), so the logits of
+    untrained prompt tokens are never built; and it runs in chunks of rows with the loss computed
+    inside (head_loss.py), so the [trained tokens x vocab] logits never exist at once either.
     """
     targets = batch.targets[0].to(device)
     keep = (targets != IGNORE).nonzero().squeeze(1)  # (n_trained,)
-    out = model(
-        input_ids=batch.input_ids.to(device),
-        position_ids=batch.position_ids.to(device),
-        logits_to_keep=keep,
-        use_cache=False,
-        cu_seq_lens_q=batch.bounds,  # read by the packed attention (attention.py); other kernels ignore it
-    )
+    head = chunked_head(model)
+    with head_returns_loss(head, targets[keep]) if head is not None else contextlib.nullcontext():
+        out = model(
+            input_ids=batch.input_ids.to(device),
+            position_ids=batch.position_ids.to(device),
+            logits_to_keep=keep,
+            use_cache=False,
+            cu_seq_lens_q=batch.bounds,  # read by the packed attention (attention.py); other kernels ignore it
+        )
+    if head is not None:
+        return out.logits  # the summed loss, from the head
     logits = out.logits[0].float()  # (n_trained, vocab)
     return F.cross_entropy(logits, targets[keep], reduction="sum")

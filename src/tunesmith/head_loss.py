@@ -1,0 +1,106 @@
+"""The LM head and cross-entropy in chunks of rows: [tokens x vocab] logits never exist at once.
+
+With a 49,152-token vocabulary the logits are the largest tensors of a small model's step: 1,000
+trained tokens make 197 MB of fp32 logits, as much again for their softmax gradient, and a bf16
+copy of each. Here the head runs `CHUNK_ROWS` rows at a time; each chunk's loss and gradients
+(to the hidden states and, when the head trains, to its weight) are computed in the forward pass
+and the logits are dropped at once, so the step holds one chunk of logits at most.
+
+The loss is computed inside the head's own forward call (its `forward` is swapped for the length
+of one model call), so DDP and FSDP see an ordinary forward: FSDP's gathered weights and DDP's
+gradient hooks work unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+CHUNK_ROWS = 512  # rows of logits at a time: 512 x 49,152 fp32 = 100 MB, and large enough matmuls to run at full speed
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum over rows of cross_entropy(hidden @ weight.T, targets); gradients made in the forward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int, grads: bool) -> torch.Tensor:
+        # hidden (n, d) and weight (V, d) in the compute dtype; targets (n,) all trained. `grads`:
+        # whether autograd was on at the call (inside forward it is always off)
+        need_hidden, need_weight = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # logits and loss: fp32 at least
+        total = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
+        for start in range(0, hidden.shape[0], chunk):
+            rows = hidden[start : start + chunk]  # (c, d)
+            target = targets[start : start + chunk]  # (c,)
+            logits = (rows @ weight.T).to(acc)  # (c, V): the only logits alive
+            lse = torch.logsumexp(logits, dim=1)  # (c,)
+            total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            if not (need_hidden or need_weight):
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place over the logits
+            grad[torch.arange(len(target), device=grad.device), target] -= 1  # d loss / d logits
+            grad = grad.to(hidden.dtype)
+            if need_hidden:
+                grad_hidden[start : start + chunk] = grad @ weight
+            if need_weight:
+                grad_weight += (grad.T @ rows).to(acc)
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
+        ctx.need, ctx.hidden_dtype = (need_hidden, need_weight), hidden.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = iter(ctx.saved_tensors)
+        scale = grad_total.to(torch.promote_types(grad_total.dtype, torch.float32))  # not rounded to bf16
+        grad_hidden = (next(saved) * scale).to(ctx.hidden_dtype) if ctx.need[0] else None
+        grad_weight = next(saved) * scale if ctx.need[1] else None
+        return grad_hidden, grad_weight, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    """Summed cross-entropy of `hidden` (n, d) through the head `weight` (V, d) against `targets` (n,).
+
+    Under autocast both run in the autocast dtype (as the head's Linear would); log-softmax is fp32.
+    """
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    elif weight.dtype != hidden.dtype:
+        weight = weight.to(hidden.dtype)
+    with torch.autocast(device, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, torch.is_grad_enabled())
+
+
+def chunked_head(model: Any) -> torch.nn.Linear | None:
+    """The model's output layer when the chunked loss can stand in for it, else None.
+
+    It can when the head is a bias-free Linear whose logits the model does not post-process
+    (Gemma's final logit soft-capping does, so those models keep the plain path).
+    """
+    inner = getattr(model, "module", model)  # DDP keeps the model in .module
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    config = getattr(inner, "config", None)
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        return None
+    if getattr(config, "final_logit_softcapping", None) is not None:
+        return None
+    return head
+
+
+@contextlib.contextmanager
+def head_returns_loss(head: torch.nn.Linear, targets: torch.Tensor) -> Iterator[None]:
+    """For one model call, the head returns the summed cross-entropy of its rows against `targets`
+    (in the model output's `logits` field) instead of their logits."""
+    head.forward = lambda hidden: linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight,
+                                                       targets, CHUNK_ROWS)
+    try:
+        yield
+    finally:
+        del head.forward
