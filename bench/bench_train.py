@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -55,16 +56,35 @@ def build_model(folder: Path, shape: str = "135M", seed: int = 0) -> Path:
     return folder
 
 
-def split_data(folder: Path) -> tuple[Path, Path]:
-    """The FAQ as chat rows, split 90/10 the same way for every system."""
+def split_data(folder: Path, kind: str = "faq") -> tuple[Path, Path]:
+    """The bench data as chat rows, split 90/10 the same way for every system.
+
+    `faq`: the bundled FAQ as it is (61-169 tokens, median 98: short and even, little to pad).
+    `varlen`: the same questions with answers of support-ticket spread: each answer runs on with
+    the following FAQ answers up to a length drawn from a log-normal distribution (median 180
+    tokens, sigma 0.6, at most 1,000), the variable-length data the speed targets were set on,
+    where padding micro-batches of 8 wastes about half of every batch.
+    """
+    import random
+
     from tunesmith.data import read_records
 
     records = read_records(FAQ)
-    rows = [{"messages": [{"role": m.role, "content": m.content} for m in r.messages]} for r in records]
+    rows = [[{"role": m.role, "content": m.content} for m in r.messages] for r in records]
+    if kind == "varlen":
+        rng = random.Random(0)
+        answers = [r[-1]["content"] for r in rows]
+        for i, row in enumerate(rows):
+            tokens = min(1000, rng.lognormvariate(math.log(180), 0.6))  # of the whole example
+            target_chars = 3.6 * max(10, tokens - 30)  # the question and template take ~30; ~3.6 characters per token
+            text, j = answers[i], i + 1
+            while len(text) < target_chars:
+                text, j = f"{text} {answers[j % len(answers)]}", j + 1
+            row[-1] = {"role": "assistant", "content": text[: int(target_chars)].rsplit(" ", 1)[0]}
     cut = int(len(rows) * 0.9)
     train, val = folder / "train.jsonl", folder / "val.jsonl"
-    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:cut]))
-    val.write_text("".join(json.dumps(r) + "\n" for r in rows[cut:]))
+    train.write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows[:cut]))
+    val.write_text("".join(json.dumps({"messages": r}) + "\n" for r in rows[cut:]))
     return train, val
 
 
@@ -276,6 +296,8 @@ def main() -> None:
     parser.add_argument("--max-seq-tokens", type=int, default=1024)
     parser.add_argument("--batch-tokens", type=int, default=None, help="tunesmith: tokens per micro-batch")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--data", choices=("faq", "varlen"), default="faq",
+                        help="faq: the bundled FAQ as it is; varlen: answers of log-normal length, median 180 tokens")
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--model", type=Path)
     parser.add_argument("--train", type=Path)
@@ -288,7 +310,7 @@ def main() -> None:
     if args.scaling:
         return scaling(args)
     args.model = args.model or build_model(folder / "model")
-    args.train, args.val = split_data(folder)
+    args.train, args.val = split_data(folder, args.data)
     compare(args)
 
 

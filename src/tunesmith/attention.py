@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 NAME = "tunesmith_packed"
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)  # enable_gqa came in torch 2.5
 
 
 def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -27,14 +28,17 @@ def packed_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # grouped-query attention: each key/value head serves `groups` query heads
+    gqa = {}
+    if groups > 1 and _SDPA_GQA:  # grouped-query attention in the kernel: no repeated key/value copies saved
+        gqa = {"enable_gqa": True}
+    elif groups > 1:  # torch < 2.5: each key/value head repeated for the `groups` query heads it serves
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     p = dropout if module.training else 0.0
     edges = bounds.tolist()
     parts = [
         F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e], dropout_p=p,
-                                       is_causal=True, scale=scaling)  # (1, H, len, D)
+                                       is_causal=True, scale=scaling, **gqa)  # (1, H, len, D)
         for s, e in zip(edges[:-1], edges[1:])
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None

@@ -151,6 +151,9 @@ class TrainConfig:
     """Override the model's chat template: a name ('chatml') or a Jinja string."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: about a third more compute for much less memory."""
+    compile: bool = False
+    """torch.compile each decoder layer (inductor): a one-off compile of a minute or more, then fused
+    kernels. Measured on a 2-core CPU it did not pay off (docs/benchmarks.md); try it on GPUs and long runs."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """How several processes (torchrun / accelerate launch) share the work: ddp replicates the model,
     fsdp shards parameters, gradients and optimizer state (torch FSDP2, on GPUs and on CPU processes over

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import torch
 
-CHUNK_ROWS = 512  # rows of logits at a time: 512 x 49,152 fp32 = 100 MB, and large enough matmuls to run at full speed
+CHUNK_ROWS = 256  # rows of logits at a time: 256 x 49,152 fp32 = 50 MB; measured fastest of 64-512 on a 2-core CPU
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -33,17 +33,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(hidden.dtype, torch.float32)  # logits and loss: fp32 at least
         total = torch.zeros((), dtype=acc, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_one = torch.full((1, 1), -1.0, dtype=acc, device=hidden.device)
         grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_weight else None
         for start in range(0, hidden.shape[0], chunk):
             rows = hidden[start : start + chunk]  # (c, d)
-            target = targets[start : start + chunk]  # (c,)
-            logits = (rows @ weight.T).to(acc)  # (c, V): the only logits alive
-            lse = torch.logsumexp(logits, dim=1)  # (c,)
-            total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            target = targets[start : start + chunk, None]  # (c, 1)
+            # (c, V): the only logits alive; log-softmax casts up to fp32 in the same pass
+            log_probs = torch.log_softmax(rows @ weight.T, dim=1, dtype=acc)
+            total -= log_probs.gather(1, target).sum()
             if not (need_hidden or need_weight):
                 continue
-            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place over the logits
-            grad[torch.arange(len(target), device=grad.device), target] -= 1  # d loss / d logits
+            grad = log_probs.exp_().scatter_add_(1, target, grad_one.expand(len(target), 1))  # softmax - one-hot
             grad = grad.to(hidden.dtype)
             if need_hidden:
                 grad_hidden[start : start + chunk] = grad @ weight

@@ -17,6 +17,24 @@ def transformers_model(model: Any) -> Any:
     return next((m for m in model.modules() if getattr(type(m), "_no_split_modules", None)), model)
 
 
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated blocks of `model`: the classes in transformers' `_no_split_modules` (e.g. LlamaDecoderLayer)."""
+    root = transformers_model(model)
+    names = set(getattr(type(root), "_no_split_modules", None) or [])
+    return [m for m in root.modules() if type(m).__name__ in names]
+
+
+def compile_layers(model: Any) -> int:
+    """torch.compile each decoder layer in place; returns how many. In place (`Module.compile`), so
+    parameter names, checkpoints and the adapter files stay those of the eager model; per layer,
+    so one compiled graph serves every layer and the packed attention's per-example loop only
+    breaks the graph inside attention. Shapes are dynamic: packed rows change length every step."""
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
 def shard_model(model: Any) -> Any:
     """Shard `model` in place across the default process group and return it.
 
@@ -32,8 +50,7 @@ def shard_model(model: Any) -> Any:
     from torch.distributed.fsdp import fully_shard
 
     root = transformers_model(model)
-    names = set(getattr(type(root), "_no_split_modules", None) or [])
-    for module in [m for m in root.modules() if type(m).__name__ in names]:
+    for module in decoder_layers(root):
         fully_shard(module, reshard_after_forward=True)
     # The root reshards too, although torch keeps a root gathered by default: after a forward
     # without a backward (evaluation) its parameters would stay unsharded, and the optimizer,

@@ -33,7 +33,7 @@ from .data.cache import passed_check, record_check
 from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
 from .rundir import RunDir, RunDirError
-from .sharding import local_share, shard_model
+from .sharding import compile_layers, local_share, shard_model
 
 _STEP_NAME = re.compile(r"^step-\d+$")
 
@@ -300,6 +300,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     sharded = config.distributed == "fsdp" and world > 1
     if sharded:  # before the optimizer exists: sharding replaces the parameters by DTensors
         model = shard_model(model)
+    if config.compile:
+        console.print(f"compiling {compile_layers(model)} decoder layers (torch.compile): the first steps wait for it")
     micro_per_step = config.grad_accum_steps * world  # global batch = micro-batch x accumulation x processes
     fg = config.forgetting
     # Full fine-tuning changes every weight, so the base for probes and KL is a frozen copy; with
