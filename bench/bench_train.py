@@ -1,13 +1,17 @@
 """Training speed and memory: tunesmith against TRL's SFTTrainer + peft, side by side.
 
-Same model shape (SmolLM2-135M's config, random init, seeded), same data (the bundled FAQ as
-chat, 90% train), tunesmith's LoRA defaults (r 16, alpha 32, dropout 0, all linear layers) on both
-sides, AdamW, the same peak learning rate with warmup + cosine, micro-batches of 8 examples, bf16
-autocast, the same number of optimizer steps; and full fine-tuning the same way (`*_full`). Systems run in separate processes, alternating round by round, so a noisy
-machine hits them alike; medians over rounds are reported, then ratios. The last line printed is
-one JSON object for scripts.
+Same model shape (SmolLM2-135M's config, random init, seeded), same data (`--data faq`: the
+bundled FAQ as chat, 90% train; `--data varlen`: the same questions with answers of log-normal
+length, median 180 tokens), the same micro-batches (TRL reads the rows in tunesmith's
+first-epoch order), tunesmith's LoRA defaults (r 16, alpha 32, dropout 0, all linear layers) on
+both sides, AdamW, the same peak learning rate with warmup + cosine, micro-batches of 8 examples,
+bf16 autocast, the same number of optimizer steps; and full fine-tuning the same way (`*_full`).
+Systems run in separate processes, alternating round by round, so a noisy machine hits them
+alike; tokens/s leaves out every system's first step; medians over rounds are reported, then
+ratios. `tunesmith_compiled` (LoRA with `compile: true`) runs when named in --systems. The last
+line printed is one JSON object for scripts.
 
-    python bench/bench_train.py [--steps 30] [--rounds 3] [--systems tunesmith,trl_padding,trl_padding_free,...]
+    python bench/bench_train.py [--steps 30] [--rounds 3] [--data varlen] [--systems tunesmith,trl_padding,...]
     python bench/bench_train.py --scaling      # tunesmith tokens/s and peak RSS vs sequence length and model size
 """
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
 SYSTEMS = ("tunesmith", "trl_padding", "trl_padding_free", "tunesmith_full", "trl_full")
+OPTIONAL = ("tunesmith_compiled",)  # run only when named in --systems: LoRA with `compile: true`
 SCALING_BATCH_TOKENS = 4096  # tokens per micro-batch in the scaling table
 SHAPES = {  # SmolLM2 configurations: (hidden, intermediate, layers, heads, kv heads)
     "135M": (576, 1536, 30, 9, 3),
@@ -100,9 +105,14 @@ def validation_loss(model, val: Path, tokenizer) -> float:
     return evaluate(model, eval_batches(examples, 8), torch.device("cpu"), torch.bfloat16)
 
 
+def steady_rate(tokens: list[int], seconds: list[float]) -> float:
+    """Tokens per second over steps 2..N (cumulative counts and times at each step's end): the first
+    step (warm-up, and compilation where there is one) is left out, for every system alike."""
+    return (tokens[-1] - tokens[0]) / (seconds[-1] - seconds[0])
+
+
 def run_tunesmith(args) -> dict:
     from tunesmith import load_config, train
-    from tunesmith.generate import load_run
 
     out = Path(tempfile.mkdtemp()) / "run"
     method = "full" if args.worker == "tunesmith_full" else "lora"
@@ -111,11 +121,18 @@ def run_tunesmith(args) -> dict:
                                 "output": str(out), "max_steps": args.steps, "batch_size": 8,
                                 "eval_every": args.steps, "save_every": args.steps, "precision": "bf16",
                                 "max_seq_tokens": args.max_seq_tokens, "batch_tokens": args.batch_tokens,
+                                "compile": args.worker == "tunesmith_compiled",
                                 # Training speed only: the forgetting probes at evaluations are not part of it.
                                 "forgetting": {"measure_during_training": False}})
-    rows = []
-    result = train(config, show_progress=False, on_step=rows.append)
-    return {"tokens_per_s": rows[-1]["tokens_per_s"], "real_tokens": result.train_tokens, "padding_fraction": 0.0,
+    tokens, seconds = [], []
+
+    def on_step(row: dict) -> None:  # called after the step's evaluation and checkpoint, so times come from the row
+        tokens.append(row["tokens"])
+        seconds.append(row["tokens"] / row["tokens_per_s"])  # training seconds since the first step began
+
+    result = train(config, show_progress=False, on_step=on_step)
+    return {"tokens_per_s": steady_rate(tokens, seconds), "real_tokens": result.train_tokens,
+            "first_step_s": seconds[0], "padding_fraction": 0.0,  # with compilation, when on
             "val_loss": result.final_val_loss, "peak_rss_gib": peak_rss_gib()}
 
 
@@ -126,22 +143,25 @@ def run_trl(args, padding_free: bool, full: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
+    from tunesmith.batching import epoch_order
     from tunesmith.config import LoraConfig as TunesmithLora
 
     def pairs(path: Path) -> Dataset:
+        """Rows in tunesmith's first-epoch order (seed 0), read in sequence: the same micro-batches."""
         rows = [json.loads(line)["messages"] for line in path.read_text().splitlines()]
+        rows = [rows[i] for i in epoch_order(len(rows), 0, 0)]
         return Dataset.from_list([{"prompt": m[:-1], "completion": m[-1:]} for m in rows])
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    counts = {"real": 0, "all": 0, "seconds": 0.0}
+    real, padded, durations = [], [], []  # per micro-batch in collation order; per step
 
-    class Count(TrainerCallback):  # real vs padded tokens of every micro-batch, and training time only
+    class Count(TrainerCallback):  # training time of each step only
         def on_step_begin(self, *a, **k):
-            counts["t0"] = time.perf_counter()
+            self.t0 = time.perf_counter()
 
         def on_step_end(self, *a, **k):
-            counts["seconds"] += time.perf_counter() - counts["t0"]
+            durations.append(time.perf_counter() - self.t0)
 
     lora = TunesmithLora()  # tunesmith's defaults, so that both sides train the same adapters
     trainer = SFTTrainer(
@@ -149,7 +169,11 @@ def run_trl(args, padding_free: bool, full: bool) -> dict:
         peft_config=None if full else LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                  target_modules=lora.target_modules, task_type="CAUSAL_LM"),
         args=SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=8,
-                       learning_rate=args.full_lr if full else args.lr, lr_scheduler_type="cosine", warmup_steps=max(1, round(0.05 * args.steps)), bf16=True,
+                       learning_rate=args.full_lr if full else args.lr, bf16=True,
+                       # tunesmith's schedule: full lr from the first step (its one warmup step
+                       # ends at full lr; HF's would start at 0), cosine down to 10% of the peak.
+                       lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": 0.1},
+                       warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
                        use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], seed=0,
                        padding_free=padding_free,
                        # TRL enforces max_length only by padding/packing; padding-free rows are all shorter anyway.
@@ -160,18 +184,18 @@ def run_trl(args, padding_free: bool, full: bool) -> dict:
 
     def counting_collator(features):
         batch = collate(features)
-        labels = batch["input_ids"]
-        pad = tokenizer.pad_token_id
         # With padding_free there is no padding; otherwise pad positions are those past each row's length.
-        counts["all"] += labels.numel()
-        counts["real"] += sum(len(f["input_ids"]) for f in features)
+        padded.append(batch["input_ids"].numel())
+        real.append(sum(len(f["input_ids"]) for f in features))
         return batch
 
     trainer.data_collator = counting_collator
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(trainer.train_dataset)
     trainer.train()
     val = validation_loss(trainer.model, args.val, tokenizer)
-    return {"tokens_per_s": counts["real"] / counts["seconds"], "real_tokens": counts["real"],
-            "padding_fraction": 1 - counts["real"] / max(1, counts["all"]), "val_loss": val,
+    steps = len(durations)  # the trainer may collate a batch ahead: count only the batches trained
+    return {"tokens_per_s": sum(real[1:steps]) / sum(durations[1:steps]), "real_tokens": sum(real[:steps]),
+            "padding_fraction": 1 - sum(real[:steps]) / sum(padded[:steps]), "val_loss": val,
             "peak_rss_gib": peak_rss_gib()}
 
 
@@ -246,6 +270,7 @@ def compare(args) -> None:
         "peak_rss_ratio_vs_trl_best": ratio("tunesmith", "trl_padding_free", "peak_rss_gib"),
         "val_loss_ratio_vs_trl_default": ratio("tunesmith", "trl_padding", "val_loss"),
         "full_ratio_vs_trl_default": ratio("tunesmith_full", "trl_full", "tokens_per_s"),
+        "compiled_ratio_vs_eager": ratio("tunesmith_compiled", "tunesmith", "tokens_per_s"),
     })
     print(json.dumps(summary))
 
@@ -302,7 +327,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path)
     parser.add_argument("--train", type=Path)
     parser.add_argument("--val", type=Path)
-    parser.add_argument("--worker", choices=SYSTEMS)
+    parser.add_argument("--worker", choices=SYSTEMS + OPTIONAL)
     args = parser.parse_args()
     if args.worker:
         return worker(args)

@@ -1,6 +1,8 @@
 """Training-loop correctness on the tiny model: accumulation, packing, adapters, run contracts."""
 
+import pytest
 import torch
+from safetensors import safe_open
 from accelerate import Accelerator
 
 from tunesmith import load_config, train
@@ -9,6 +11,7 @@ from tunesmith.config import LoraConfig
 from tunesmith.data import Conversation, Message, encode_conversation
 from tunesmith.generate import load_run
 from tunesmith.models import add_adapter, load_model
+from tunesmith.sharding import compile_layers, decoder_layers
 from tunesmith.train import backward_group
 
 
@@ -94,7 +97,8 @@ def test_same_seed_same_losses(tiny_model_dir, faq_file, tmp_path):
 
 
 def test_bf16_frozen_weights_give_the_autocast_results(tiny_model_dir, tiny_tokenizer):
-    """Storing the frozen linears in bf16 is only a saving: under bf16 autocast the loss is unchanged."""
+    """Storing the frozen linears in bf16 (and letting autocast, not peft, match the adapters' input
+    dtype) is only a saving: under bf16 autocast the loss and the adapters' gradients are unchanged."""
     exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
     batch = pack_examples(exs)
     device = torch.device("cpu")
@@ -105,11 +109,16 @@ def test_bf16_frozen_weights_give_the_autocast_results(tiny_model_dir, tiny_toke
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.1)  # adapters away from zero, so they take part
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            results.append(loss_sum(model, batch, device))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = loss_sum(model, batch, device)
+        loss.backward()
+        results.append((loss.detach(), grads(model)))
     assert [p.dtype for n, p in model.named_parameters() if "lora_" in n] == [torch.float32] * len(
         [n for n, _ in model.named_parameters() if "lora_" in n])
-    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-6)
+    assert results[0][1].keys() == results[1][1].keys()
+    for name, grad in results[0][1].items():  # adapters see the same inputs and gradients
+        torch.testing.assert_close(results[1][1][name], grad, rtol=1e-6, atol=1e-7)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_tokenizer):
@@ -193,3 +202,27 @@ def test_token_budget_epochs_cover_every_example_once_and_resume_mid_epoch(tiny_
     for expected in first[3:]:
         got = next(resumed)
         assert got[:2] == expected[:2] and got[2].sources == expected[2].sources
+
+
+def test_compile_layers_compiles_each_decoder_layer_in_place(tiny_model_dir):
+    model = add_adapter(load_model(str(tiny_model_dir)), "lora", LoraConfig())
+    names = [n for n, _ in model.named_parameters()]
+    assert compile_layers(model) == 2  # the tiny model's two decoder layers
+    layers = decoder_layers(model)
+    assert [type(m).__name__ for m in layers] == ["LlamaDecoderLayer"] * 2
+    assert all(m._compiled_call_impl is not None for m in layers)
+    assert [n for n, _ in model.named_parameters()] == names  # nothing renamed: checkpoints stay compatible
+
+
+@pytest.mark.slow  # inductor compiles the layers: about 100 s on 2 cores
+def test_compiled_layers_train_like_eager_and_save_the_same_names(tiny_model_dir, faq_file, tmp_path):
+    found = {}
+    for compiled in (False, True):
+        rows = []
+        config = load_config(None, {"data": str(faq_file("chat")), "model": str(tiny_model_dir), "compile": compiled,
+                                    "output": str(tmp_path / str(compiled)), "max_steps": 3, "precision": "fp32"})
+        train(config, show_progress=False, on_step=rows.append)
+        names = sorted(safe_open(str(tmp_path / str(compiled) / "adapter" / "adapter_model.safetensors"), "pt").keys())
+        found[compiled] = [r["loss"] for r in rows], names
+    torch.testing.assert_close(found[True][0], found[False][0], rtol=1e-4, atol=1e-4)
+    assert found[True][1] == found[False][1]  # no `_orig_mod.` in the saved names

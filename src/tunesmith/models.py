@@ -197,6 +197,11 @@ def add_adapter(model: Any, method: str, lora: LoraConfig, frozen_dtype: torch.d
             base = getattr(module, "base_layer", None)
             if isinstance(base, torch.nn.Linear):
                 base.weight.data = base.weight.data.to(frozen_dtype)
+            if hasattr(module, "cast_input_dtype_enabled"):
+                # peft would cast a bf16 input up to the adapter's fp32, for autocast to cast it
+                # straight back: two copies per layer for bit-identical values. Autocast (always on
+                # with bf16 frozen weights) matches the dtypes itself.
+                module.cast_input_dtype_enabled = False
     return model
 
 
