@@ -47,7 +47,7 @@ test: setup
 
 bench: setup
 	$(PIP) install -q -e ".[dev,bench]"
-	$(PY) bench/bench_train.py
+	$(PY) bench/bench_train.py --data varlen
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
