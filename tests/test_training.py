@@ -7,7 +7,7 @@ from accelerate import Accelerator
 
 from tunesmith import load_config, train
 from tunesmith.batching import loss_sum, pack_examples
-from tunesmith.config import LoraConfig
+from tunesmith.config import ConfigError, LoraConfig
 from tunesmith.data import Conversation, Message, encode_conversation
 from tunesmith.generate import load_run
 from tunesmith.models import add_adapter, load_model
@@ -212,6 +212,12 @@ def test_compile_layers_compiles_each_decoder_layer_in_place(tiny_model_dir):
     assert [type(m).__name__ for m in layers] == ["LlamaDecoderLayer"] * 2
     assert all(m._compiled_call_impl is not None for m in layers)
     assert [n for n, _ in model.named_parameters()] == names  # nothing renamed: checkpoints stay compatible
+
+
+def test_compile_without_a_cpp_compiler_says_what_to_install(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="C\\+\\+ compiler.*compile: false"):
+        compile_layers(load_model(str(tiny_model_dir)))
 
 
 @pytest.mark.slow  # inductor compiles the layers: about 100 s on 2 cores

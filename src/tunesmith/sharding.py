@@ -8,7 +8,11 @@ do), because Accelerate 1.15 shards only on accelerators: with CPU processes it 
 
 from __future__ import annotations
 
+import os
+import shutil
 from typing import Any
+
+from .config import ConfigError
 
 
 def transformers_model(model: Any) -> Any:
@@ -29,6 +33,9 @@ def compile_layers(model: Any) -> int:
     parameter names, checkpoints and the adapter files stay those of the eager model; per layer,
     so one compiled graph serves every layer and the packed attention's per-example loop only
     breaks the graph inside attention. Shapes are dynamic: packed rows change length every step."""
+    if not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++")):
+        raise ConfigError("compile: true needs a C++ compiler for torch.compile's inductor and none was found "
+                          "(g++, c++, clang++ or $CXX); install one (e.g. apt install g++) or set compile: false")
     layers = decoder_layers(model)
     for layer in layers:
         layer.compile(dynamic=True)
