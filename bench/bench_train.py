@@ -18,6 +18,7 @@ line printed is one JSON object for scripts.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -194,7 +195,8 @@ def run_trl(args, padding_free: bool, full: bool) -> dict:
     trainer.train()
     val = validation_loss(trainer.model, args.val, tokenizer)
     steps = len(durations)  # the trainer may collate a batch ahead: count only the batches trained
-    return {"tokens_per_s": sum(real[1:steps]) / sum(durations[1:steps]), "real_tokens": sum(real[:steps]),
+    rate = steady_rate(list(itertools.accumulate(real[:steps])), list(itertools.accumulate(durations)))
+    return {"tokens_per_s": rate, "real_tokens": sum(real[:steps]),
             "padding_fraction": 1 - sum(real[:steps]) / sum(padded[:steps]), "val_loss": val,
             "peak_rss_gib": peak_rss_gib()}
 

@@ -50,15 +50,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if need_weight:
                 grad_weight += (grad.T @ rows).to(acc)
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
-        ctx.need, ctx.hidden_dtype = (need_hidden, need_weight), hidden.dtype
+        ctx.need = (need_hidden, need_weight)
         return total
 
     @staticmethod
     def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = iter(ctx.saved_tensors)
-        scale = grad_total.to(torch.promote_types(grad_total.dtype, torch.float32))  # not rounded to bf16
-        grad_hidden = (next(saved) * scale).to(ctx.hidden_dtype) if ctx.need[0] else None
-        grad_weight = next(saved) * scale if ctx.need[1] else None
+        # grad_total has the loss's dtype (fp32 at least); torch multiplies bf16 by it in fp32
+        grad_hidden = next(saved) * grad_total if ctx.need[0] else None
+        grad_weight = next(saved) * grad_total if ctx.need[1] else None
         return grad_hidden, grad_weight, None, None, None
 
 

@@ -1,4 +1,5 @@
-"""FSDP for several processes: torch's FSDP2 `fully_shard` on each decoder layer, then the root.
+"""The model's decoder layers as units: FSDP for several processes (torch's FSDP2 `fully_shard` on
+each decoder layer, then the root) and `compile: true` (torch.compile per layer).
 
 tunesmith calls torch directly, the same way on CPUs and GPUs (as torchtune's distributed recipes
 do), because Accelerate 1.15 shards only on accelerators: with CPU processes it keeps
