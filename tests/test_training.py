@@ -1,12 +1,14 @@
 """Training-loop correctness on the tiny model: accumulation, packing, adapters, run contracts."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
 from accelerate import Accelerator
 
 from tunesmith import load_config, train
-from tunesmith.batching import loss_sum, pack_examples
+from tunesmith.batching import loss_sum, pack_examples, split_batch
 from tunesmith.config import ConfigError, LoraConfig
 from tunesmith.data import Conversation, Message, encode_conversation
 from tunesmith.generate import load_run
@@ -121,6 +123,21 @@ def test_bf16_frozen_weights_give_the_autocast_results(tiny_model_dir, tiny_toke
         torch.testing.assert_close(results[1][1][name], grad, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's memory map")
+def test_bf16_lora_unmaps_the_weights_file(tiny_model_dir, tmp_path):
+    import gc
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")  # a path no other test has mapped
+    weights = str(folder / "model.safetensors")
+    model = load_model(str(folder))
+    assert weights in Path("/proc/self/maps").read_text()  # from_pretrained's fp32 tensors are views of the file
+    model = add_adapter(model, "lora", LoraConfig(), frozen_dtype=torch.bfloat16)
+    gc.collect()
+    assert weights not in Path("/proc/self/maps").read_text()
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_tokenizer):
     exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
     accelerator = Accelerator(cpu=True)
@@ -232,3 +249,43 @@ def test_compiled_layers_train_like_eager_and_save_the_same_names(tiny_model_dir
         found[compiled] = [r["loss"] for r in rows], names
     torch.testing.assert_close(found[True][0], found[False][0], rtol=1e-4, atol=1e-4)
     assert found[True][1] == found[False][1]  # no `_orig_mod.` in the saved names
+
+
+def test_forward_tokens_runs_a_micro_batch_in_pieces_with_the_same_gradients(tiny_model_dir, tiny_tokenizer):
+    exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox jumps over the lazy dog twice.", "No.",
+                                    "Four to six weeks, sometimes twelve for large projects.", "Maybe."])
+    batch = pack_examples(exs)
+    limit = max(len(e.input_ids) for e in exs) + 2
+    pieces = split_batch(batch, limit)
+    assert len(pieces) >= 3 and all(p.n_tokens <= limit for p in pieces)
+    assert torch.equal(torch.cat([p.input_ids for p in pieces], 1), batch.input_ids)
+    assert sum((p.sources for p in pieces), ()) == batch.sources
+    accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = add_adapter(load_model(str(tiny_model_dir)), "full", LoraConfig())
+    whole = backward_group(model, [batch], accelerator, torch.float32)
+    g_whole = grads(model)
+    model.zero_grad()
+    split = backward_group(model, [batch], accelerator, torch.float32, forward_tokens=limit)
+    g_split = grads(model)
+    assert abs(whole - split) < 1e-5
+    assert g_whole and g_whole.keys() == g_split.keys()
+    for name in g_whole:
+        torch.testing.assert_close(g_split[name], g_whole[name], rtol=1e-5, atol=1e-6)
+
+
+def test_split_batch_keeps_a_long_example_whole_and_small_batches_as_they_are(tiny_tokenizer):
+    exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox jumps over the lazy dog twice.", "No."])
+    batch = pack_examples(exs)
+    assert split_batch(batch, None) == [batch] and split_batch(batch, batch.n_tokens) == [batch]
+    pieces = split_batch(batch, 1)  # every example is longer than the limit: one piece each
+    assert [p.n_tokens for p in pieces] == [len(e.input_ids) for e in exs]
+    assert all(p.bounds.tolist() == [0, p.n_tokens] for p in pieces)
+    assert torch.equal(pieces[1].position_ids, batch.position_ids[:, batch.bounds[1]:batch.bounds[2]])
+
+
+def test_forward_tokens_default_splits_on_cpu_only(tmp_path):
+    config = load_config(None, {"data": "x.jsonl"})
+    assert config.forward_token_limit("cpu") == 1024 and config.forward_token_limit("cuda") is None
+    assert load_config(None, {"data": "x.jsonl", "forward_tokens": 0}).forward_token_limit("cpu") is None
+    assert load_config(None, {"data": "x.jsonl", "forward_tokens": 300}).forward_token_limit("cuda") == 300

@@ -51,6 +51,31 @@ def pack_examples(examples: Sequence[Example]) -> Batch:
     )
 
 
+def split_batch(batch: Batch, max_tokens: int | None) -> list[Batch]:
+    """`batch` as consecutive pieces of whole examples of at most `max_tokens` tokens each (an
+    example longer than that is a piece alone); the batch itself when it fits or `max_tokens` is None.
+
+    The summed losses of the pieces are the batch's, so running them one after another and adding
+    their gradients changes nothing but the peak memory, which follows the piece, not the batch.
+    """
+    if max_tokens is None or batch.n_tokens <= max_tokens:
+        return [batch]
+    bounds = batch.bounds.tolist()
+    cuts, start = [0], 0
+    for i in range(1, len(bounds) - 1):  # cut before example i when it would overfill the piece
+        if bounds[i + 1] - bounds[start] > max_tokens:
+            cuts.append(i)
+            start = i
+    cuts.append(len(bounds) - 1)
+    pieces = []
+    for first, last in itertools.pairwise(cuts):
+        a, z = bounds[first], bounds[last]
+        pieces.append(Batch(input_ids=batch.input_ids[:, a:z], position_ids=batch.position_ids[:, a:z],
+                            targets=batch.targets[:, a:z], bounds=batch.bounds[first : last + 1] - a,
+                            sources=batch.sources[first:last]))
+    return pieces
+
+
 def epoch_order(n_examples: int, seed: int, epoch: int) -> list[int]:
     """The shuffled example order of one epoch; a pure function of (seed, epoch), so resumable."""
     order = list(range(n_examples))

@@ -173,7 +173,7 @@ def plan_command(source: str, devices: int, as_json: bool, **flags: Any) -> None
     click.echo(f"{config.method} on {config.model}: {plan.parameters:,} parameters, "
                f"{plan.trainable_parameters:,} trained, {devices} device(s)")
     click.echo(f"  tokens per optimizer step   {plan.tokens_per_step:,} (largest micro-batch "
-               f"{plan.max_micro_batch_tokens:,} tokens)")
+               f"{plan.max_micro_batch_tokens:,} tokens, largest forward pass {plan.max_forward_tokens:,})")
     for label, value in (("frozen weights", plan.weights_gib), ("trained weights + grads + AdamW", plan.trainable_state_gib),
                          ("activations", plan.activations_gib), ("LM head logits", plan.logits_gib),
                          ("runtime", plan.runtime_gib), ("peak while loading", plan.load_peak_gib)):

@@ -14,6 +14,7 @@ import yaml
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 METHODS = ("lora", "dora", "full", "qlora")
+CPU_FORWARD_TOKENS = 1024  # a CPU matmul is as fast per token at 1,024 rows as at 2,000 (docs/benchmarks.md)
 
 
 # Keys holding nested config sections, each built by its own function rather than coerced.
@@ -125,6 +126,11 @@ class TrainConfig:
     """Instead of `batch_size` examples, fill each micro-batch to at most this many tokens
     (best-fit decreasing packing): steady memory and step time when lengths vary. At least
     `max_seq_tokens`, so that every example fits."""
+    forward_tokens: int | None = None
+    """Most tokens in one forward and backward pass: a longer micro-batch runs as pieces of whole
+    examples (an example longer than this is a piece alone), with the same gradients and a memory
+    peak set by the piece instead of the batch. None: 1024 on CPU, where bigger pieces are no
+    faster, and whole micro-batches on GPUs, where they are; 0: always whole."""
     grad_accum_steps: int = 1
     """Micro-batches per optimizer step; the loss is normalised by trained tokens across them."""
     warmup_ratio: float = 0.05
@@ -166,6 +172,12 @@ class TrainConfig:
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     """Forgetting budget, mitigations and extra general probes."""
 
+    def forward_token_limit(self, device_type: str) -> int | None:
+        """`forward_tokens` resolved for a device: the piece size, or None for whole micro-batches."""
+        if self.forward_tokens is None:
+            return CPU_FORWARD_TOKENS if device_type == "cpu" else None
+        return self.forward_tokens or None
+
     def __post_init__(self) -> None:
         _check(bool(self.data), "data", "is required: the training data file")
         _check(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
@@ -177,6 +189,8 @@ class TrainConfig:
         _check(self.batch_tokens is None or self.batch_tokens >= self.max_seq_tokens, "batch_tokens",
                f"must be at least max_seq_tokens ({self.max_seq_tokens}) so that every example fits, "
                f"got {self.batch_tokens}")
+        _check(self.forward_tokens is None or self.forward_tokens >= 0, "forward_tokens",
+               f"must be 0 (never split) or a token count, got {self.forward_tokens}")
         _check(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be at least 1, got {self.grad_accum_steps}")
         _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .batching import epoch_plan
+from .batching import epoch_plan, pack_examples, split_batch
 from .config import TrainConfig
 from .data import prepare_data
 from .models import load_tokenizer, resolve_model_path
@@ -42,6 +42,7 @@ class MemoryPlan:
     trainable_parameters: int
     devices: int
     max_micro_batch_tokens: int
+    max_forward_tokens: int
     tokens_per_step: int
     weights_gib: float
     trainable_state_gib: float
@@ -82,10 +83,11 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     total, trainable, linear_params, layers, hidden, vocab = count_parameters(
         config.model, config.method, config.lora.r, config.trust_remote_code)
 
-    micro = epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens)
-    tokens = [sum(len(data.train[j].input_ids) for j in m) for m in micro]
-    trained = [sum(data.train[j].n_trained for j in m) for m in micro]
-    worst = max(range(len(micro)), key=lambda i: tokens[i])
+    micro = [pack_examples([data.train[j] for j in m])
+             for m in epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens)]
+    tokens = [b.n_tokens for b in micro]
+    passes = [p for b in micro for p in split_batch(b, config.forward_token_limit("cuda" if cuda else "cpu"))]
+    worst = max(passes, key=lambda p: p.n_tokens)  # activations are held for one forward pass at a time
 
     bf16 = config.precision != "fp32"
     if config.method == "full":
@@ -97,8 +99,8 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     state = trainable * 16
     per_token = CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN if config.gradient_checkpointing else \
         ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
-    activations = tokens[worst] * layers * hidden * per_token
-    logits = trained[worst] * vocab * LOGIT_BYTES_PER_TRAINED_TOKEN_VOCAB
+    activations = worst.n_tokens * layers * hidden * per_token
+    logits = worst.n_trained * vocab * LOGIT_BYTES_PER_TRAINED_TOKEN_VOCAB
     runtime = RUNTIME_BYTES_CUDA if cuda else RUNTIME_BYTES_CPU
     if config.distributed == "fsdp" and devices > 1:
         weights, state = weights // devices, state // devices
@@ -106,7 +108,7 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     load_peak = runtime + total * 4 * (1 if cuda else 2)  # fp32 tensors, plus the file's pages on CPU
     return MemoryPlan(
         parameters=total, trainable_parameters=trainable, devices=devices,
-        max_micro_batch_tokens=tokens[worst],
+        max_micro_batch_tokens=max(tokens), max_forward_tokens=worst.n_tokens,
         tokens_per_step=int(math.fsum(tokens) / len(tokens) * config.grad_accum_steps * devices),
         weights_gib=weights / GIB, trainable_state_gib=state / GIB, activations_gib=activations / GIB,
         logits_gib=logits / GIB, runtime_gib=runtime / GIB, load_peak_gib=load_peak / GIB,

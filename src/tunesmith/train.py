@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .attention import use_packed_attention
-from .batching import Batch, epoch_plan, eval_batches, loss_sum, micro_batches
+from .batching import Batch, epoch_plan, eval_batches, loss_sum, micro_batches, split_batch
 from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, gather_trained, gather_weights,
                          list_complete, load_checkpoint, read_trainable, rng_state, save_checkpoint)
 from .forgetting import ReplaySource, kl_to_base_loss, measure_probes_fast, probe_metrics_row, within_budget
@@ -97,32 +97,36 @@ def evaluate(model: Any, batches: list[Batch], device: torch.device, dtype: torc
 
 
 def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torch.dtype,
-                   group_trained: int | None = None, kl_term: KLTerm | None = None) -> float:
+                   group_trained: int | None = None, kl_term: KLTerm | None = None,
+                   forward_tokens: int | None = None) -> float:
     """Accumulate this process's gradients of one optimizer step; returns its share of the step's
     mean loss per trained token.
 
     Each micro-batch's summed loss is divided by the trained tokens of the whole step (across
     micro-batches and processes, `group_trained`), not by the number of micro-batches, so two
     micro-batches of N/2 give exactly the gradient of one batch of N whatever their token counts
-    (the accumulation bug that bit HF Trainer users). DDP averages gradients over processes, so
-    each process scales its part by the world size to make that average the sum (FSDP's
-    reduce-scatter averages the same way). `kl_term` adds
+    (the accumulation bug that bit HF Trainer users). The same makes a micro-batch of more than
+    `forward_tokens` tokens safe to run in pieces (`split_batch`). DDP averages gradients over
+    processes, so each process scales its part by the world size to make that average the sum
+    (FSDP's reduce-scatter averages the same way). `kl_term` adds
     weight x KL(base || tuned) on general text, averaged over the step's micro-batches.
     """
     n_trained = group_trained or sum(b.n_trained for b in group)
     world = accelerator.num_processes
     total = 0.0
     for i, batch in enumerate(group):
-        sync = contextlib.nullcontext() if i == len(group) - 1 else accelerator.no_sync(model)
-        with sync:
-            with autocast(accelerator.device, dtype):
-                loss = loss_sum(model, batch, accelerator.device) / n_trained
-                if kl_term is not None:
-                    kl = kl_to_base_loss(model, kl_term.batches[i], kl_term.base_model,
-                                         inner=accelerator.unwrap_model(model))
-                    loss = loss + kl_term.weight * kl / (len(group) * world)
-            accelerator.backward(loss * world)
-        total += float(loss.detach())
+        pieces = split_batch(batch, forward_tokens)
+        for j, piece in enumerate(pieces):
+            last = i == len(group) - 1 and j == len(pieces) - 1
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                with autocast(accelerator.device, dtype):
+                    loss = loss_sum(model, piece, accelerator.device) / n_trained
+                    if kl_term is not None and j == 0:
+                        kl = kl_to_base_loss(model, kl_term.batches[i], kl_term.base_model,
+                                             inner=accelerator.unwrap_model(model))
+                        loss = loss + kl_term.weight * kl / (len(group) * world)
+                accelerator.backward(loss * world)
+            total += float(loss.detach())
     return total
 
 
@@ -303,6 +307,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     if config.compile:
         console.print(f"compiling {compile_layers(model)} decoder layers (torch.compile): the first steps wait for it")
     micro_per_step = config.grad_accum_steps * world  # global batch = micro-batch x accumulation x processes
+    forward_tokens = config.forward_token_limit(accelerator.device.type)
     fg = config.forgetting
     # Full fine-tuning changes every weight, so the base for probes and KL is a frozen copy; with
     # adapters it is the same model with the adapters disabled (no second copy).
@@ -357,7 +362,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
         f"[bold]tunesmith train[/] {config.method} on {config.model}: {len(data.train)} train / {len(data.val)} "
         f"val examples, {config.epochs:g} epoch(s) = {total_steps} steps of {step_size} "
         f"({per_micro} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es)"
-        f"{', sharded (FSDP)' if sharded else ''}, packed: 0% padding), lr {config.lr:g}, {n_trainable:,} trainable parameters, "
+        f"{', sharded (FSDP)' if sharded else ''}, packed: 0% padding"
+        f"{f', at most {forward_tokens} tokens a forward pass' if forward_tokens else ''}), lr {config.lr:g}, {n_trainable:,} trainable parameters, "
         f"precision {str(dtype).removeprefix('torch.')}, output {run.path}"
     )
 
@@ -405,7 +411,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
                     kl_batches = [replay.batch(b.n_trained) for b in batches]
                     kl_term = KLTerm(fg.kl_weight, kl_batches[rank::world], base_copy)
             step_loss = backward_group(model, batches[rank::world], accelerator, dtype,
-                                       group_trained=sum(b.n_trained for b in batches), kl_term=kl_term)
+                                       group_trained=sum(b.n_trained for b in batches), kl_term=kl_term,
+                                       forward_tokens=forward_tokens)
             if world > 1:
                 step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "sum"))
             grad_norm = float(accelerator.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else math.inf))
