@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .attention import use_packed_attention
+from .swiglu import use_fused_swiglu
 from .batching import Batch, epoch_plan, eval_batches, loss_sum, micro_batches, split_batch
 from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, gather_trained, gather_weights,
                          list_complete, load_checkpoint, read_trainable, rng_state, save_checkpoint)
@@ -297,6 +298,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     dtype = compute_dtype(config.precision)
     base = load_model(config.model, trust_remote_code=config.trust_remote_code, quantize_4bit=config.method == "qlora")
     use_packed_attention(base)
+    use_fused_swiglu(base)
     model = add_adapter(base, config.method, config.lora, frozen_dtype=dtype,
                         gradient_checkpointing=config.gradient_checkpointing)
 
