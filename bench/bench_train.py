@@ -8,8 +8,10 @@ both sides, AdamW, the same peak learning rate with warmup + cosine, micro-batch
 bf16 autocast, the same number of optimizer steps; and full fine-tuning the same way (`*_full`).
 Systems run in separate processes, alternating round by round, so a noisy machine hits them
 alike; tokens/s leaves out every system's first step; medians over rounds are reported, then
-ratios. `tunesmith_compiled` (LoRA with `compile: true`) runs when named in --systems. The last
-line printed is one JSON object for scripts.
+ratios. MFU counts the model's FLOPs per real token as Megatron-LM does (blocks, adapters, the
+output layer where a loss is taken, causal attention per example; see `model_flops`) against a
+bf16 matmul peak measured here. `tunesmith_compiled` (LoRA with `compile: true`) runs when named
+in --systems. The last line printed is one JSON object for scripts.
 
     python bench/bench_train.py [--steps 30] [--rounds 3] [--data varlen] [--systems tunesmith,trl_padding,...]
     python bench/bench_train.py --scaling      # tunesmith tokens/s and peak RSS vs sequence length and model size
@@ -244,14 +246,11 @@ def compare(args) -> None:
             results[system].append(spawn(system, args))
             print(f"round {round_no + 1} {system}: {results[system][-1]}", flush=True)
     peak = matmul_peak_gflops()
-    body = body_params(args.model)
+    flops = {full: model_flops(args.model, args.train, args.steps, full) for full in (False, True)}
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k in results[s][0]} for s in systems}
     print(f"\n{'system':<18}{'real tok/s':>12}{'peak RSS GiB':>14}{'padding':>9}{'val loss':>10}{'MFU':>7}")
     for s in systems:
-        # Useful work per real token, non-embedding weights only (the PaLM convention without the
-        # attention term, so it understates): forward 2N and backward through activations 2N;
-        # full fine-tuning adds 2N for the weight gradients.
-        flops_per_token = (6 if s.endswith("full") else 4) * body
+        flops_per_token = sum(flops[s.endswith("full")].values())  # model FLOPs per real token
         med[s]["mfu"] = med[s]["tokens_per_s"] * flops_per_token / (peak * 1e9)
         print(f"{s:<18}{med[s]['tokens_per_s']:>12.0f}{med[s]['peak_rss_gib']:>14.2f}"
               f"{med[s]['padding_fraction']:>9.1%}{med[s]['val_loss']:>10.4f}{med[s]['mfu']:>7.1%}")
@@ -260,7 +259,10 @@ def compare(args) -> None:
                "val_loss": {s: med[s]["val_loss"] for s in systems},
                "padding_fraction": {s: med[s]["padding_fraction"] for s in systems},
                "mfu": med.get("tunesmith", {}).get("mfu"), "mfu_by_system": {s: med[s]["mfu"] for s in systems},
-               "matmul_peak_gflops": peak, "steps": args.steps, "rounds": args.rounds}
+               "matmul_peak_gflops": peak,
+               "model_flops_per_token": {"lora": flops[False], "full": flops[True]},
+               "mfu_blocks_only": med.get("tunesmith", {}).get("tokens_per_s", 0) * flops[False]["blocks"] / (peak * 1e9),
+               "steps": args.steps, "rounds": args.rounds}
 
     def ratio(ours: str, theirs: str, key: str) -> float | None:
         return med[ours][key] / med[theirs][key] if ours in med and theirs in med else None
@@ -283,6 +285,39 @@ def body_params(model: Path) -> int:
     h, inter, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
     kv = config["num_key_value_heads"] * (config.get("head_dim") or h // config["num_attention_heads"])
     return layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
+
+
+def model_flops(model: Path, train: Path, steps: int, full: bool) -> dict[str, float]:
+    """Model FLOPs per real token of the measured steps (2..N, tunesmith's micro-batches), by part.
+
+    Counted as Megatron-LM counts (Narayanan et al., 2021), the matmuls the model's math needs,
+    whatever an implementation adds or skips: the blocks' weights (forward 2, gradient to the
+    activations 2, and 2 more for the weights' own gradients when they are trained), the LoRA
+    adapters (trained: 6 per weight), the output layer on the positions that carry a loss (untrained
+    prompt logits are not part of the loss), and causal attention over each example's own tokens
+    (scores and weighted sum, forward 4 and backward 8 per query-key pair and width). Embedding
+    lookups, norms and activations are left out. The same count serves every system: it is the
+    work per real token, so MFU ratios are tokens/s ratios.
+    """
+    from tunesmith.batching import micro_batches
+    from tunesmith.data import read_records, tokenize_records
+    from tunesmith.models import load_tokenizer
+
+    config = json.loads((Path(model) / "config.json").read_text())
+    h, inter, layers, vocab = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
+    head_dim = config.get("head_dim") or h // config["num_attention_heads"]
+    q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
+    r = 16  # tunesmith's default rank, used on both sides
+    lora = layers * r * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + inter) + (inter + h))
+    examples, _ = tokenize_records(read_records(train), load_tokenizer(str(model)), 1024)
+    batches = [b for _, _, b in itertools.islice(micro_batches(examples, 8, 0), steps)][1:]
+    tokens = sum(b.n_tokens for b in batches)
+    trained = sum(b.n_trained for b in batches)
+    pairs = sum(int(n) * (int(n) + 1) // 2 for b in batches for n in b.bounds.diff())  # causal query-key pairs
+    weight = 6 if full else 4
+    parts = {"blocks": weight * body_params(model) * tokens, "lora": 0 if full else 6 * lora * tokens,
+             "head": weight * vocab * h * trained, "attention": 12 * layers * q * pairs}
+    return {k: v / tokens for k, v in parts.items()}
 
 
 def scaling(args) -> None:
