@@ -298,7 +298,8 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     dtype = compute_dtype(config.precision)
     base = load_model(config.model, trust_remote_code=config.trust_remote_code, quantize_4bit=config.method == "qlora")
     use_packed_attention(base)
-    use_fused_swiglu(base)
+    if not config.compile:  # inductor picks what to save itself, and the custom function only slows it
+        use_fused_swiglu(base)
     model = add_adapter(base, config.method, config.lora, frozen_dtype=dtype,
                         gradient_checkpointing=config.gradient_checkpointing)
 
