@@ -159,8 +159,9 @@ class TrainConfig:
     """Recompute activations in the backward pass: about a third more compute for much less memory."""
     compile: bool = False
     """torch.compile each decoder layer (inductor): fused kernels after a compilation at the first
-    step. On a 2-core CPU: +10-19% tokens/s and less memory for 17-55 s of compiling
-    (docs/benchmarks.md); off by default because short runs lose that time and it needs a C++ compiler."""
+    step. On a 2-core CPU: 14% less peak memory and no faster than eager since eager's own memory
+    and cast work, for 17-55 s of compiling (docs/benchmarks.md); off by default because short
+    runs lose that time and it needs a C++ compiler."""
     distributed: Literal["ddp", "fsdp"] = "ddp"
     """How several processes (torchrun / accelerate launch) share the work: ddp replicates the model,
     fsdp shards parameters, gradients and optimizer state (torch FSDP2, on GPUs and on CPU processes over
