@@ -284,7 +284,7 @@ def test_split_batch_keeps_a_long_example_whole_and_small_batches_as_they_are(ti
     assert torch.equal(pieces[1].position_ids, batch.position_ids[:, batch.bounds[1]:batch.bounds[2]])
 
 
-def test_forward_tokens_default_splits_on_cpu_only(tmp_path):
+def test_forward_tokens_default_splits_on_cpu_only():
     config = load_config(None, {"data": "x.jsonl"})
     assert config.forward_token_limit("cpu") == 1024 and config.forward_token_limit("cuda") is None
     assert load_config(None, {"data": "x.jsonl", "forward_tokens": 0}).forward_token_limit("cpu") is None

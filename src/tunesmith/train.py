@@ -23,7 +23,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .attention import use_packed_attention
-from .swiglu import use_fused_swiglu
 from .batching import Batch, epoch_plan, eval_batches, loss_sum, micro_batches, split_batch
 from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, gather_trained, gather_weights,
                          list_complete, load_checkpoint, read_trainable, rng_state, save_checkpoint)
@@ -35,6 +34,7 @@ from .data.check import check_files
 from .models import add_adapter, load_model, load_tokenizer, save_trained
 from .rundir import RunDir, RunDirError
 from .sharding import compile_layers, local_share, shard_model
+from .swiglu import use_fused_swiglu
 
 _STEP_NAME = re.compile(r"^step-\d+$")
 
