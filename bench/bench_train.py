@@ -300,6 +300,7 @@ def model_flops(model: Path, train: Path, steps: int, full: bool) -> dict[str, f
     work per real token, so MFU ratios are tokens/s ratios.
     """
     from tunesmith.batching import micro_batches
+    from tunesmith.config import LoraConfig
     from tunesmith.data import read_records, tokenize_records
     from tunesmith.models import load_tokenizer
 
@@ -307,7 +308,7 @@ def model_flops(model: Path, train: Path, steps: int, full: bool) -> dict[str, f
     h, inter, layers, vocab = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
     head_dim = config.get("head_dim") or h // config["num_attention_heads"]
     q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
-    r = 16  # tunesmith's default rank, used on both sides
+    r = LoraConfig().r  # tunesmith's default rank, used on both sides (run_trl reads it too)
     lora = layers * r * ((h + q) + 2 * (h + kv) + (q + h) + 2 * (h + inter) + (inter + h))
     examples, _ = tokenize_records(read_records(train), load_tokenizer(str(model)), 1024)
     batches = [b for _, _, b in itertools.islice(micro_batches(examples, 8, 0), steps)][1:]
