@@ -51,7 +51,7 @@ def build_model(folder: Path, shape: str = "135M", seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tunesmith.models import load_tokenizer, resolve_model_path
+    from tunesmith.model.loading import load_tokenizer, resolve_model_path
 
     source = resolve_model_path("smollm2-135m-instruct")
     config = AutoConfig.from_pretrained(source)
@@ -100,9 +100,9 @@ def validation_loss(model, val: Path, tokenizer) -> float:
     """Mean loss per trained token with tunesmith's own evaluation, for every system alike."""
     import torch
 
-    from tunesmith.batching import eval_batches
     from tunesmith.data import read_records, tokenize_records
     from tunesmith.train import evaluate
+    from tunesmith.training.batching import eval_batches
 
     examples, _ = tokenize_records(read_records(val), tokenizer, 1024)
     return evaluate(model, eval_batches(examples, 8), torch.device("cpu"), torch.bfloat16)
@@ -146,8 +146,8 @@ def run_trl(args, padding_free: bool, full: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from tunesmith.batching import epoch_order
     from tunesmith.config import LoraConfig as TunesmithLora
+    from tunesmith.training.batching import epoch_order
 
     def pairs(path: Path) -> Dataset:
         """Rows in tunesmith's first-epoch order (seed 0), read in sequence: the same micro-batches."""
@@ -299,10 +299,10 @@ def model_flops(model: Path, train: Path, steps: int, full: bool) -> dict[str, f
     lookups, norms and activations are left out. The same count serves every system: it is the
     work per real token, so MFU ratios are tokens/s ratios.
     """
-    from tunesmith.batching import micro_batches
     from tunesmith.config import LoraConfig
     from tunesmith.data import read_records, tokenize_records
-    from tunesmith.models import load_tokenizer
+    from tunesmith.model.loading import load_tokenizer
+    from tunesmith.training.batching import micro_batches
 
     config = json.loads((Path(model) / "config.json").read_text())
     h, inter, layers, vocab = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))

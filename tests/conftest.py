@@ -60,15 +60,16 @@ def build_model_dir(path: Path, chat_template: str | None = CHATML, seed: int = 
 
 @pytest.fixture(scope="session", autouse=True)
 def private_caches(tmp_path_factory):
-    """Tokenized data and base-model probe results go to a per-session folder, never the user's
-    cache (the converted default model stays shared: the slow tests reuse it)."""
-    import tunesmith.data.cache
-    import tunesmith.forgetting.measure
+    """Every cache (TUNESMITH_CACHE_DIR) goes to a per-session folder, never the user's, except the
+    converted default model, linked in from the user's cache: the slow tests reuse it."""
+    from tunesmith.config import cache_dir
 
+    shared_models = cache_dir() / "models"
+    shared_models.mkdir(parents=True, exist_ok=True)
     folder = tmp_path_factory.mktemp("cache")
+    (folder / "models").symlink_to(shared_models, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tunesmith.data.cache, "tokens_dir", lambda: folder / "tokens")
-        patch.setattr(tunesmith.forgetting.measure, "cache_dir", lambda: folder)
+        patch.setenv("TUNESMITH_CACHE_DIR", str(folder))
         yield folder
 
 

@@ -7,7 +7,7 @@ import pytest
 from tunesmith.chat import ChatSession, chat_loop
 from tunesmith.data.render import encode_prompt
 from tunesmith.generate import generate, load_run
-from tunesmith.streaming import ReplyStream, Sampling, complete
+from tunesmith.inference.streaming import ReplyStream, Sampling, complete
 
 
 @pytest.fixture(scope="module")

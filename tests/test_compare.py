@@ -14,19 +14,19 @@ from tunesmith.cli import main
 from tunesmith.compare import SYSTEMS, format_table, per_question_scores, summarize_system
 from tunesmith.data import QA, encode_prompt
 from tunesmith.data.render import end_of_turn_ids
+from tunesmith.evaluation.bootstrap import bootstrap_ci
+from tunesmith.evaluation.recommend import Delta, Evidence, recommend
+from tunesmith.evaluation.text_metrics import answer_length, rouge_l, style_markers, style_match, token_f1
 from tunesmith.forgetting.scoring import generate_greedy
 from tunesmith.generate import generate, generate_batch, load_run
-from tunesmith.metrics import answer_length, rouge_l, style_markers, style_match, token_f1
-from tunesmith.recommend import Delta, Evidence, recommend
 from tunesmith.retrieval import RetrievalSettings, Retriever
-from tunesmith.stats import bootstrap_ci
 
 UP, DOWN, FLAT = Delta(0.2, 0.1, 0.3), Delta(-0.2, -0.3, -0.1), Delta(0.01, -0.05, 0.07)
 
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
     # Style markers are contrasted with general text; two sentences keep the test fast.
     monkeypatch.setattr(compare_module, "general_texts", lambda: ["The cat sat on the mat.", "It is what it is."])
 
@@ -135,7 +135,7 @@ def retriever(tiny_run, embedder):
 
 def test_chat_with_knowledge_puts_passages_in_the_prompt_only(tuned, retriever):
     from tunesmith.chat import chat_loop
-    from tunesmith.streaming import Sampling
+    from tunesmith.inference.streaming import Sampling
 
     model, tokenizer = tuned
     lines = iter(["How long does a permit take?", "/exit"])
@@ -153,7 +153,7 @@ def test_chat_with_knowledge_puts_passages_in_the_prompt_only(tuned, retriever):
 def test_serve_with_knowledge_answers_from_retrieved_passages(tuned, retriever):
     from starlette.testclient import TestClient
 
-    from tunesmith.serve import build_app
+    from tunesmith.serve.app import build_app
 
     model, tokenizer = tuned
     app = build_app(model, tokenizer, "tiny", allowed_hosts=["testserver"], retriever=retriever)

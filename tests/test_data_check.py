@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import CHATML, build_model_dir, faq_rows, write_jsonl
+from conftest import build_model_dir, faq_rows, write_jsonl
 from tunesmith import DataError, load_config, train
 from tunesmith.cli import main
 from tunesmith.data import encode_conversation, read_records, tokenize_records

@@ -28,7 +28,7 @@ def torchrun(*args, cache: Path) -> subprocess.CompletedProcess:
     """`tunesmith train` in two processes, caching in `cache` (not the user's cache): a fresh folder
     makes these processes compute the base model's probe values (under FSDP: `generate` on a
     sharded model)."""
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(cache)}
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "TUNESMITH_CACHE_DIR": str(cache)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), "-m", "tunesmith", "train", *args, "--no-progress"]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -8,10 +8,10 @@ from click.testing import CliRunner
 from tunesmith import load_config, train
 from tunesmith.cli import main
 from tunesmith.evaluate import TASK_SIZES, TaskSizes, evaluate_run
+from tunesmith.evaluation.report import LOSS_PNG, PROBES_PNG, TRADEOFF_PNG, write_report
 from tunesmith.forgetting import probes as probe_module
 from tunesmith.forgetting.probes import ProbeSizes
-from tunesmith.report import LOSS_PNG, PROBES_PNG, TRADEOFF_PNG, write_report
-from tunesmith.rundir import RunDir
+from tunesmith.training.rundir import RunDir
 
 TINY = ProbeSizes("standard", wiki_passages=4, wiki_max_tokens=48, analogies_per_section=1, trivia=4, kl_prompts=3,
                   kl_new_tokens=5)
@@ -32,7 +32,7 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(autouse=True)
 def small_and_private(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setitem(probe_module.PROBE_SIZES, "standard", TINY)
     monkeypatch.setitem(TASK_SIZES, "standard", TaskSizes(generate=2, max_new_tokens=6))
 

@@ -16,11 +16,13 @@ import torch
 
 from conftest import make_tiny_run
 from tunesmith.data.render import end_of_turn_ids
-from tunesmith.export import ExportError, export_run, logit_diff, sample_inputs
+from tunesmith.errors import ExportError
+from tunesmith.export.exporter import export_run
+from tunesmith.export.gguf import GGUF_TOLERANCE, permute_qk
+from tunesmith.export.parity import logit_diff, sample_inputs
 from tunesmith.generate import load_run
-from tunesmith.gguf_export import GGUF_TOLERANCE, permute_qk
-from tunesmith.models import load_gguf_model, load_model
-from tunesmith.rundir import RunDirError
+from tunesmith.model.loading import load_gguf_model, load_model
+from tunesmith.training.rundir import RunDirError
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -117,8 +119,8 @@ def test_gguf_round_trip(tiny_run, tuned, tmp_path, gguf_type):
 def test_gguf_q8_weights_are_exactly_the_quantized_merge(tiny_run, tmp_path):
     import gguf
 
-    from tunesmith.export import merged_model
-    from tunesmith.rundir import RunDir
+    from tunesmith.export.parity import merged_model
+    from tunesmith.training.rundir import RunDir
 
     export_run(tiny_run, "gguf", tmp_path / "q8", gguf_type="q8_0")
     merged, _, _ = merged_model(RunDir.open(tiny_run))

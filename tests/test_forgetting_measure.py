@@ -8,13 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from tunesmith.batching import pack_examples
 from tunesmith.config import ForgettingBudget, LoraConfig
-from tunesmith.forgetting import (ReplaySource, kl_to_base_loss, measure_probes, probe_metrics_row, replay_tokens,
-                                  within_budget)
+from tunesmith.forgetting import (
+    ReplaySource,
+    kl_to_base_loss,
+    measure_probes,
+    probe_metrics_row,
+    replay_tokens,
+    within_budget,
+)
 from tunesmith.forgetting.probes import ProbeSizes, TextItem, wiki_passages
 from tunesmith.forgetting.scoring import target_logprobs, text_example
-from tunesmith.models import add_adapter, load_model
+from tunesmith.model.loading import add_adapter, load_model
+from tunesmith.training.batching import pack_examples
 
 TINY = ProbeSizes("tiny", wiki_passages=4, wiki_max_tokens=48, analogies_per_section=1, trivia=4, kl_prompts=3,
                   kl_new_tokens=5)
@@ -23,9 +29,7 @@ TINY = ProbeSizes("tiny", wiki_passages=4, wiki_max_tokens=48, analogies_per_sec
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     """A probe cache per test, so that cache hits and misses are this test's own."""
-    import tunesmith.forgetting.measure
-
-    monkeypatch.setattr(tunesmith.forgetting.measure, "cache_dir", lambda: tmp_path / "cache" / "tunesmith")
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture
@@ -103,7 +107,7 @@ def test_base_results_are_cached_per_probe_set(base, tiny_tokenizer, tiny_model_
     again = measure_probes(tuned, tiny_tokenizer, str(tiny_model_dir), TINY, base_model=base)
     assert not first.base_cached and again.base_cached
     assert again.probes == first.probes
-    assert len(list((tmp_path / "cache" / "tunesmith" / "probes").glob("*.json"))) == 1
+    assert len(list((tmp_path / "cache" / "probes").glob("*.json"))) == 1
     other = ProbeSizes(**{**TINY.__dict__, "trivia": 5})
     assert not measure_probes(tuned, tiny_tokenizer, str(tiny_model_dir), other, base_model=base).base_cached
 

@@ -6,7 +6,7 @@ import pytest
 
 from tunesmith.config import DEFAULT_MODEL, LoraConfig
 from tunesmith.forgetting import measure_probes
-from tunesmith.models import add_adapter, load_model, load_tokenizer
+from tunesmith.model.loading import add_adapter, load_model, load_tokenizer
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tunesmith import load_config, train
-from tunesmith.checkpoint import list_complete
+from tunesmith.training.checkpoint import list_complete
 
 
 def settings(data, model, out, **extra):

@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunesmith import batching
-from tunesmith.batching import loss_sum, pack_examples
 from tunesmith.config import LoraConfig
 from tunesmith.data import Conversation, Message, encode_conversation
-from tunesmith.head_loss import chunked_head, linear_cross_entropy
-from tunesmith.models import add_adapter, load_model
+from tunesmith.model.head_loss import chunked_head, linear_cross_entropy
+from tunesmith.model.loading import add_adapter, load_model
+from tunesmith.training import batching
+from tunesmith.training.batching import loss_sum, pack_examples
 
 
 def examples(tokenizer, answers):
@@ -56,7 +56,7 @@ def test_model_loss_and_gradients_match_the_plain_head(tiny_model_dir, tiny_toke
                 torch.nn.init.normal_(p, std=0.1)
         if chunked:
             assert chunked_head(model) is not None
-            monkeypatch.setattr("tunesmith.head_loss.CHUNK_ROWS", 3)
+            monkeypatch.setattr("tunesmith.model.head_loss.CHUNK_ROWS", 3)
         else:
             monkeypatch.setattr(batching, "chunked_head", lambda model: None)
         loss = loss_sum(model, batch, device)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunesmith.metrics import exact_match, lcs_length, normalize_answer, rouge_l, token_f1
+from tunesmith.evaluation.text_metrics import exact_match, lcs_length, normalize_answer, rouge_l, token_f1
 
 
 def test_normalize_drops_case_punctuation_and_articles():

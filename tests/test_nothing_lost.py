@@ -1,5 +1,6 @@
 """Nothing lost: exact resume after kill -9, SIGTERM saves, non-finite stops, safe loading, retention."""
 
+import importlib
 import json
 import os
 import shutil
@@ -12,12 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import importlib
 from tunesmith import load_config, train
-from tunesmith.checkpoint import COMPLETE, CheckpointError, list_complete, refuse_pickles
-from tunesmith.models import ModelError, load_model
-from tunesmith.rundir import RunDirError
+from tunesmith.model.loading import ModelError, load_model
 from tunesmith.train import NonFiniteLossError
+from tunesmith.training.checkpoint import COMPLETE, CheckpointError, list_complete, refuse_pickles
+from tunesmith.training.rundir import RunDirError
 
 train_module = importlib.import_module("tunesmith.train")  # `tunesmith.train` is also the function
 SRC = str(Path(__file__).resolve().parents[1] / "src")

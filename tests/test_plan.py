@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from tunesmith import load_config
 from tunesmith.cli import main
 from tunesmith.config import LoraConfig
-from tunesmith.models import add_adapter, load_model
+from tunesmith.model.loading import add_adapter, load_model
 from tunesmith.plan import GIB, count_parameters, plan_memory
 
 

@@ -6,9 +6,18 @@ import pytest
 
 from tunesmith.data import DataError
 from tunesmith.data.probe_files import read_probe_file
-from tunesmith.forgetting.probes import (PROBE_SIZES, analogy_items, build_probes, general_prompts, probe_fingerprint,
-                                         split_wiki_articles, strip_wiki_markup, trivia_items, wiki_articles,
-                                         wiki_passages)
+from tunesmith.forgetting.probes import (
+    PROBE_SIZES,
+    analogy_items,
+    build_probes,
+    general_prompts,
+    probe_fingerprint,
+    split_wiki_articles,
+    strip_wiki_markup,
+    trivia_items,
+    wiki_articles,
+    wiki_passages,
+)
 
 
 def test_markup_is_stripped():

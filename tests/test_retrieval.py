@@ -10,7 +10,13 @@ import pytest
 from tunesmith.data import DataError, encode_prompt
 from tunesmith.data.knowledge import knowledge_sha256, read_knowledge
 from tunesmith.retrieval import (
-    RetrievalSettings, Retriever, VectorIndex, chunk_words, fit_passages, load_or_build_index, with_passages,
+    RetrievalSettings,
+    Retriever,
+    VectorIndex,
+    chunk_words,
+    fit_passages,
+    load_or_build_index,
+    with_passages,
 )
 
 FACTS = [
@@ -32,7 +38,7 @@ QUESTIONS = [  # (question, index of the fact that answers it)
 
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture

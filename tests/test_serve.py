@@ -20,8 +20,8 @@ import pytest
 from tunesmith.config import ConfigError, ServeLimits
 from tunesmith.data.render import encode_prompt
 from tunesmith.generate import generate, load_run
-from tunesmith.serve import build_app, host_name
-from tunesmith.serve_protocol import RequestError, parse_chat_request, parse_completion_request
+from tunesmith.serve.app import build_app, host_name
+from tunesmith.serve.protocol import RequestError, parse_chat_request, parse_completion_request
 
 KEY = "sk-test-key"
 MODEL_ID = "tiny-lora"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tunesmith.stats import paired_bootstrap_ci, paired_summary, ratio_metric
+from tunesmith.evaluation.bootstrap import paired_bootstrap_ci, paired_summary, ratio_metric
 
 
 def test_coverage_of_a_known_mean_is_near_95_percent():

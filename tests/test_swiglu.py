@@ -2,8 +2,8 @@
 
 import torch
 
-from tunesmith.models import load_model
-from tunesmith.swiglu import is_swiglu_mlp, silu_mul, use_fused_swiglu
+from tunesmith.model.loading import load_model
+from tunesmith.model.swiglu import is_swiglu_mlp, silu_mul, use_fused_swiglu
 
 
 def test_silu_mul_matches_autograd_bit_for_bit():

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-import tunesmith.data
+import tunesmith.data.cache
 from conftest import build_tokenizer, write_jsonl
 from tunesmith.data import file_sha256, prepare_data, read_records, tokenize_records
 from tunesmith.data.cache import entry_path, tokenize_file
@@ -39,7 +39,7 @@ def test_a_cache_hit_does_not_tokenize(faq_path, tiny_tokenizer, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("tokenized again")
 
-    monkeypatch.setattr(tunesmith.data, "tokenize_records", fail)
+    monkeypatch.setattr(tunesmith.data.cache, "tokenize_records", fail)
     data = prepare_data(str(faq_path), None, tiny_tokenizer, 64, 0.25, 0)
     assert data.train and data.val
 

@@ -4,17 +4,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from accelerate import Accelerator
+from safetensors import safe_open
 
 from tunesmith import load_config, train
-from tunesmith.batching import loss_sum, pack_examples, split_batch
 from tunesmith.config import ConfigError, LoraConfig
 from tunesmith.data import Conversation, Message, encode_conversation
 from tunesmith.generate import load_run
-from tunesmith.models import add_adapter, load_model
-from tunesmith.sharding import compile_layers, decoder_layers
+from tunesmith.model.loading import add_adapter, load_model
+from tunesmith.model.sharding import compile_layers, decoder_layers
 from tunesmith.train import backward_group
+from tunesmith.training.batching import loss_sum, pack_examples, split_batch
 
 
 def examples(tokenizer, answers):
@@ -161,7 +161,7 @@ def test_qlora_says_clearly_what_it_needs(tiny_model_dir, faq_file, tmp_path):
     import pytest
 
     from tunesmith.config import ConfigError
-    from tunesmith.models import ModelError
+    from tunesmith.model.loading import ModelError
 
     if torch.cuda.is_available():
         pytest.skip("on CUDA these paths run for real")
@@ -175,7 +175,7 @@ def test_qlora_says_clearly_what_it_needs(tiny_model_dir, faq_file, tmp_path):
 
 
 def test_packed_attention_equals_examples_one_at_a_time(tiny_model_dir, tiny_tokenizer):
-    from tunesmith.attention import use_packed_attention
+    from tunesmith.model.attention import use_packed_attention
 
     exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
     model = load_model(str(tiny_model_dir)).eval()
@@ -193,7 +193,7 @@ def test_packed_attention_equals_examples_one_at_a_time(tiny_model_dir, tiny_tok
 
 
 def test_best_fit_bins_respect_the_budget_and_fill_tightly():
-    from tunesmith.batching import best_fit_bins
+    from tunesmith.training.batching import best_fit_bins
 
     lengths = [7, 5, 4, 3, 3, 2, 2, 1, 1]
     bins = best_fit_bins(lengths, 10)
@@ -205,7 +205,7 @@ def test_best_fit_bins_respect_the_budget_and_fill_tightly():
 
 
 def test_token_budget_epochs_cover_every_example_once_and_resume_mid_epoch(tiny_tokenizer):
-    from tunesmith.batching import epoch_plan, micro_batches
+    from tunesmith.training.batching import epoch_plan, micro_batches
 
     exs = examples(tiny_tokenizer, [f"Answer number {i} " + "word " * (i % 7) for i in range(23)])
     budget = 3 * max(len(e.input_ids) for e in exs)

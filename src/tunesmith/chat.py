@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from .data.render import encode_prompt
-from .streaming import ReplyStream, Sampling
+from .inference.streaming import ReplyStream, Sampling
 
 HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
 

@@ -12,13 +12,13 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from .checkpoint import CheckpointError
 from .compare import CompareSettings
 from .config import ConfigError, load_config
 from .data import DataError, TemplateError
-from .models import ModelError
+from .model.loading import ModelError
 from .retrieval import RetrievalSettings
-from .rundir import RunDir, RunDirError
+from .training.checkpoint import CheckpointError
+from .training.rundir import RunDir, RunDirError
 
 # Errors a user can fix: printed as one clear message, no traceback.
 USER_ERRORS = (ConfigError, DataError, ModelError, RunDirError, TemplateError, FileNotFoundError, CheckpointError)
@@ -198,13 +198,12 @@ def data_group() -> None:
 def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
                        max_line_bytes: int | None, show: int, as_json: bool) -> None:
     """Check DATA (a data file or a CONFIG.yaml): exit 0 clean, 1 errors, 2 usage errors."""
-    import dataclasses
     import json
 
     from .data import resolve_data_path
     from .data.check import check_files, render_preview
     from .data.limits import CheckLimits
-    from .models import load_tokenizer
+    from .model.loading import load_tokenizer
 
     try:
         if Path(data).suffix.lower() in (".yaml", ".yml"):
@@ -259,7 +258,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /exit)."""
     from .chat import chat_loop
     from .generate import load_run
-    from .streaming import Sampling
+    from .inference.streaming import Sampling
 
     augment = None
     try:
@@ -293,7 +292,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
 def export_command(run: str, fmt: str, output: str | None, gguf_type: str, tolerance: float | None,
                    overwrite: bool) -> None:
     """Export RUN as a peft adapter with a card, a merged Hugging Face model, or GGUF + Ollama Modelfile."""
-    from .export import ExportError, export_run
+    from .export.exporter import ExportError, export_run
 
     try:
         result = export_run(run, fmt, output, tolerance=tolerance, gguf_type=gguf_type, overwrite=overwrite,
@@ -318,7 +317,7 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
                   model_name: str | None, max_tokens: int | None, max_queued: int | None, knowledge: str | None) -> None:
     """Serve RUN over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from .config import ServeLimits
-    from .serve import serve
+    from .serve.app import serve
 
     overrides = {k: v for k, v in (("max_tokens", max_tokens), ("max_queued", max_queued)) if v is not None}
     if max_tokens is not None:

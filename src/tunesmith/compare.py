@@ -17,14 +17,14 @@ import numpy as np
 
 from .config import TrainConfig
 from .data import QA, DataError, DataIssue, answered_questions, encode_prompt, prepare_data, read_records
-from .data.render import end_of_turn_ids
+from .data.render import end_of_turn_ids, pad_id
+from .evaluation.bootstrap import bootstrap_ci, paired_summary
+from .evaluation.recommend import Delta, Evidence, recommend
+from .evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
 from .forgetting.measure import base_view
 from .generate import GENERATION_BATCH, generate_batch, load_run
-from .metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
-from .recommend import Delta, Evidence, recommend
 from .retrieval import RetrievalSettings, Retriever
-from .rundir import RunDir
-from .stats import bootstrap_ci, paired_summary
+from .training.rundir import RunDir
 
 SYSTEMS = ("base", "base+rag", "tuned", "tuned+rag")
 METRICS = ("token_f1", "rouge_l", "exact_match", "length_ratio", "style_match")
@@ -151,16 +151,14 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
                 ) -> dict[str, Any]:
     """Answer held-out and training questions with the four systems; score, recommend, write
     RUN/compare.json and return its content."""
-    from .models import load_model
+    from .model.loading import load_base_copy
 
     log = log or (lambda message: None)
     started = time.perf_counter()
     run = RunDir.open(run_path)
     config = run.config()
     model, tokenizer = load_run(run.path)
-    # Full fine-tuning has no adapters to switch off: the base is a second, frozen copy.
-    base_model = load_model(config.model, trust_remote_code=config.trust_remote_code).eval() \
-        if config.method == "full" else None
+    base_model = load_base_copy(config)
     view = base_view(model, base_model)
     unseen, seen = question_splits(config, tokenizer, eval_data)
     if not unseen:
@@ -176,7 +174,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     rag = [encode_prompt(retriever.augment_with(q.messages, h, tokenizer, budget), tokenizer)
            for q, h in zip(questions, hits)]
     eos = sorted(end_of_turn_ids(tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    pad = pad_id(tokenizer)
     generate = lambda m: generate_batch(m, plain + rag, settings.max_new_tokens, eos, pad, settings.batch_size)  # noqa: E731
     log(f"compare: {len(questions)} questions x 4 systems ({len(unseen)} held-out, {len(seen)} from training)")
     timer = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -12,17 +13,27 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .errors import ConfigError
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 METHODS = ("lora", "dora", "full", "qlora")
 CPU_FORWARD_TOKENS = 1024  # a CPU matmul is as fast per token at 1,024 rows as at 2,000 (docs/benchmarks.md)
 
 
+
+def cache_dir() -> Path:
+    """tunesmith's cache (converted models, token cache, probe results, retrieval indexes):
+    $TUNESMITH_CACHE_DIR when set, else tunesmith/ under the user's cache directory
+    ($XDG_CACHE_HOME, or ~/.cache). Tests and CI point the setting at a temporary folder."""
+    if os.environ.get("TUNESMITH_CACHE_DIR"):
+        return Path(os.environ["TUNESMITH_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tunesmith"
+
+
 # Keys holding nested config sections, each built by its own function rather than coerced.
 _NESTED_SECTIONS = ("lora", "forgetting", "budget")
 
-
-class ConfigError(ValueError):
-    """A config file or flag that cannot be used; the message says where and how to fix it."""
 
 
 @dataclass(frozen=True)

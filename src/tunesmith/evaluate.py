@@ -16,13 +16,13 @@ import numpy as np
 from .config import TrainConfig
 from .data import answered_questions, encode_prompt, prepare_data, read_records
 from .data.probe_files import read_probe_file
-from .data.render import end_of_turn_ids
+from .data.render import end_of_turn_ids, pad_id
+from .evaluation.bootstrap import paired_summary
+from .evaluation.text_metrics import exact_match, rouge_l, token_f1
 from .forgetting.budget import budget_checks
 from .forgetting.measure import base_view, measure_probes
 from .forgetting.scoring import generate_greedy, target_logprobs
-from .metrics import exact_match, rouge_l, token_f1
-from .rundir import RunDir, write_atomic
-from .stats import paired_summary
+from .training.rundir import RunDir, write_atomic
 
 SAMPLES_SHOWN = 5
 """Generated answers quoted in eval.json and the report, base beside tuned."""
@@ -72,7 +72,7 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
     log(f"task: generating {len(pairs)} answers with each model")
     prompts = [encode_prompt(messages, tokenizer) for messages, _ in pairs]
     eos = sorted(end_of_turn_ids(tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    pad = pad_id(tokenizer)
     with view() as base:
         base_out = generate_greedy(base, prompts, sizes.max_new_tokens, eos, pad)
     tuned_out = generate_greedy(model, prompts, sizes.max_new_tokens, eos, pad)
@@ -118,9 +118,9 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
 
     lm_eval_tasks: optional lm-evaluation-harness task names (needs `pip install lm-eval` and a network).
     """
+    from .evaluation.report import write_report
     from .generate import load_run
-    from .models import load_model
-    from .report import write_report
+    from .model.loading import load_base_copy
 
     log = log or (lambda message: None)
     started = time.perf_counter()
@@ -133,9 +133,7 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
 
         require_lm_eval()
     model, tokenizer = load_run(run.path)
-    # Full fine-tuning has no adapters to switch off: the base is a second, frozen copy.
-    base_model = load_model(config.model, trust_remote_code=config.trust_remote_code).eval() \
-        if config.method == "full" else None
+    base_model = load_base_copy(config)
     view = base_view(model, base_model)
     preset = "full" if full else "standard"
     task = task_metrics(model, tokenizer, config, view, TASK_SIZES[preset], log)

@@ -8,8 +8,8 @@ from typing import Any, Sequence
 import torch
 
 from .data.render import encode_prompt, end_of_turn_ids
-from .models import load_tokenizer, load_tuned
-from .rundir import RunDir
+from .model.loading import load_tokenizer, load_tuned
+from .training.rundir import RunDir
 
 
 def load_run(run_path: str | Path) -> tuple[Any, Any]:

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from .batching import epoch_plan, pack_examples, split_batch
 from .config import TrainConfig
 from .data import prepare_data
-from .models import load_tokenizer, resolve_model_path
+from .model.loading import count_parameters, load_tokenizer
+from .model.precision import compute_dtype, frozen_weight_dtype
+from .training.batching import epoch_plan, pack_examples, split_batch
 
 GIB = 1024**3
 # Bytes kept for the backward pass per token, per layer, per unit of hidden width (bf16 autocast,
@@ -58,23 +59,6 @@ class MemoryPlan:
         return asdict(self)
 
 
-def count_parameters(model_name: str, method: str, lora_r: int, trust_remote_code: bool = False
-                     ) -> tuple[int, int, int, int, int, int]:
-    """(total, trainable, frozen linear, layers, hidden, vocab) counted on the meta device."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(resolve_model_path(model_name), trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    total = sum(p.numel() for p in model.parameters())
-    head = model.get_output_embeddings()
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
-    linear_params = sum(m.weight.numel() for m in linears)
-    lora = sum(lora_r * (m.in_features + m.out_features) for m in linears)
-    trainable = total if method == "full" else lora
-    return total, trainable, linear_params, config.num_hidden_layers, config.hidden_size, config.vocab_size
-
-
 def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None) -> MemoryPlan:
     """Peak memory per device of `config`, from the model's shape and the data's real token counts."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
@@ -89,13 +73,13 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     passes = [p for b in micro for p in split_batch(b, config.forward_token_limit("cuda" if cuda else "cpu"))]
     worst = max(passes, key=lambda p: p.n_tokens)  # activations are held for one forward pass at a time
 
-    bf16 = config.precision != "fp32"
+    frozen_bytes = frozen_weight_dtype(config.method, compute_dtype(config.precision)).itemsize
     if config.method == "full":
         weights = 0  # every weight is trained: counted in the trainable state
     elif config.method == "qlora":
         weights = linear_params // 2 + (total - linear_params) * 2  # NF4 linears, bf16 rest
     else:
-        weights = linear_params * (2 if bf16 else 4) + (total - linear_params) * 4
+        weights = linear_params * frozen_bytes + (total - linear_params) * 4
     state = trainable * 16
     per_token = CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN if config.gradient_checkpointing else \
         ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN

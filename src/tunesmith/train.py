@@ -22,19 +22,32 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .attention import use_packed_attention
-from .batching import Batch, epoch_plan, eval_batches, loss_sum, micro_batches, split_batch
-from .checkpoint import (TrainState, apply_retention, checkpoint_bytes, clean_stale, gather_trained, gather_weights,
-                         list_complete, load_checkpoint, read_trainable, rng_state, save_checkpoint)
-from .forgetting import ReplaySource, kl_to_base_loss, measure_probes_fast, probe_metrics_row, within_budget
 from .config import ConfigError, TrainConfig
 from .data import prepare_data
 from .data.cache import passed_check, record_check
 from .data.check import check_files
-from .models import add_adapter, load_model, load_tokenizer, save_trained
-from .rundir import RunDir, RunDirError
-from .sharding import compile_layers, local_share, shard_model
-from .swiglu import use_fused_swiglu
+from .errors import NonFiniteLossError
+from .forgetting import ReplaySource, kl_to_base_loss, measure_probes_fast, probe_metrics_row, within_budget
+from .model.attention import use_packed_attention
+from .model.loading import add_adapter, load_base_copy, load_model, load_tokenizer, save_trained
+from .model.precision import autocast, compute_dtype, frozen_weight_dtype
+from .model.sharding import compile_layers, local_share, shard_model
+from .model.swiglu import use_fused_swiglu
+from .training.batching import Batch, epoch_plan, eval_batches, loss_sum, micro_batches, split_batch
+from .training.checkpoint import (
+    TrainState,
+    apply_retention,
+    checkpoint_bytes,
+    clean_stale,
+    gather_trained,
+    gather_weights,
+    list_complete,
+    load_checkpoint,
+    read_trainable,
+    rng_state,
+    save_checkpoint,
+)
+from .training.rundir import RunDir, RunDirError
 
 _STEP_NAME = re.compile(r"^step-\d+$")
 
@@ -51,29 +64,6 @@ class TrainResult:
     """True when SIGTERM/SIGINT stopped the run after saving a checkpoint."""
     main_process: bool = True
     """False on the other ranks of a multi-process run (only rank 0 reports)."""
-
-
-def bf16_available() -> bool:
-    """bf16 where the hardware computes it natively: modern GPUs, CPUs with AVX-512 BF16 or AMX."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    cpu = torch.backends.cpu
-    return bool(getattr(cpu, "get_cpu_capability", lambda: "")() in ("AVX512", "AMX")) and (
-        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    )
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    """The autocast dtype of a run: bf16 when asked, or when `auto` and the hardware has it."""
-    if precision == "bf16" or (precision == "auto" and bf16_available()):
-        return torch.bfloat16
-    return torch.float32
-
-
-def autocast(device: torch.device, dtype: torch.dtype) -> Any:
-    """Mixed precision per call, not through accelerate's process-wide state, so that runs with
-    different precision can follow each other in one process (tests, notebooks)."""
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, min_lr_ratio: float) -> float:
@@ -160,9 +150,6 @@ def select_final(metrics: list[dict[str, Any]]) -> tuple[int | None, str]:
 def default_output(data: str) -> Path:
     return Path("runs") / f"{Path(data).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
-
-class NonFiniteLossError(RuntimeError):
-    """A NaN or infinite loss or gradient norm; the message names the step and the batch's rows."""
 
 
 class StopFlag:
@@ -300,7 +287,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     use_packed_attention(base)
     if not config.compile:  # inductor picks what to save itself, and the custom function only slows it
         use_fused_swiglu(base)
-    model = add_adapter(base, config.method, config.lora, frozen_dtype=dtype,
+    model = add_adapter(base, config.method, config.lora, frozen_dtype=frozen_weight_dtype(config.method, dtype),
                         gradient_checkpointing=config.gradient_checkpointing)
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -312,11 +299,7 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     micro_per_step = config.grad_accum_steps * world  # global batch = micro-batch x accumulation x processes
     forward_tokens = config.forward_token_limit(accelerator.device.type)
     fg = config.forgetting
-    # Full fine-tuning changes every weight, so the base for probes and KL is a frozen copy; with
-    # adapters it is the same model with the adapters disabled (no second copy).
-    needs_base = config.method == "full" and (fg.kl_weight > 0 or fg.measure_during_training)
-    base_copy = load_model(config.model, trust_remote_code=config.trust_remote_code).eval().requires_grad_(False) \
-        if needs_base else None
+    base_copy = load_base_copy(config, needed=fg.kl_weight > 0 or fg.measure_during_training)
     micro_per_epoch = len(epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens))
     steps_per_epoch = math.ceil(micro_per_epoch / micro_per_step)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))

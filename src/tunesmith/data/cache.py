@@ -20,16 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from .records import read_records
-from .render import Example
+from ..config import cache_dir
+from .records import file_sha256, read_records
+from .render import Example, tokenize_records
 
 CACHE_VERSION = 1
 """Bump when rendering changes what a row tokenizes to, so old entries are not reused."""
 
 
 def tokens_dir() -> Path:
-    from ..models import cache_dir
-
     return cache_dir() / "tokens"
 
 
@@ -87,8 +86,6 @@ def _write_entry(entry: Path, examples: list[Example], warnings: list[str]) -> N
 def tokenize_file(path: str | Path, file_sha: str, tokenizer: Any, max_seq_tokens: int,
                   use_cache: bool = True) -> tuple[list[Example], list[str]]:
     """(examples, warnings) of one data file, from the cache when it holds them."""
-    from . import tokenize_records
-
     entry = entry_path(path, file_sha, tokenizer, max_seq_tokens)
     if use_cache and (cached := _read_entry(entry)) is not None:
         return cached
@@ -101,8 +98,6 @@ def tokenize_file(path: str | Path, file_sha: str, tokenizer: Any, max_seq_token
 
 
 def _check_marker(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int) -> Path:
-    from . import file_sha256
-
     # The check of a train file depends on the eval file too (leakage between them), and its
     # warnings name both by path.
     files = [(str(f), file_sha256(f)) for f in (data, eval_data) if f is not None]
@@ -121,7 +116,7 @@ def passed_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any,
 def record_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
                  warning_lines: list[str]) -> None:
     """Remember that the check passed on these inputs, with the warnings it printed."""
-    from ..rundir import write_atomic
+    from ..training.rundir import write_atomic
 
     try:
         write_atomic(_check_marker(data, eval_data, tokenizer, max_seq_tokens), json.dumps(warning_lines))

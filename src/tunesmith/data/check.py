@@ -19,11 +19,25 @@ from rich.markup import escape
 from .limits import CheckLimits
 from .pii import find_pii
 from .records import (
-    TEXT_SUFFIXES, Conversation, DataError, DataIssue, Document, Record, check_readable, iter_records,
-    read_text_file, resolve_data_path,
+    TEXT_SUFFIXES,
+    Conversation,
+    DataError,
+    DataIssue,
+    Document,
+    Record,
+    check_readable,
+    iter_records,
+    read_text_file,
+    resolve_data_path,
 )
 from .render import (
-    END_OF_TURN_TOKENS, IGNORE, Example, TemplateError, encode_conversations, encode_document, end_of_turn_ids,
+    END_OF_TURN_TOKENS,
+    IGNORE,
+    Example,
+    TemplateError,
+    encode_conversations,
+    encode_document,
+    end_of_turn_ids,
     template_layout,
 )
 from .similarity import DuplicateIndex, normalize, signature

@@ -1,4 +1,5 @@
-"""Read a user's own general-probe file (JSONL) into a probe; every bad line is reported.
+"""Probe items (plain data), and a user's own general-probe file (JSONL) read into a probe; every bad
+line is reported.
 
 One kind per file, from the keys of its rows:
   {"text": "..."}                                          perplexity
@@ -10,10 +11,54 @@ One kind per file, from the keys of its rows:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Union
 
-from ..forgetting.probes import ChoiceItem, Item, Probe, PromptItem, TextItem
-from .records import DataError, DataIssue, resolve_data_path
+from .issues import DataError, DataIssue
+from .records import resolve_data_path
+
+ProbeKind = Literal["perplexity", "choice", "kl"]
+
+
+@dataclass(frozen=True)
+class TextItem:
+    """Scored by perplexity: every token of `text` (up to the probe's token cap) is predicted."""
+
+    text: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    """Multiple choice by log-likelihood: the choice with the highest log-probability per byte wins."""
+
+    context: str
+    choices: tuple[str, ...]
+    answer: int
+    chat: bool
+    """True: `context` is a user message and the choices are assistant replies (chat template)."""
+    source: str
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """Behaviour drift: KL(base || tuned) over the base model's greedy continuation of `prompt`."""
+
+    prompt: str
+    source: str
+
+
+Item = Union[TextItem, ChoiceItem, PromptItem]
+
+
+@dataclass(frozen=True)
+class Probe:
+    name: str
+    kind: ProbeKind
+    items: tuple[Item, ...]
+    description: str
+
 
 _KINDS = {"text": "perplexity", "question": "choice", "prompt": "kl"}
 

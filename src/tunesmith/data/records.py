@@ -6,19 +6,21 @@ fix), not only the first.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from .formats import detect_format
+from .issues import DataError, DataIssue
 from .limits import CheckLimits
+from .rows import iter_rows
 
-FORMATS = ("chat", "sharegpt", "instruction", "prompt_completion", "text")
 TEXT_SUFFIXES = (".txt", ".md")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 CHAT_ROLES = ("system", "user", "assistant")
-MAX_ISSUES_SHOWN = 20
 # C0 controls (but tab, LF, CR), DEL and C1 controls: invisible, and NUL truncates text in C code.
 _CONTROL_CHARS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Half of a UTF-16 pair, from a JSON escape like \ud800: no tokenizer can encode it.
@@ -52,48 +54,6 @@ class Document:
 Record = Conversation | Document
 
 
-@dataclass(frozen=True)
-class DataIssue:
-    file: str
-    line: int
-    field: str
-    message: str
-    kind: str = ""
-    """The data check's name for the problem (duplicate, pii, truncation, ...); empty from plain reads."""
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
-
-
-@dataclass
-class DataError(ValueError):
-    """Bad rows in a data file; `issues` lists every one of them."""
-
-    issues: list[DataIssue] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        shown = [str(i) for i in self.issues[:MAX_ISSUES_SHOWN]]
-        more = len(self.issues) - len(shown)
-        if more > 0:
-            shown.append(f"... and {more} more problem(s)")
-        return "\n".join(shown)
-
-
-def detect_format(row: dict[str, Any]) -> str | None:
-    """The format a JSON row is written in, from its keys; None when no format fits."""
-    if "messages" in row:
-        return "chat"
-    if "conversations" in row:
-        return "sharegpt"
-    if "instruction" in row or "output" in row:
-        return "instruction"
-    if "prompt" in row or "completion" in row:
-        return "prompt_completion"
-    if "text" in row:
-        return "text"
-    return None
-
-
 def resolve_data_path(path: str | Path) -> Path:
     """A file path, or `pkg:PACKAGE/relative/path` for data shipped inside an installed package."""
     text = str(path)
@@ -104,6 +64,14 @@ def resolve_data_path(path: str | Path) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise DataError([DataIssue(text, 0, "file", f"package '{package}' is not installed — run `make setup`")])
     return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(resolve_data_path(path), "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_records(path: str | Path, limits: CheckLimits | None = None) -> list[Record]:
@@ -149,8 +117,6 @@ def read_text_file(path: Path) -> list[Record]:
 
 def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[tuple[str, Record]]:
     """(format, record) for every good row of a .jsonl/.json/.csv file, streamed; bad rows go to `issues`."""
-    from .rows import iter_rows  # rows needs DataIssue from here
-
     file_format: str | None = None
     for line_no, row in iter_rows(path, limits, issues):
         fmt = detect_format(row)

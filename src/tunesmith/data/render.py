@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..errors import TemplateError
 from .records import Conversation, Document
 
 IGNORE = -100
@@ -39,9 +40,6 @@ class Example:
         return int(np.count_nonzero(np.asarray(self.targets) != IGNORE))
 
 
-class TemplateError(ValueError):
-    """The chat template cannot render this data (missing template, rejected roles, dropped text)."""
-
 
 def end_of_turn_ids(tokenizer: Any) -> set[int]:
     """Token ids that close an assistant turn: EOS plus the known end-of-turn markers in the vocab."""
@@ -53,6 +51,20 @@ def end_of_turn_ids(tokenizer: Any) -> set[int]:
         if token_id is not None and tokenizer.convert_ids_to_tokens(token_id) == token:
             ids.add(token_id)
     return ids
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The id that left-pads batched prompts: the tokenizer's pad token, else its first end-of-turn
+    id. Padded positions are masked out of attention, so any id will do; it must only exist."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(end_of_turn_ids(tokenizer))
+
+
+def encode_text(tokenizer: Any, text: str) -> list[int]:
+    """Plain text as token ids, with special-token parsing off: a `<|im_end|>` typed in the text
+    stays text, as in every message of a conversation."""
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 def encode_conversation(conversation: Conversation, tokenizer: Any, max_seq_tokens: int) -> tuple[Example, bool]:
@@ -171,12 +183,41 @@ def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 
 def _encode(tokenizer: Any, text: str, special: bool) -> list[int]:
+    """Template markup (`special`: control tokens parsed) or message text (plain)."""
+    if not special:
+        return encode_text(tokenizer, text)
     if not text:
         return []
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=not special)["input_ids"])
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=False)["input_ids"])
 
 
 def _shift(input_ids: list[int], trained: list[bool]) -> list[int]:
     """Targets aligned with inputs: position t predicts token t+1 when that token is trained."""
     targets = [input_ids[t + 1] if trained[t + 1] else IGNORE for t in range(len(input_ids) - 1)]
     return targets + [IGNORE]
+
+
+def tokenize_records(records: list[Any], tokenizer: Any, max_seq_tokens: int) -> tuple[list[Example], list[str]]:
+    """Encode every record; rows that lose all trained tokens to truncation are dropped, with a warning."""
+    examples: list[Example] = []
+    truncated: list[str] = []
+    empty: list[str] = []
+    for record in records:
+        if isinstance(record, Document):
+            examples.extend(encode_document(record, tokenizer, max_seq_tokens))
+            continue
+        example, was_cut = encode_conversation(record, tokenizer, max_seq_tokens)
+        if was_cut:
+            truncated.append(record.source)
+        if example.n_trained == 0:
+            empty.append(record.source)
+            continue
+        examples.append(example)
+    warnings = []
+    if truncated:
+        warnings.append(f"{len(truncated)} example(s) longer than max_seq_tokens={max_seq_tokens} were truncated "
+                        f"(first: {', '.join(truncated[:3])}); raise max_seq_tokens to keep them whole")
+    if empty:
+        warnings.append(f"{len(empty)} example(s) have no trained tokens left and were skipped "
+                        f"(first: {', '.join(empty[:3])})")
+    return examples, warnings

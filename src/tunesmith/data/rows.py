@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from .formats import detect_format
+from .issues import DataIssue
 from .limits import CheckLimits
-from .records import DataIssue, detect_format
 
 CHUNK_BYTES = 1 << 16
 """Read size: 64 KiB keeps memory small and the Python per-chunk overhead negligible."""
@@ -165,91 +166,106 @@ def _jsonl_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[
             yield line_no, row
 
 
+class _ArrayReader:
+    """A top-level JSON array read in chunks: the text buffered so far, the position in it, and the
+    line number there (`line` is the line at buf[pos])."""
+
+    def __init__(self, handle: IO[bytes], file: str, issues: list[DataIssue]) -> None:
+        self.handle, self.file, self.issues = handle, file, issues
+        self.utf8 = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf, self.pos, self.line = "", 0, 1
+        self.read_lines = 1  # line number at the end of what was read so far (for UTF-8 errors)
+        self.eof = self.eof_error = False
+
+    def more(self) -> bool:
+        """Read the next chunk into the buffer; False at the end of the file or on bad UTF-8."""
+        chunk = self.handle.read(CHUNK_BYTES)
+        try:
+            text = self.utf8.decode(chunk, final=not chunk)
+        except UnicodeDecodeError as exc:
+            self.issues.append(DataIssue(self.file, self.read_lines + chunk[: exc.start].count(b"\n"), "(line)",
+                                         "is not valid UTF-8 — re-save the file as UTF-8"))
+            self.eof = self.eof_error = True
+            return False
+        self.read_lines += chunk.count(b"\n")
+        self.buf, self.pos = self.buf[self.pos:] + text, 0
+        self.eof = not chunk
+        return bool(chunk)
+
+    def skip_space(self) -> bool:
+        """Move past whitespace; False when the file ends first."""
+        while True:
+            end = _SPACE.match(self.buf, self.pos).end()
+            self.line += self.buf.count("\n", self.pos, end)
+            self.pos = end
+            if self.pos < len(self.buf) or not self.more():
+                return self.pos < len(self.buf)
+
+    def problem(self, message: str, line: int | None = None, field: str = "(line)") -> None:
+        self.issues.append(DataIssue(self.file, self.line if line is None else line, field, message))
+
+    def decode(self, decoder: json.JSONDecoder, limits: CheckLimits) -> tuple[Any, int] | None:
+        """The record at the position and where it ends, reading more as needed; None (with the
+        issue recorded) when it is not valid JSON or too large."""
+        while True:
+            try:
+                return decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as exc:
+                held = len(self.buf) - self.pos
+                if not self.eof and held <= limits.max_line_bytes and self.more():
+                    continue
+                if held > limits.max_line_bytes:
+                    self.issues.append(_oversize_issue(self.file, self.line, held, limits, what="record"))
+                else:
+                    self.problem(f"invalid JSON: {exc.msg} — fix the record; the rest of the array is not read",
+                                 line=self.line + self.buf.count("\n", self.pos, exc.pos))
+                return None
+            except RecursionError:
+                self.issues.append(_too_deep_issue(self.file, self.line, limits))
+                return None
+            except ValueError as exc:
+                self.problem(f"{exc} — use a number or null")
+                return None
+
+
 def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
     """Records of a top-level JSON array, decoded one element at a time (never the whole file)."""
     decoder = json.JSONDecoder(parse_constant=reject_constant)
-    utf8 = codecs.getincrementaldecoder("utf-8-sig")()
-    buf, pos, line, eof = "", 0, 1, False  # `line` is the line number at buf[pos]
-    read_lines = 1  # line number at the end of what was read so far (for UTF-8 errors)
-    eof_error = False
-
-    def more() -> bool:
-        nonlocal buf, pos, eof, read_lines, eof_error
-        chunk = handle.read(CHUNK_BYTES)
-        try:
-            text = utf8.decode(chunk, final=not chunk)
-        except UnicodeDecodeError as exc:
-            issues.append(DataIssue(file, read_lines + chunk[: exc.start].count(b"\n"), "(line)",
-                                 "is not valid UTF-8 — re-save the file as UTF-8"))
-            eof = eof_error = True
-            return False
-        read_lines += chunk.count(b"\n")
-        buf, pos = buf[pos:] + text, 0
-        eof = not chunk
-        return bool(chunk)
-
-    def skip_space() -> bool:
-        nonlocal pos, line
-        while True:
-            end = _SPACE.match(buf, pos).end()
-            line += buf.count("\n", pos, end)
-            pos = end
-            if pos < len(buf) or not more():
-                return pos < len(buf)
-
-    if not skip_space() or buf[pos] != "[":
-        if not eof_error:
-            issues.append(DataIssue(file, line, "(file)", "a .json file must hold one array of records "
-                                    "[{...}, {...}] — or write one object per line in a .jsonl file"))
+    reader = _ArrayReader(handle, file, issues)
+    if not reader.skip_space() or reader.buf[reader.pos] != "[":
+        if not reader.eof_error:
+            reader.problem("a .json file must hold one array of records [{...}, {...}] — or write one object per "
+                           "line in a .jsonl file", field="(file)")
         return
-    pos += 1
+    reader.pos += 1
     expect_item, after_comma = True, False
     while True:
-        if not skip_space():
-            if not eof_error:
-                issues.append(DataIssue(file, line, "(file)", "the array is not closed — end the file with ]"))
+        if not reader.skip_space():
+            if not reader.eof_error:
+                reader.problem("the array is not closed — end the file with ]", field="(file)")
             return
-        if buf[pos] == "]":
+        here = reader.buf[reader.pos]
+        if here == "]":
             if after_comma:
-                issues.append(DataIssue(file, line, "(line)",
-                                        "invalid JSON: a comma before ] — remove the trailing comma"))
+                reader.problem("invalid JSON: a comma before ] — remove the trailing comma")
             return
         if not expect_item:
-            if buf[pos] != ",":
-                issues.append(DataIssue(file, line, "(line)", f"expected , or ] between records, got {buf[pos]!r} "
-                                     "— separate records with commas"))
+            if here != ",":
+                reader.problem(f"expected , or ] between records, got {here!r} — separate records with commas")
                 return
-            pos += 1
+            reader.pos += 1
             expect_item = after_comma = True
             continue
-        while True:
-            try:
-                row, end = decoder.raw_decode(buf, pos)
-                break
-            except json.JSONDecodeError as exc:
-                if not eof and len(buf) - pos <= limits.max_line_bytes and more():
-                    continue
-                if len(buf) - pos > limits.max_line_bytes:
-                    issues.append(_oversize_issue(file, line, len(buf) - pos, limits, what="record"))
-                else:
-                    at = line + buf.count("\n", pos, exc.pos)
-                    issues.append(DataIssue(file, at, "(line)", f"invalid JSON: {exc.msg} — fix the record; "
-                                         "the rest of the array is not read"))
-                return
-            except RecursionError:
-                issues.append(_too_deep_issue(file, line, limits))
-                return
-            except ValueError as exc:
-                issues.append(DataIssue(file, line, "(line)", f"{exc} — use a number or null"))
-                return
-        if end - pos > limits.max_line_bytes:
-            issues.append(_oversize_issue(file, line, end - pos, limits, what="record"))
-        else:
-            checked = check_row_shape(row, file, line, limits, issues)
-            if checked is not None:
-                yield line, checked
-        line += buf.count("\n", pos, end)
-        pos = end
+        decoded = reader.decode(decoder, limits)
+        if decoded is None:
+            return
+        row, end = decoded
+        if end - reader.pos > limits.max_line_bytes:
+            issues.append(_oversize_issue(file, reader.line, end - reader.pos, limits, what="record"))
+        elif (checked := check_row_shape(row, file, reader.line, limits, issues)) is not None:
+            yield reader.line, checked
+        reader.line += reader.buf.count("\n", reader.pos, end)
+        reader.pos = end
         expect_item = after_comma = False
 
 

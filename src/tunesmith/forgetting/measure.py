@@ -17,12 +17,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..data.render import end_of_turn_ids
-from ..models import cache_dir, resolve_model_path
-from ..rundir import write_atomic
-from ..stats import paired_summary
+from ..config import cache_dir
+from ..data.render import end_of_turn_ids, pad_id
+from ..evaluation.bootstrap import paired_summary
+from ..model.loading import resolve_model_path
+from ..training.rundir import write_atomic
 from .probes import PROBE_SIZES, Probe, ProbeSizes, build_probes, probe_fingerprint
-from .scoring import choice_correct, continuation_example, generate_greedy, kl_sums, prompt_ids, target_logprobs, text_example
+from .scoring import (
+    choice_correct,
+    continuation_example,
+    generate_greedy,
+    kl_sums,
+    prompt_ids,
+    target_logprobs,
+    text_example,
+)
 
 CACHE_VERSION = 1
 """Bump when a probe's scoring changes, so old cached base results are not reused."""
@@ -130,7 +139,7 @@ def continuations(model: Any, tokenizer: Any, probe: Probe, sizes: ProbeSizes) -
     """The model's greedy answers to a KL probe's prompts (what the KL is measured on)."""
     prompts = [prompt_ids(tokenizer, item.prompt) for item in probe.items]
     eos = sorted(end_of_turn_ids(tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    pad = pad_id(tokenizer)
     return generate_greedy(model, prompts, sizes.kl_new_tokens, eos, pad)
 
 

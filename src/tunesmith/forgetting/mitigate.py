@@ -11,11 +11,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..batching import Batch, pack_examples
 from ..data import IGNORE, Example
+from ..data.render import encode_text
+from ..training.batching import Batch, pack_examples
 from .measure import base_view
 from .probes import PROBE_SEED, replay_texts
-from .scoring import token_ids
 
 
 def replay_tokens(n_task_trained: int, fraction: float) -> int:
@@ -36,7 +36,7 @@ class ReplaySource:
                  texts: Sequence[str] | None = None, seed: int = PROBE_SEED) -> None:
         eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
         self.stream: list[int] = [t for text in (texts if texts is not None else replay_texts(seed))
-                                  for t in token_ids(tokenizer, text) + eos]
+                                  for t in encode_text(tokenizer, text) + eos]
         if len(self.stream) < 2:
             raise ValueError("replay needs general text of at least two tokens")
         self.max_seq_tokens = max_seq_tokens

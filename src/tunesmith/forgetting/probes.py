@@ -16,9 +16,12 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal, Sequence, Union
+from typing import Sequence
 
 import yaml
+
+from ..data.probe_files import ChoiceItem, Probe, PromptItem, TextItem, read_probe_file
+from ..errors import ProbeDataError
 
 WIKI_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 ANALOGY_FILE = "questions-words.txt"
@@ -27,51 +30,6 @@ PROMPTS_FILE = Path(__file__).with_name("general-prompts.jsonl")
 # Articles held out for probes; the rest feed replay (mitigation), so replay never trains on a probe.
 WIKI_PROBE_ARTICLES = 40
 PROBE_SEED = 20241125
-
-ProbeKind = Literal["perplexity", "choice", "kl"]
-
-
-class ProbeDataError(RuntimeError):
-    """A probe source that cannot be read; the message says which package to install."""
-
-
-@dataclass(frozen=True)
-class TextItem:
-    """Scored by perplexity: every token of `text` (up to the probe's token cap) is predicted."""
-
-    text: str
-    source: str
-
-
-@dataclass(frozen=True)
-class ChoiceItem:
-    """Multiple choice by log-likelihood: the choice with the highest log-probability per byte wins."""
-
-    context: str
-    choices: tuple[str, ...]
-    answer: int
-    chat: bool
-    """True: `context` is a user message and the choices are assistant replies (chat template)."""
-    source: str
-
-
-@dataclass(frozen=True)
-class PromptItem:
-    """Behaviour drift: KL(base || tuned) over the base model's greedy continuation of `prompt`."""
-
-    prompt: str
-    source: str
-
-
-Item = Union[TextItem, ChoiceItem, PromptItem]
-
-
-@dataclass(frozen=True)
-class Probe:
-    name: str
-    kind: ProbeKind
-    items: tuple[Item, ...]
-    description: str
 
 
 @dataclass(frozen=True)
@@ -301,8 +259,6 @@ def general_prompts(n: int, seed: int = PROBE_SEED) -> list[PromptItem]:
 
 def build_probes(sizes: ProbeSizes, user_files: Sequence[str] = ()) -> list[Probe]:
     """The built-in probes at `sizes`, then one probe per user file (see data/probe_files.py)."""
-    from ..data.probe_files import read_probe_file
-
     probes = [
         Probe("wikipedia_ppl", "perplexity", tuple(wiki_passages(sizes.wiki_passages, sizes.seed)),
               "perplexity on held-out Wikipedia paragraphs (gensim's sample, markup stripped)"),

@@ -10,8 +10,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..batching import Batch, pack_examples
 from ..data import IGNORE, Example, encode_prompt
+from ..data.render import encode_text
+from ..training.batching import Batch, pack_examples
 from .probes import ChoiceItem, TextItem
 
 MAX_BATCH_TOKENS = 512
@@ -19,21 +20,16 @@ MAX_BATCH_TOKENS = 512
 varlen kernel on the CPU), so short rows are cheaper; 512 still keeps the matmuls of a 135M model busy."""
 
 
-def token_ids(tokenizer: Any, text: str) -> list[int]:
-    """Ids of plain text; special-token strings inside it stay text."""
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-
-
 def prompt_ids(tokenizer: Any, user_text: str) -> list[int]:
     """A user turn ending in the assistant header; plain 'Question/Answer' text for models without a template."""
     if getattr(tokenizer, "chat_template", None):
         return encode_prompt([{"role": "user", "content": user_text}], tokenizer)
-    return token_ids(tokenizer, f"Question: {user_text}\nAnswer:")
+    return encode_text(tokenizer, f"Question: {user_text}\nAnswer:")
 
 
 def text_example(item: TextItem, tokenizer: Any, max_tokens: int) -> Example:
     """Every token after the first is a target; the text is cut at `max_tokens`."""
-    ids = token_ids(tokenizer, item.text)[:max_tokens]
+    ids = encode_text(tokenizer, item.text)[:max_tokens]
     return Example(ids, ids[1:] + [IGNORE], item.source)
 
 
@@ -46,8 +42,8 @@ def continuation_example(context: list[int], continuation: list[int], source: st
 
 def choice_examples(item: ChoiceItem, tokenizer: Any) -> list[Example]:
     """One example per choice, scored on the choice's tokens only."""
-    context = prompt_ids(tokenizer, item.context) if item.chat else token_ids(tokenizer, item.context)
-    return [continuation_example(context, token_ids(tokenizer, c), item.source) for c in item.choices]
+    context = prompt_ids(tokenizer, item.context) if item.chat else encode_text(tokenizer, item.context)
+    return [continuation_example(context, encode_text(tokenizer, c), item.source) for c in item.choices]
 
 
 def token_batches(examples: Sequence[Example], max_batch_tokens: int = MAX_BATCH_TOKENS

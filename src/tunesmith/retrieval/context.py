@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..data.render import encode_prompt
+from ..data.render import encode_prompt, encode_text
 from .chunking import Passage
 from .embed import Embedder
 from .index import VectorIndex, load_or_build_index
@@ -63,7 +63,7 @@ def fit_passages(messages: list[dict[str, str]], passages: Sequence[str], tokeni
         if fits(kept + [text]):
             kept.append(text)
             continue
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = encode_text(tokenizer, text)
         lo, hi = 0, len(ids)  # the longest prefix that fits lies in [lo, hi)
         while lo < hi - 1:
             mid = (lo + hi) // 2

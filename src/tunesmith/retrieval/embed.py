@@ -24,7 +24,7 @@ class Embedder:
 
     @classmethod
     def load(cls) -> Embedder:
-        from ..models import load_embedder
+        from ..model.loading import load_embedder
 
         return cls(*load_embedder())
 

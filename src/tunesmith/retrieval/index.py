@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
+from ..config import cache_dir
 from ..data.knowledge import knowledge_sha256, read_knowledge
-from ..models import cache_dir
-from ..rundir import write_atomic, write_atomic_bytes
+from ..training.rundir import write_atomic, write_atomic_bytes
 from .chunking import Passage, chunk_texts
 from .embed import Embedder
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
-from .config import DEFAULT_MODEL, LoraConfig
+from ..config import DEFAULT_MODEL, LoraConfig, TrainConfig, cache_dir
+from ..errors import CheckpointError, ModelError
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Named chat templates for models that ship none (`chat_template: chatml` in the config).
@@ -26,15 +28,6 @@ CHAT_TEMPLATES = {
     ),
 }
 
-
-class ModelError(RuntimeError):
-    """A model or tokenizer that cannot be loaded; the message says why and what to do."""
-
-
-def cache_dir() -> Path:
-    """tunesmith's cache under the user's cache directory (XDG_CACHE_HOME respected)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "tunesmith"
 
 
 def resolve_model_path(name: str) -> str:
@@ -135,6 +128,15 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code:
     return model
 
 
+def load_base_copy(config: TrainConfig, needed: bool = True) -> Any | None:
+    """The base model beside a tuned one, for probes, KL-to-base and base answers, where a copy is
+    needed: full fine-tuning changes every weight, so the base is a second, frozen copy. With
+    adapters the base is the same model with its adapters disabled: None, no second copy."""
+    if config.method != "full" or not needed:
+        return None
+    return load_model(config.model, trust_remote_code=config.trust_remote_code).eval().requires_grad_(False)
+
+
 def qlora_quantization() -> Any:
     """NF4 weights with double quantization and bf16 compute, as in the QLoRA paper (Dettmers et al., 2023)."""
     if not torch.cuda.is_available():
@@ -166,9 +168,8 @@ def add_adapter(model: Any, method: str, lora: LoraConfig, frozen_dtype: torch.d
                 gradient_checkpointing: bool = False) -> Any:
     """Wrap `model` for training: peft LoRA/DoRA adapters, or every weight trainable for `full`.
 
-    With LoRA and bf16 compute, the frozen linear weights under the adapters are stored in bf16:
-    autocast would round them to bf16 on every forward anyway (same matmul results), so this only
-    saves the copies and half their memory. Embeddings, norms and the adapters stay fp32.
+    The frozen linear weights under the adapters are stored in `frozen_dtype`
+    (`precision.frozen_weight_dtype` decides it); embeddings, norms and the adapters stay fp32.
     """
     if gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen inputs (LoRA) without hooks on the embeddings.
@@ -192,7 +193,7 @@ def add_adapter(model: Any, method: str, lora: LoraConfig, frozen_dtype: torch.d
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, peft_config)
-    if method == "lora" and frozen_dtype != torch.float32:
+    if frozen_dtype != torch.float32:
         for module in model.modules():
             base = getattr(module, "base_layer", None)
             if isinstance(base, torch.nn.Linear):
@@ -237,8 +238,6 @@ def load_tuned(run_dir: Path, model_name: str, method: str, dtype: torch.dtype =
         return load_model(str(run_dir / "model"), dtype=dtype, trust_remote_code=trust_remote_code)
     from peft import PeftModel
 
-    from .checkpoint import refuse_pickles
-
     refuse_pickles(run_dir / "adapter")  # peft would fall back to a pickled adapter_model.bin
     base = load_model(model_name, dtype=dtype, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(base, run_dir / "adapter")
@@ -277,3 +276,29 @@ def load_embedder() -> tuple[Any, Any, str]:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     encoder = AutoModel.from_pretrained(folder, use_safetensors=True, dtype=torch.float32)
     return encoder.eval(), tokenizer, EMBEDDER_PACKAGE
+
+
+def refuse_pickles(folder: Path) -> None:
+    """Refuse a folder holding pickle-based weights: loading them could execute code."""
+    for path in folder.iterdir():
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise CheckpointError(
+                f"'{path}' is a pickle-based file: tunesmith loads only safetensors (a pickle can run code "
+                "when loaded). Convert it with safetensors.torch.save_file, or remove it.")
+
+
+def count_parameters(model_name: str, method: str, lora_r: int, trust_remote_code: bool = False
+                     ) -> tuple[int, int, int, int, int, int]:
+    """(total, trainable, frozen linear, layers, hidden, vocab) counted on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model_name), trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    total = sum(p.numel() for p in model.parameters())
+    head = model.get_output_embeddings()
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+    linear_params = sum(m.weight.numel() for m in linears)
+    lora = sum(lora_r * (m.in_features + m.out_features) for m in linears)
+    trainable = total if method == "full" else lora
+    return total, trainable, linear_params, config.num_hidden_layers, config.hidden_size, config.vocab_size

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data import IGNORE, Example
-from .head_loss import chunked_head, head_returns_loss
+from ..data import IGNORE, Example
+from ..model.head_loss import chunked_head, head_returns_loss
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .rundir import RunDir, write_atomic
+from ..training.rundir import RunDir, write_atomic
 
 LOSS_PNG = "report-loss.png"
 PROBES_PNG = "report-probes.png"

@@ -13,7 +13,7 @@ import os
 import shutil
 from typing import Any
 
-from .config import ConfigError
+from ..config import ConfigError
 
 
 def transformers_model(model: Any) -> Any:

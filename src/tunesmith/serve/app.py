@@ -23,13 +23,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .config import ServeLimits
-from .data.render import encode_prompt
-from .serve_protocol import (
-    GenerationRequest, RequestError, chat_chunk, chat_response, completion_chunk, completion_response, new_id,
-    parse_chat_request, parse_completion_request, usage_chunk,
+from ..config import ServeLimits
+from ..data.render import encode_prompt, encode_text
+from ..inference.streaming import Completion, ReplyStream, Sampling, complete
+from .protocol import (
+    GenerationRequest,
+    RequestError,
+    chat_chunk,
+    chat_response,
+    completion_chunk,
+    completion_response,
+    new_id,
+    parse_chat_request,
+    parse_completion_request,
+    usage_chunk,
 )
-from .streaming import Completion, ReplyStream, Sampling, complete, encode_text
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 OPEN_PATHS = ("/health",)  # liveness checks need no key (they reveal nothing but "up")
@@ -304,12 +312,12 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     with `knowledge`, chat completions answer with passages retrieved from it."""
     import uvicorn
 
-    from .generate import load_run
+    from ..generate import load_run
 
     model, tokenizer = load_run(run)
     retriever = None
     if knowledge is not None:
-        from .retrieval import Retriever
+        from ..retrieval import Retriever
 
         retriever = Retriever.load(knowledge, log=log.info)
     name = model_id or Path(run).resolve().name

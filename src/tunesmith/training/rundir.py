@@ -16,13 +16,11 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig, dump_config, load_config
+from ..config import TrainConfig, dump_config, load_config
+from ..errors import RunDirError
 
 PACKAGES = ("tunesmith", "torch", "transformers", "peft", "accelerate", "safetensors", "numpy")
 
-
-class RunDirError(RuntimeError):
-    """An output directory that cannot be used as asked."""
 
 
 def write_atomic(path: Path, text: str) -> None:

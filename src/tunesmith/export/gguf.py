@@ -8,16 +8,18 @@ as tokens + types + merges, and the chat template and stop/special ids go into t
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from .data.render import end_of_turn_ids
-from .models import load_gguf_model
-from .rundir import RunDir, write_atomic
+from ..data.render import end_of_turn_ids
+from ..errors import ExportError
+from ..model.loading import load_gguf_model
+from ..training.rundir import RunDir, write_atomic
+from .ollama import modelfile
+from .parity import logit_diff, merged_model, sample_inputs
 
 GGUF_TYPES = ("f32", "f16", "q8_0")
 # Largest ‖Δ logits‖ / ‖logits‖ accepted per type: f32 is exact up to float rounding; f16 keeps 11
@@ -40,8 +42,6 @@ def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
 def export_gguf(run: RunDir, out: Path, gguf_type: str, tolerance: float | None,
                 log: Callable[[str], None]) -> tuple[float, float]:
     """Write model-TYPE.gguf and a Modelfile into `out`; verify the file against base + adapter."""
-    from .export import ExportError, logit_diff, merged_model, sample_inputs
-
     if gguf_type not in GGUF_TYPES:
         raise ExportError(f"unknown GGUF type '{gguf_type}': choose one of {', '.join(GGUF_TYPES)}")
     merged, tuned, tokenizer = merged_model(run)
@@ -65,8 +65,6 @@ def export_gguf(run: RunDir, out: Path, gguf_type: str, tolerance: float | None,
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, gguf_type: str, name: str) -> None:
     import gguf
-
-    from .export import ExportError
 
     cfg = model.config
     n_head, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
@@ -130,8 +128,6 @@ def _rope_theta(cfg: Any) -> float:
 def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
     import gguf
 
-    from .export import ExportError
-
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec.get("model", {})
     if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
@@ -176,64 +172,3 @@ def _pre_tokenizer_name(pre: Any) -> str:
     """llama.cpp's name for the pre-tokenizer regex: smollm splits digits one by one, gpt2 does not."""
     text = json.dumps(pre)
     return "smollm" if '"Digits"' in text and '"individual_digits": true' in text else "gpt2"
-
-
-# --- Ollama ---------------------------------------------------------------------------------
-
-# Go templates for the chat formats whose markup we can read off the Jinja template. Ollama adds
-# the SYSTEM line as the first of .Messages, so the templates only walk .Messages.
-_OLLAMA_TEMPLATES = {
-    "chatml": (
-        '{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}'
-        '<|im_start|>assistant\n'
-    ),
-    "llama3": (
-        '<|begin_of_text|>'
-        '{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}'
-        '<|start_header_id|>assistant<|end_header_id|>\n\n'
-    ),
-}
-
-
-def chat_format(template: str | None) -> str | None:
-    if not template:
-        return None
-    if "<|im_start|>" in template:
-        return "chatml"
-    if "<|start_header_id|>" in template:
-        return "llama3"
-    return None
-
-
-def default_system_prompt(tokenizer: Any) -> str | None:
-    """The system prompt the chat template adds when a conversation has none (SmolLM2 has one)."""
-    marker = "\ue000"
-    try:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False)
-    except Exception:  # a template that rejects this probe simply has no default to find
-        return None
-    head = rendered.split(marker)[0]
-    fmt = chat_format(tokenizer.chat_template)
-    pattern = {"chatml": r"<\|im_start\|>system\n(.*?)<\|im_end\|>",
-               "llama3": r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>"}.get(fmt or "")
-    found = re.search(pattern, head, re.S) if pattern else None
-    return found.group(1) if found else None
-
-
-def modelfile(tokenizer: Any, gguf_name: str) -> str:
-    """An Ollama Modelfile: the GGUF, the chat template as a Go template, stop tokens, default system."""
-    vocab = tokenizer.get_vocab()
-    id_to_token = {i: t for t, i in vocab.items()}
-    stops = sorted({id_to_token[i] for i in end_of_turn_ids(tokenizer) if i in id_to_token})
-    lines = [f"FROM ./{gguf_name}"]
-    fmt = chat_format(tokenizer.chat_template)
-    if fmt:
-        lines.append(f'TEMPLATE """{_OLLAMA_TEMPLATES[fmt]}"""')
-        system = default_system_prompt(tokenizer)
-        if system:
-            lines.append(f'SYSTEM """{system}"""')
-    else:
-        lines.append("# No TEMPLATE: the chat template is not ChatML or Llama 3; Ollama reads "
-                     "tokenizer.chat_template from the GGUF metadata where it knows it.")
-    lines += [f'PARAMETER stop "{s}"' for s in stops]
-    return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .data.render import end_of_turn_ids
+from ..data.render import end_of_turn_ids
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,6 @@ class Completion:
     completion_tokens: int
     finish_reason: str
     """'stop' (end-of-turn token or stop string), 'length' (max_new_tokens) or 'cancelled'."""
-
-
-def encode_text(tokenizer: Any, text: str) -> list[int]:
-    """Raw text as token ids, with special-token parsing off (typed `<|im_end|>` stays text)."""
-    if not text:
-        return []
-    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
 
 class _Cancelled:

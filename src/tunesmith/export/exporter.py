@@ -7,38 +7,23 @@ back and their logits compared with base + adapter before the export is kept.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import torch
-
-from .data.render import encode_prompt
-from .generate import load_run
-from .models import load_model, load_tokenizer, merge_adapter
-from .rundir import RunDir, RunDirError, write_atomic
+from ..errors import ExportError
+from ..model.loading import load_model, load_tokenizer
+from ..training.rundir import RunDir, RunDirError, write_atomic
+from .gguf import export_gguf
+from .parity import compare_logits, merged_model, sample_inputs
 
 FORMATS = ("adapter", "merged", "gguf")
-# Prompts the parity checks run through both models: chat-rendered, so the template's control
-# tokens are in them, plus one long plain text.
-SAMPLE_MESSAGES = (
-    [{"role": "user", "content": "What is a building permit?"}],
-    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "How long does it take?"}],
-)
-SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 " * 4
-# Merged vs base + adapter: |Δ logit| <= MERGE_TOLERANCE * (1 + |logit|). Float32 rounding alone
-# gives ~1.3e-4 on SmolLM2-135M (30 layers) and ~3e-6 on the 2-layer test model; a merge that
-# drops or mis-scales an adapter is off by far more than 1e-3.
 MERGE_TOLERANCE = 1e-3
 
-
-class ExportError(RuntimeError):
-    """An export that cannot be made or failed its check; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +54,6 @@ def export_run(run_path: str | Path, fmt: str, output: str | Path | None = None,
         elif fmt == "merged":
             result = _export_merged(run, staging, MERGE_TOLERANCE if tolerance is None else tolerance, log)
         else:
-            from .gguf_export import export_gguf
-
             result = export_gguf(run, staging, gguf_type, tolerance, log)
         if target.exists():
             shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -119,52 +102,13 @@ def model_card(run: RunDir) -> str:
     )
 
 
-def merged_model(run: RunDir) -> tuple[Any, Any, Any]:
-    """(merged model, base + adapter model, tokenizer); for a full fine-tune both are the same model."""
-    tuned, tokenizer = load_run(run.path)
-    if run.config().method == "full":
-        return tuned, tuned, tokenizer
-    merged = merge_adapter(copy.deepcopy(tuned))  # a copy: the adapter model stays the reference
-    bad = [name for name, p in merged.state_dict().items() if not torch.isfinite(p).all()]
-    if bad:
-        raise ExportError(f"the merged weights are not finite in {bad[:3]}: the adapter is broken; nothing was written")
-    return merged.eval(), tuned, tokenizer
-
-
-def sample_inputs(tokenizer: Any) -> list[torch.Tensor]:
-    """Token ids (1, T) of the parity prompts."""
-    prompts = [encode_prompt(m, tokenizer) for m in SAMPLE_MESSAGES]
-    prompts.append(list(tokenizer(SAMPLE_TEXT, add_special_tokens=False)["input_ids"]))
-    return [torch.tensor([p]) for p in prompts]
-
-
-def logit_diff(reference: Any, candidate: Any, inputs: list[torch.Tensor]) -> tuple[float, float]:
-    """(max |Δ logit|, ‖Δ‖ / ‖reference‖) over all sample inputs."""
-    worst, _, rel = _compare(reference, candidate, inputs)
-    return worst, rel
-
-
-def _compare(reference: Any, candidate: Any, inputs: list[torch.Tensor]) -> tuple[float, float, float]:
-    """(max |Δ|, max |Δ| / (1 + |reference|) elementwise, ‖Δ‖ / ‖reference‖) of the logits."""
-    worst, scaled, err_sq, ref_sq = 0.0, 0.0, 0.0, 0.0
-    with torch.no_grad():
-        for ids in inputs:
-            ref = reference(input_ids=ids).logits.float()  # (1, T, vocab)
-            delta = (candidate(input_ids=ids).logits.float() - ref).abs()
-            worst = max(worst, float(delta.max()))
-            scaled = max(scaled, float((delta / (1 + ref.abs())).max()))
-            err_sq += float(delta.pow(2).sum())
-            ref_sq += float(ref.pow(2).sum())
-    return worst, scaled, (err_sq / max(ref_sq, 1e-24)) ** 0.5
-
-
 def _export_merged(run: RunDir, out: Path, tolerance: float, log: Callable[[str], None]) -> tuple[float, float]:
     merged, tuned, tokenizer = merged_model(run)
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)  # carries the chat template
     # Check what was written, not what is in memory: reload and compare with base + adapter.
     reloaded = load_model(str(out)).eval()
-    diff, scaled, rel = _compare(tuned, reloaded, sample_inputs(load_tokenizer(str(out))))
+    diff, scaled, rel = compare_logits(tuned, reloaded, sample_inputs(load_tokenizer(str(out))))
     # Elementwise, like torch.allclose with atol = rtol = tolerance.
     log(f"merged vs base + adapter: max |logit difference| {diff:.3g}, max |Δ| / (1 + |logit|) {scaled:.3g} "
         f"(tolerance {tolerance:g})")

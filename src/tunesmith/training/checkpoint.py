@@ -19,14 +19,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import CheckpointError
+from ..model.loading import refuse_pickles
+
 COMPLETE = "COMPLETE"
 STAGING_PREFIX = ".staging-"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says which and why."""
 
 
 @dataclass(frozen=True)
@@ -221,15 +220,6 @@ def apply_retention(run_dir: Path, keep_last: int, newest_step: int, protected: 
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
-
-
-def refuse_pickles(folder: Path) -> None:
-    """Refuse a folder holding pickle-based weights: loading them could execute code."""
-    for path in folder.iterdir():
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise CheckpointError(
-                f"'{path}' is a pickle-based file: tunesmith loads only safetensors (a pickle can run code "
-                "when loaded). Convert it with safetensors.torch.save_file, or remove it.")
 
 
 def checkpoint_bytes(model: Any) -> int:

@@ -1,0 +1,1 @@
+"""Decoding: batched greedy generation and token-by-token streaming with stop strings."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server: the app and its pure request checks."""

@@ -1,0 +1,2 @@
+"""Training machinery: batching, loss and accumulation, the schedule, checkpoints, the run directory
+and the training events."""
