@@ -4,6 +4,7 @@ generation, an end-to-end `compare --json` on a tiny run, and chat/serve with --
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -76,6 +77,19 @@ def test_recommendation_rules(evidence, choice):
     advice = recommend(evidence)
     assert advice.choice == choice
     assert advice.text.count("Recommendation:") == 1
+
+
+def test_a_split_not_measured_is_left_out_and_fires_no_rule():
+    """`compare --seen 0` has no training questions: their evidence is NaN, and the text says
+    nothing of it (it printed "+nan (95% CI [+nan, +nan])")."""
+    missing = Delta(math.nan, math.nan, math.nan)
+    advice = recommend(Evidence(FLAT, missing, FLAT, FLAT, FLAT))
+    assert "nan" not in advice.text and "facts seen in training" not in advice.text
+    assert advice.choice == "undecided"
+    assert not missing.gain and not missing.loss
+    # An interval that touches zero is no finding either.
+    assert recommend(Evidence(Delta(0.1, 0.0, 0.2), missing, Delta(0.1, 0.0, 0.2), Delta(-0.1, -0.2, 0.0),
+                              Delta(0.1, 0.0, 0.2))).choice == "undecided"
 
 
 def test_recommendation_text_quotes_the_numbers():

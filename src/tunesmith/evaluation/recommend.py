@@ -15,6 +15,7 @@ R1 holds otherwise; "fine-tune" when R1 fails but R2 or R3 holds; else "undecide
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -27,12 +28,17 @@ class Delta:
     hi: float
 
     @property
+    def measured(self) -> bool:
+        """False for a split that was not asked for (`compare --seen 0`): NaN, never a finding."""
+        return math.isfinite(self.value) and math.isfinite(self.lo) and math.isfinite(self.hi)
+
+    @property
     def gain(self) -> bool:
-        return self.lo > 0
+        return self.measured and self.lo > 0
 
     @property
     def loss(self) -> bool:
-        return self.hi < 0
+        return self.measured and self.hi < 0
 
     def text(self) -> str:
         return f"{self.value:+.3f} (95% CI [{self.lo:+.3f}, {self.hi:+.3f}])"
@@ -72,6 +78,10 @@ def recommend(e: Evidence) -> Recommendation:
         f" style match {e.tuning_style.text()}, length error {e.tuning_length_error.text()}.",
         f"With retrieval, tuned vs base: {e.tuning_with_rag.text()} token F1 on held-out questions.",
     ]
+    # A split that was not measured says nothing: its sentence is left out rather than read "+nan".
+    measured = [e.rag_facts.measured, e.tuning_seen_facts.measured,
+                e.tuning_style.measured and e.tuning_length_error.measured, e.tuning_with_rag.measured]
+    lines = [line for line, ok in zip(lines, measured) if ok]
     if e.rag_facts.gain and (form or e.tuning_with_rag.gain) and not e.tuning_with_rag.loss:
         choice, advice = "both", "use both: fine-tune for form, retrieve for facts (tuned+RAG)."
     elif e.rag_facts.gain:
