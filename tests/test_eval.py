@@ -41,7 +41,7 @@ def test_eval_writes_the_schema_and_the_report(tiny_run):
     result = evaluate_run(tiny_run)
     written = json.loads((tiny_run / "eval.json").read_text())
     assert written["within_budget"] == result["within_budget"] and isinstance(written["within_budget"], bool)
-    assert {"loss", "perplexity", "exact_match", "token_f1", "rouge_l", "n_examples"} <= set(written["task"])
+    assert {"loss", "perplexity", "exact_match", "token_f1", "rouge_l", "looping", "n_examples"} <= set(written["task"])
     assert written["task"]["n_generated"] == 2 and len(written["task"]["samples"]) == 2
     assert set(written["general"]) == {"wikipedia_ppl", "analogies", "trivia", "kl_drift"}
     for score in list(written["general"].values()) + [written["task"]["loss"]]:
@@ -94,3 +94,14 @@ def test_lm_eval_hook_says_how_to_install_it(tiny_run):
         pytest.skip("lm-eval is installed here")
     out = CliRunner().invoke(main, ["eval", str(tiny_run), "--lm-eval", "hellaswag"])
     assert out.exit_code == 1 and "pip install lm-eval" in out.output
+
+
+def test_verdict_counts_answers_that_loop():
+    from tunesmith.evaluate import verdict
+
+    task = {"loss": {"base": 3.0, "tuned": 2.0, "delta": -1.0, "ci95": [-1.2, -0.8]}, "n_generated": 12,
+            "token_f1": {"base": 0.15, "tuned": 0.12}, "looping": {"base": 0.0, "tuned": 0.25}}
+    text = verdict(task, True, [("wikipedia_ppl", True, "wikipedia_ppl +1%")])
+    assert "3 of 12 tuned answers loop" in text and "base 0" in text and text.count("\n") == 2
+    task["looping"]["tuned"] = 0.0
+    assert "loop" not in verdict(task, True, [("wikipedia_ppl", True, "wikipedia_ppl +1%")])

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tunesmith.evaluation.text_metrics import exact_match, lcs_length, normalize_answer, rouge_l, token_f1
+from tunesmith.evaluation.text_metrics import exact_match, lcs_length, loops, normalize_answer, rouge_l, token_f1
 
 
 def test_normalize_drops_case_punctuation_and_articles():
@@ -34,3 +34,16 @@ def test_rouge_l_by_hand_and_order_sensitive():
     assert token_f1("gunman the killed police", "police kill the gunman") == pytest.approx(2 / 3)
     assert rouge_l("gunman the killed police", "police kill the gunman") == pytest.approx(1 / 3)
     assert rouge_l("a b c d", "a b c d") == 1.0
+
+
+@pytest.mark.parametrize("text, looping", [
+    ("Hi Alex, " * 10, True),                                   # the tuned support model's answer
+    ("Thank you for your message. " * 4 + "Best regards", True),  # a 5-word phrase over most of it
+    ("yes " * 12, True),
+    ("A building permit is a decision from the municipality that allows you to build. It usually takes "
+     "four to six weeks, and the fee depends on the size of the building.", False),
+    ("Hi Alex, Hi Alex.", False),                               # too short to call
+    ("the cat and the dog and the bird and the fish sat on the mat by the door", False),
+])
+def test_loops(text, looping):
+    assert loops(text) is looping

@@ -18,7 +18,7 @@ from .data import answered_questions, encode_prompt, prepare_data, read_records
 from .data.probe_files import read_probe_file
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import paired_summary
-from .evaluation.text_metrics import exact_match, rouge_l, token_f1
+from .evaluation.text_metrics import exact_match, loops, rouge_l, token_f1
 from .forgetting.budget import budget_checks
 from .forgetting.measure import base_view, measure_probes
 from .forgetting.scoring import generate_greedy, target_logprobs
@@ -83,6 +83,10 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
         b = np.array([fn(p, ref) for p, (_, ref) in zip(base_text, pairs)])
         t = np.array([fn(p, ref) for p, (_, ref) in zip(tuned_text, pairs)])
         task[name] = paired_summary(b, t, ones)
+    # The share of answers that loop (text_metrics.loops): a tuned model that repeats one phrase to
+    # the token limit can still score some token F1, so it is counted on its own.
+    task["looping"] = paired_summary(np.array([loops(t) for t in base_text], float),
+                                     np.array([loops(t) for t in tuned_text], float), ones)
     task["samples"] = [
         {"prompt": messages[-1]["content"], "reference": ref, "base": b, "tuned": t}
         for (messages, ref), b, t in list(zip(pairs, base_text, tuned_text))[:SAMPLES_SHOWN]
@@ -100,6 +104,11 @@ def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]])
     if "token_f1" in task:
         f1 = task["token_f1"]
         learned += f"; answer token F1 {f1['base']:.2f} -> {f1['tuned']:.2f}"
+    if task.get("looping", {}).get("tuned"):
+        n = task["n_generated"]
+        looped, base_looped = round(task["looping"]["tuned"] * n), round(task["looping"]["base"] * n)
+        learned += (f"; {looped} of {n} tuned answers loop (one phrase repeated over most of the answer; base "
+                    f"{base_looped}): sample with repetition_penalty, or train fewer steps")
     learned += "."
     worst = [text for _, good, text in checks if not good]
     if ok:

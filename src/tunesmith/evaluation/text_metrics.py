@@ -24,6 +24,34 @@ def answer_tokens(text: str) -> list[str]:
     return normalize_answer(text).split()
 
 
+LOOP_MIN_WORDS = 8
+"""Shorter answers are never called looping: 'Yes, yes.' is an answer."""
+LOOP_MIN_REPEATS = 3
+LOOP_COVERAGE = 0.5
+"""An answer loops when one phrase, repeated at least LOOP_MIN_REPEATS times, fills at least this
+share of its words ("Hi Alex, Hi Alex, ..." until the token limit)."""
+
+
+def loops(text: str, max_phrase_words: int = 8) -> bool:
+    """Whether a generated answer is degenerate: some phrase of 1 to `max_phrase_words` words
+    repeats, back to back or not, over most of the answer (LOOP_COVERAGE of its words)."""
+    words = answer_tokens(text)
+    if len(words) < LOOP_MIN_WORDS:
+        return False
+    for n in range(1, min(max_phrase_words, len(words) // LOOP_MIN_REPEATS) + 1):
+        repeats: dict[tuple[str, ...], int] = {}
+        last_start: dict[tuple[str, ...], int] = {}
+        for i in range(len(words) - n + 1):
+            phrase = tuple(words[i:i + n])
+            if i - last_start.get(phrase, -n) >= n:  # occurrences that do not overlap ("a a a")
+                repeats[phrase] = repeats.get(phrase, 0) + 1
+                last_start[phrase] = i
+        most = max(repeats.values())
+        if most >= LOOP_MIN_REPEATS and most * n >= LOOP_COVERAGE * len(words):
+            return True
+    return False
+
+
 def exact_match(prediction: str, reference: str) -> float:
     """1.0 when the normalised strings are equal, else 0.0."""
     return float(normalize_answer(prediction) == normalize_answer(reference))
