@@ -93,3 +93,29 @@ def test_leaving_a_stream_early_stops_generation(tuned):
     next(pieces)
     pieces.close()  # returns only once the generation thread has ended
     assert stream.completion is None
+
+
+def test_base_and_tuned_answer_the_same_conversation(tuned):
+    from tunesmith.forgetting.measure import base_view
+
+    model, tokenizer = tuned
+    question = [{"role": "user", "content": "What is a building permit?"}]
+    with model.disable_adapter():
+        base_answer = generate(model, tokenizer, question, max_new_tokens=8)
+    tuned_answer = generate(model, tokenizer, question, max_new_tokens=8)
+    assert base_answer != tuned_answer  # the tiny run's adapter is not the identity (conftest)
+    out: list[str] = []
+    session = chat_loop(model, tokenizer, Sampling(max_new_tokens=8), script(
+        ["/base", "What is a building permit?", "/tuned", "What is a building permit?"]), out.append,
+        base=base_view(model))
+    # The tuned model answers the second question with the base model's first answer in its history.
+    followed = generate(model, tokenizer, question + [{"role": "assistant", "content": base_answer}] + question,
+                        max_new_tokens=8)
+    assert [t["content"] for t in session.turns if t["role"] == "assistant"] == [base_answer, followed]
+    assert "base> " in "".join(out) and f"bot> {followed}" in "".join(out)
+    assert session.model == "tuned" and any(p.requires_grad for p in model.parameters())  # adapters back on
+
+
+def test_base_without_a_base_view_says_so(tuned):
+    session, out = run_chat(tuned, ["/base"])
+    assert session.model == "tuned" and "no base model here" in "".join(out)

@@ -5,13 +5,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from .data.render import encode_prompt
 from .inference.streaming import ReplyStream, Sampling
 
-HELP = "commands: /reset (forget the conversation), /system TEXT (set the system prompt), /exit"
+HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt), "
+        "/base and /tuned (which model answers), /exit")
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,8 @@ class ChatSession:
 
     system: str | None = None
     turns: tuple[dict[str, str], ...] = ()
+    model: str = "tuned"
+    """Which model answers: 'tuned' or 'base' (the same model with its adapters disabled)."""
 
     def messages(self, user_text: str) -> list[dict[str, str]]:
         head = [{"role": "system", "content": self.system}] if self.system else []
@@ -28,17 +32,38 @@ class ChatSession:
 
 Augment = Callable[[list[dict[str, str]]], list[dict[str, str]]]
 """Rewrites a conversation before it is encoded (retrieval puts passages into the last user turn)."""
+BaseView = Callable[[], ContextManager[Any]]
+"""Enters the base model (forgetting.measure.base_view): adapters disabled, or a frozen copy."""
+
+
+def apply_command(text: str, session: ChatSession, has_base: bool) -> tuple[ChatSession | None, str]:
+    """A /command's new session (None: leave the chat) and what to tell the user."""
+    if text == "/exit":
+        return None, ""
+    if text == "/reset":
+        return replace(session, turns=()), "(conversation cleared)"
+    if text == "/system" or text.startswith("/system "):
+        new_system = text[len("/system"):].strip() or None
+        return (ChatSession(system=new_system, model=session.model),
+                f"(system prompt {'set' if new_system else 'back to the template default'}; conversation cleared)")
+    if text in ("/base", "/tuned"):
+        if text == "/base" and not has_base:
+            return session, "(no base model here: this chat has only the tuned model)"
+        return replace(session, model=text[1:]), f"(the {text[1:]} model answers now; the conversation goes on)"
+    return session, f"unknown command {text.split()[0]}; {HELP}"
 
 
 def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[str], str],
-              write: Callable[[str], None], system: str | None = None, augment: Augment | None = None) -> ChatSession:
+              write: Callable[[str], None], system: str | None = None, augment: Augment | None = None,
+              base: BaseView | None = None) -> ChatSession:
     """Read lines until /exit or end of input; stream each answer through `write`; return the session.
 
     `read(prompt)` returns one line and raises EOFError at the end (like `input`); `write(text)`
     prints text without adding a newline. `augment` changes only the prompt: the session keeps
-    the user's own words, so retrieved passages of earlier turns do not pile up.
+    the user's own words, so retrieved passages of earlier turns do not pile up. With `base`,
+    /base and /tuned switch which model answers, on the same conversation.
     """
-    session = ChatSession(system=system)
+    session: ChatSession | None = ChatSession(system=system)
     write(HELP + "\n")
     while True:
         try:
@@ -47,35 +72,36 @@ def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[st
             write("\n")
             return session
         text = line.strip()
-        if not text:
-            continue
-        if text == "/exit":
-            return session
-        if text == "/reset":
-            session = ChatSession(system=session.system)
-            write("(conversation cleared)\n")
-            continue
-        if text == "/system" or text.startswith("/system "):
-            new_system = text[len("/system"):].strip() or None
-            session = ChatSession(system=new_system)
-            write(f"(system prompt {'set' if new_system else 'back to the template default'}; conversation cleared)\n")
-            continue
         if text.startswith("/"):
-            write(f"unknown command {text.split()[0]}; {HELP}\n")
-            continue
-        messages = session.messages(text)
-        prompt = encode_prompt(augment(messages) if augment else messages, tokenizer)
-        stream = ReplyStream(model, tokenizer, prompt, sampling)
-        write("bot> ")
-        pieces, said = iter(stream), []
-        try:
-            for piece in pieces:
-                said.append(piece)
-                write(piece)
-        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the chat
-            write(" [stopped]")
-        finally:
-            pieces.close()  # stops generation if the answer was cut short
-        write("\n")
-        answer = "".join(said).strip()
-        session = replace(session, turns=session.turns + (messages[-1], {"role": "assistant", "content": answer}))
+            new, message = apply_command(text, session, base is not None)
+            if new is None:
+                return session
+            session = new
+            write(message + "\n")
+        elif text:
+            messages = session.messages(text)
+            prompt = encode_prompt(augment(messages) if augment else messages, tokenizer)
+            with base() if session.model == "base" else contextlib.nullcontext(model) as answering:
+                answer = stream_answer(answering, tokenizer, prompt, sampling, write, label=f"{_LABELS[session.model]}> ")
+            session = replace(session, turns=session.turns + (messages[-1], {"role": "assistant", "content": answer}))
+
+
+_LABELS = {"tuned": "bot", "base": "base"}
+
+
+def stream_answer(model: Any, tokenizer: Any, prompt: list[int], sampling: Sampling, write: Callable[[str], None],
+                  label: str = "bot> ") -> str:
+    """Stream one answer through `write`; Ctrl-C stops this answer, not the chat. Returns the text."""
+    stream = ReplyStream(model, tokenizer, prompt, sampling)
+    write(label)
+    pieces, said = iter(stream), []
+    try:
+        for piece in pieces:
+            said.append(piece)
+            write(piece)
+    except KeyboardInterrupt:
+        write(" [stopped]")
+    finally:
+        pieces.close()  # stops generation if the answer was cut short
+    write("\n")
+    return "".join(said).strip()
