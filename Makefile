@@ -41,7 +41,15 @@ compare-demo: setup
 	$(VENV)/bin/tunesmith train examples/compare-demo.yaml --overwrite
 	$(VENV)/bin/tunesmith compare --run runs/compare-demo --knowledge pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl
 
-test: setup
+# llama.cpp itself (llama-cpp-python), for the tests that load GGUF exports in it: it builds llama.cpp
+# from source, about 7 minutes on 2 CPU cores, so only the tests install it, not `make demo`.
+LLAMA_CPP_STAMP := $(VENV)/.llama-cpp-done
+
+$(LLAMA_CPP_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[llama-cpp]"
+	touch $(LLAMA_CPP_STAMP)
+
+test: setup $(LLAMA_CPP_STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
 	$(VENV)/bin/pytest -q -m slow
 

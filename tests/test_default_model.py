@@ -31,3 +31,35 @@ def test_default_model_trains_two_steps(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 2.5 < summary["base_val_loss"] < 5.0  # a real pretrained model, not random (~10.8)
     assert result.final_val_loss < result.base_val_loss
+
+
+def test_default_model_gguf_runs_in_llama_cpp(tmp_path):
+    """The export of a default-model run loads in llama.cpp (which refused `tokenizer.ggml.pre`
+    'gpt2') and answers with transformers' greedy tokens, stopping at <|im_end|>."""
+    import gguf
+    import torch
+
+    from tunesmith.data.render import encode_prompt
+    from tunesmith.export.exporter import export_run
+    from tunesmith.generate import load_run
+
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[llama-cpp]')")
+    config = load_config(None, {"data": FAQ, "output": str(tmp_path / "run"), "max_steps": 1, "batch_size": 1,
+                                "max_seq_tokens": 128, "val_fraction": 0.01,
+                                "forgetting": {"measure_during_training": False}})
+    train(config, show_progress=False)
+    export_run(tmp_path / "run", "gguf", tmp_path / "g", gguf_type="f16")
+    path = tmp_path / "g" / "model-f16.gguf"
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "smollm"
+    model, tokenizer = load_run(tmp_path / "run")
+    prompt = encode_prompt([{"role": "user", "content": "Do I need a building permit for a small shed?"}], tokenizer)
+    with torch.no_grad():
+        expected = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=20, do_sample=False,
+                                  eos_token_id=tokenizer.eos_token_id)[0, len(prompt):].tolist()
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=2, verbose=False)
+    got = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        got.append(int(token))
+        if len(got) == 20 or token == llm.token_eos():
+            break
+    assert got == expected[: len(got)] and len(got) >= min(20, len(expected))

@@ -25,6 +25,20 @@ from tunesmith.model.loading import load_gguf_model, load_model
 from tunesmith.training.rundir import RunDirError
 
 
+@pytest.fixture(autouse=True)
+def tiny_tokenizer_known_to_llama_cpp(tiny_model_dir, monkeypatch):
+    """llama.cpp names a pre-tokenizer by the hash of its tokens for a probe text, so it knows the
+    tiny test vocabulary by no name. Its pre-tokenizer is GPT-2's byte-level regex exactly, so
+    'gpt-2' is what llama.cpp's converter would write for it, were it listed: list it."""
+    import tunesmith.export.gguf as gguf_export
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    digest = hashlib.sha256(str(tokenizer.encode(gguf_export.CHECK_TEXT)).encode()).hexdigest()
+    known = {**gguf_export.known_pre_tokenizers(), digest: "gpt-2"}
+    monkeypatch.setattr(gguf_export, "known_pre_tokenizers", lambda: known)
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -142,6 +156,7 @@ def test_gguf_metadata_and_modelfile(tiny_run, tuned, tmp_path):
     assert meta["tokenizer.chat_template"] == tokenizer.chat_template
     assert meta["tokenizer.ggml.eos_token_id"] == tokenizer.eos_token_id
     assert meta["tokenizer.ggml.model"] == "gpt2"
+    assert meta["tokenizer.ggml.pre"] == "gpt-2"  # llama.cpp's name; it refuses an unknown one
     tokens = meta["tokenizer.ggml.tokens"]
     assert tokens[tokenizer.eos_token_id] == "<|im_end|>" and len(tokens) == len(tokenizer)
     assert len(meta["tokenizer.ggml.merges"]) > 0
@@ -203,3 +218,36 @@ def test_cli_export_and_chat(tiny_run, tmp_path):
     chat = runner.invoke(main, ["chat", str(tiny_run), "--max-new-tokens", "4"], input="Hello\n/exit\n")
     assert chat.exit_code == 0, chat.output
     assert "bot> " in chat.output and "/reset" in chat.output
+
+
+def test_gguf_refuses_a_tokenizer_llama_cpp_does_not_know(tiny_run, tmp_path, monkeypatch):
+    import tunesmith.export.gguf as gguf_export
+
+    monkeypatch.setattr(gguf_export, "known_pre_tokenizers", dict)
+    with pytest.raises(ExportError, match="llama.cpp does not know this tokenizer's pre-tokenizer"):
+        export_run(tiny_run, "gguf", tmp_path / "g", gguf_type="f16")
+    assert not (tmp_path / "g").exists() and not list(tmp_path.glob(".g.*"))
+
+
+def llama_cpp_greedy(path: Path, prompt: list[int], n_tokens: int) -> list[int]:
+    """Greedy tokens from llama.cpp itself (llama-cpp-python), on the CPU."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[llama-cpp]')")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, verbose=False, logits_all=False)
+    out = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        out.append(int(token))
+        if len(out) == n_tokens or token == llm.token_eos():
+            break
+    return out
+
+
+def test_gguf_runs_in_llama_cpp_with_transformers_greedy_tokens(tiny_run, tuned, tmp_path):
+    """The file loads in a real llama.cpp (not only in transformers' GGUF reader) and decodes the
+    same greedy tokens as base + adapter in transformers."""
+    model, tokenizer = tuned
+    export_run(tiny_run, "gguf", tmp_path / "g", gguf_type="f32")
+    prompt = sample_inputs(tokenizer)[0][0].tolist()
+    with torch.no_grad():
+        expected = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                  pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+    assert llama_cpp_greedy(tmp_path / "g" / "model-f32.gguf", prompt, 12) == expected[:12]

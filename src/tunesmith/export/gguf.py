@@ -7,6 +7,8 @@ as tokens + types + merges, and the chat template and stop/special ids go into t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +30,10 @@ GGUF_TYPES = ("f32", "f16", "q8_0")
 # f32 ~5e-6, f16 ~4e-3, q8_0 ~0.05.
 GGUF_TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "q8_0": 1e-1}
 LLAMA_TYPES = ("llama", "mistral")
+PRE_TOKENIZERS_FILE = Path(__file__).with_name("llama_cpp_pre_tokenizers.json")
+# llama.cpp's probe text for telling BPE pre-tokenizers apart (conversion/base.py, `chktxt`): runs of
+# whitespace, emoji, digits, scripts and contractions that pre-tokenizers split differently.
+CHECK_TEXT = '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL'
 
 
 def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -151,7 +157,7 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
                 types.append(gguf.TokenType.CONTROL if spec_token.special else gguf.TokenType.USER_DEFINED)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(_pre_tokenizer_name(spec.get("pre_tokenizer")))
+    writer.add_tokenizer_pre(pre_tokenizer_name(tokenizer))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
@@ -168,7 +174,21 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
         writer.add_chat_template(tokenizer.chat_template)
 
 
-def _pre_tokenizer_name(pre: Any) -> str:
-    """llama.cpp's name for the pre-tokenizer regex: smollm splits digits one by one, gpt2 does not."""
-    text = json.dumps(pre)
-    return "smollm" if '"Digits"' in text and '"individual_digits": true' in text else "gpt2"
+def pre_tokenizer_name(tokenizer: Any) -> str:
+    """`tokenizer.ggml.pre`, decided as llama.cpp's converter decides it (conversion/base.py,
+    get_vocab_base_pre): the SHA-256 of the ids `CHECK_TEXT` encodes to names the pre-tokenizer.
+    llama.cpp refuses to load a file whose name it does not know, so an unknown tokenizer is
+    refused here, before anything is written."""
+    digest = hashlib.sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
+    name = known_pre_tokenizers().get(digest)
+    if name is None:
+        raise ExportError(f"llama.cpp does not know this tokenizer's pre-tokenizer (check hash {digest[:16]}...), so it "
+                          "would refuse the GGUF file: export --format merged and convert that folder with llama.cpp's "
+                          "convert_hf_to_gguf.py once llama.cpp supports the tokenizer")
+    return name
+
+
+@functools.lru_cache(maxsize=1)
+def known_pre_tokenizers() -> dict[str, str]:
+    """Check hash -> pre-tokenizer name, copied from llama.cpp (see the file's `source`)."""
+    return json.loads(PRE_TOKENIZERS_FILE.read_text(encoding="utf-8"))["pre_tokenizers"]
