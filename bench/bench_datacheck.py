@@ -53,7 +53,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from tunesmith.data.check import check_files
-    from tunesmith.model.loading import load_tokenizer
+    from tunesmith.model.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     base_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # libraries and tokenizer

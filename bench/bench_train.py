@@ -51,7 +51,7 @@ def build_model(folder: Path, shape: str = "135M", seed: int = 0) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tunesmith.model.loading import load_tokenizer, resolve_model_path
+    from tunesmith.model.tokenizer import load_tokenizer, resolve_model_path
 
     source = resolve_model_path("smollm2-135m-instruct")
     config = AutoConfig.from_pretrained(source)
@@ -301,7 +301,7 @@ def model_flops(model: Path, train: Path, steps: int, full: bool) -> dict[str, f
     """
     from tunesmith.config import LoraConfig
     from tunesmith.data import read_records, tokenize_records
-    from tunesmith.model.loading import load_tokenizer
+    from tunesmith.model.tokenizer import load_tokenizer
     from tunesmith.training.batching import micro_batches
 
     config = json.loads((Path(model) / "config.json").read_text())

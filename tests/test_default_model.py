@@ -6,7 +6,7 @@ import pytest
 
 from tunesmith import load_config, train
 from tunesmith.data import IGNORE, encode_conversation, read_records
-from tunesmith.model.loading import load_tokenizer, resolve_model_path
+from tunesmith.model.tokenizer import load_tokenizer, resolve_model_path
 
 pytestmark = pytest.mark.slow
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"

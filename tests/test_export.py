@@ -30,8 +30,9 @@ def tiny_tokenizer_known_to_llama_cpp(tiny_model_dir, monkeypatch):
     """llama.cpp names a pre-tokenizer by the hash of its tokens for a probe text, so it knows the
     tiny test vocabulary by no name. Its pre-tokenizer is GPT-2's byte-level regex exactly, so
     'gpt-2' is what llama.cpp's converter would write for it, were it listed: list it."""
-    import tunesmith.export.gguf as gguf_export
     from transformers import AutoTokenizer
+
+    import tunesmith.export.gguf as gguf_export
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     digest = hashlib.sha256(str(tokenizer.encode(gguf_export.CHECK_TEXT)).encode()).hexdigest()

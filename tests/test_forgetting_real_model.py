@@ -6,7 +6,8 @@ import pytest
 
 from tunesmith.config import DEFAULT_MODEL, LoraConfig
 from tunesmith.forgetting import measure_probes
-from tunesmith.model.loading import add_adapter, load_model, load_tokenizer
+from tunesmith.model.loading import add_adapter, load_model
+from tunesmith.model.tokenizer import load_tokenizer
 
 
 @pytest.mark.slow

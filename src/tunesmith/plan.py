@@ -15,8 +15,9 @@ import torch
 
 from .config import TrainConfig
 from .data import prepare_data
-from .model.loading import count_parameters, load_tokenizer
+from .model.loading import count_parameters
 from .model.precision import compute_dtype, frozen_weight_dtype
+from .model.tokenizer import load_tokenizer
 from .training.batching import epoch_plan, pack_examples, split_batch
 
 GIB = 1024**3

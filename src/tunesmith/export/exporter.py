@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ExportError
-from ..model.loading import load_model, load_tokenizer
+from ..model.loading import load_model
+from ..model.tokenizer import load_tokenizer
 from ..training.rundir import RunDir, RunDirError, write_atomic
 from .gguf import export_gguf
 from .parity import compare_logits, merged_model, sample_inputs

@@ -20,7 +20,7 @@ import numpy as np
 from ..config import cache_dir
 from ..data.render import end_of_turn_ids, pad_id
 from ..evaluation.bootstrap import paired_summary
-from ..model.loading import resolve_model_path
+from ..model.tokenizer import resolve_model_path
 from ..training.rundir import write_atomic
 from .probes import PROBE_SIZES, Probe, ProbeSizes, build_probes, probe_fingerprint
 from .scoring import (
