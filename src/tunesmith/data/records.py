@@ -246,7 +246,10 @@ def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue], *, co
             issues.append(DataIssue(str(path), line_no, "(row)", f"is in {fmt} format but earlier rows are {file_format} "
                                     "— keep one format per file", row=data_row))
             continue
+        before = len(issues)
         record = _to_record(row, fmt, str(path), line_no, issues, data_row)
+        if columns:  # name the user's column, not our field it was mapped to
+            issues[before:] = [replace(i, field=columns.get(i.field, i.field)) for i in issues[before:]]
         if record is not None:
             yield fmt, record
 
