@@ -18,7 +18,7 @@ def test_formats_normalise_to_the_same_conversations(fmt, faq_file):
 def test_text_files_and_text_rows(tmp_path, faq_file):
     md = tmp_path / "doc.md"
     md.write_text("# Title\n\nSome domain text.\n", encoding="utf-8")
-    assert read_records(md) == [Document("# Title\n\nSome domain text.\n", f"{md}:1")]
+    assert read_records(md) == [Document("# Title\n\nSome domain text.\n", f"{md}:1", whole_file=True)]
     assert all(isinstance(r, Document) for r in read_records(faq_file("text")))
 
 

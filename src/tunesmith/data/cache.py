@@ -1,10 +1,11 @@
-"""Tokenized files cached on disk and memory-mapped: a file is tokenized once per content, tokenizer,
-chat template and `max_seq_tokens`, and a data check that passed is not repeated.
+"""Tokenized files cached on disk and memory-mapped: a file (or folder) is tokenized once per content,
+tokenizer, chat template, `max_seq_tokens`, column mapping and system prompt, and a data check that
+passed is not repeated.
 
-An entry is a folder `tokens/v<version>-<file sha>-<path hash>-<tokenizer fingerprint>-<max_seq_tokens>/` under
-tunesmith's cache: `input_ids.npy` and `targets.npy` (int32, every example end to end),
-`offsets.npy` (int64, example i is [offsets[i], offsets[i+1])) and `meta.json` (sources and
-warnings). Entries are built in a temporary folder and renamed into place, so a crash leaves none
+An entry is a folder `tokens/v<version>-<file sha>-<path and rendering hash>-<tokenizer fingerprint>-<max_seq_tokens>/`
+under tunesmith's cache: `input_ids.npy` and `targets.npy` (int32, every example end to end),
+`offsets.npy` (int64, example i is [offsets[i], offsets[i+1])) and `meta.json` (sources, documents
+and warnings). Entries are built in a temporary folder and renamed into place, so a crash leaves none
 half-written; a damaged entry is rebuilt.
 """
 
@@ -21,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..config import cache_dir
-from .records import file_sha256, read_records
+from .columns import ColumnMap
+from .records import file_sha256, read_data
 from .render import Example, tokenize_records
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 """Bump when rendering changes what a row tokenizes to, so old entries are not reused."""
 
 
@@ -42,9 +44,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256((body + extra).encode()).hexdigest()[:16]
 
 
-def entry_path(path: str | Path, file_sha: str, tokenizer: Any, max_seq_tokens: int) -> Path:
-    # The path is part of the key because examples and warnings name their rows as path:line.
-    where = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+def entry_path(path: str | Path, file_sha: str, tokenizer: Any, max_seq_tokens: int, *,
+               columns: ColumnMap | None = None, system_prompt: str | None = None) -> Path:
+    # The path is part of the key because examples and warnings name their rows as path:line; the
+    # mapping and the system prompt because they change what a row renders to.
+    where = hashlib.sha256(json.dumps([str(path), sorted((columns or {}).items()), system_prompt or None])
+                           .encode()).hexdigest()[:8]
     return tokens_dir() / f"v{CACHE_VERSION}-{file_sha[:16]}-{where}-{tokenizer_fingerprint(tokenizer)}-{max_seq_tokens}"
 
 
@@ -54,13 +59,14 @@ def _read_entry(entry: Path) -> tuple[list[Example], list[str]] | None:
         input_ids = np.load(entry / "input_ids.npy", mmap_mode="r", allow_pickle=False)  # (total tokens,)
         targets = np.load(entry / "targets.npy", mmap_mode="r", allow_pickle=False)  # (total tokens,)
         offsets = np.load(entry / "offsets.npy", allow_pickle=False)  # (n_examples + 1,)
-    except (OSError, ValueError, json.JSONDecodeError):
+        sources, documents = meta["sources"], meta["documents"]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None
-    sources = meta["sources"]
-    if len(offsets) != len(sources) + 1 or offsets[-1] != len(input_ids) or len(targets) != len(input_ids):
+    if (len(offsets) != len(sources) + 1 or offsets[-1] != len(input_ids) or len(targets) != len(input_ids)
+            or len(documents) != len(sources)):
         return None
-    examples = [Example(input_ids[a:b], targets[a:b], source)
-                for a, b, source in zip(offsets[:-1].tolist(), offsets[1:].tolist(), sources)]
+    examples = [Example(input_ids[a:b], targets[a:b], source, document)
+                for a, b, source, document in zip(offsets[:-1].tolist(), offsets[1:].tolist(), sources, documents)]
     return examples, meta["warnings"]
 
 
@@ -73,7 +79,9 @@ def _write_entry(entry: Path, examples: list[Example], warnings: list[str]) -> N
         for name in ("input_ids", "targets"):
             parts = [np.asarray(getattr(e, name), dtype=np.int32) for e in examples]
             np.save(staging / f"{name}.npy", np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32))
-        (staging / "meta.json").write_text(json.dumps({"sources": [e.source for e in examples], "warnings": warnings}),
+        (staging / "meta.json").write_text(json.dumps({"sources": [e.source for e in examples],
+                                                               "documents": [e.document for e in examples],
+                                                               "warnings": warnings}),
                                            encoding="utf-8")
         shutil.rmtree(entry, ignore_errors=True)  # a damaged entry, or none
         os.replace(staging, entry)
@@ -84,12 +92,15 @@ def _write_entry(entry: Path, examples: list[Example], warnings: list[str]) -> N
 
 
 def tokenize_file(path: str | Path, file_sha: str, tokenizer: Any, max_seq_tokens: int,
-                  use_cache: bool = True) -> tuple[list[Example], list[str]]:
-    """(examples, warnings) of one data file, from the cache when it holds them."""
-    entry = entry_path(path, file_sha, tokenizer, max_seq_tokens)
+                  use_cache: bool = True, *, columns: ColumnMap | None = None,
+                  system_prompt: str | None = None) -> tuple[list[Example], list[str]]:
+    """(examples, warnings) of one data file or folder, from the cache when it holds them."""
+    entry = entry_path(path, file_sha, tokenizer, max_seq_tokens, columns=columns, system_prompt=system_prompt)
     if use_cache and (cached := _read_entry(entry)) is not None:
         return cached
-    examples, warnings = tokenize_records(read_records(path), tokenizer, max_seq_tokens)
+    read = read_data(path, columns=columns, system_prompt=system_prompt)
+    examples, warnings = tokenize_records(read.records, tokenizer, max_seq_tokens)
+    warnings = [str(note) for note in read.notes] + warnings
     if use_cache:
         _write_entry(entry, examples, warnings)
         if (cached := _read_entry(entry)) is not None:  # memory-mapped: the lists can go
@@ -97,28 +108,39 @@ def tokenize_file(path: str | Path, file_sha: str, tokenizer: Any, max_seq_token
     return examples, warnings
 
 
-def _check_marker(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int) -> Path:
+def _check_marker(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
+                  settings: dict[str, Any]) -> Path:
     # The check of a train file depends on the eval file too (leakage between them), and its
-    # warnings name both by path.
+    # warnings name both by path; `settings` (mapping, system prompt, val_fraction) change its findings.
     files = [(str(f), file_sha256(f)) for f in (data, eval_data) if f is not None]
-    key = hashlib.sha256(json.dumps([files, tokenizer_fingerprint(tokenizer), max_seq_tokens]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([files, tokenizer_fingerprint(tokenizer), max_seq_tokens, settings],
+                                    sort_keys=True).encode()).hexdigest()
     return tokens_dir() / "checks" / f"v{CACHE_VERSION}-{key[:24]}.json"
 
 
-def passed_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int) -> list[str] | None:
+def _settings(columns: ColumnMap | None, system_prompt: str | None, val_fraction: float | None) -> dict[str, Any]:
+    return {"columns": dict(columns or {}), "system_prompt": system_prompt or None, "val_fraction": val_fraction}
+
+
+def passed_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int, *,
+                 columns: ColumnMap | None = None, system_prompt: str | None = None,
+                 val_fraction: float | None = None) -> list[str] | None:
     """The warning lines of an earlier data check that passed on exactly these inputs, or None."""
+    marker = _check_marker(data, eval_data, tokenizer, max_seq_tokens, _settings(columns, system_prompt, val_fraction))
     try:
-        return json.loads(_check_marker(data, eval_data, tokenizer, max_seq_tokens).read_text(encoding="utf-8"))
+        return json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # no marker, a damaged one, or an unreadable file: the check will say
         return None
 
 
 def record_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
-                 warning_lines: list[str]) -> None:
+                 warning_lines: list[str], *, columns: ColumnMap | None = None, system_prompt: str | None = None,
+                 val_fraction: float | None = None) -> None:
     """Remember that the check passed on these inputs, with the warnings it printed."""
     from ..training.rundir import write_atomic
 
+    marker = _check_marker(data, eval_data, tokenizer, max_seq_tokens, _settings(columns, system_prompt, val_fraction))
     try:
-        write_atomic(_check_marker(data, eval_data, tokenizer, max_seq_tokens), json.dumps(warning_lines))
+        write_atomic(marker, json.dumps(warning_lines))
     except OSError:
         pass  # a read-only cache: the check simply runs again next time

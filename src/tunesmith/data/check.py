@@ -10,31 +10,34 @@ from __future__ import annotations
 import re
 import statistics
 from array import array
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from rich.markup import escape
 
+from .columns import ColumnMap, check_columns
 from .limits import CheckLimits
 from .pii import find_pii
+from .prepare import held_out_count, small_data_warnings
 from .records import (
-    TEXT_SUFFIXES,
     Conversation,
     DataError,
     DataIssue,
     Document,
+    Message,
     Record,
     check_readable,
-    iter_records,
-    read_text_file,
+    iter_source,
     resolve_data_path,
+    with_system_prompt,
 )
 from .render import (
     END_OF_TURN_TOKENS,
     IGNORE,
     Example,
     TemplateError,
+    encode_conversation,
     encode_conversations,
     encode_document,
     end_of_turn_ids,
@@ -55,6 +58,12 @@ class SplitStats:
     format: str | None = None
     rows: int = 0
     examples: int = 0
+    documents: int = 0
+    """Whole .txt/.md files among the rows (a folder's documents)."""
+    document_examples: int = 0
+    """Chunks of those documents."""
+    system_prompt_added: int = 0
+    """Conversations that got the system prompt (they had no system turn)."""
     lengths: array = field(default_factory=lambda: array("I"))
     """Tokens per row, 4 bytes each."""
     trained_tokens: int = 0
@@ -71,6 +80,9 @@ class SplitStats:
     answer_lines: array = field(default_factory=lambda: array("I"))
     answer_tokens: array = field(default_factory=lambda: array("I"))
     """Line and trained tokens of each conversation, for the long-answer check against the median."""
+    answer_files: array = field(default_factory=lambda: array("I"))
+    files: list[str] = field(default_factory=list)
+    """The file of each conversation (an index into `files`): a folder holds several."""
 
     def to_dict(self) -> dict[str, Any]:
         ordered = sorted(self.lengths)
@@ -80,7 +92,8 @@ class SplitStats:
                       "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1],
                       "total": sum(ordered)}
         return {
-            "file": self.file, "format": self.format, "rows": self.rows, "examples": self.examples,
+            "file": self.file, "format": self.format or "unknown", "rows": self.rows, "examples": self.examples,
+            "documents": self.documents, "system_prompt_added": self.system_prompt_added,
             "tokens": tokens, "trained_tokens": self.trained_tokens,
             "over_max_seq_tokens": self.over_max_seq_tokens, "cut_trained_tokens": self.cut_trained_tokens,
             "no_trained_tokens": self.no_trained_tokens, "end_of_turn_trained": self.end_of_turn_trained,
@@ -132,30 +145,79 @@ class CheckReport:
 
 
 def check_files(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
-                limits: CheckLimits | None = None, show: int = 0) -> CheckReport:
-    """Check the training file and, when given, the evaluation file and leakage between them."""
+                limits: CheckLimits | None = None, show: int = 0, *, columns: ColumnMap | None = None,
+                system_prompt: str | None = None, val_fraction: float | None = None) -> CheckReport:
+    """Check the training file (or folder) and, when given, the evaluation file and leakage between
+    them. `columns` and `system_prompt` as in `read_records`; `val_fraction` (without an eval file)
+    lets the check say whether the held-out share is big enough to judge a run."""
     limits = limits or CheckLimits()
     report = CheckReport()
-    checker = _Checker(tokenizer, max_seq_tokens, limits, report, show)
+    checker = _Checker(tokenizer, max_seq_tokens, limits, report, show, check_columns(columns or {}), system_prompt)
     train_index = DuplicateIndex(limits.near_duplicate_jaccard)
     splits = {"train": checker.check_file(data, "train", train_index, None)}
     if eval_data is not None:
         eval_index = DuplicateIndex(limits.near_duplicate_jaccard)
         splits["eval"] = checker.check_file(eval_data, "eval", eval_index, train_index)
+    _warn_small_data(checker, splits, val_fraction)
     train_file = str(resolve_data_path(data))
     for issues in (report.errors, report.warnings):
-        issues.sort(key=lambda i: (i.file != train_file, i.file, i.line))
-    report.stats = {"max_seq_tokens": max_seq_tokens, "splits": {k: v.to_dict() for k, v in splits.items()}}
+        issues.sort(key=lambda i: (not _inside(i.file, train_file), i.file, i.line))
+    report.stats = {"max_seq_tokens": max_seq_tokens, "splits": {k: v.to_dict() for k, v in splits.items()},
+                    "system_prompt_tokens": system_prompt_tokens(tokenizer, system_prompt)}
     if eval_data is not None:
         report.stats["leakage"] = checker.leakage
     return report
 
 
+def _inside(file: str, data: str) -> bool:
+    return file == data or file.startswith(data.rstrip("/") + "/")
+
+
+def system_prompt_tokens(tokenizer: Any, system_prompt: str | None) -> int:
+    """Tokens the system prompt adds to each conversation without one (its text and its turn's
+    markup, less any default system turn the template writes itself); 0 when there is none."""
+    if not system_prompt or not getattr(tokenizer, "chat_template", None):
+        return 0
+    probe = Conversation((Message("user", "?"), Message("assistant", "!")), "")
+    try:
+        with_it = encode_conversation(with_system_prompt(probe, system_prompt), tokenizer, UNLIMITED)[0]
+        without = encode_conversation(probe, tokenizer, UNLIMITED)[0]
+    except TemplateError:
+        return 0  # the template refuses a system turn: every row says so in the errors
+    return len(with_it.input_ids) - len(without.input_ids)
+
+
+def _warn_small_data(checker: _Checker, splits: dict[str, SplitStats], val_fraction: float | None) -> None:
+    """The `small data` warnings: the validation set as training will split it, and the training set."""
+    train = splits["train"]
+    if train.rows == 0:
+        return  # an empty file has its own error
+    if "eval" in splits:
+        n_train, n_val, val_file = train.examples, splits["eval"].examples, splits["eval"].file
+    elif val_fraction is not None:
+        # as prepare_data splits: by row, or by document when there are several
+        units = train.examples - train.document_examples + train.documents if train.documents >= 2 else train.examples
+        if units < 2:
+            return  # the split itself fails, with its own message
+        n_val = round(train.examples * held_out_count(units, val_fraction) / units)
+        n_train, val_file = train.examples - n_val, train.file
+    else:
+        n_train, n_val, val_file = train.examples, None, train.file
+    val_message, train_message = small_data_warnings(n_train, n_val, None if "eval" in splits else val_fraction,
+                                                     checker.limits)
+    for file, message in ((val_file, val_message), (train.file, train_message)):
+        if message:
+            checker.warn(file, 0, "(file)", "small data", message)
+
+
 class _Checker:
     """State shared across the files of one check: tokenizer facts, report, leakage counts."""
 
-    def __init__(self, tokenizer: Any, max_seq_tokens: int, limits: CheckLimits, report: CheckReport, show: int):
+    def __init__(self, tokenizer: Any, max_seq_tokens: int, limits: CheckLimits, report: CheckReport, show: int,
+                 columns: ColumnMap, system_prompt: str | None):
         self.tokenizer = tokenizer
+        self.columns = columns
+        self.system_prompt = system_prompt
         self.max_seq_tokens = max_seq_tokens
         self.limits = limits
         self.report = report
@@ -191,8 +253,9 @@ class _Checker:
         self.prompts, self.answers = {}, {}
         check_readable(resolved)
         issues: list[DataIssue] = []
+        notes: list[DataIssue] = []
         batch: list[tuple[str, Record]] = []
-        for item in self._records(resolved, issues):
+        for item in iter_source(resolved, self.limits, issues, notes, columns=self.columns):
             batch.append(item)
             if len(batch) == BATCH_ROWS:
                 self._check_batch(batch, stats, split, index, reference)
@@ -200,22 +263,14 @@ class _Checker:
         if batch:
             self._check_batch(batch, stats, split, index, reference)
         for issue in issues:
-            self.report.errors.append(DataIssue(issue.file, issue.line, issue.field, issue.message, "format"))
+            self.report.errors.append(replace(issue, kind="format"))
+        self.report.warnings.extend(notes)
         if stats.rows == 0 and not issues:
             self.error(str(resolved), 1, "(file)", "empty", "has no rows — add one JSON object per line")
         self._after_file(stats)
         if split == "train":
             self.train_prompts, self.train_answers = self.prompts, self.answers
         return stats
-
-    def _records(self, path: Path, issues: list[DataIssue]) -> Iterator[tuple[str, Record]]:
-        if path.suffix.lower() in TEXT_SUFFIXES:
-            try:
-                yield from (("text", r) for r in read_text_file(path))
-            except DataError as exc:
-                issues.extend(exc.issues)
-            return
-        yield from iter_records(path, self.limits, issues)
 
     def _check_batch(self, batch: list[tuple[str, Record]], stats: SplitStats, split: str,
                      index: DuplicateIndex, reference: DuplicateIndex | None) -> None:
@@ -230,6 +285,9 @@ class _Checker:
             if isinstance(record, Document):
                 examples = encode_document(record, self.tokenizer, self.max_seq_tokens)
                 stats.examples += len(examples)
+                if record.whole_file:
+                    stats.documents += 1
+                    stats.document_examples += len(examples)
                 stats.lengths.append(sum(len(e.input_ids) for e in examples))
                 stats.trained_tokens += sum(e.n_trained for e in examples)
                 self._keep_preview(examples[:1], split)
@@ -241,6 +299,9 @@ class _Checker:
                                "conversations cannot be rendered — set `chat_template` in the config to a name "
                                "('chatml') or a Jinja string, or use a chat model")
                 continue
+            given = with_system_prompt(record, self.system_prompt)
+            stats.system_prompt_added += given is not record
+            record = given
             roles = tuple(m.role for m in record.messages)
             if roles not in self.layouts:
                 try:
@@ -292,6 +353,9 @@ class _Checker:
                 stats.end_of_turn_trained += 1
             stats.answer_lines.append(line)
             stats.answer_tokens.append(len(trained))
+            if not stats.files or stats.files[-1] != file:
+                stats.files.append(file)
+            stats.answer_files.append(len(stats.files) - 1)
         answer = " ".join(m.content.strip() for m in conversation.messages if m.role == "assistant" and m.trained)
         if trained and len(answer) < self.limits.short_answer_chars:
             stats.short_answers += 1
@@ -371,20 +435,20 @@ class _Checker:
         if stats.answer_tokens:
             median = statistics.median(stats.answer_tokens)
             cap = max(self.limits.long_answer_ratio * median, self.limits.long_answer_min_tokens)
-            for line, n in zip(stats.answer_lines, stats.answer_tokens):
+            for line, n, f in zip(stats.answer_lines, stats.answer_tokens, stats.answer_files):
                 if n > cap:
                     stats.long_answers += 1
-                    self.warn(stats.file, line, "(answer)", "long answer",
+                    self.warn(stats.files[f], line, "(answer)", "long answer",
                               f"trains {n} tokens, {n / median:.0f}x the median answer ({median:g}) — check that "
                               "it is one answer, not several pasted together")
             missing = len(stats.answer_tokens) - stats.end_of_turn_trained
             if missing:
                 first = stats.answer_lines[0]
-                self.warn(stats.file, first, "(template)", "end of turn not trained",
+                self.warn(stats.files[0], first, "(template)", "end of turn not trained",
                           f"{missing} of {len(stats.answer_tokens)} examples never train the end-of-turn token, "
                           "so the model will not learn to stop — use a chat template that closes assistant turns "
                           "with the tokenizer's EOS")
-            stats.answer_lines, stats.answer_tokens = array("I"), array("I")
+            stats.answer_lines, stats.answer_tokens, stats.answer_files = array("I"), array("I"), array("I")
 
     def _keep_preview(self, examples: list[Example], split: str) -> None:
         if split == "train" and len(self.report.previews) < self.show:

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "chat": ("messages",),
+    "sharegpt": ("conversations",),
+    "instruction": ("instruction", "input", "output", "system"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+"""The keys (CSV columns) each format reads; any other key of a row is ignored."""
+FIELDS = tuple(dict.fromkeys(f for fields in FORMAT_FIELDS.values() for f in fields))
+"""Every field name a column mapping may target."""
+
 
 def detect_format(row: dict[str, Any]) -> str | None:
     """The format a JSON row is written in, from its keys; None when no format fits."""

@@ -16,9 +16,17 @@ class DataIssue:
     message: str
     kind: str = ""
     """The data check's name for the problem (duplicate, pii, truncation, ...); empty from plain reads."""
+    row: int = 0
+    """CSV only: the data row, counted as a spreadsheet user counts records under the header (the
+    header excluded, blank rows included); 0 elsewhere. Shown when a quoted cell spanning lines
+    makes it differ from the file line."""
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+        # line 0 means the file as a whole, not a line of it
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.row and self.row + 1 != self.line:
+            where += f" (row {self.row})"
+        return f"{where}: {self.field}: {self.message}"
 
 
 @dataclass

@@ -21,6 +21,12 @@ class CheckLimits:
     """Answers longer than this many times the median answer (and over `long_answer_min_tokens`) are flagged."""
     long_answer_min_tokens: int = 256
     """An answer is never called long below this many tokens, whatever the median."""
+    small_val_examples: int = 20
+    """Fewer held-out examples than this cannot judge a run: one example moves the validation loss
+    by 5% or more, so a change between runs is mostly chance."""
+    small_train_examples: int = 50
+    """Fewer training examples than this are called tiny: OpenAI's fine-tuning guide sees clear gains
+    from 50-100 examples, and a few dozen are memorised rather than generalised."""
     max_issues_shown: int = 50
     """Problems printed per kind (errors, warnings); the rest are counted, and all are in --json."""
 

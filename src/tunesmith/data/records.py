@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
+from .columns import ColumnMap, check_columns, mapping_hint
 from .formats import detect_format
 from .issues import DataError, DataIssue
 from .limits import CheckLimits
-from .rows import iter_rows
+from .rows import CSV_SUFFIXES, JSON_SUFFIXES, iter_rows
 
 TEXT_SUFFIXES = (".txt", ".md")
+DATA_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", *JSON_SUFFIXES, *CSV_SUFFIXES)
+"""The files a folder's data is read from; others are skipped (and counted)."""
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 CHAT_ROLES = ("system", "user", "assistant")
 # C0 controls (but tab, LF, CR), DEL and C1 controls: invisible, and NUL truncates text in C code.
@@ -49,6 +54,9 @@ class Document:
 
     text: str
     source: str
+    whole_file: bool = False
+    """A whole .txt/.md file (not one row's text): each chunk names the line it starts on, and a
+    validation split over several such documents holds each one out whole."""
 
 
 Record = Conversation | Document
@@ -67,34 +75,112 @@ def resolve_data_path(path: str | Path) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a data file, or of a folder: over each data file's relative path and content, so a
+    renamed, added or edited document changes it (for the manifest and the token cache)."""
+    path = resolve_data_path(path)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in data_files(path).files:
+            digest.update(f"{file.relative_to(path).as_posix()}\0{_content_sha256(file)}\n".encode())
+        return digest.hexdigest()
+    return _content_sha256(path)
+
+
+def _content_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(resolve_data_path(path), "rb") as handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def read_records(path: str | Path, limits: CheckLimits | None = None) -> list[Record]:
-    """All records of a data file (.jsonl, .json array, .csv, .txt, .md), or a DataError naming every bad row."""
+@dataclass(frozen=True)
+class FolderFiles:
+    """The data files of a folder, and what was left out."""
+
+    files: list[Path]
+    """Every .txt/.md/.jsonl/.json/.csv file under the folder, sorted by relative path."""
+    hidden: int
+    """Files skipped because they or a folder above them start with a dot."""
+    other: list[str]
+    """Relative paths of files skipped for their suffix."""
+
+
+def data_files(folder: Path) -> FolderFiles:
+    """The folder's data files, recursively, in a stable order (sorted by relative path, so the
+    seeded split does not depend on the file system's listing order)."""
+    files, other, hidden = [], [], 0
+    for file in sorted((p for p in folder.rglob("*") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix()):
+        relative = file.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            hidden += 1
+        elif file.suffix.lower() in DATA_SUFFIXES:
+            files.append(file)
+        else:
+            other.append(relative.as_posix())
+    return FolderFiles(files, hidden, other)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    records: list[Record]
+    notes: list[DataIssue]
+    """Warnings about the input as a whole (columns ignored, files skipped), one each."""
+
+
+def read_records(path: str | Path, limits: CheckLimits | None = None, *, columns: ColumnMap | None = None,
+                 system_prompt: str | None = None) -> list[Record]:
+    """All records of a data file (.jsonl, .json array, .csv, .txt, .md) or a folder of them, or a
+    DataError naming every bad row; `columns` renames the file's columns to our fields, and
+    `system_prompt` becomes the system turn of every conversation that has none."""
+    return read_data(path, limits, columns=columns, system_prompt=system_prompt).records
+
+
+def read_data(path: str | Path, limits: CheckLimits | None = None, *, columns: ColumnMap | None = None,
+              system_prompt: str | None = None) -> ReadResult:
+    """`read_records`, with the notes about the input as a whole."""
     path = resolve_data_path(path)
     check_readable(path)
-    if path.suffix.lower() in TEXT_SUFFIXES:
-        return read_text_file(path)
     issues: list[DataIssue] = []
-    records = [record for _, record in iter_records(path, limits or CheckLimits(), issues)]
+    notes: list[DataIssue] = []
+    records = [record for _, record in iter_source(path, limits or CheckLimits(), issues, notes,
+                                                   columns=check_columns(columns or {}))]
     if not records and not issues:
         issues.append(DataIssue(str(path), 1, "(file)", "has no rows — add one JSON object per line"))
     if issues:
         raise DataError(issues)
-    return records
+    return ReadResult([with_system_prompt(r, system_prompt) for r in records], notes)
+
+
+def with_system_prompt(record: Record, system_prompt: str | None) -> Record:
+    """The record with `system_prompt` as its first turn, when it is a conversation without a system turn."""
+    if not system_prompt or not isinstance(record, Conversation) or any(m.role == "system" for m in record.messages):
+        return record
+    return replace(record, messages=(Message("system", system_prompt), *record.messages))
+
+
+def read_system_prompt(value: str | Path | None) -> str | None:
+    """The system prompt a config or flag gives: the text of the file `value` names when it is one,
+    else `value` itself as the text; None or blank: no system prompt."""
+    if value is None or not str(value).strip():
+        return None
+    text = str(value)
+    path = Path(text).expanduser()
+    if "\n" not in text and path.is_file():
+        return read_text_file(path)[0].text.strip()
+    if "\n" not in text and " " not in text.strip() and path.suffix.lower() in TEXT_SUFFIXES:
+        # A bare "style.md" that is not there is a typo, not the text to train with.
+        raise DataError([DataIssue(text, 0, "system_prompt", "does not exist — check the path, or write the "
+                                   "prompt's text itself")])
+    return text
 
 
 def check_readable(path: Path) -> None:
     if not path.exists():
         raise DataError([DataIssue(str(path), 0, "file", "does not exist — check the path")])
-    if path.is_dir():
-        raise DataError([DataIssue(str(path), 0, "file",
-                                   "is a directory — pass a .jsonl, .json, .csv, .txt or .md file")])
+    if path.is_dir() and not data_files(path).files:
+        raise DataError([DataIssue(str(path), 0, "file", "is a folder with no .txt, .md, .jsonl, .json or .csv "
+                                   "file in it — add the documents or rows to train on")])
 
 
 def read_text_file(path: Path) -> list[Record]:
@@ -112,49 +198,84 @@ def read_text_file(path: Path) -> list[Record]:
         line = text.count("\n", 0, bad.start()) + 1
         raise DataError([DataIssue(str(path), line, "text", f"contains the control character U+{ord(bad.group()):04X} "
                                    "— remove it (tabs and line breaks are fine)")])
-    return [Document(text=text, source=f"{path}:1")]
+    return [Document(text=text, source=f"{path}:1", whole_file=True)]
 
 
-def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[tuple[str, Record]]:
+def iter_source(path: Path, limits: CheckLimits, issues: list[DataIssue], notes: list[DataIssue], *,
+                columns: ColumnMap | None = None) -> Iterator[tuple[str, Record]]:
+    """(format, record) for every good record of a data file or of every file in a folder, streamed;
+    bad rows go to `issues`, remarks about the input as a whole to `notes`."""
+    if not path.is_dir():
+        yield from _iter_file(path, limits, issues, notes, columns)
+        return
+    found = data_files(path)
+    skipped = found.other[:5] + ([f"+{len(found.other) - 5} more"] if len(found.other) > 5 else [])
+    if found.hidden or found.other:
+        what = ([f"{found.hidden} hidden"] if found.hidden else []) + \
+               ([f"{len(found.other)} of other types ({', '.join(skipped)})"] if found.other else [])
+        notes.append(DataIssue(str(path), 0, "(folder)", f"skipped {' and '.join(what)} file(s) — tunesmith reads "
+                               ".txt, .md, .jsonl, .json and .csv", "skipped files"))
+    for file in found.files:
+        yield from _iter_file(file, limits, issues, notes, columns)
+
+
+def _iter_file(path: Path, limits: CheckLimits, issues: list[DataIssue], notes: list[DataIssue],
+               columns: ColumnMap | None) -> Iterator[tuple[str, Record]]:
+    if path.suffix.lower() in TEXT_SUFFIXES:
+        try:
+            yield from (("text", r) for r in read_text_file(path))
+        except DataError as exc:
+            issues.extend(exc.issues)
+        return
+    yield from iter_records(path, limits, issues, columns=columns, notes=notes)
+
+
+def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue], *, columns: ColumnMap | None = None,
+                 notes: list[DataIssue] | None = None) -> Iterator[tuple[str, Record]]:
     """(format, record) for every good row of a .jsonl/.json/.csv file, streamed; bad rows go to `issues`."""
     file_format: str | None = None
-    for line_no, row in iter_rows(path, limits, issues):
+    for line_no, row, data_row in iter_rows(path, limits, issues, columns=columns, notes=notes):
         fmt = detect_format(row)
         if fmt is None:
-            issues.append(DataIssue(str(path), line_no, "(row)", f"no known format among keys {sorted(row)} — use "
-                                    "messages, conversations, instruction/output, prompt/completion or text"))
+            issues.append(DataIssue(str(path), line_no, "(row)", f"no known format among keys {', '.join(row)} — "
+                                    + mapping_hint(list(row)), row=data_row))
             continue
         if file_format is None:
             file_format = fmt
         elif fmt != file_format:
             issues.append(DataIssue(str(path), line_no, "(row)", f"is in {fmt} format but earlier rows are {file_format} "
-                                    "— keep one format per file"))
+                                    "— keep one format per file", row=data_row))
             continue
-        record = _to_record(row, fmt, str(path), line_no, issues)
+        before = len(issues)
+        record = _to_record(row, fmt, str(path), line_no, issues, data_row)
+        if columns:  # name the user's column, not our field it was mapped to
+            issues[before:] = [replace(i, field=columns.get(i.field, i.field)) for i in issues[before:]]
         if record is not None:
             yield fmt, record
 
 
-def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list[DataIssue]) -> Record | None:
+def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list[DataIssue],
+               data_row: int = 0) -> Record | None:
     source = f"{file}:{line}"
     before = len(issues)
+    at = partial(DataIssue, file, line, row=data_row)  # at(field, message): a problem of this row
 
     def need_text(value: Any, name: str, allow_empty: bool = False) -> str:
         if value is None:
-            issues.append(DataIssue(file, line, name, "is missing — add it as a string"))
+            issues.append(at(name, "is missing — add it as a string"))
             return ""
         if not isinstance(value, str):
-            issues.append(DataIssue(file, line, name, f"must be a string, got {type(value).__name__}"))
+            issues.append(at(name, f"must be a string, got {type(value).__name__}"))
             return ""
         if not allow_empty and not value.strip():
-            issues.append(DataIssue(file, line, name, "is empty — write the text or remove the row"))
+            issues.append(at(name, "is empty — write the text or remove the row"))
         bad = _CONTROL_CHARS.search(value)
         if bad is not None:
-            issues.append(DataIssue(file, line, name, f"contains the control character U+{ord(bad.group()):04X} at "
+            issues.append(at(name, f"contains the control character U+{ord(bad.group()):04X} at "
                                     f"character {bad.start() + 1} — remove it (tabs and line breaks are fine)"))
         half = _SURROGATES.search(value)
         if half is not None:
-            issues.append(DataIssue(file, line, name, f"contains an unpaired surrogate \\u{ord(half.group()):04x} at "
+            issues.append(at(name, f"contains an unpaired surrogate \\u{ord(half.group()):04x} at "
                                     f"character {half.start() + 1}, which is not valid Unicode — fix the escape"))
         return value
 
@@ -183,29 +304,34 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
     key, role_key, text_key = ("messages", "role", "content") if fmt == "chat" else ("conversations", "from", "value")
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
-        issues.append(DataIssue(file, line, key, "must be a non-empty list of turns"))
+        issues.append(at(key, "must be a non-empty list of turns"))
         return None
     messages = []
     for i, turn in enumerate(turns):
         where = f"{key}[{i}]"
         if not isinstance(turn, dict):
-            issues.append(DataIssue(file, line, where, f"must be an object with '{role_key}' and '{text_key}'"))
+            issues.append(at(where, f"must be an object with '{role_key}' and '{text_key}'"))
             continue
         raw_role = turn.get(role_key)
         roles = CHAT_ROLES if fmt == "chat" else tuple(SHAREGPT_ROLES)
         if raw_role not in roles:
-            issues.append(DataIssue(file, line, f"{where}.{role_key}", f"unknown role {raw_role!r} — use one of {', '.join(roles)}"))
+            issues.append(at(f"{where}.{role_key}", f"{_unknown(raw_role, 'role')} — use one of {', '.join(roles)}"))
             continue
         role = raw_role if fmt == "chat" else SHAREGPT_ROLES[raw_role]
         content = need_text(turn.get(text_key), f"{where}.{text_key}", allow_empty=role != "assistant")
         weight = turn.get("weight", 1)
         if weight not in (0, 1) or isinstance(weight, bool):
-            issues.append(DataIssue(file, line, f"{where}.weight", f"must be 0 or 1, got {weight!r}"))
+            issues.append(at(f"{where}.weight", f"must be 0 or 1, got {json.dumps(weight)}"))
             continue
         if weight == 0 and role != "assistant":
-            issues.append(DataIssue(file, line, f"{where}.weight", "only assistant turns take a weight"))
+            issues.append(at(f"{where}.weight", "only assistant turns take a weight"))
             continue
         messages.append(Message(role, content, trained=weight == 1))
     if len(issues) == before and not any(m.role == "assistant" for m in messages):
-        issues.append(DataIssue(file, line, key, "has no assistant turn — add the answer the model should learn"))
+        issues.append(at(key, "has no assistant turn — add the answer the model should learn"))
     return Conversation(tuple(messages), source) if len(issues) == before else None
+
+
+def _unknown(value: Any, name: str) -> str:
+    """'is missing' or 'unknown role "x"', in JSON's words (null, not Python's None)."""
+    return f"{name} is missing" if value is None else f"unknown {name} {json.dumps(value)}"

@@ -33,7 +33,10 @@ class Example:
     targets: Sequence[int]
     """targets[t] is the token the model must predict after input_ids[:t+1], or -100 (not trained)."""
     source: str
-    """file:line of the row this came from."""
+    """file:line of the row this came from (of a document chunk: the line the chunk starts on)."""
+    document: str = ""
+    """The .txt/.md file a chunk of a whole-file document comes from; empty for rows. A split over
+    several documents holds each one out whole, by this name."""
 
     @property
     def n_trained(self) -> int:
@@ -154,12 +157,23 @@ def _label(conversation: Conversation, pieces: list[list[int]], contents: list[l
 
 
 def encode_document(document: Document, tokenizer: Any, max_seq_tokens: int) -> list[Example]:
-    """Raw text: every token trained, EOS appended, cut into chunks of the context length."""
+    """Raw text: every token trained, EOS appended, cut into chunks of the context length. Chunks of
+    a whole .txt/.md file name the line they start on and the file they belong to."""
     ids = _encode(tokenizer, document.text, special=False)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     chunks = [ids[i : i + max_seq_tokens] for i in range(0, len(ids), max_seq_tokens)]
-    return [Example(c, _shift(c, [True] * len(c)), document.source) for c in chunks if len(c) >= 2]
+    if not document.whole_file:
+        return [Example(c, _shift(c, [True] * len(c)), document.source) for c in chunks if len(c) >= 2]
+    file = document.source.rpartition(":")[0]
+    out, line = [], 1
+    for chunk in chunks:
+        if len(chunk) >= 2:
+            out.append(Example(chunk, _shift(chunk, [True] * len(chunk)), f"{file}:{line}", document=file))
+        # A chunk boundary never splits a line break (one byte, one character), so decoding the
+        # chunks one by one counts the breaks of the whole text.
+        line += tokenizer.decode(chunk).count("\n")
+    return out
 
 
 def encode_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[int]:

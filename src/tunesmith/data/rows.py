@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .formats import detect_format
+from .columns import ColumnMap, apply_columns, mapping_hint, renamed
+from .formats import FORMAT_FIELDS, detect_format
 from .issues import DataIssue
 from .limits import CheckLimits
 
@@ -26,8 +27,8 @@ CSV_SUFFIXES = (".csv",)
 # CSV cells holding a list of turns are JSON text inside the cell.
 _CSV_JSON_COLUMNS = ("messages", "conversations")
 _CSV_OPTIONAL_COLUMNS = ("system",)
-Row = tuple[int, dict[str, Any]]
-"""(line number, the parsed JSON object)."""
+Row = tuple[int, dict[str, Any], int]
+"""(line number, the parsed JSON object, the CSV data row or 0; see DataIssue.row)."""
 
 
 def iter_lines(handle: IO[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
@@ -136,19 +137,51 @@ def _oversize_issue(file: str, line_no: int, n_bytes: int, limits: CheckLimits, 
                   "— split the text into several rows (or raise the cap with --max-line-bytes)")
 
 
-def iter_rows(path: Path, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
-    """(line number, row) for every readable object of a .jsonl, .json or .csv file; problems go to `issues`."""
+def iter_rows(path: Path, limits: CheckLimits, issues: list[DataIssue], *, columns: ColumnMap | None = None,
+              notes: list[DataIssue] | None = None) -> Iterator[Row]:
+    """(line number, row, CSV data row) for every readable object of a .jsonl, .json or .csv file, its
+    keys renamed by `columns`; problems go to `issues`, the columns no format reads to `notes` (once)."""
     suffix = path.suffix.lower()
+    notes = [] if notes is None else notes
     with path.open("rb") as handle:
-        if suffix in JSON_SUFFIXES:
-            yield from _json_array_rows(handle, str(path), limits, issues)
-        elif suffix in CSV_SUFFIXES:
-            yield from _csv_rows(handle, str(path), limits, issues)
-        else:
-            yield from _jsonl_rows(handle, str(path), limits, issues)
+        if suffix in CSV_SUFFIXES:
+            yield from _csv_rows(handle, str(path), limits, issues, columns or {}, notes)
+            return
+        rows = _json_array_rows if suffix in JSON_SUFFIXES else _jsonl_rows
+        yield from _mapped(rows(handle, str(path), limits, issues), str(path), issues, columns or {}, notes)
 
 
-def _jsonl_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
+def _mapped(rows: Iterator[tuple[int, dict[str, Any]]], file: str, issues: list[DataIssue], columns: ColumnMap,
+            notes: list[DataIssue]) -> Iterator[Row]:
+    """JSON rows renamed by the mapping; the keys that no row's format reads are noted once, at the end."""
+    ignored: dict[str, None] = {}  # ordered set: first seen first
+    for line_no, row in rows:
+        missing = [column for column in columns.values() if column not in row]
+        if missing:
+            issues.append(DataIssue(file, line_no, missing[0], f"is not a key of this row, but columns maps "
+                                    f"{_target(columns, missing[0])} to it — the row's keys: {', '.join(row)}"))
+            continue
+        mapped = apply_columns(row, columns)
+        fmt = detect_format(mapped)
+        if fmt is not None:
+            ignored.update((k, None) for k, new in zip(row, renamed(list(row), columns))
+                           if new not in FORMAT_FIELDS[fmt])
+        yield line_no, mapped, 0
+    if ignored:
+        notes.append(_ignored_note(file, list(ignored)))
+
+
+def _target(columns: ColumnMap, column: str) -> str:
+    return next(target for target, c in columns.items() if c == column)
+
+
+def _ignored_note(file: str, names: list[str]) -> DataIssue:
+    return DataIssue(file, 0, "(columns)", f"columns ignored: {', '.join(names)} — no format reads them; map one "
+                     "with --columns FIELD=COLUMN if it holds the text to train on", "ignored columns")
+
+
+def _jsonl_rows(handle: IO[bytes], file: str, limits: CheckLimits,
+                issues: list[DataIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
     for line_no, raw, n_bytes in iter_lines(handle, limits.max_line_bytes):
         if raw is None:
             issues.append(_oversize_issue(file, line_no, n_bytes, limits))
@@ -228,7 +261,8 @@ class _ArrayReader:
                 return None
 
 
-def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
+def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits,
+                     issues: list[DataIssue]) -> Iterator[tuple[int, dict[str, Any]]]:
     """Records of a top-level JSON array, decoded one element at a time (never the whole file)."""
     decoder = json.JSONDecoder(parse_constant=reject_constant)
     reader = _ArrayReader(handle, file, issues)
@@ -269,68 +303,97 @@ def _json_array_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: 
         expect_item = after_comma = False
 
 
-def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[Row]:
-    """Rows of a CSV with a header naming a known format's columns; turn lists are JSON in their cell."""
-
-    def lines() -> Iterator[str]:
-        for line_no, raw, n_bytes in iter_lines(handle, limits.max_line_bytes):
-            if raw is None:
-                issues.append(_oversize_issue(file, line_no, n_bytes, limits))
-                yield "\n"  # keeps the reader's line count equal to the file's
-                continue
-            try:
-                yield raw.decode("utf-8") + "\n"
-            except UnicodeDecodeError:
-                issues.append(DataIssue(file, line_no, "(line)", "is not valid UTF-8 — re-save the file as UTF-8"))
-                yield "\n"
-
+def _csv_rows(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue], columns: ColumnMap,
+              notes: list[DataIssue]) -> Iterator[Row]:
+    """Rows of a CSV whose header (renamed by `columns`) names a known format's columns; turn lists
+    are JSON in their cell."""
     # The csv module caps cells at 128 KiB process-wide; lines are already capped, so lift it to match.
     csv.field_size_limit(max(csv.field_size_limit(), limits.max_line_bytes))
-    reader = csv.reader(lines())
+    reader = csv.reader(_csv_lines(handle, file, limits, issues))
     try:
-        header = next(reader)
+        header = [h.strip() for h in next(reader)]
     except StopIteration:
         return
     except csv.Error as exc:
         issues.append(DataIssue(file, 1, "(header)", f"is not valid CSV: {exc}"))
         return
-    header = [h.strip() for h in header]
-    if detect_format(dict.fromkeys(header)) is None:
-        issues.append(DataIssue(file, 1, "(header)", f"no known format among columns {header} — name the columns "
-                             "instruction,input,output or prompt,completion or text or messages"))
+    names = _csv_fields(header, columns, file, issues, notes)
+    if names is None:
         return
-    last = reader.line_num
+    last, data_row = reader.line_num, 0
     while True:
         try:
             cells = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            issues.append(DataIssue(file, last + 1, "(row)",
-                                    f"is not valid CSV: {exc} — quote cells that hold commas"))
+            data_row += 1
+            issues.append(DataIssue(file, last + 1, "(row)", f"is not valid CSV: {exc} — quote cells that hold commas",
+                                    row=data_row))
             last = reader.line_num
             continue
-        line_no, last = last + 1, reader.line_num
+        line_no, last, data_row = last + 1, reader.line_num, data_row + 1
         if not cells or not any(c.strip() for c in cells):
             continue
         if len(cells) != len(header):
             issues.append(DataIssue(file, line_no, "(row)", f"has {len(cells)} cells but the header has {len(header)} "
-                                 "— quote cells that hold commas"))
+                                 "— quote cells that hold commas", row=data_row))
             continue
-        row: dict[str, Any] = {}
-        for name, cell in zip(header, cells):
-            if name in _CSV_OPTIONAL_COLUMNS and not cell:
-                continue
-            if name in _CSV_JSON_COLUMNS:
-                try:
-                    row[name] = json.loads(cell, parse_constant=reject_constant)
-                except ValueError as exc:
-                    issues.append(DataIssue(file, line_no, name, f"must be a JSON list of turns in the cell: {exc}"))
-                    row = {}
-                    break
-            else:
-                row[name] = cell
+        row = _csv_row(names, cells, file, line_no, data_row, issues)
         if row:
             checked = check_row_shape(row, file, line_no, limits, issues)
             if checked is not None:
-                yield line_no, checked
+                yield line_no, checked, data_row
+
+
+def _csv_lines(handle: IO[bytes], file: str, limits: CheckLimits, issues: list[DataIssue]) -> Iterator[str]:
+    for line_no, raw, n_bytes in iter_lines(handle, limits.max_line_bytes):
+        if raw is None:
+            issues.append(_oversize_issue(file, line_no, n_bytes, limits))
+            yield "\n"  # keeps the reader's line count equal to the file's
+            continue
+        try:
+            yield raw.decode("utf-8") + "\n"
+        except UnicodeDecodeError:
+            issues.append(DataIssue(file, line_no, "(line)", "is not valid UTF-8 — re-save the file as UTF-8"))
+            yield "\n"
+
+
+def _csv_fields(header: list[str], columns: ColumnMap, file: str, issues: list[DataIssue],
+                notes: list[DataIssue]) -> list[str | None] | None:
+    """Each column's field under the mapping (None: not read), or None with the header's problem in `issues`."""
+    missing = [column for column in columns.values() if column not in header]
+    if missing:
+        issues.append(DataIssue(file, 1, "(header)", f"has no column {missing[0]!r}, but columns maps "
+                                f"{_target(columns, missing[0])} to it — the header is: {', '.join(header)}"))
+        return None
+    names = renamed(header, columns)
+    fmt = detect_format(dict.fromkeys(n for n in names if n is not None))
+    if fmt is None:
+        issues.append(DataIssue(file, 1, "(header)", f"no known format among columns {', '.join(header)} — "
+                                + mapping_hint(header)))
+        return None
+    used = [n if n in FORMAT_FIELDS[fmt] else None for n in names]
+    ignored = [h for h, n in zip(header, used) if n is None]
+    if ignored:
+        notes.append(_ignored_note(file, ignored))
+    return used
+
+
+def _csv_row(names: list[str | None], cells: list[str], file: str, line_no: int, data_row: int,
+             issues: list[DataIssue]) -> dict[str, Any]:
+    """One CSV record as a row of our fields; empty (with the problem in `issues`) on a bad JSON cell."""
+    row: dict[str, Any] = {}
+    for name, cell in zip(names, cells):
+        if name is None or (name in _CSV_OPTIONAL_COLUMNS and not cell):
+            continue
+        if name in _CSV_JSON_COLUMNS:
+            try:
+                row[name] = json.loads(cell, parse_constant=reject_constant)
+            except ValueError as exc:
+                issues.append(DataIssue(file, line_no, name, f"must be a JSON list of turns in the cell: {exc}",
+                                        row=data_row))
+                return {}
+        else:
+            row[name] = cell
+    return row
