@@ -52,12 +52,14 @@ def test_shipped_configs_parse(path):
 def test_each_choice_has_one_home():
     from typing import get_args, get_type_hints
 
-    from tunesmith.config import DISTRIBUTED, METHODS, PRECISIONS, Sampling, ServeLimits, default_lr
+    from tunesmith.config import DISTRIBUTED, GGUF_TYPES, METHODS, PRECISIONS, Sampling, ServeLimits, default_lr
+    from tunesmith.export.gguf import GGUF_TOLERANCE
 
     hints = get_type_hints(TrainConfig)
     assert (get_args(hints["method"]), get_args(hints["precision"]), get_args(hints["distributed"])) == \
         (METHODS, PRECISIONS, DISTRIBUTED) == (("lora", "dora", "full", "qlora"), ("auto", "bf16", "fp32"), ("ddp", "fsdp"))
     assert [default_lr(m) for m in METHODS] == [1e-3, 1e-3, 5e-5, 1e-3]
+    assert tuple(GGUF_TOLERANCE) == GGUF_TYPES  # a type added to the config has a tolerance to pass
     assert ServeLimits().default_max_tokens == Sampling().max_new_tokens == 256
 
 

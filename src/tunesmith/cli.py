@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -56,7 +56,7 @@ class _Commands(click.Group):
             _exit("interrupted", "stopped at once by a second Ctrl-C", EXIT_INTERRUPTED)
 
 
-def _exit(label: str, message: str, code: int) -> None:
+def _exit(label: str, message: str, code: int) -> NoReturn:
     """Print `label: message` to stderr and exit `code`. The message is never read as rich markup, and
     not wrapped, so that a path in it stays whole for grep and copy."""
     console.print(f"[bold red]{escape(label)}:[/] {escape(message)}", highlight=False, soft_wrap=True)
@@ -98,10 +98,7 @@ def _load_source(source: str, flags: dict[str, Any]) -> TrainConfig:
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tunesmith")
 def main() -> None:
-    """Fine-tune open language models on small, focused data, and prove they did not forget.
-
-    Exit codes: 0 success, 1 a problem with the data, run, model or result, 2 a usage problem
-    (flag, config key or value), 130 a second Ctrl-C."""
+    """Fine-tune open language models on small, focused data, and prove they did not forget."""
     _quiet_libraries()
 
 
