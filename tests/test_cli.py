@@ -2,9 +2,12 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
+import tunesmith.cli
 from tunesmith.cli import main
+from tunesmith.errors import CheckpointError, ConfigError
 
 
 def test_train_then_generate(faq_file, tiny_model_dir, tmp_path):
@@ -34,11 +37,49 @@ def test_bad_data_names_file_line_and_field_and_creates_nothing(tiny_model_dir, 
     assert not out.exists()
 
 
-def test_unknown_config_key_is_a_clear_error(tmp_path):
+@pytest.mark.parametrize("command", [["train"], ["plan"], ["data", "check"]])
+def test_a_config_error_exits_2_from_every_command(tmp_path, command):
     config = tmp_path / "c.yaml"
     config.write_text("data: x.jsonl\nlearning_rate: 0.1\n")
-    result = CliRunner().invoke(main, ["train", str(config)])
-    assert result.exit_code == 1 and "did you mean 'lr'" in result.output
+    result = CliRunner().invoke(main, [*command, str(config)])
+    assert result.exit_code == 2
+    label = "usage error" if command == ["data", "check"] else "error"
+    assert result.stderr == f"{label}: {config}: unknown config key 'learning_rate'; did you mean 'lr'?\n"
+
+
+def raising(exc: BaseException):
+    def load_config(*args, **kwargs):
+        raise exc
+    return load_config
+
+
+@pytest.mark.parametrize("exc, code, stderr", [
+    (CheckpointError("checkpoint [bold]x[/] is incomplete"), 1, "error: checkpoint [bold]x[/] is incomplete\n"),
+    (ConfigError("config key 'lr' must be positive"), 2, "error: config key 'lr' must be positive\n"),
+    (FileNotFoundError(2, "No such file or directory", "gone.yaml"), 1,
+     "error: [Errno 2] No such file or directory: 'gone.yaml'\n"),
+    (KeyboardInterrupt(), 130, "interrupted: stopped at once by a second Ctrl-C\n"),
+])
+def test_one_handler_prints_label_and_message_and_exits_with_the_class_code(monkeypatch, exc, code, stderr):
+    monkeypatch.setattr(tunesmith.cli, "load_config", raising(exc))
+    result = CliRunner().invoke(main, ["plan", "c.yaml"])
+    assert (result.exit_code, result.stderr, result.stdout) == (code, stderr, "")  # markup printed as written
+
+
+def test_an_unexpected_error_keeps_its_traceback(monkeypatch):
+    monkeypatch.setattr(tunesmith.cli, "load_config", raising(RuntimeError("a bug")))
+    result = CliRunner().invoke(main, ["plan", "c.yaml"])
+    assert isinstance(result.exception, RuntimeError) and result.exc_info[2] is not None
+
+
+def test_help_states_the_config_defaults():
+    from tunesmith.config import TrainConfig
+    from tunesmith.data.limits import CheckLimits
+
+    train_help = CliRunner().invoke(main, ["train", "--help"], terminal_width=200).output
+    assert f"(default {TrainConfig.batch_size})" in train_help and "[lora|dora|full|qlora]" in train_help
+    check_help = CliRunner().invoke(main, ["data", "check", "--help"], terminal_width=200).output
+    assert CheckLimits.max_line_bytes == 1 << 20 and "(default 1 MiB)" in check_help  # written out, see cli.py
 
 
 def test_resume_a_run_by_its_directory_alone(faq_file, tiny_model_dir, tmp_path):

@@ -48,12 +48,28 @@ def test_shipped_configs_parse(path):
     assert load_config(path).data
 
 
-def test_readme_documents_every_config_key():
-    from dataclasses import fields
 
-    from tunesmith.config import LoraConfig
+def test_each_choice_has_one_home():
+    from typing import get_args, get_type_hints
 
-    readme = (ROOT / "README.md").read_text()
-    keys = [f.name for f in fields(TrainConfig) if f.name != "lora"] + [f"lora.{f.name}" for f in fields(LoraConfig)]
-    missing = [k for k in keys if f"| `{k}` |" not in readme]
-    assert not missing, f"README's config table lacks {missing}"
+    from tunesmith.config import DISTRIBUTED, GGUF_TYPES, METHODS, PRECISIONS, Sampling, ServeLimits, default_lr
+    from tunesmith.export.gguf import GGUF_TOLERANCE
+
+    hints = get_type_hints(TrainConfig)
+    assert (get_args(hints["method"]), get_args(hints["precision"]), get_args(hints["distributed"])) == \
+        (METHODS, PRECISIONS, DISTRIBUTED) == (("lora", "dora", "full", "qlora"), ("auto", "bf16", "fp32"), ("ddp", "fsdp"))
+    assert [default_lr(m) for m in METHODS] == [1e-3, 1e-3, 5e-5, 1e-3]
+    assert tuple(GGUF_TOLERANCE) == GGUF_TYPES  # a type added to the config has a tolerance to pass
+    assert ServeLimits().default_max_tokens == Sampling().max_new_tokens == 256
+
+
+def test_moved_settings_are_checked_as_config():
+    from tunesmith.compare import CompareSettings as FromCompare
+    from tunesmith.config import CompareSettings, RetrievalSettings
+    from tunesmith.retrieval import RetrievalSettings as FromRetrieval
+
+    assert FromCompare is CompareSettings and FromRetrieval is RetrievalSettings
+    with pytest.raises(ConfigError, match="'compare.seen' must be non-negative, got -1"):
+        CompareSettings(seen=-1)
+    with pytest.raises(ConfigError, match=r"'retrieval.overlap_words' must be in \[0, chunk_words\), got 120"):
+        RetrievalSettings(overlap_words=120)

@@ -6,63 +6,96 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
 from rich.markup import escape
 
-from .compare import CompareSettings
-from .config import ConfigError, load_config
-from .data import DataError, TemplateError
-from .model.loading import ModelError
-from .retrieval import RetrievalSettings
-from .training.checkpoint import CheckpointError
-from .training.rundir import RunDir, RunDirError
+# Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
+# what it needs (torch, transformers) inside its function.
+from .config import (
+    DEFAULT_EXPORT_FORMAT,
+    DEFAULT_GGUF_TYPE,
+    DEFAULT_MODEL,
+    EXPORT_FORMATS,
+    GGUF_TYPES,
+    MERGE_TOLERANCE,
+    METHODS,
+    CompareSettings,
+    RetrievalSettings,
+    Sampling,
+    ServeLimits,
+    TrainConfig,
+    load_config,
+)
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 
-# Errors a user can fix: printed as one clear message, no traceback.
-USER_ERRORS = (ConfigError, DataError, ModelError, RunDirError, TemplateError, FileNotFoundError, CheckpointError)
 console = Console(stderr=True)
 
 
+class _UsageError(TunesmithError):
+    """A problem found before `data check` reads a row: a bad flag, a missing file, a model that
+    cannot be loaded. Exit 2 keeps 1 for errors in the data itself."""
+
+    exit_code = EXIT_USAGE
+    label = "usage error"
+
+
+class _Commands(click.Group):
+    """The root command group; its `invoke` is the one place where user errors are reported."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TunesmithError as exc:
+            _exit(exc.label, str(exc), exc.exit_code)
+        except FileNotFoundError as exc:  # the OS message names the path
+            _exit("error", str(exc), EXIT_ERROR)
+        except KeyboardInterrupt:  # the first Ctrl-C stops training cleanly; a second lands here
+            _exit("interrupted", "stopped at once by a second Ctrl-C", EXIT_INTERRUPTED)
+
+
+def _exit(label: str, message: str, code: int) -> NoReturn:
+    """Print `label: message` to stderr and exit `code`. The message is never read as rich markup, and
+    not wrapped, so that a path in it stays whole for grep and copy."""
+    console.print(f"[bold red]{escape(label)}:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def _quiet_libraries() -> None:
+    # Environment settings, read when transformers and huggingface_hub are imported: importing
+    # transformers here would cost every command (and --help) seconds.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name in ("transformers", "accelerate", "peft", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    try:
+    if "transformers" in sys.modules:  # already imported (a test, a notebook): set it directly
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
-def _fail(exc: Exception) -> NoReturn:
-    kind = "data error" if isinstance(exc, DataError) else "error"
-    console.print(f"[bold red]{kind}:[/] {exc}", markup=True, highlight=False)
-    sys.exit(1)
-
-
-def _report_or_exit(build: Callable[[], dict[str, Any]], as_json: bool) -> dict[str, Any]:
-    """The report `build()` returns; a user error is printed and exits 1; with --json the report is
-    printed and the command ends there."""
+def _print_json(report: dict[str, Any], as_json: bool) -> bool:
+    """With --json, print `report` and return True: the command ends there."""
     import json
 
-    from .forgetting import ProbeDataError
-
-    try:
-        result = build()
-    except (*USER_ERRORS, ProbeDataError) as exc:
-        _fail(exc)
     if as_json:
-        click.echo(json.dumps(result, indent=2))
-        sys.exit(0)
-    return result
+        click.echo(json.dumps(report, indent=2))
+    return as_json
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _load_source(source: str, flags: dict[str, Any]) -> TrainConfig:
+    """The config of SOURCE, a CONFIG.yaml or a data file, with the command's flags over it."""
+    if Path(source).suffix.lower() in (".yaml", ".yml"):
+        return load_config(source, flags)
+    return load_config(None, {**flags, "data": source})
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tunesmith")
 def main() -> None:
     """Fine-tune open language models on small, focused data, and prove they did not forget."""
@@ -71,16 +104,18 @@ def main() -> None:
 
 @main.command("train")
 @click.argument("source", type=click.Path(dir_okay=False), required=False)
-@click.option("--model", help="Local model directory, hub id, or smollm2-135m-instruct (default).")
-@click.option("--method", type=click.Choice(["lora", "dora", "full", "qlora"]), help="Fine-tuning method (default lora).")
+# Flags default to None, so that a CONFIG.yaml's values stand; the defaults named in the help are
+# the config fields', read from TrainConfig.
+@click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
+@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
 @click.option("--output", help="Run directory (default runs/<data-name>-<timestamp>).")
 @click.option("--epochs", type=float, help="Passes over the data (default: from the data size).")
 @click.option("--max-steps", type=int, help="Optimizer steps; wins over --epochs.")
 @click.option("--lr", type=float, help="Peak learning rate (default: per method).")
-@click.option("--seed", type=int, help="Random seed (default 0).")
+@click.option("--seed", type=int, help=f"Random seed (default {TrainConfig.seed}).")
 @click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA).")
-@click.option("--max-seq-tokens", type=int, help="Longest example in tokens (default 1024).")
-@click.option("--batch-size", type=int, help="Examples per micro-batch (default 8).")
+@click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
+@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
 @click.option("--save-every", type=int, help="Checkpoint every N steps (default: at every evaluation).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
 @click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
@@ -91,25 +126,20 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv) or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
-    from .train import NonFiniteLossError, end_processes, train
+    from .train import end_processes, train
+    from .training.rundir import RunDir
 
     flags["eval"] = eval_data
-    try:
-        if source is None:
-            if resume in (None, "auto"):
-                raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
-            run_dir = Path(resume).parent.parent if Path(resume).parent.name == "checkpoints" else Path(resume)
-            config = load_config(RunDir.open(run_dir).path / "config.yaml", flags)
-        elif Path(source).suffix.lower() in (".yaml", ".yml"):
-            config = load_config(source, flags)
-        else:
-            config = load_config(None, {**flags, "data": source})
-        result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress,
-                       resume=resume, force=force)
-        end_processes()  # this command owns the process: close its group cleanly (not on errors)
-    except (*USER_ERRORS, NonFiniteLossError) as exc:
-        _fail(exc)
-        return
+    if source is None:
+        if resume in (None, "auto"):
+            raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
+        run_dir = Path(resume).parent.parent if Path(resume).parent.name == "checkpoints" else Path(resume)
+        config = load_config(RunDir.open(run_dir).path / "config.yaml", flags)
+    else:
+        config = _load_source(source, flags)
+    result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress,
+                   resume=resume, force=force)
+    end_processes()  # this command owns the process: close its group cleanly (not on errors)
     if result.interrupted or not result.main_process:
         return
     change = (result.final_val_loss - result.base_val_loss) / result.base_val_loss
@@ -128,47 +158,32 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--prompt", required=True, help="The user message.")
 @click.option("--system", help="A system prompt (default: the chat template's own).")
-@click.option("--max-new-tokens", type=int, default=256, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--max-new-tokens", type=int, default=Sampling.max_new_tokens, show_default=True)
+@click.option("--temperature", type=float, default=Sampling.temperature, show_default=True, help="0 is greedy.")
 def generate_command(run: str, prompt: str, system: str | None, max_new_tokens: int, temperature: float) -> None:
     """Answer one prompt with the tuned model of RUN."""
     from .generate import generate, load_run
 
-    try:
-        model, tokenizer = load_run(run)
-    except USER_ERRORS as exc:
-        _fail(exc)
-        return
+    model, tokenizer = load_run(run)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     click.echo(generate(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature))
 
 
-
 @main.command("plan")
 @click.argument("source", type=click.Path(dir_okay=False))
-@click.option("--model", help="Model directory, hub id, or smollm2-135m-instruct.")
-@click.option("--method", type=click.Choice(["lora", "dora", "full", "qlora"]))
-@click.option("--max-seq-tokens", type=int)
-@click.option("--batch-size", type=int)
+@click.option("--model", help=f"Model directory, hub id, or {DEFAULT_MODEL} (default).")
+@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
+@click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
+@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
 @click.option("--devices", type=int, default=1, show_default=True, help="Processes (GPUs or CPU ranks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 def plan_command(source: str, devices: int, as_json: bool, **flags: Any) -> None:
     """Estimate the peak memory per device of training on SOURCE (data file or CONFIG.yaml)."""
-    import json
-
     from .plan import plan_memory
 
-    try:
-        if Path(source).suffix.lower() in (".yaml", ".yml"):
-            config = load_config(source, flags)
-        else:
-            config = load_config(None, {**flags, "data": source})
-        plan = plan_memory(config, devices=devices)
-    except USER_ERRORS as exc:
-        _fail(exc)
-        return
-    if as_json:
-        click.echo(json.dumps(plan.to_dict(), indent=2))
+    config = _load_source(source, flags)
+    plan = plan_memory(config, devices=devices)
+    if _print_json(plan.to_dict(), as_json):
         return
     click.echo(f"{config.method} on {config.model}: {plan.parameters:,} parameters, "
                f"{plan.trainable_parameters:,} trained, {devices} device(s)")
@@ -189,8 +204,11 @@ def data_group() -> None:
 @data_group.command("check")
 @click.argument("data")
 @click.option("--eval", "eval_data", help="Evaluation file: checked too, and for leakage from DATA.")
-@click.option("--model", help="Model whose tokenizer and chat template are used (default smollm2-135m-instruct).")
-@click.option("--max-seq-tokens", type=int, help="Longest example in tokens, as in training (default 1024).")
+@click.option("--model", help=f"Model whose tokenizer and chat template are used (default {DEFAULT_MODEL}).")
+@click.option("--max-seq-tokens", type=int,
+              help=f"Longest example in tokens, as in training (default {TrainConfig.max_seq_tokens}).")
+# CheckLimits.max_line_bytes is not read here: its package, tunesmith.data, imports torch.
+# tests/test_cli.py holds this text to the field.
 @click.option("--max-line-bytes", type=int, help="Longest accepted line in bytes (default 1 MiB).")
 @click.option("--show", type=click.IntRange(min=0), default=0,
               help="Print N rendered examples, trained tokens highlighted.")
@@ -206,23 +224,18 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
     from .model.loading import load_tokenizer
 
     try:
-        if Path(data).suffix.lower() in (".yaml", ".yml"):
-            config = load_config(data, {"eval": eval_data, "model": model, "max_seq_tokens": max_seq_tokens})
-        else:
-            config = load_config(None, {"data": data, "eval": eval_data, "model": model,
-                                        "max_seq_tokens": max_seq_tokens})
+        config = _load_source(data, {"eval": eval_data, "model": model, "max_seq_tokens": max_seq_tokens})
         for path in filter(None, (config.data, config.eval)):
             if not resolve_data_path(path).is_file():
                 raise FileNotFoundError(f"{path}: no such data file — check the path")
         limits = CheckLimits(**({"max_line_bytes": max_line_bytes} if max_line_bytes else {}))
         tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
-    except (ConfigError, DataError, ModelError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[bold red]usage error:[/] {escape(str(exc))}", highlight=False)
-        sys.exit(2)
+    except (TunesmithError, FileNotFoundError, ValueError) as exc:  # ValueError: CheckLimits' checks
+        raise _UsageError(str(exc)) from exc
     report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens, limits, show=show)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
-        sys.exit(0 if report.ok else 1)
+        sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
     out = Console(highlight=False)
     for title, issues, color in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
         for issue in issues[: limits.max_issues_shown]:
@@ -242,15 +255,17 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
         out.print(f"[bold green]data check passed[/] ({len(report.warnings)} warning(s))")
     else:
         out.print(f"[bold red]data check failed:[/] {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
-    sys.exit(0 if report.ok else 1)
+    sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
 
 
 @main.command("chat")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--system", help="A system prompt (default: the chat template's own).")
-@click.option("--max-new-tokens", type=int, default=256, show_default=True, help="Most tokens per answer.")
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass (temperature > 0).")
+@click.option("--max-new-tokens", type=int, default=Sampling.max_new_tokens, show_default=True,
+              help="Most tokens per answer.")
+@click.option("--temperature", type=float, default=Sampling.temperature, show_default=True, help="0 is greedy.")
+@click.option("--top-p", type=float, default=Sampling.top_p, show_default=True,
+              help="Nucleus sampling mass (temperature > 0).")
 @click.option("--seed", type=int, help="Seed for sampled answers.")
 @click.option("--knowledge", help="Answer with passages retrieved from this folder or .txt/.md/.jsonl file.")
 def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
@@ -258,20 +273,15 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /exit)."""
     from .chat import chat_loop
     from .generate import load_run
-    from .inference.streaming import Sampling
 
     augment = None
-    try:
-        model, tokenizer = load_run(run)
-        if knowledge is not None:
-            from .retrieval import Retriever
+    model, tokenizer = load_run(run)
+    if knowledge is not None:
+        from .retrieval import Retriever
 
-            retriever = Retriever.load(knowledge, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-            budget = retriever.prompt_budget(model, max_new_tokens)
-            augment = lambda messages: retriever.augment(messages, tokenizer, budget)  # noqa: E731
-    except USER_ERRORS as exc:
-        _fail(exc)
-        return
+        retriever = Retriever.load(knowledge, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+        budget = retriever.prompt_budget(model, max_new_tokens)
+        augment = lambda messages: retriever.augment(messages, tokenizer, budget)  # noqa: E731
 
     def write(text: str) -> None:
         click.echo(text, nl=False)
@@ -282,24 +292,20 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
 
 @main.command("export")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["adapter", "merged", "gguf"]), default="merged", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default=DEFAULT_EXPORT_FORMAT, show_default=True)
 @click.option("--output", help="Folder to write (default RUN/export-FORMAT).")
-@click.option("--gguf-type", type=click.Choice(["f32", "f16", "q8_0"]), default="f16", show_default=True,
+@click.option("--gguf-type", type=click.Choice(GGUF_TYPES), default=DEFAULT_GGUF_TYPE, show_default=True,
               help="Weight type of a GGUF export.")
-@click.option("--tolerance", type=float, help="Largest accepted logit difference (merged: |Δ|/(1+|logit|), default 1e-3; "
-                                              "gguf: relative RMS, default per type).")
+@click.option("--tolerance", type=float, help="Largest accepted logit difference (merged: |Δ|/(1+|logit|), default "
+                                              f"{MERGE_TOLERANCE:g}; gguf: relative RMS, default per type).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export folder.")
 def export_command(run: str, fmt: str, output: str | None, gguf_type: str, tolerance: float | None,
                    overwrite: bool) -> None:
     """Export RUN as a peft adapter with a card, a merged Hugging Face model, or GGUF + Ollama Modelfile."""
-    from .export.exporter import ExportError, export_run
+    from .export.exporter import export_run
 
-    try:
-        result = export_run(run, fmt, output, tolerance=tolerance, gguf_type=gguf_type, overwrite=overwrite,
-                            log=lambda line: console.print(line, highlight=False))
-    except (*USER_ERRORS, ExportError) as exc:
-        _fail(exc)
-        return
+    result = export_run(run, fmt, output, tolerance=tolerance, gguf_type=gguf_type, overwrite=overwrite,
+                        log=lambda line: console.print(line, highlight=False))
     click.echo(f"exported {fmt} to {result.output}: {', '.join(result.files)}")
 
 
@@ -310,22 +316,20 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
 @click.option("--api-key", envvar="TUNESMITH_API_KEY", help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header name to accept (repeatable).")
 @click.option("--model-name", help="Model id clients send (default: the run folder's name).")
-@click.option("--max-tokens", type=int, help="Largest max_tokens a request may ask for (default 1024).")
-@click.option("--max-queued", type=int, help="Requests that may wait for the model before 429 (default 8).")
+@click.option("--max-tokens", type=int,
+              help=f"Largest max_tokens a request may ask for (default {ServeLimits.max_tokens}).")
+@click.option("--max-queued", type=int,
+              help=f"Requests that may wait for the model before 429 (default {ServeLimits.max_queued}).")
 @click.option("--knowledge", help="Chat answers use passages retrieved from this folder or .txt/.md/.jsonl file.")
 def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...],
                   model_name: str | None, max_tokens: int | None, max_queued: int | None, knowledge: str | None) -> None:
     """Serve RUN over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
-    from .config import ServeLimits
     from .serve.app import serve
 
     overrides = {k: v for k, v in (("max_tokens", max_tokens), ("max_queued", max_queued)) if v is not None}
     if max_tokens is not None:
         overrides["default_max_tokens"] = min(ServeLimits.default_max_tokens, max_tokens)
-    try:
-        serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge)
-    except USER_ERRORS as exc:
-        _fail(exc)
+    serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge)
 
 
 @main.command("compare")
@@ -350,8 +354,9 @@ def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int,
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                retrieval=RetrievalSettings(top_k=top_k))
-    result = _report_or_exit(lambda: compare_run(run, knowledge, eval_data, settings,
-                                                 log=lambda m: console.print(f"[dim]{escape(m)}[/]")), as_json)
+    result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+    if _print_json(result, as_json):
+        return
     out = Console(highlight=False)
     for name, split in result["splits"].items():
         if name == "all":
@@ -376,8 +381,10 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_ta
     from .evaluate import evaluate_run
 
     tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
-    result = _report_or_exit(lambda: evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{m}[/]"),
-                                                  use_cache=not no_cache, lm_eval_tasks=tasks), as_json)
+    result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
+                          use_cache=not no_cache, lm_eval_tasks=tasks)
+    if _print_json(result, as_json):
+        return
     out = Console()
     out.print()
     out.print(f"[bold]tunesmith eval: {'within' if result['within_budget'] else '[red]OVER[/]'} the forgetting budget[/]")

@@ -8,22 +8,21 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import CompareSettings, TrainConfig
 from .data import QA, DataError, DataIssue, answered_questions, encode_prompt, prepare_data, read_records
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import bootstrap_ci, paired_summary
 from .evaluation.recommend import Delta, Evidence, recommend
 from .evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
 from .forgetting.measure import base_view
-from .generate import GENERATION_BATCH, generate_batch, load_run
-from .retrieval import RetrievalSettings, Retriever
+from .generate import generate_batch, load_run
+from .retrieval import Retriever
 from .training.rundir import RunDir
 
 SYSTEMS = ("base", "base+rag", "tuned", "tuned+rag")
@@ -38,29 +37,6 @@ COMPARISONS = {"rag_on_base": ("base", "base+rag"), "rag_on_tuned": ("tuned", "t
                "tuning": ("base", "tuned"), "tuning_with_rag": ("base+rag", "tuned+rag")}
 SAMPLES_SHOWN = 3
 """Questions quoted in compare.json with all four answers."""
-
-
-@dataclass(frozen=True)
-class CompareSettings:
-    """How many questions each system answers, and how."""
-
-    limit: int = 40
-    """Held-out questions answered (a sample drawn with the run's seed). 40 held-out + 20 training
-    questions, 4 systems, 96 new tokens: minutes, not hours, for the 135M default on 2 CPU cores."""
-    seen: int = 20
-    """Training questions answered, for the split 'facts seen in training'; 0 leaves it out."""
-    max_new_tokens: int = 96
-    """Longest answer; the demo's FAQ answers are 20-80 words."""
-    batch_size: int = GENERATION_BATCH
-    """Prompts decoded together."""
-    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
-
-    def __post_init__(self) -> None:
-        for key in ("limit", "max_new_tokens", "batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"compare {key} must be at least 1, got {getattr(self, key)}")
-        if self.seen < 0:
-            raise ValueError(f"compare seen must be non-negative, got {self.seen}")
 
 
 def question_splits(config: TrainConfig, tokenizer: Any, eval_data: str | None) -> tuple[list[QA], list[QA]]:

@@ -16,9 +16,25 @@ import yaml
 from .errors import ConfigError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-METHODS = ("lora", "dora", "full", "qlora")
+# Each choice is a Literal (the field's type) and the tuple of its values (click.Choice, checks).
+Method = Literal["lora", "dora", "full", "qlora"]
+METHODS: tuple[str, ...] = get_args(Method)
+Precision = Literal["auto", "bf16", "fp32"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+Distributed = Literal["ddp", "fsdp"]
+DISTRIBUTED: tuple[str, ...] = get_args(Distributed)
 CPU_FORWARD_TOKENS = 1024  # a CPU matmul is as fast per token at 1,024 rows as at 2,000 (docs/benchmarks.md)
 
+ExportFormat = Literal["adapter", "merged", "gguf"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+DEFAULT_EXPORT_FORMAT: ExportFormat = "merged"  # what transformers, vLLM and llama.cpp's converter all load
+GgufType = Literal["f32", "f16", "q8_0"]
+GGUF_TYPES: tuple[str, ...] = get_args(GgufType)
+DEFAULT_GGUF_TYPE: GgufType = "f16"  # half of f32's size; its logits within 7.2e-4 relative RMS on SmolLM2-135M
+MERGE_TOLERANCE = 1e-3
+"""Largest accepted |Δ logit| / (1 + |logit|) of a merged export against base + adapter. Float32
+rounding alone gives ~1.3e-4 on SmolLM2-135M (30 layers) and ~3e-6 on the 2-layer test model; a
+merge that drops or mis-scales an adapter is off by far more than 1e-3."""
 
 
 def cache_dir() -> Path:
@@ -116,7 +132,7 @@ class TrainConfig:
     """Validation data file; when absent a seeded `val_fraction` of `data` is held out."""
     model: str = DEFAULT_MODEL
     """A local Hugging Face directory, a hub id, or 'smollm2-135m-instruct' (bundled, offline)."""
-    method: Literal["lora", "dora", "full", "qlora"] = "lora"
+    method: Method = "lora"
     """lora (default), dora (weight-decomposed LoRA), full (every weight trained), or qlora (LoRA on a
     4-bit base through bitsandbytes; CUDA only)."""
     output: str | None = None
@@ -162,7 +178,7 @@ class TrainConfig:
     """On a NaN/inf loss or gradient: False stops the run naming the step; True skips that step and counts it."""
     val_fraction: float = 0.1
     """Share of `data` held out for validation when no `eval` file is given."""
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
     """auto uses bf16 autocast where the hardware has it (AVX-512 BF16/AMX CPUs, modern GPUs)."""
     chat_template: str | None = None
     """Override the model's chat template: a name ('chatml') or a Jinja string."""
@@ -173,7 +189,7 @@ class TrainConfig:
     step. On a 2-core CPU: 14% less peak memory and no faster than eager since eager's own memory
     and cast work, for 17-55 s of compiling (docs/benchmarks.md); off by default because short
     runs lose that time and it needs a C++ compiler."""
-    distributed: Literal["ddp", "fsdp"] = "ddp"
+    distributed: Distributed = "ddp"
     """How several processes (torchrun / accelerate launch) share the work: ddp replicates the model,
     fsdp shards parameters, gradients and optimizer state (torch FSDP2, on GPUs and on CPU processes over
     gloo; not with qlora). One process has nothing to shard and trains the same either way."""
@@ -212,8 +228,9 @@ class TrainConfig:
         _check(self.save_every is None or self.save_every >= 1, "save_every", f"must be at least 1, got {self.save_every}")
         _check(self.keep_last >= 0, "keep_last", f"must be non-negative, got {self.keep_last}")
         _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        _check(self.distributed in ("ddp", "fsdp"), "distributed", f"must be ddp or fsdp, got {self.distributed!r}")
-        _check(self.precision in ("auto", "bf16", "fp32"), "precision", f"must be auto, bf16 or fp32, got {self.precision!r}")
+        _check(self.distributed in DISTRIBUTED, "distributed",
+               f"must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
+        _check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def resolve(self, n_train_examples: int) -> TrainConfig:
         """Fill `epochs` and `lr` from the data size and method, so the saved config is complete."""
@@ -234,7 +251,7 @@ def default_lr(method: str) -> float:
     1e-3 to learn a small task in a few epochs; full fine-tuning moves every weight and wants 1e-4
     at most before general-text perplexity climbs.
     """
-    return {"lora": 1e-3, "dora": 1e-3, "qlora": 1e-3, "full": 5e-5}[method]
+    return 5e-5 if method == "full" else 1e-3  # every other method trains an adapter
 
 
 def default_epochs(n_train_examples: int) -> float:
@@ -369,6 +386,75 @@ def dump_config(config: TrainConfig) -> str:
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens when answering (generate, chat, serve)."""
+
+    max_new_tokens: int = 256
+    """Most tokens in one answer."""
+    temperature: float = 0.0
+    """0 is greedy (reproducible); above 0 samples."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, used when temperature > 0."""
+    seed: int | None = None
+    """Seeds sampling for a reproducible sampled answer."""
+    stop: tuple[str, ...] = ()
+    """Extra strings that end the answer; they are not included in it."""
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """How the knowledge source is cut, searched and put into prompts (`--knowledge`)."""
+
+    top_k: int = 3
+    """Passages retrieved per question; FAQ answers are ~60 words, so 3 fit easily and the right
+    one is usually among them."""
+    chunk_words: int = 120
+    """Words per passage: ~160 MiniLM tokens, under its 256-token input limit."""
+    overlap_words: int = 30
+    """Words shared by consecutive passages of a long document, so a fact cut at an edge is whole in one."""
+    max_prompt_tokens: int = 1024
+    """Largest prompt (template, passages and question) in the model's tokens; passages that do not
+    fit are cut or dropped. Prefill cost on a CPU grows with it; the model's context also caps it."""
+    min_passage_tokens: int = 16
+    """A passage cut to fewer tokens than this is dropped instead: a fragment helps less than it costs."""
+
+    def __post_init__(self) -> None:
+        for key in ("top_k", "chunk_words", "max_prompt_tokens", "min_passage_tokens"):
+            _check(getattr(self, key) >= 1, f"retrieval.{key}", f"must be at least 1, got {getattr(self, key)}")
+        _check(0 <= self.overlap_words < self.chunk_words, "retrieval.overlap_words",
+               f"must be in [0, chunk_words), got {self.overlap_words}")
+
+
+GENERATION_BATCH = 8
+"""Prompts decoded together (`compare --batch-size`). A decoding step of a small model is bound by
+reading the weights, which a batch shares. With 8, the demo `compare` (60 questions x 4 systems,
+96 new tokens, 135M model, one thread) took 452 s; one prompt at a time (`--batch-size 1`) has not
+been timed against it."""
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """How many questions each system of `tunesmith compare` answers, and how."""
+
+    limit: int = 40
+    """Held-out questions answered (a sample drawn with the run's seed). 40 held-out + 20 training
+    questions, 4 systems, 96 new tokens: minutes, not hours, for the 135M default on 2 CPU cores."""
+    seen: int = 20
+    """Training questions answered, for the split 'facts seen in training'; 0 leaves it out."""
+    max_new_tokens: int = 96
+    """Longest answer; the demo's FAQ answers are 20-80 words."""
+    batch_size: int = GENERATION_BATCH
+    """Prompts decoded together."""
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    """Passages per question and the prompt budget of the two +rag systems."""
+
+    def __post_init__(self) -> None:
+        for key in ("limit", "max_new_tokens", "batch_size"):
+            _check(getattr(self, key) >= 1, f"compare.{key}", f"must be at least 1, got {getattr(self, key)}")
+        _check(self.seen >= 0, "compare.seen", f"must be non-negative, got {self.seen}")
+
+
+@dataclass(frozen=True)
 class ServeLimits:
     """What `tunesmith serve` accepts; each limit answers a request past it with a 4xx error."""
 
@@ -376,7 +462,7 @@ class ServeLimits:
     """Largest request body (chunked bodies counted while they arrive); larger gets 413."""
     max_tokens: int = 1024
     """Largest `max_tokens` a request may ask for; more gets 400."""
-    default_max_tokens: int = 256
+    default_max_tokens: int = Sampling.max_new_tokens
     """`max_tokens` when a request gives none (the same default as `tunesmith generate`)."""
     max_n: int = 4
     """Most choices per request (`n`); each is generated in turn."""

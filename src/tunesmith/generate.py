@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .config import GENERATION_BATCH, Sampling
 from .data.render import encode_prompt, end_of_turn_ids
 from .model.loading import load_tokenizer, load_tuned
 from .training.rundir import RunDir
@@ -24,8 +25,9 @@ def load_run(run_path: str | Path) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
-def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new_tokens: int = 256,
-             temperature: float = 0.0, top_p: float = 1.0) -> str:
+def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]],
+             max_new_tokens: int = Sampling.max_new_tokens, temperature: float = Sampling.temperature,
+             top_p: float = Sampling.top_p) -> str:
     """The assistant's reply to `messages`; greedy unless temperature > 0."""
     prompt = torch.tensor([encode_prompt(messages, tokenizer)])
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
@@ -39,13 +41,6 @@ def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]], max_new
             **sampling,
         )
     return tokenizer.decode(out[0, prompt.shape[1]:], skip_special_tokens=True).strip()
-
-
-GENERATION_BATCH = 8
-"""Prompts decoded together (`compare --batch-size`). A decoding step of a small model is bound by
-reading the weights, which a batch shares. With 8, the demo `compare` (60 questions x 4 systems,
-96 new tokens, 135M model, one thread) took 452 s; one prompt at a time (`--batch-size 1`) has not
-been timed against it."""
 
 
 @torch.no_grad()

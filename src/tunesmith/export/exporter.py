@@ -15,16 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ..config import DEFAULT_GGUF_TYPE, EXPORT_FORMATS, MERGE_TOLERANCE
 from ..errors import ExportError
 from ..model.loading import load_model
 from ..model.tokenizer import load_tokenizer
 from ..training.rundir import RunDir, RunDirError, write_atomic
 from .gguf import export_gguf
 from .parity import compare_logits, merged_model, sample_inputs
-
-FORMATS = ("adapter", "merged", "gguf")
-MERGE_TOLERANCE = 1e-3
-
 
 
 @dataclass(frozen=True)
@@ -38,10 +35,10 @@ class ExportResult:
 
 
 def export_run(run_path: str | Path, fmt: str, output: str | Path | None = None, *, tolerance: float | None = None,
-               gguf_type: str = "f16", overwrite: bool = False, log: Callable[[str], None] = print) -> ExportResult:
+               gguf_type: str = DEFAULT_GGUF_TYPE, overwrite: bool = False, log: Callable[[str], None] = print) -> ExportResult:
     """Write RUN's tuned model as `fmt` into `output` (default RUN/export-FMT)."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown export format '{fmt}': choose one of {', '.join(FORMATS)}")
+    if fmt not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format '{fmt}': choose one of {', '.join(EXPORT_FORMATS)}")
     run = RunDir.open(run_path)
     target = Path(output) if output is not None else run.path / f"export-{fmt}"
     occupied = target.is_file() or (target.is_dir() and any(target.iterdir()))

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..config import GGUF_TYPES
 from ..data.render import end_of_turn_ids
 from ..errors import ExportError
 from ..model.loading import load_gguf_model
@@ -23,7 +24,6 @@ from ..training.rundir import RunDir, write_atomic
 from .ollama import modelfile
 from .parity import logit_diff, merged_model, sample_inputs
 
-GGUF_TYPES = ("f32", "f16", "q8_0")
 # Largest ‖Δ logits‖ / ‖logits‖ accepted per type: f32 is exact up to float rounding; f16 keeps 11
 # significant bits per weight; q8_0 8 bits with one scale per 32 weights. Measured on SmolLM2-135M
 # + LoRA: f32 1.5e-6, f16 7.2e-4, q8_0 0.019; on the tiny random test model (ill-conditioned):

@@ -20,9 +20,7 @@ SAMPLE_MESSAGES = (
     [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "How long does it take?"}],
 )
 SAMPLE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 " * 4
-# Merged vs base + adapter: |Δ logit| <= MERGE_TOLERANCE * (1 + |logit|). Float32 rounding alone
-# gives ~1.3e-4 on SmolLM2-135M (30 layers) and ~3e-6 on the 2-layer test model; a merge that
-# drops or mis-scales an adapter is off by far more than 1e-3.
+
 
 def merged_model(run: RunDir) -> tuple[Any, Any, Any]:
     """(merged model, base + adapter model, tokenizer); for a full fine-tune both are the same model."""

@@ -13,23 +13,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
+from ..config import Sampling  # its home is config.py; importable from here with the stream it drives
 from ..data.render import end_of_turn_ids
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to pick tokens; the defaults are `generate.generate`'s."""
-
-    max_new_tokens: int = 256
-    """Most tokens in one answer."""
-    temperature: float = 0.0
-    """0 is greedy (reproducible); above 0 samples."""
-    top_p: float = 1.0
-    """Nucleus sampling mass, used when temperature > 0."""
-    seed: int | None = None
-    """Seeds sampling for a reproducible sampled answer."""
-    stop: tuple[str, ...] = ()
-    """Extra strings that end the answer; they are not included in it."""
 
 
 @dataclass(frozen=True)

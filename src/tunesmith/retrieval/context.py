@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..config import RetrievalSettings
 from ..data.render import encode_prompt, encode_text
 from .chunking import Passage
 from .embed import Embedder
@@ -13,31 +14,6 @@ from .index import VectorIndex, load_or_build_index
 
 CONTEXT_HEADER = "Answer the question. These passages may help:"
 """Opens the user turn of a retrieval prompt; the passages follow, numbered, then the question."""
-
-
-@dataclass(frozen=True)
-class RetrievalSettings:
-    """How the knowledge source is cut, searched and put into prompts (`--knowledge`)."""
-
-    top_k: int = 3
-    """Passages retrieved per question; FAQ answers are ~60 words, so 3 fit easily and the right
-    one is usually among them."""
-    chunk_words: int = 120
-    """Words per passage: ~160 MiniLM tokens, under its 256-token input limit."""
-    overlap_words: int = 30
-    """Words shared by consecutive passages of a long document, so a fact cut at an edge is whole in one."""
-    max_prompt_tokens: int = 1024
-    """Largest prompt (template, passages and question) in the model's tokens; passages that do not
-    fit are cut or dropped. Prefill cost on a CPU grows with it; the model's context also caps it."""
-    min_passage_tokens: int = 16
-    """A passage cut to fewer tokens than this is dropped instead: a fragment helps less than it costs."""
-
-    def __post_init__(self) -> None:
-        for key in ("top_k", "chunk_words", "max_prompt_tokens", "min_passage_tokens"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"retrieval {key} must be at least 1, got {getattr(self, key)}")
-        if not 0 <= self.overlap_words < self.chunk_words:
-            raise ValueError(f"retrieval overlap_words must be in [0, chunk_words), got {self.overlap_words}")
 
 
 def with_passages(messages: list[dict[str, str]], passages: Sequence[str]) -> list[dict[str, str]]:

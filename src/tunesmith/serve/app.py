@@ -23,9 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..config import ServeLimits
+from ..config import Sampling, ServeLimits
 from ..data.render import encode_prompt, encode_text
-from ..inference.streaming import Completion, ReplyStream, Sampling, complete
+from ..inference.streaming import Completion, ReplyStream, complete
 from .protocol import (
     GenerationRequest,
     RequestError,

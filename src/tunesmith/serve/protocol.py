@@ -11,8 +11,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ServeLimits
-from ..inference.streaming import Completion, Sampling
+from ..config import Sampling, ServeLimits
+from ..inference.streaming import Completion
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # OpenAI finish reasons; a generation cut by a disconnect or shutdown reports a plain stop.

@@ -1,0 +1,115 @@
+"""The README against the code: every default its tables give is the config field's, every field is documented."""
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunesmith.config import ForgettingBudget, ForgettingConfig, LoraConfig, ServeLimits, TrainConfig
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+# Key prefix -> the dataclass holding the keys under it; the longest matching prefix wins.
+SECTIONS = {"forgetting.budget.": ForgettingBudget, "forgetting.": ForgettingConfig, "lora.": LoraConfig,
+            "": TrainConfig}
+REQUIRED, WORDS = object(), object()
+"""A cell that says the key is required, and one that describes a derived default in words."""
+
+
+def readme_table(heading: str, header: str) -> dict[str, str]:
+    """{first cell: second cell} of the first table under `heading` whose header row is `header`."""
+    section = README.split(f"\n{heading}\n", 1)[1]
+    rows = section[section.index(header):].splitlines()[2:]  # past the header and the |---| line
+    table = {}
+    for row in rows:
+        if not row.startswith("|"):
+            break
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", row.strip().strip("|"))]  # not at `a\|b`
+        table[cells[0]] = cells[1]
+    return table
+
+
+def documented_value(cell: str) -> Any:
+    """What a default cell says: a literal (number, boolean, none, `string`, []), REQUIRED, or WORDS."""
+    quoted = re.fullmatch(r"`([^`]*)`", cell)
+    text = quoted.group(1) if quoted else cell
+    if re.fullmatch(r"-?\d+(\.\d+)?([eE]-?\d+)?", text):
+        return float(text)
+    if quoted:
+        return text
+    literals = {"(required)": REQUIRED, "none": None, "true": True, "false": False, "[]": []}
+    return literals.get(cell.lower(), WORDS)
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The field's default, REQUIRED when it has none; KeyError for a key that is not a field."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return REQUIRED
+
+
+def assert_documented(key: str, documented: Any, actual: Any) -> None:
+    if documented is WORDS:  # "from data size", "per method": derived when the field is left None
+        assert actual is None, f"{key}: README describes a derived default, the field's is {actual!r}"
+    elif isinstance(documented, float):
+        assert isinstance(actual, (int, float)) and not isinstance(actual, bool) and actual == documented, \
+            f"{key}: README says {documented:g}, the field's default is {actual!r}"
+    else:
+        assert actual == documented and type(actual) is type(documented), \
+            f"{key}: README says {documented!r}, the field's default is {actual!r}"
+
+
+def owner(key: str) -> tuple[type, str]:
+    prefix = next(p for p in SECTIONS if key.startswith(p))
+    return SECTIONS[prefix], key[len(prefix):]
+
+
+CONFIG_KEYS = readme_table("### Config keys", "| key | default | meaning |")
+
+
+def test_the_readme_tables_are_found():
+    assert len(CONFIG_KEYS) > 30 and "`lora.r`" in CONFIG_KEYS  # a parser that found nothing passes nothing
+
+
+@pytest.mark.parametrize("key", sorted(CONFIG_KEYS), ids=lambda k: k.strip("`"))
+def test_documented_config_default_is_the_fields(key):
+    name = key.strip("`")
+    cls, field = owner(name)
+    actual = field_default(cls, field)  # KeyError: the README documents a key that does not exist
+    cell = CONFIG_KEYS[key]
+    if cell == "":  # a section's own row, such as `forgetting`: its keys follow
+        assert dataclasses.is_dataclass(actual), f"{name} has no default in the README but is not a section"
+        return
+    assert_documented(name, documented_value(cell), actual)
+
+
+def test_every_config_field_is_documented():
+    keys = []
+    for prefix, cls in SECTIONS.items():
+        for field in dataclasses.fields(cls):
+            if not dataclasses.is_dataclass(field_default(cls, field.name)):  # sections hold keys, not values
+                keys.append(prefix + field.name)
+    missing = [k for k in keys if f"`{k}`" not in CONFIG_KEYS]
+    assert not missing, f"README's config table lacks {missing}"
+
+
+def test_documented_serve_defaults_are_the_codes(tmp_path, monkeypatch):
+    from tunesmith.cli import main
+
+    monkeypatch.delenv("TUNESMITH_API_KEY", raising=False)
+    command = main.commands["serve"]
+    values = command.make_context("serve", [str(tmp_path)]).params  # what the command gets without flags
+    names = {opt: p.name for p in command.params for opt in p.opts}
+    table = readme_table("## Serve", "| flag | default | meaning |")
+    assert "`--max-tokens`" in table
+    for row, cell in table.items():
+        flag = row.split("`")[1].split()[0]
+        name = names[flag]  # KeyError: the README documents a flag that does not exist
+        actual = values[name] or None  # an unrepeated --allowed-host is (), not None
+        if actual is None and name in {f.name for f in dataclasses.fields(ServeLimits)}:
+            actual = field_default(ServeLimits, name)  # the flag overrides this limit
+        assert_documented(flag, documented_value(cell), actual)
