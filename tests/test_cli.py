@@ -92,3 +92,14 @@ def test_resume_a_run_by_its_directory_alone(faq_file, tiny_model_dir, tmp_path)
     result = runner.invoke(main, ["train", "--resume", str(out / "checkpoints" / "step-4"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "summary.json").read_text())["steps"] == 4
+
+
+def test_show_in_a_pipe_marks_trained_tokens_in_the_text(faq_file, tiny_model_dir):
+    """Not a terminal (CliRunner, like a pipe or CI log): no colours, so trained tokens are [[marked]]."""
+    result = CliRunner().invoke(main, ["data", "check", str(faq_file("chat")), "--model", str(tiny_model_dir),
+                                       "--show", "1"])
+    assert result.exit_code == 0, result.output
+    marked = result.stdout.split("[[", 1)[1].split("]]", 1)[0]
+    first_answer = json.loads(faq_file("chat").read_text().splitlines()[0])["messages"][-1]["content"]
+    assert marked == first_answer + "<|im_end|>"  # the answer and its end of turn, nothing of the prompt
+    assert "\x1b[" not in result.stdout

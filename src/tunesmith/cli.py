@@ -31,7 +31,7 @@ from .config import (
 )
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages name FILE:LINE: never cut them
 
 
 class _UsageError(TunesmithError):
@@ -221,7 +221,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
     from .data import resolve_data_path
     from .data.check import check_files, render_preview
     from .data.limits import CheckLimits
-    from .model.loading import load_tokenizer
+    from .model.tokenizer import load_tokenizer
 
     try:
         config = _load_source(data, {"eval": eval_data, "model": model, "max_seq_tokens": max_seq_tokens})
@@ -236,7 +236,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)  # a FILE:LINE stays whole in a pipe or a log
     for title, issues, color in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
         for issue in issues[: limits.max_issues_shown]:
             out.print(f"[{color}]{title}:[/] {escape(str(issue))}")
@@ -250,7 +250,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
                   f"{config.max_seq_tokens}; end-of-turn trained in {split['end_of_turn_trained']}")
     for i, example in enumerate(report.previews):
         out.rule(f"{escape(example.source)} — trained tokens highlighted")
-        out.print(render_preview(example, tokenizer, config.max_seq_tokens))
+        out.print(render_preview(example, tokenizer, config.max_seq_tokens, color=out.is_terminal))
     if report.ok:
         out.print(f"[bold green]data check passed[/] ({len(report.warnings)} warning(s))")
     else:

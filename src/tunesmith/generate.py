@@ -9,7 +9,8 @@ import torch
 
 from .config import GENERATION_BATCH, Sampling
 from .data.render import encode_prompt, end_of_turn_ids
-from .model.loading import load_tokenizer, load_tuned
+from .model.loading import load_tuned
+from .model.tokenizer import load_tokenizer
 from .training.rundir import RunDir
 
 
