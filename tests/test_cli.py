@@ -103,3 +103,20 @@ def test_show_in_a_pipe_marks_trained_tokens_in_the_text(faq_file, tiny_model_di
     first_answer = json.loads(faq_file("chat").read_text().splitlines()[0])["messages"][-1]["content"]
     assert marked == first_answer + "<|im_end|>"  # the answer and its end of turn, nothing of the prompt
     assert "\x1b[" not in result.stdout
+
+
+def test_generate_base_answers_with_the_adapters_disabled(tiny_run):
+    from tunesmith import generate, load_run
+
+    model, tokenizer = load_run(tiny_run)
+    question = [{"role": "user", "content": "What is a building permit?"}]
+    with model.disable_adapter():
+        base = generate(model, tokenizer, question, max_new_tokens=6)
+    tuned = generate(model, tokenizer, question, max_new_tokens=6)
+    assert base != tuned
+    runner = CliRunner()
+    for flags, expected in ((["--base"], base), ([], tuned)):
+        result = runner.invoke(main, ["generate", str(tiny_run), "--prompt", question[0]["content"],
+                                      "--max-new-tokens", "6", *flags])
+        assert result.exit_code == 0, result.output
+        assert result.stdout == expected + "\n"

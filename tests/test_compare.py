@@ -18,8 +18,8 @@ from tunesmith.data.render import end_of_turn_ids
 from tunesmith.evaluation.bootstrap import bootstrap_ci
 from tunesmith.evaluation.recommend import Delta, Evidence, recommend
 from tunesmith.evaluation.text_metrics import answer_length, rouge_l, style_markers, style_match, token_f1
-from tunesmith.forgetting.scoring import generate_greedy
-from tunesmith.generate import generate, generate_batch, load_run
+from tunesmith.generate import generate, load_run
+from tunesmith.inference.decode import generate_batch
 from tunesmith.retrieval import RetrievalSettings, Retriever
 
 UP, DOWN, FLAT = Delta(0.2, 0.1, 0.3), Delta(-0.2, -0.3, -0.1), Delta(0.01, -0.05, 0.07)
@@ -103,7 +103,7 @@ def test_batched_generation_matches_one_prompt_at_a_time(tuned):
     prompts = [encode_prompt([{"role": "user", "content": q}], tokenizer)
                for q in ("Hi", "What is a building permit?", "Who decides on permits, and how long does it take?")]
     eos = sorted(end_of_turn_ids(tokenizer))
-    single = generate_greedy(model, prompts, 10, eos, tokenizer.pad_token_id)
+    single = [generate_batch(model, [p], 10, eos, tokenizer.pad_token_id, batch_size=1)[0] for p in prompts]
     assert generate_batch(model, prompts, 10, eos, tokenizer.pad_token_id, batch_size=3) == single
     assert generate_batch(model, prompts, 10, eos, tokenizer.pad_token_id, batch_size=2) == single
 

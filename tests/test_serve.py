@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tunesmith.config import ConfigError, ServeLimits
+from tunesmith.config import ConfigError, Sampling, ServeLimits
 from tunesmith.data.render import encode_prompt
 from tunesmith.generate import generate, load_run
 from tunesmith.serve.app import build_app, host_name
@@ -312,3 +312,52 @@ def test_cli_serve_stops_cleanly_on_sigterm(tiny_run):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_the_base_model_is_served_under_its_own_name(model_and_tokenizer):
+    """`model` picks the tuned model or the base (the same model with its adapters disabled); the
+    run's system prompt goes into chat requests that bring none; repetition settings are honoured."""
+    from openai import OpenAI
+
+    from tunesmith.forgetting.measure import base_view
+
+    model, tokenizer = model_and_tokenizer
+    system = "Answer in one sentence."
+    app = build_app(model, tokenizer, MODEL_ID, LIMITS, api_key=KEY, base=("tiny-base", base_view(model)),
+                    system_prompt=system)
+    with_system = [{"role": "system", "content": system}] + MESSAGES
+    with model.disable_adapter():
+        base_answer = generate(model, tokenizer, with_system, max_new_tokens=8)
+    tuned_answer = generate(model, tokenizer, with_system, max_new_tokens=8)
+    assert base_answer != tuned_answer
+    with running(app) as (url, _):
+        client = OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list().data] == [MODEL_ID, "tiny-base"]
+        for name, expected in ((MODEL_ID, tuned_answer), ("tiny-base", base_answer), (MODEL_ID, tuned_answer)):
+            reply = client.chat.completions.create(model=name, messages=MESSAGES, max_tokens=8)
+            assert reply.model == name and reply.choices[0].message.content == expected
+        no_repeats = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=24,
+                                                    extra_body={"no_repeat_ngram_size": 1})
+        plain = client.chat.completions.create(model=MODEL_ID, messages=MESSAGES, max_tokens=24)
+        expected = generate(model, tokenizer, with_system, sampling=Sampling(max_new_tokens=24, no_repeat_ngram_size=1))
+        assert no_repeats.choices[0].message.content == expected != plain.choices[0].message.content
+        bad = httpx.post(url + "/v1/chat/completions", headers=auth(),
+                         json={"model": MODEL_ID, "messages": MESSAGES, "repetition_penalty": 0})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "repetition_penalty"
+
+
+def test_no_repeat_ngram_size_reaches_generate(model_and_tokenizer):
+    """The sampling settings are transformers' own: with n-gram size 1 no token comes twice."""
+    import torch
+
+    model, tokenizer = model_and_tokenizer
+    prompt = torch.tensor([encode_prompt(MESSAGES, tokenizer)])
+    kwargs = Sampling(no_repeat_ngram_size=1).generate_kwargs()
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt, max_new_tokens=24, pad_token_id=tokenizer.pad_token_id, **kwargs)
+    answer = out[0, prompt.shape[1]:].tolist()
+    with torch.no_grad():
+        loose = model.generate(input_ids=prompt, max_new_tokens=24, pad_token_id=tokenizer.pad_token_id,
+                               do_sample=False)[0, prompt.shape[1]:].tolist()
+    assert len(set(answer)) == len(answer) and len(set(loose)) < len(loose)  # the tiny model repeats itself
+    assert not set(answer) & set(prompt[0].tolist())  # n-grams of the prompt count too

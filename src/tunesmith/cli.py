@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn
 
 import click
 from rich.console import Console
@@ -102,8 +102,22 @@ def main() -> None:
     _quiet_libraries()
 
 
+def _columns_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
+    """--columns prompt=customer_message,completion=agent_reply as the `columns` mapping."""
+    if value is None:
+        return None
+    from .data.columns import parse_columns
+
+    return parse_columns(value)
+
+
+_COLUMNS_HELP = ("Your file's columns for our fields, e.g. prompt=customer_message,completion=agent_reply "
+                 "(config: columns).")
+_SYSTEM_PROMPT_HELP = "A system turn for rows without one: text or a .txt/.md file (config: system_prompt)."
+
+
 @main.command("train")
-@click.argument("source", type=click.Path(dir_okay=False), required=False)
+@click.argument("source", type=click.Path(), required=False)
 # Flags default to None, so that a CONFIG.yaml's values stand; the defaults named in the help are
 # the config fields', read from TrainConfig.
 @click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
@@ -114,6 +128,8 @@ def main() -> None:
 @click.option("--lr", type=float, help="Peak learning rate (default: per method).")
 @click.option("--seed", type=int, help=f"Random seed (default {TrainConfig.seed}).")
 @click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA).")
+@click.option("--columns", callback=_columns_flag, help=_COLUMNS_HELP)
+@click.option("--system-prompt", help=_SYSTEM_PROMPT_HELP)
 @click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
 @click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
 @click.option("--save-every", type=int, help="Checkpoint every N steps (default: at every evaluation).")
@@ -123,7 +139,7 @@ def main() -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
 def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_data: str | None,
                   resume: str | None, force: bool, **flags: Any) -> None:
-    """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv) or a CONFIG.yaml.
+    """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
     from .train import end_processes, train
@@ -154,19 +170,39 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     out.print(f"  try it            tunesmith generate {result.run_dir} --prompt \"...\"")
 
 
+def _repetition_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--repetition-penalty and --no-repeat-ngram-size, with Sampling's defaults (off)."""
+    command = click.option("--no-repeat-ngram-size", type=click.IntRange(min=0), default=Sampling.no_repeat_ngram_size,
+                           show_default=True, help="Never repeat an n-gram of this many tokens; 0 is off.")(command)
+    return click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
+                        default=Sampling.repetition_penalty, show_default=True,
+                        help="Penalise tokens already said (1.0 is off; 1.1-1.3 stops an answer that loops).")(command)
+
+
 @main.command("generate")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--prompt", required=True, help="The user message.")
-@click.option("--system", help="A system prompt (default: the chat template's own).")
+@click.option("--system", help="A system prompt (default: the run's system_prompt, else the chat template's own).")
+@click.option("--base", is_flag=True, help="Answer with the base model (the run's adapters disabled), to compare.")
 @click.option("--max-new-tokens", type=int, default=Sampling.max_new_tokens, show_default=True)
 @click.option("--temperature", type=float, default=Sampling.temperature, show_default=True, help="0 is greedy.")
-def generate_command(run: str, prompt: str, system: str | None, max_new_tokens: int, temperature: float) -> None:
-    """Answer one prompt with the tuned model of RUN."""
-    from .generate import generate, load_run
+@_repetition_options
+def generate_command(run: str, prompt: str, system: str | None, base: bool, max_new_tokens: int, temperature: float,
+                     repetition_penalty: float, no_repeat_ngram_size: int) -> None:
+    """Answer one prompt with the tuned model of RUN (or, with --base, its base model)."""
+    import contextlib
+
+    from .data.render import with_system_prompt
+    from .generate import base_of, generate, load_run, run_system_prompt
+    from .training.rundir import RunDir
 
     model, tokenizer = load_run(run)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    click.echo(generate(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature))
+    messages = with_system_prompt([{"role": "user", "content": prompt}], system or run_system_prompt(run))
+    sampling = Sampling(max_new_tokens, temperature, repetition_penalty=repetition_penalty,
+                        no_repeat_ngram_size=no_repeat_ngram_size)
+    answering = base_of(model, RunDir.open(run).config())() if base else contextlib.nullcontext(model)
+    with answering as answerer:
+        click.echo(generate(answerer, tokenizer, messages, sampling=sampling))
 
 
 @main.command("plan")
@@ -212,27 +248,33 @@ def data_group() -> None:
 @click.option("--max-line-bytes", type=int, help="Longest accepted line in bytes (default 1 MiB).")
 @click.option("--show", type=click.IntRange(min=0), default=0,
               help="Print N rendered examples, trained tokens highlighted.")
+@click.option("--columns", callback=_columns_flag, help=_COLUMNS_HELP)
+@click.option("--system-prompt", help=_SYSTEM_PROMPT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
 def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
-                       max_line_bytes: int | None, show: int, as_json: bool) -> None:
-    """Check DATA (a data file or a CONFIG.yaml): exit 0 clean, 1 errors, 2 usage errors."""
+                       max_line_bytes: int | None, show: int, columns: dict[str, str] | None,
+                       system_prompt: str | None, as_json: bool) -> None:
+    """Check DATA (a data file, a folder of them, or a CONFIG.yaml): exit 0 clean, 1 errors, 2 usage errors."""
     import json
 
-    from .data import resolve_data_path
+    from .data import data_options, resolve_data_path
     from .data.check import check_files, render_preview
     from .data.limits import CheckLimits
     from .model.tokenizer import load_tokenizer
 
     try:
-        config = _load_source(data, {"eval": eval_data, "model": model, "max_seq_tokens": max_seq_tokens})
+        config = _load_source(data, {"eval": eval_data, "model": model, "max_seq_tokens": max_seq_tokens,
+                                     "columns": columns, "system_prompt": system_prompt})
         for path in filter(None, (config.data, config.eval)):
-            if not resolve_data_path(path).is_file():
-                raise FileNotFoundError(f"{path}: no such data file — check the path")
+            if not resolve_data_path(path).exists():
+                raise FileNotFoundError(f"{path}: no such data file or folder — check the path")
         limits = CheckLimits(**({"max_line_bytes": max_line_bytes} if max_line_bytes else {}))
+        options = data_options(config)
         tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     except (TunesmithError, FileNotFoundError, ValueError) as exc:  # ValueError: CheckLimits' checks
         raise _UsageError(str(exc)) from exc
-    report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens, limits, show=show)
+    report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens, limits, show=show,
+                         val_fraction=None if config.eval else config.val_fraction, **options)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
@@ -260,19 +302,21 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
 
 @main.command("chat")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--system", help="A system prompt (default: the chat template's own).")
+@click.option("--system", help="A system prompt (default: the run's system_prompt, else the chat template's own).")
 @click.option("--max-new-tokens", type=int, default=Sampling.max_new_tokens, show_default=True,
               help="Most tokens per answer.")
 @click.option("--temperature", type=float, default=Sampling.temperature, show_default=True, help="0 is greedy.")
 @click.option("--top-p", type=float, default=Sampling.top_p, show_default=True,
               help="Nucleus sampling mass (temperature > 0).")
 @click.option("--seed", type=int, help="Seed for sampled answers.")
+@_repetition_options
 @click.option("--knowledge", help="Answer with passages retrieved from this folder or .txt/.md/.jsonl file.")
 def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int | None, knowledge: str | None) -> None:
-    """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /exit)."""
+                 seed: int | None, repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None) -> None:
+    """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
     from .chat import chat_loop
-    from .generate import load_run
+    from .generate import base_of, load_run, run_system_prompt
+    from .training.rundir import RunDir
 
     augment = None
     model, tokenizer = load_run(run)
@@ -287,7 +331,10 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
         click.echo(text, nl=False)
         sys.stdout.flush()
 
-    chat_loop(model, tokenizer, Sampling(max_new_tokens, temperature, top_p, seed), input, write, system, augment)
+    sampling = Sampling(max_new_tokens, temperature, top_p, seed, repetition_penalty=repetition_penalty,
+                        no_repeat_ngram_size=no_repeat_ngram_size)
+    chat_loop(model, tokenizer, sampling, input, write, system or run_system_prompt(run), augment,
+              base=base_of(model, RunDir.open(run).config()))
 
 
 @main.command("export")

@@ -21,7 +21,8 @@ from .evaluation.bootstrap import bootstrap_ci, paired_summary
 from .evaluation.recommend import Delta, Evidence, recommend
 from .evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
 from .forgetting.measure import base_view
-from .generate import generate_batch, load_run
+from .generate import load_run
+from .inference.decode import generate_batch
 from .retrieval import Retriever
 from .training.rundir import RunDir
 

@@ -130,6 +130,13 @@ class TrainConfig:
     """Training data: a .jsonl/.txt/.md file in one of the supported formats."""
     eval: str | None = None
     """Validation data file; when absent a seeded `val_fraction` of `data` is held out."""
+    columns: dict[str, str] | None = None
+    """Your file's column (CSV) or key (JSON) for each of our fields, e.g. {prompt: customer_message,
+    completion: agent_reply}: an export goes in with its own headers; other columns are ignored."""
+    system_prompt: str | None = None
+    """A system turn for every conversation that has none, e.g. a brand's style guide: the text, or a
+    .txt/.md file (relative to the config file). Trained as context, never as a target; `generate`,
+    `chat` and `serve` of the run use it too."""
     model: str = DEFAULT_MODEL
     """A local Hugging Face directory, a hub id, or 'smollm2-135m-instruct' (bundled, offline)."""
     method: Method = "lora"
@@ -292,7 +299,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(loaded).__name__}")
         raw = loaded
         # Relative data paths in a config file are relative to the file, so configs can travel.
-        for key in ("data", "eval"):
+        for key in ("data", "eval", "system_prompt"):
             value = raw.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
                 candidate = path.parent / value
@@ -374,6 +381,9 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
                 pass
         if kind is str and isinstance(value, str):
             return value
+        if getattr(kind, "__origin__", None) is dict and isinstance(value, dict) \
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
         if getattr(kind, "__origin__", None) is list and isinstance(value, list):
             return value
     wanted = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
@@ -399,6 +409,27 @@ class Sampling:
     """Seeds sampling for a reproducible sampled answer."""
     stop: tuple[str, ...] = ()
     """Extra strings that end the answer; they are not included in it."""
+    repetition_penalty: float = 1.0
+    """Divides the score of every token already in the prompt or the answer (CTRL's penalty, as in
+    transformers' generate); 1.0 is off. 1.1-1.3 stops a model that repeats one phrase to the limit."""
+    no_repeat_ngram_size: int = 0
+    """Never repeat an n-gram of this many tokens within the answer and prompt; 0 is off."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
+        _check(self.repetition_penalty > 0, "repetition_penalty", f"must be positive, got {self.repetition_penalty}")
+        _check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size",
+               f"must be 0 (off) or a token count, got {self.no_repeat_ngram_size}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """transformers' generate() arguments for picking tokens (greedy unless temperature > 0)."""
+        picked: dict[str, Any] = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+                                  if self.temperature > 0 else {"do_sample": False})
+        if self.repetition_penalty != 1.0:
+            picked["repetition_penalty"] = self.repetition_penalty
+        if self.no_repeat_ngram_size:
+            picked["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return picked
 
 
 @dataclass(frozen=True)

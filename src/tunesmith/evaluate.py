@@ -21,7 +21,8 @@ from .evaluation.bootstrap import paired_summary
 from .evaluation.text_metrics import exact_match, loops, rouge_l, token_f1
 from .forgetting.budget import budget_checks
 from .forgetting.measure import base_view, measure_probes
-from .forgetting.scoring import generate_greedy, target_logprobs
+from .forgetting.scoring import target_logprobs
+from .inference.decode import generate_batch
 from .training.rundir import RunDir, write_atomic
 
 SAMPLES_SHOWN = 5
@@ -74,8 +75,8 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
     eos = sorted(end_of_turn_ids(tokenizer))
     pad = pad_id(tokenizer)
     with view() as base:
-        base_out = generate_greedy(base, prompts, sizes.max_new_tokens, eos, pad)
-    tuned_out = generate_greedy(model, prompts, sizes.max_new_tokens, eos, pad)
+        base_out = generate_batch(base, prompts, sizes.max_new_tokens, eos, pad, batch_size=1)
+    tuned_out = generate_batch(model, prompts, sizes.max_new_tokens, eos, pad, batch_size=1)
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
     base_text, tuned_text = [decode(o) for o in base_out], [decode(o) for o in tuned_out]
     ones = np.ones(len(pairs))

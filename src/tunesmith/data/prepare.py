@@ -10,7 +10,7 @@ from .cache import tokenize_file
 from .columns import ColumnMap
 from .issues import DataError, DataIssue
 from .limits import CheckLimits
-from .records import Conversation, file_sha256
+from .records import Conversation, file_sha256, read_system_prompt
 from .render import Example
 
 
@@ -43,6 +43,13 @@ def answered_questions(records: list[Any]) -> list[QA]:
             prompt = [{"role": m.role, "content": m.content} for m in record.messages[:-1]]
             out.append(QA(prompt, record.messages[-1].content, record.source))
     return out
+
+
+def data_options(config: Any) -> dict[str, Any]:
+    """How a run's config says to read its files (`columns`, `system_prompt` read from its file),
+    as the keyword arguments of `read_records`, `prepare_data` and `check_files`: every command that
+    reads a run's data reads it the same way."""
+    return {"columns": config.columns, "system_prompt": read_system_prompt(config.system_prompt)}
 
 
 def prepare_data(data: str, eval_data: str | None, tokenizer: Any, max_seq_tokens: int,

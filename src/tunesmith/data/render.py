@@ -62,6 +62,14 @@ def pad_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(end_of_turn_ids(tokenizer))
 
 
+def with_system_prompt(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    """`messages` with `system_prompt` as their first turn when they have no system turn: what a
+    run with a `system_prompt` was trained on (records.py adds it the same way to every row)."""
+    if not system_prompt or any(m["role"] == "system" for m in messages):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
+
+
 def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Plain text as token ids, with special-token parsing off: a `<|im_end|>` typed in the text
     stays text, as in every message of a conversation."""

@@ -20,18 +20,11 @@ import numpy as np
 from ..config import cache_dir
 from ..data.render import end_of_turn_ids, pad_id
 from ..evaluation.bootstrap import paired_summary
+from ..inference.decode import generate_batch
 from ..model.tokenizer import resolve_model_path
 from ..training.rundir import write_atomic
 from .probes import PROBE_SIZES, Probe, ProbeSizes, build_probes, probe_fingerprint
-from .scoring import (
-    choice_correct,
-    continuation_example,
-    generate_greedy,
-    kl_sums,
-    prompt_ids,
-    target_logprobs,
-    text_example,
-)
+from .scoring import choice_correct, continuation_example, kl_sums, prompt_ids, target_logprobs, text_example
 
 CACHE_VERSION = 1
 """Bump when a probe's scoring changes, so old cached base results are not reused."""
@@ -140,7 +133,7 @@ def continuations(model: Any, tokenizer: Any, probe: Probe, sizes: ProbeSizes) -
     prompts = [prompt_ids(tokenizer, item.prompt) for item in probe.items]
     eos = sorted(end_of_turn_ids(tokenizer))
     pad = pad_id(tokenizer)
-    return generate_greedy(model, prompts, sizes.kl_new_tokens, eos, pad)
+    return generate_batch(model, prompts, sizes.kl_new_tokens, eos, pad, batch_size=1)
 
 
 def score_probe(probe: Probe, base: np.ndarray, tuned: np.ndarray, seed: int = 0) -> ProbeScore:

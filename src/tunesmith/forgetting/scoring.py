@@ -136,37 +136,3 @@ def kl_sums(base: contextlib.AbstractContextManager, model: Any, examples: Seque
 def _enter(view: Any) -> contextlib.AbstractContextManager:
     """Accept a zero-argument factory of context managers, so a view can be entered many times."""
     return view() if callable(view) else view
-
-
-@torch.no_grad()
-def generate_greedy(model: Any, prompts: Sequence[list[int]], max_new_tokens: int, eos_ids: Sequence[int],
-                    pad_id: int) -> list[list[int]]:
-    """Greedy continuations of token-id prompts, stopping at any of `eos_ids` (kept, so a KL probe
-    also scores whether the model ends its turn).
-
-    One prompt at a time: on the CPU, left-padded batches took 2-3x longer per token than
-    unpadded single prompts. One CPU thread: a decoding step is too small to share, and with
-    other processes on the cores, 2 threads took 3-7x longer than 1 (SmolLM2-135M + LoRA,
-    16 tokens: 7.3 s vs 1.4 s on 2 shared cores, transformers 5.24).
-    """
-    device = _device(model)
-    outputs: list[list[int]] = []
-    threads = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        for prompt in prompts:
-            outputs.append(_greedy_one(model, prompt, max_new_tokens, eos_ids, pad_id, device))
-    finally:
-        torch.set_num_threads(threads)
-    return outputs
-
-
-def _greedy_one(model: Any, prompt: list[int], max_new_tokens: int, eos_ids: Sequence[int], pad_id: int,
-                device: torch.device) -> list[int]:
-    ids = torch.tensor([prompt], device=device)
-    generated = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                               max_new_tokens=max_new_tokens, eos_token_id=list(eos_ids), pad_token_id=pad_id)
-    row = generated[0, len(prompt):].tolist()
-    cut = next((i + 1 for i, t in enumerate(row) if t in eos_ids), len(row))
-    return row[:cut]

@@ -62,13 +62,13 @@ class ReplyStream:
         s = self.sampling
         prompt = torch.tensor([self.prompt_ids], device=self.model.device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = {"do_sample": True, "temperature": s.temperature, "top_p": s.top_p} if s.temperature > 0 else {"do_sample": False}
         if s.seed is not None:
             torch.manual_seed(s.seed)
         kwargs = dict(
             input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=s.max_new_tokens,
             eos_token_id=sorted(end_of_turn_ids(self.tokenizer)), pad_token_id=self.tokenizer.pad_token_id,
-            streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancelled(self._cancel)]), **sampling,
+            streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancelled(self._cancel)]),
+            **s.generate_kwargs(),
         )
         thread = threading.Thread(target=self._run, args=(kwargs, streamer), daemon=True)
         thread.start()

@@ -8,10 +8,11 @@ request at a time with a bounded queue (429 past it), and shuts down cleanly on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
 
@@ -24,7 +25,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..config import Sampling, ServeLimits
-from ..data.render import encode_prompt, encode_text
+from ..data.render import encode_prompt, encode_text, with_system_prompt
 from ..inference.streaming import Completion, ReplyStream, complete
 from .protocol import (
     GenerationRequest,
@@ -90,29 +91,47 @@ class Served:
     context_tokens: int
     retriever: Any = None
     """A `retrieval.Retriever` whose passages go into chat prompts (`--knowledge`), or None."""
+    base_id: str | None = None
+    """The base model's own name, served beside the tuned one (adapters disabled), or None."""
+    base: Any = None
+    """Enters the base model (forgetting.measure.base_view): a zero-argument context manager factory."""
+    system_prompt: str | None = None
+    """The run's system prompt, for chat requests that bring none (as in training)."""
+
+    @property
+    def model_ids(self) -> tuple[str, ...]:
+        return (self.model_id,) + ((self.base_id,) if self.base_id else ())
+
+    def answering(self, model_id: str) -> Any:
+        """A context manager giving the model that answers as `model_id`. Requests generate one at a
+        time (GenerationGate), so switching the adapters off for one never reaches another."""
+        return self.base() if model_id == self.base_id and self.base is not None else contextlib.nullcontext(self.model)
 
 
 def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = ServeLimits(),
-              api_key: str | None = None, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS, retriever: Any = None) -> Any:
-    """The ASGI app: routes behind the Host and API-key guard; chat answers use `retriever` when given."""
+              api_key: str | None = None, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS, retriever: Any = None,
+              base: tuple[str, Any] | None = None, system_prompt: str | None = None) -> Any:
+    """The ASGI app: routes behind the Host and API-key guard; chat answers use `retriever` when given;
+    `base` is (its model id, a base view) to serve the base model beside the tuned one."""
     served = Served(model, tokenizer, model_id, limits, GenerationGate(limits.max_queued),
-                    int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens), retriever)
+                    int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens), retriever,
+                    *(base or (None, None)), system_prompt)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": served.model_id, "busy": served.gate.busy,
                              "queued": served.gate.waiting})
 
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [_model_card(served.model_id)]})
+        return JSONResponse({"object": "list", "data": [_model_card(m) for m in served.model_ids]})
 
     async def model_detail(request: Request) -> Response:
-        if request.path_params["model"] != served.model_id:
+        if request.path_params["model"] not in served.model_ids:
             raise RequestError(404, f"The model '{request.path_params['model']}' does not exist", "model", "model_not_found")
-        return JSONResponse(_model_card(served.model_id))
+        return JSONResponse(_model_card(request.path_params["model"]))
 
     async def chat_completions(request: Request) -> Response:
-        parsed = parse_chat_request(await read_json(request, limits.max_body_bytes), served.model_id, limits)
-        messages = [dict(m) for m in parsed.messages or ()]
+        parsed = parse_chat_request(await read_json(request, limits.max_body_bytes), served.model_ids, limits)
+        messages = with_system_prompt([dict(m) for m in parsed.messages or ()], served.system_prompt)
         if served.retriever is not None:
             room = min(served.limits.max_prompt_tokens, served.context_tokens - parsed.sampling.max_new_tokens)
             messages = await run_in_threadpool(served.retriever.augment, messages, served.tokenizer, room)
@@ -120,7 +139,7 @@ def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = S
         return await _respond(served, parsed, prompt_ids, chat=True)
 
     async def completions(request: Request) -> Response:
-        parsed = parse_completion_request(await read_json(request, limits.max_body_bytes), served.model_id, limits)
+        parsed = parse_completion_request(await read_json(request, limits.max_body_bytes), served.model_ids, limits)
         return await _respond(served, parsed, encode_text(served.tokenizer, parsed.prompt or ""), chat=False)
 
     routes = [
@@ -178,7 +197,7 @@ async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[i
         done = await run_in_threadpool(_complete_all, served, parsed, prompt_ids)
     finally:
         served.gate.leave()
-    body = (chat_response if chat else completion_response)(rid, served.model_id, done)
+    body = (chat_response if chat else completion_response)(rid, parsed.model, done)
     return JSONResponse(body)
 
 
@@ -186,12 +205,13 @@ def _choice_sampling(sampling: Sampling, index: int) -> Sampling:
     """Choice i of n samples with seed + i, so n seeded choices differ and still reproduce."""
     if sampling.seed is None or index == 0:
         return sampling
-    return Sampling(sampling.max_new_tokens, sampling.temperature, sampling.top_p, sampling.seed + index, sampling.stop)
+    return replace(sampling, seed=sampling.seed + index)
 
 
 def _complete_all(served: Served, parsed: GenerationRequest, prompt_ids: list[int]) -> list[Completion]:
-    return [complete(served.model, served.tokenizer, prompt_ids, _choice_sampling(parsed.sampling, i))
-            for i in range(parsed.n)]
+    with served.answering(parsed.model) as model:
+        return [complete(model, served.tokenizer, prompt_ids, _choice_sampling(parsed.sampling, i))
+                for i in range(parsed.n)]
 
 
 _END = object()
@@ -200,19 +220,27 @@ _END = object()
 async def _events(served: Served, parsed: GenerationRequest, prompt_ids: list[int], rid: str,
                   chat: bool) -> AsyncIterator[str]:
     """Server-sent events: one chunk per text piece, a finishing chunk per choice, then [DONE]."""
+    with served.answering(parsed.model) as model:
+        async for event in _choice_events(served, model, parsed, prompt_ids, rid, chat):
+            yield event
+
+
+async def _choice_events(served: Served, model: Any, parsed: GenerationRequest, prompt_ids: list[int], rid: str,
+                         chat: bool) -> AsyncIterator[str]:
     finished: list[Completion] = []
+    model_id = parsed.model
     for index in range(parsed.n):
-        stream = ReplyStream(served.model, served.tokenizer, prompt_ids, _choice_sampling(parsed.sampling, index))
+        stream = ReplyStream(model, served.tokenizer, prompt_ids, _choice_sampling(parsed.sampling, index))
         pieces = iter(stream)
         try:
             if chat:
-                yield _sse(chat_chunk(rid, served.model_id, index, {"role": "assistant", "content": ""}))
+                yield _sse(chat_chunk(rid, model_id, index, {"role": "assistant", "content": ""}))
             while True:
                 piece = await run_in_threadpool(next, pieces, _END)
                 if piece is _END:
                     break
-                yield _sse(chat_chunk(rid, served.model_id, index, {"content": piece}) if chat
-                           else completion_chunk(rid, served.model_id, index, piece))
+                yield _sse(chat_chunk(rid, model_id, index, {"content": piece}) if chat
+                           else completion_chunk(rid, model_id, index, piece))
         except Exception as exc:  # the status line is sent already: report in-band and stop
             log.exception("generation failed")
             yield _sse(RequestError(500, f"generation failed: {type(exc).__name__}").body())
@@ -224,10 +252,10 @@ async def _events(served: Served, parsed: GenerationRequest, prompt_ids: list[in
         assert stream.completion is not None
         finished.append(stream.completion)
         reason = stream.completion.finish_reason
-        yield _sse(chat_chunk(rid, served.model_id, index, {}, reason) if chat
-                   else completion_chunk(rid, served.model_id, index, "", reason))
+        yield _sse(chat_chunk(rid, model_id, index, {}, reason) if chat
+                   else completion_chunk(rid, model_id, index, "", reason))
     if parsed.include_usage:
-        yield _sse(usage_chunk(rid, served.model_id, "chat.completion.chunk" if chat else "text_completion", finished))
+        yield _sse(usage_chunk(rid, model_id, "chat.completion.chunk" if chat else "text_completion", finished))
     yield "data: [DONE]\n\n"
 
 
@@ -312,9 +340,11 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     with `knowledge`, chat completions answer with passages retrieved from it."""
     import uvicorn
 
-    from ..generate import load_run
+    from ..generate import base_model_id, base_of, load_run, run_system_prompt
+    from ..training.rundir import RunDir
 
     model, tokenizer = load_run(run)
+    config = RunDir.open(run).config()
     retriever = None
     if knowledge is not None:
         from ..retrieval import Retriever
@@ -322,8 +352,10 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
         retriever = Retriever.load(knowledge, log=log.info)
     name = model_id or Path(run).resolve().name
     hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts]
-    app = build_app(model, tokenizer, name, limits, api_key, hosts, retriever)
-    log.info("serving %s on http://%s:%d/v1 (%s)", name, host, port, "API key required" if api_key else "no API key")
+    base = (base_model_id(config, name), base_of(model, config))
+    app = build_app(model, tokenizer, name, limits, api_key, hosts, retriever, base, run_system_prompt(run))
+    log.info("serving %s (and its base as %s) on http://%s:%d/v1 (%s)", name, base[0], host, port,
+             "API key required" if api_key else "no API key")
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                             timeout_graceful_shutdown=limits.shutdown_grace_s)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets running requests finish within the grace

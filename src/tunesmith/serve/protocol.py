@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
 
 from ..config import Sampling, ServeLimits
 from ..inference.streaming import Completion
@@ -46,10 +46,12 @@ class GenerationRequest:
     n: int
     stream: bool
     include_usage: bool
+    model: str = ""
+    """The model id the request asked for (one of those served)."""
 
 
-def parse_chat_request(body: dict[str, Any], model_id: str, limits: ServeLimits) -> GenerationRequest:
-    _check_model(body, model_id)
+def parse_chat_request(body: dict[str, Any], model_ids: str | Sequence[str], limits: ServeLimits) -> GenerationRequest:
+    model = _check_model(body, model_ids)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise RequestError(400, "'messages' must be a non-empty list of {role, content} objects", "messages")
@@ -68,11 +70,12 @@ def parse_chat_request(body: dict[str, Any], model_id: str, limits: ServeLimits)
             raise RequestError(400, f"'{key}' is not supported by this server", key)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    return _request(body, limits, max_tokens, param, messages=tuple(messages))
+    return replace(_request(body, limits, max_tokens, param, messages=tuple(messages)), model=model)
 
 
-def parse_completion_request(body: dict[str, Any], model_id: str, limits: ServeLimits) -> GenerationRequest:
-    _check_model(body, model_id)
+def parse_completion_request(body: dict[str, Any], model_ids: str | Sequence[str],
+                             limits: ServeLimits) -> GenerationRequest:
+    model = _check_model(body, model_ids)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -82,7 +85,7 @@ def parse_completion_request(body: dict[str, Any], model_id: str, limits: ServeL
         raise RequestError(400, "'echo' is not supported by this server", "echo")
     if body.get("suffix"):
         raise RequestError(400, "'suffix' is not supported by this server", "suffix")
-    return _request(body, limits, body.get("max_tokens"), "max_tokens", prompt=prompt)
+    return replace(_request(body, limits, body.get("max_tokens"), "max_tokens", prompt=prompt), model=model)
 
 
 def _request(body: dict[str, Any], limits: ServeLimits, max_tokens: Any, max_tokens_param: str,
@@ -107,18 +110,27 @@ def _request(body: dict[str, Any], limits: ServeLimits, max_tokens: Any, max_tok
             raise RequestError(400, f"'{key}' is not supported by this server; leave it at 0", key)
     if body.get("logprobs"):
         raise RequestError(400, "'logprobs' is not supported by this server", "logprobs")
+    # Not OpenAI's fields, but transformers' (clients send them as extra body fields): the cure for
+    # an answer that repeats one phrase to the token limit.
+    repetition_penalty = _number(body.get("repetition_penalty"), "repetition_penalty", 0.5, 2.0, 1.0)
+    no_repeat = _integer(body.get("no_repeat_ngram_size"), "no_repeat_ngram_size", 0, 32, 0)
     sampling = Sampling(max_new_tokens=max_new, temperature=temperature, top_p=top_p, seed=seed,
-                        stop=_stops(body.get("stop"), limits.max_stop))
+                        stop=_stops(body.get("stop"), limits.max_stop), repetition_penalty=repetition_penalty,
+                        no_repeat_ngram_size=no_repeat)
     return GenerationRequest(messages, prompt, sampling, n, stream, bool(options.get("include_usage", False)))
 
 
-def _check_model(body: dict[str, Any], model_id: str) -> None:
+def _check_model(body: dict[str, Any], model_ids: str | Sequence[str]) -> str:
+    """The model id asked for, one of `model_ids` (the tuned model first, then the base's name)."""
+    ids = (model_ids,) if isinstance(model_ids, str) else tuple(model_ids)
+    served = " or ".join(f"'{m}'" for m in ids)
     model = body.get("model")
     if not isinstance(model, str):
-        raise RequestError(400, f"'model' is required: this server serves '{model_id}'", "model")
-    if model != model_id:
-        raise RequestError(404, f"The model '{model}' does not exist: this server serves '{model_id}'", "model",
+        raise RequestError(400, f"'model' is required: this server serves {served}", "model")
+    if model not in ids:
+        raise RequestError(404, f"The model '{model}' does not exist: this server serves {served}", "model",
                            "model_not_found")
+    return model
 
 
 def _content(content: Any, param: str) -> str:
