@@ -101,11 +101,11 @@ def validation_loss(model, val: Path, tokenizer) -> float:
     import torch
 
     from tunesmith.data import read_records, tokenize_records
-    from tunesmith.train import evaluate
     from tunesmith.training.batching import eval_batches
+    from tunesmith.training.loss import validation_loss
 
     examples, _ = tokenize_records(read_records(val), tokenizer, 1024)
-    return evaluate(model, eval_batches(examples, 8), torch.device("cpu"), torch.bfloat16)
+    return validation_loss(model, eval_batches(examples, 8), torch.device("cpu"), torch.bfloat16)
 
 
 def steady_rate(tokens: list[int], seconds: list[float]) -> float:
@@ -116,6 +116,7 @@ def steady_rate(tokens: list[int], seconds: list[float]) -> float:
 
 def run_tunesmith(args) -> dict:
     from tunesmith import load_config, train
+    from tunesmith.training.events import StepEvent
 
     out = Path(tempfile.mkdtemp()) / "run"
     method = "full" if args.worker == "tunesmith_full" else "lora"
@@ -129,11 +130,12 @@ def run_tunesmith(args) -> dict:
                                 "forgetting": {"measure_during_training": False}})
     tokens, seconds = [], []
 
-    def on_step(row: dict) -> None:  # called after the step's evaluation and checkpoint, so times come from the row
-        tokens.append(row["tokens"])
-        seconds.append(row["tokens"] / row["tokens_per_s"])  # training seconds since the first step began
+    def on_step(event) -> None:  # times come from the event: evaluations and checkpoints fall between steps
+        if isinstance(event, StepEvent):
+            tokens.append(event.tokens)
+            seconds.append(event.tokens / event.tokens_per_s)  # training seconds since the first step began
 
-    result = train(config, show_progress=False, on_step=on_step)
+    result = train(config, show_progress=False, subscribers=[on_step])
     return {"tokens_per_s": steady_rate(tokens, seconds), "real_tokens": result.train_tokens,
             "first_step_s": seconds[0], "padding_fraction": 0.0,  # with compilation, when on
             "val_loss": result.final_val_loss, "peak_rss_gib": peak_rss_gib()}

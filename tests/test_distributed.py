@@ -1,7 +1,6 @@
 """Two CPU processes (gloo, launched by torchrun) train exactly like one process with the same global
 batch, replicated (DDP) or sharded (FSDP), and resume exactly."""
 
-import json
 import os
 import re
 import socket
@@ -14,6 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tunesmith import load_config, train
+from tunesmith.training.rundir import RunDir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -35,8 +35,7 @@ def torchrun(*args, cache: Path) -> subprocess.CompletedProcess:
 
 
 def losses(run: Path) -> list[float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if "loss" in r]
+    return [r["loss"] for r in RunDir(run).metrics() if "loss" in r]
 
 
 def update_config(config_file: Path, **settings) -> None:

@@ -1,12 +1,12 @@
 """Forgetting inside training: probes at each evaluation, the budget picks the final model,
 replay and the KL-to-base term train and resume exactly."""
 
-import json
-
 import pytest
 
 from tunesmith import load_config, train
 from tunesmith.training.checkpoint import list_complete
+from tunesmith.training.events import CheckpointEvent
+from tunesmith.training.rundir import RunDir
 
 
 def settings(data, model, out, **extra):
@@ -16,7 +16,7 @@ def settings(data, model, out, **extra):
 
 
 def rows(run):
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return RunDir(run).metrics()
 
 
 def test_probes_run_at_each_evaluation_and_the_budget_picks_the_final_model(faq_file, tiny_model_dir, tmp_path):
@@ -29,7 +29,7 @@ def test_probes_run_at_each_evaluation_and_the_budget_picks_the_final_model(faq_
     assert [r["step"] for r in probe_rows] == [2, 4, 6, 8] and not any(r["within_budget"] for r in probe_rows)
     vals = {r["step"]: r["val_loss"] for r in rows(run) if "val_loss" in r and r["step"] > 0}
     best = min(vals, key=vals.get)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = RunDir(run).summary()
     assert summary["selected_step"] == best and "NO evaluation" in summary["selection"]
     assert result.final_val_loss == vals[best] and summary["last_val_loss"] == vals[8]
     assert (run / "adapter-last").exists() == (best != 8)
@@ -40,7 +40,7 @@ def test_probes_run_at_each_evaluation_and_the_budget_picks_the_final_model(faq_
     cfg = load_config(None, settings(faq_file("chat"), tiny_model_dir, run, forgetting={
         "budget": {"max_ppl_increase": 1e9, "max_kl": 1e9, "max_accuracy_drop": 1.0}}))
     train(cfg, show_progress=False)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = RunDir(run).summary()
     assert summary["within_budget"] is True and summary["selected_step"] == best
     assert summary["selection"] == "best validation loss within the forgetting budget"
 
@@ -52,7 +52,7 @@ def test_final_adapter_holds_the_chosen_checkpoint(faq_file, tiny_model_dir, tmp
     cfg = load_config(None, settings(faq_file("chat"), tiny_model_dir, run, lr=0.5, keep_last=10, forgetting={
         "budget": {"max_ppl_increase": 0.0, "max_kl": 0.0, "max_accuracy_drop": 0.0}}))
     train(cfg, show_progress=False)
-    chosen = json.loads((run / "summary.json").read_text())["selected_step"]
+    chosen = RunDir(run).summary()["selected_step"]
     saved = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     ckpt = load_file(str(run / "checkpoints" / f"step-{chosen}" / "trainable.safetensors"))
     for name, tensor in saved.items():
@@ -73,11 +73,11 @@ def test_mitigations_train_and_resume_exactly(mitigation, faq_file, tiny_model_d
     run = tmp_path / "run"
     cfg = load_config(None, settings(faq_file("chat"), tiny_model_dir, run, **extra))
 
-    def crash(row):
-        if row["step"] == 3:
+    def crash(event):  # right after step 3's checkpoint is complete
+        if isinstance(event, CheckpointEvent) and event.step == 3:
             raise RuntimeError("preempted")
 
     with pytest.raises(RuntimeError):
-        train(cfg, show_progress=False, on_step=crash)
+        train(cfg, show_progress=False, subscribers=[crash])
     train(cfg, resume="auto", show_progress=False)
     assert [r["loss"] for r in rows(run) if "loss" in r] == losses

@@ -1,7 +1,7 @@
 """Nothing lost: exact resume after kill -9, SIGTERM saves, non-finite stops, safe loading, retention."""
 
-import importlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -16,10 +16,11 @@ import yaml
 from tunesmith import load_config, train
 from tunesmith.model.loading import ModelError, load_model
 from tunesmith.train import NonFiniteLossError
-from tunesmith.training.checkpoint import COMPLETE, CheckpointError, list_complete, refuse_pickles
-from tunesmith.training.rundir import RunDirError
+from tunesmith.training import loss as loss_module
+from tunesmith.training.checkpoint import COMPLETE, CheckpointError, list_complete, read_train_state, refuse_pickles
+from tunesmith.training.events import CheckpointEvent, StepEvent
+from tunesmith.training.rundir import RunDir, RunDirError
 
-train_module = importlib.import_module("tunesmith.train")  # `tunesmith.train` is also the function
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -31,8 +32,20 @@ def settings(data, model, out, **extra):
 
 
 def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    return {r["step"]: r["loss"] for r in RunDir(run).metrics() if "loss" in r}
+
+
+def steps_into(events: list):
+    """A subscriber keeping the StepEvents."""
+    return lambda event: events.append(event) if isinstance(event, StepEvent) else None
+
+
+def crash_after_checkpoint(step: int, message: str):
+    """A subscriber that raises once checkpoint `step` is complete (a crash right after saving)."""
+    def crash(event):
+        if isinstance(event, CheckpointEvent) and event.step == step:
+            raise RuntimeError(message)
+    return crash
 
 
 def run_cli(args, **kwargs):
@@ -58,7 +71,8 @@ def reference(faq_file, tiny_model_dir, tmp_path):
     """An uninterrupted run and what it consumed at each step."""
     data = faq_file("chat")
     rows = []
-    train(load_config(None, settings(data, tiny_model_dir, tmp_path / "ref")), show_progress=False, on_step=rows.append)
+    train(load_config(None, settings(data, tiny_model_dir, tmp_path / "ref")), show_progress=False,
+          subscribers=[steps_into(rows)])
     return data, losses(tmp_path / "ref"), rows
 
 
@@ -81,13 +95,8 @@ def test_kill_9_then_resume_auto_matches_bit_for_bit(faq_file, tiny_model_dir, t
 def test_crash_mid_checkpoint_uses_previous_complete_one(reference, tiny_model_dir, tmp_path):
     data, expected, _ = reference
     cfg = load_config(None, settings(data, tiny_model_dir, tmp_path / "run"))
-
-    def crash(row):
-        if row["step"] == 5:
-            raise RuntimeError("power cut")
-
     with pytest.raises(RuntimeError, match="power cut"):
-        train(cfg, show_progress=False, on_step=crash)
+        train(cfg, show_progress=False, subscribers=[crash_after_checkpoint(5, "power cut")])
     ckpts = tmp_path / "run" / "checkpoints"
     # A save of step 6 torn halfway: a staging folder, and a step folder without its marker.
     shutil.copytree(ckpts / "step-5", ckpts / ".staging-step-6")
@@ -104,21 +113,15 @@ def test_resume_mid_epoch_and_accumulation_consumes_the_same_rows(reference, tin
     data, _, ref_rows = reference
     cfg = load_config(None, settings(data, tiny_model_dir, tmp_path / "run"))
     seen = []
-
-    def crash(row):
-        seen.append(row)
-        if row["step"] == 2:
-            raise RuntimeError("preempted")
-
     with pytest.raises(RuntimeError):
-        train(cfg, show_progress=False, on_step=crash)
+        train(cfg, show_progress=False, subscribers=[steps_into(seen), crash_after_checkpoint(2, "preempted")])
     # 9 train rows, 3 per micro-batch, 2 micro-batches per step: step 2's accumulation cycle took
     # the last micro-batch of epoch 0 and the first of epoch 1, so the run stops mid-epoch.
-    state = json.loads((tmp_path / "run" / "checkpoints" / "step-2" / "state.json").read_text())["train_state"]
-    assert (state["epoch"], state["index_in_epoch"]) == (1, 3)
-    train(cfg, resume=str(tmp_path / "run"), show_progress=False, on_step=seen.append)
-    assert [r["examples"] for r in seen] == [r["examples"] for r in ref_rows]
-    assert [r["lr"] for r in seen] == [r["lr"] for r in ref_rows]
+    state = read_train_state(tmp_path / "run" / "checkpoints" / "step-2")
+    assert (state.epoch, state.index_in_epoch) == (1, 3)
+    train(cfg, resume=str(tmp_path / "run"), show_progress=False, subscribers=[steps_into(seen)])
+    assert [r.examples for r in seen] == [r.examples for r in ref_rows]
+    assert [r.lr for r in seen] == [r.lr for r in ref_rows]
 
 
 def test_sigterm_saves_at_a_step_boundary_and_exits_0(faq_file, tiny_model_dir, tmp_path):
@@ -139,7 +142,7 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_0(faq_file, tiny_model_dir, 
 def test_non_finite_loss_stops_naming_the_step_without_a_checkpoint(faq_file, tiny_model_dir, tmp_path, monkeypatch):
     poison_at_call = 5  # micro-batch 5 = the first of step 3
     calls = {"n": 0}
-    real = train_module.loss_sum
+    real = loss_module.loss_sum
 
     def poisoned(model, batch, device):
         loss = real(model, batch, device)
@@ -149,7 +152,7 @@ def test_non_finite_loss_stops_naming_the_step_without_a_checkpoint(faq_file, ti
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train_module, "loss_sum", poisoned)
+    monkeypatch.setattr(loss_module, "loss_sum", poisoned)
     cfg = load_config(None, settings(faq_file("chat"), tiny_model_dir, tmp_path / "run"))
     with pytest.raises(NonFiniteLossError, match=r"step 3 \(rows .*faq-chat.jsonl:\d+"):
         train(cfg, show_progress=False)
@@ -158,8 +161,8 @@ def test_non_finite_loss_stops_naming_the_step_without_a_checkpoint(faq_file, ti
     calls["n"] = 0
     cfg = load_config(None, settings(faq_file("chat"), tiny_model_dir, tmp_path / "skip", skip_nonfinite=True))
     train(cfg, show_progress=False)
-    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
-    assert summary["skipped_steps"] == 1 and summary["final_val_loss"] == summary["final_val_loss"]  # finite
+    summary = RunDir(tmp_path / "skip").summary()
+    assert summary["skipped_steps"] == 1 and math.isfinite(summary["final_val_loss"])
 
 
 def test_pickle_weights_are_refused_and_never_unpickled(tmp_path, tiny_model_dir):
@@ -198,9 +201,8 @@ def test_retention_keeps_best_and_newest_even_beside_stale_checkpoints(faq_file,
     cfg = load_config(None, settings(faq_file("chat"), tiny_model_dir, run, max_steps=10, keep_last=1, eval_every=3,
                                      lr=0.5, forgetting={"measure_during_training": False}))
     train(cfg, show_progress=False)
-    states = {s: json.loads((p / "state.json").read_text())["train_state"]["val_loss"] for s, p in list_complete(run)}
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    vals = {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r and r["step"] > 0}
+    states = {s: read_train_state(p).val_loss for s, p in list_complete(run)}
+    vals = {r["step"]: r["val_loss"] for r in RunDir(run).metrics() if "val_loss" in r and r["step"] > 0}
     best = min(vals, key=vals.get)
     assert set(states) == {best, 10}
     # Reuse the directory from an earlier checkpoint while stale higher-numbered ones exist.

@@ -1,10 +1,9 @@
 """End to end on the tiny model: every data format trains and writes the run-directory contracts."""
 
-import json
-
 import pytest
 
 from tunesmith import load_config, train
+from tunesmith.training.rundir import RunDir
 
 
 @pytest.mark.parametrize("fmt", ["chat", "sharegpt", "instruction", "prompt_completion", "text"])
@@ -15,8 +14,8 @@ def test_each_format_trains(fmt, faq_file, tiny_model_dir, tmp_path):
     run = tmp_path / "run"
     for name in ("config.yaml", "manifest.json", "metrics.jsonl", "summary.json", "adapter/adapter_config.json"):
         assert (run / name).exists(), name
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = RunDir(run).metrics()
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
-    summary = json.loads((run / "summary.json").read_text())
+    summary = RunDir(run).summary()
     assert summary["base_val_loss"] == pytest.approx(result.base_val_loss)
     assert summary["train_tokens"] > 0 and summary["wall_seconds"] > 0

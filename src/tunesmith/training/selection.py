@@ -1,0 +1,21 @@
+"""Which evaluation's weights become the final model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def select_final(metrics: list[dict[str, Any]]) -> tuple[int | None, str]:
+    """The evaluation step whose weights become the final model, and why.
+
+    The best validation loss among evaluations within the forgetting budget; when none is within,
+    the best validation loss, said plainly. None (the last step) when probes were not measured.
+    """
+    vals = {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r and r["step"] > 0}
+    within = {r["step"]: r["within_budget"] for r in metrics if "within_budget" in r}
+    if not within or not vals:
+        return None, "last step"
+    ok = [s for s in vals if within.get(s)]
+    if ok:
+        return min(ok, key=vals.get), "best validation loss within the forgetting budget"
+    return min(vals, key=vals.get), "best validation loss; NO evaluation was within the forgetting budget"
