@@ -44,7 +44,7 @@ def test_a_config_error_exits_2_from_every_command(tmp_path, command):
     result = CliRunner().invoke(main, [*command, str(config)])
     assert result.exit_code == 2
     label = "usage error" if command == ["data", "check"] else "error"
-    assert result.stderr == f"{label}: {config}: unknown config key 'learning_rate'; did you mean 'lr'?\n"
+    assert result.stderr == f"{label}: {config}: 1 unknown config key(s): 'learning_rate' (did you mean 'lr'?)\n"
 
 
 def raising(exc: BaseException):

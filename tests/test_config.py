@@ -52,8 +52,9 @@ def test_shipped_configs_parse(path):
 def test_each_choice_has_one_home():
     from typing import get_args, get_type_hints
 
-    from tunesmith.config import DISTRIBUTED, GGUF_TYPES, METHODS, PRECISIONS, Sampling, ServeLimits, default_lr
+    from tunesmith.config import DISTRIBUTED, METHODS, PRECISIONS, default_lr
     from tunesmith.export.gguf import GGUF_TOLERANCE
+    from tunesmith.settings import GGUF_TYPES, Sampling, ServeLimits
 
     hints = get_type_hints(TrainConfig)
     assert (get_args(hints["method"]), get_args(hints["precision"]), get_args(hints["distributed"])) == \
@@ -65,8 +66,8 @@ def test_each_choice_has_one_home():
 
 def test_moved_settings_are_checked_as_config():
     from tunesmith.compare import CompareSettings as FromCompare
-    from tunesmith.config import CompareSettings, RetrievalSettings
     from tunesmith.retrieval import RetrievalSettings as FromRetrieval
+    from tunesmith.settings import CompareSettings, RetrievalSettings
 
     assert FromCompare is CompareSettings and FromRetrieval is RetrievalSettings
     with pytest.raises(ConfigError, match="'compare.seen' must be non-negative, got -1"):

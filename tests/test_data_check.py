@@ -15,8 +15,9 @@ from conftest import build_model_dir, faq_rows, write_jsonl
 from tunesmith import DataError, load_config, train
 from tunesmith.cli import main
 from tunesmith.data import encode_conversation, read_records, tokenize_records
-from tunesmith.data.check import check_files, render_preview
+from tunesmith.data.check import check_files
 from tunesmith.data.limits import CheckLimits
+from tunesmith.data.preview import render_preview
 from tunesmith.data.render import encode_conversations
 
 # ChatML that refuses anything but user/assistant alternation, as Llama-2 and Mistral templates do.

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from tunesmith.config import ForgettingBudget, ForgettingConfig, LoraConfig, ServeLimits, TrainConfig
+from tunesmith.config import ForgettingBudget, ForgettingConfig, LoraConfig, TrainConfig
+from tunesmith.settings import ServeLimits
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 # Key prefix -> the dataclass holding the keys under it; the longest matching prefix wins.

@@ -17,11 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tunesmith.config import ConfigError, Sampling, ServeLimits
+from tunesmith.config import ConfigError
 from tunesmith.data.render import encode_prompt
 from tunesmith.generate import generate, load_run
 from tunesmith.serve.app import build_app, host_name
 from tunesmith.serve.protocol import RequestError, parse_chat_request, parse_completion_request
+from tunesmith.settings import Sampling, ServeLimits
 
 KEY = "sk-test-key"
 MODEL_ID = "tiny-lora"

@@ -14,22 +14,19 @@ from rich.markup import escape
 
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
-from .config import (
+from .config import DEFAULT_MODEL, METHODS, TrainConfig, load_config
+from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
+from .settings import (
     DEFAULT_EXPORT_FORMAT,
     DEFAULT_GGUF_TYPE,
-    DEFAULT_MODEL,
     EXPORT_FORMATS,
     GGUF_TYPES,
     MERGE_TOLERANCE,
-    METHODS,
     CompareSettings,
     RetrievalSettings,
     Sampling,
     ServeLimits,
-    TrainConfig,
-    load_config,
 )
-from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 
 console = Console(stderr=True, soft_wrap=True)  # messages name FILE:LINE: never cut them
 
@@ -48,12 +45,28 @@ class _Commands(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.NoSuchOption as exc:
+            raise _with_our_name(exc) from None
         except TunesmithError as exc:
             _exit(exc.label, str(exc), exc.exit_code)
         except FileNotFoundError as exc:  # the OS message names the path
             _exit("error", str(exc), EXIT_ERROR)
         except KeyboardInterrupt:  # the first Ctrl-C stops training cleanly; a second lands here
             _exit("interrupted", "stopped at once by a second Ctrl-C", EXIT_INTERRUPTED)
+
+
+def _with_our_name(exc: click.NoSuchOption) -> click.NoSuchOption:
+    """A flag another tool uses (--learning-rate, --num-epochs, --lora-r) answered with ours."""
+    from .config import OTHER_TOOLS_NAMES
+
+    ours = OTHER_TOOLS_NAMES.get(exc.option_name.lstrip("-").replace("-", "_"))
+    if ours is None:
+        return exc
+    command = exc.ctx.command if exc.ctx is not None else None
+    flag = "--" + ours.replace("_", "-")
+    has_flag = command is not None and any(flag in p.opts for p in command.params)
+    name = f"use {flag}" if has_flag else f"tunesmith sets it as the config key '{ours}' in a CONFIG.yaml"
+    return click.NoSuchOption(exc.option_name, f"No such option: {exc.option_name} — {name}.", ctx=exc.ctx)
 
 
 def _exit(label: str, message: str, code: int) -> NoReturn:
@@ -258,8 +271,9 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
     import json
 
     from .data import data_options, resolve_data_path
-    from .data.check import check_files, render_preview
+    from .data.check import check_files
     from .data.limits import CheckLimits
+    from .data.preview import render_preview
     from .model.tokenizer import load_tokenizer
 
     try:

@@ -14,8 +14,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import CompareSettings, TrainConfig
-from .data import QA, DataError, DataIssue, answered_questions, encode_prompt, prepare_data, read_records
+from .config import TrainConfig
+from .data import QA, DataError, DataIssue, answered_questions, data_options, encode_prompt, prepare_data, read_records
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import bootstrap_ci, paired_summary
 from .evaluation.recommend import Delta, Evidence, recommend
@@ -24,6 +24,7 @@ from .forgetting.measure import base_view
 from .generate import load_run
 from .inference.decode import generate_batch
 from .retrieval import Retriever
+from .settings import CompareSettings
 from .training.rundir import RunDir
 
 SYSTEMS = ("base", "base+rag", "tuned", "tuned+rag")
@@ -43,14 +44,17 @@ SAMPLES_SHOWN = 3
 def question_splits(config: TrainConfig, tokenizer: Any, eval_data: str | None) -> tuple[list[QA], list[QA]]:
     """(held-out, training) questions: held-out from `eval_data` when given, else the run's own
     validation split (recomputed from its config with its seed, exactly as training split it)."""
-    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
+    options = data_options(config)  # read as training read them: the same columns and system prompt
+    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
+                        **options)
     train_sources = {e.source for e in data.train}
-    seen = [q for q in answered_questions(read_records(config.data)) if q.source in train_sources]
+    seen = [q for q in answered_questions(read_records(config.data, **options)) if q.source in train_sources]
     if eval_data is not None:
-        unseen = answered_questions(read_records(eval_data))
+        unseen = answered_questions(read_records(eval_data, **options))
     else:
         val_sources = {e.source for e in data.val}
-        unseen = [q for q in answered_questions(read_records(config.eval or config.data)) if q.source in val_sources]
+        unseen = [q for q in answered_questions(read_records(config.eval or config.data, **options))
+                  if q.source in val_sources]
     return unseen, seen
 
 

@@ -1,4 +1,5 @@
-"""Typed, frozen run configuration: every default lives here, YAML files and CLI flags only override."""
+"""Typed, frozen run configuration: every default of a run lives here (those of the commands that use a
+run, in settings.py); YAML files and CLI flags only override."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, require
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Each choice is a Literal (the field's type) and the tuple of its values (click.Choice, checks).
@@ -24,17 +25,6 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 Distributed = Literal["ddp", "fsdp"]
 DISTRIBUTED: tuple[str, ...] = get_args(Distributed)
 CPU_FORWARD_TOKENS = 1024  # a CPU matmul is as fast per token at 1,024 rows as at 2,000 (docs/benchmarks.md)
-
-ExportFormat = Literal["adapter", "merged", "gguf"]
-EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
-DEFAULT_EXPORT_FORMAT: ExportFormat = "merged"  # what transformers, vLLM and llama.cpp's converter all load
-GgufType = Literal["f32", "f16", "q8_0"]
-GGUF_TYPES: tuple[str, ...] = get_args(GgufType)
-DEFAULT_GGUF_TYPE: GgufType = "f16"  # half of f32's size; its logits within 7.2e-4 relative RMS on SmolLM2-135M
-MERGE_TOLERANCE = 1e-3
-"""Largest accepted |Δ logit| / (1 + |logit|) of a merged export against base + adapter. Float32
-rounding alone gives ~1.3e-4 on SmolLM2-135M (30 layers) and ~3e-6 on the 2-layer test model; a
-merge that drops or mis-scales an adapter is off by far more than 1e-3."""
 
 
 def cache_dir() -> Path:
@@ -68,9 +58,9 @@ class LoraConfig:
     """Which layers get adapters; 'all-linear' is every linear projection of attention and MLP."""
 
     def __post_init__(self) -> None:
-        _check(self.r >= 1, "lora.r", f"must be at least 1, got {self.r}")
-        _check(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
-        _check(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(self.r >= 1, "lora.r", f"must be at least 1, got {self.r}")
+        require(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        require(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -90,10 +80,10 @@ class ForgettingBudget:
     one item of the fast probe set is 7 to 12 points, so a single unlucky item must not fail a run."""
 
     def __post_init__(self) -> None:
-        _check(self.max_ppl_increase >= 0, "forgetting.budget.max_ppl_increase",
+        require(self.max_ppl_increase >= 0, "forgetting.budget.max_ppl_increase",
                f"must be non-negative, got {self.max_ppl_increase}")
-        _check(self.max_kl >= 0, "forgetting.budget.max_kl", f"must be non-negative, got {self.max_kl}")
-        _check(0 <= self.max_accuracy_drop <= 1, "forgetting.budget.max_accuracy_drop",
+        require(self.max_kl >= 0, "forgetting.budget.max_kl", f"must be non-negative, got {self.max_kl}")
+        require(0 <= self.max_accuracy_drop <= 1, "forgetting.budget.max_accuracy_drop",
                f"must be in [0, 1], got {self.max_accuracy_drop}")
 
 
@@ -115,10 +105,10 @@ class ForgettingConfig:
     keep, as the final adapter, the best checkpoint on the task among those within the budget."""
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.replay_fraction < 1.0, "forgetting.replay_fraction",
+        require(0.0 <= self.replay_fraction < 1.0, "forgetting.replay_fraction",
                f"must be in [0, 1), got {self.replay_fraction}")
-        _check(self.kl_weight >= 0, "forgetting.kl_weight", f"must be non-negative, got {self.kl_weight}")
-        _check(isinstance(self.probes, list) and all(isinstance(p, str) for p in self.probes),
+        require(self.kl_weight >= 0, "forgetting.kl_weight", f"must be non-negative, got {self.kl_weight}")
+        require(isinstance(self.probes, list) and all(isinstance(p, str) for p in self.probes),
                "forgetting.probes", f"must be a list of file paths, got {self.probes!r}")
 
 
@@ -214,30 +204,30 @@ class TrainConfig:
         return self.forward_tokens or None
 
     def __post_init__(self) -> None:
-        _check(bool(self.data), "data", "is required: the training data file")
-        _check(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
-        _check(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
-        _check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
-        _check(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}")
-        _check(self.max_seq_tokens >= 8, "max_seq_tokens", f"must be at least 8, got {self.max_seq_tokens}")
-        _check(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
-        _check(self.batch_tokens is None or self.batch_tokens >= self.max_seq_tokens, "batch_tokens",
+        require(bool(self.data), "data", "is required: the training data file")
+        require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        require(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
+        require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
+        require(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        require(self.max_seq_tokens >= 8, "max_seq_tokens", f"must be at least 8, got {self.max_seq_tokens}")
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        require(self.batch_tokens is None or self.batch_tokens >= self.max_seq_tokens, "batch_tokens",
                f"must be at least max_seq_tokens ({self.max_seq_tokens}) so that every example fits, "
                f"got {self.batch_tokens}")
-        _check(self.forward_tokens is None or self.forward_tokens >= 0, "forward_tokens",
+        require(self.forward_tokens is None or self.forward_tokens >= 0, "forward_tokens",
                f"must be 0 (never split) or a token count, got {self.forward_tokens}")
-        _check(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be at least 1, got {self.grad_accum_steps}")
-        _check(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
-        _check(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
-        _check(self.grad_clip >= 0, "grad_clip", f"must be non-negative, got {self.grad_clip}")
-        _check(self.eval_every is None or self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
-        _check(self.save_every is None or self.save_every >= 1, "save_every", f"must be at least 1, got {self.save_every}")
-        _check(self.keep_last >= 0, "keep_last", f"must be non-negative, got {self.keep_last}")
-        _check(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
-        _check(self.distributed in DISTRIBUTED, "distributed",
+        require(self.grad_accum_steps >= 1, "grad_accum_steps", f"must be at least 1, got {self.grad_accum_steps}")
+        require(0.0 <= self.warmup_ratio < 1.0, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        require(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
+        require(self.grad_clip >= 0, "grad_clip", f"must be non-negative, got {self.grad_clip}")
+        require(self.eval_every is None or self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
+        require(self.save_every is None or self.save_every >= 1, "save_every", f"must be at least 1, got {self.save_every}")
+        require(self.keep_last >= 0, "keep_last", f"must be non-negative, got {self.keep_last}")
+        require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        require(self.distributed in DISTRIBUTED, "distributed",
                f"must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
-        _check(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def resolve(self, n_train_examples: int) -> TrainConfig:
         """Fill `epochs` and `lr` from the data size and method, so the saved config is complete."""
@@ -274,12 +264,11 @@ OTHER_TOOLS_NAMES = {
     "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum_steps",
     "max_seq_length": "max_seq_tokens", "sequence_len": "max_seq_tokens", "cutoff_len": "max_seq_tokens",
     "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "max_grad_norm": "grad_clip",
+    "max_step": "max_steps", "steps": "max_steps", "warmup_steps": "warmup_ratio", "seq_len": "max_seq_tokens",
+    # inside a section, the section's prefix first
+    "lora.rank": "lora.r", "lora.lora_r": "lora.r", "lora.lora_alpha": "lora.alpha", "lora.lora_dropout": "lora.dropout",
+    "lora.target": "lora.target_modules",
 }
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}' {message}")
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -317,7 +306,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Build a TrainConfig from plain data; unknown keys are errors that suggest the closest key."""
+    """Build a TrainConfig from plain data; unknown keys are errors that suggest the closest key,
+    all of them in one message."""
+    unknown = unknown_keys(raw)
+    if unknown:
+        raise ConfigError(f"{source}: {len(unknown)} unknown config key(s): " + "; ".join(unknown))
     raw = dict(raw)
     lora_raw = raw.pop("lora", None) or {}
     if not isinstance(lora_raw, dict):
@@ -343,19 +336,38 @@ def forgetting_from_dict(raw: Any, source: str) -> ForgettingConfig:
     return ForgettingConfig(budget=budget, **_typed_kwargs(ForgettingConfig, raw, source, prefix="forgetting."))
 
 
-def _typed_kwargs(cls: type, raw: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
-    hints = get_type_hints(cls)
-    names = [f.name for f in fields(cls) if f.name not in _NESTED_SECTIONS]
-    out: dict[str, Any] = {}
+_SECTIONS: dict[str, type] = {"": TrainConfig, "lora.": LoraConfig, "forgetting.": ForgettingConfig,
+                               "forgetting.budget.": ForgettingBudget}
+
+
+def unknown_keys(raw: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every key of `raw` (and of its nested sections) that is not a config key, each with the
+    closest key or the name another tool gives it ('learning_rate' -> 'lr', 'lora.rank' -> 'lora.r')."""
+    cls = _SECTIONS[prefix]
+    names = [f.name for f in fields(cls)]
+    found = []
     for key, value in raw.items():
-        if key not in names:
-            close = difflib.get_close_matches(key, names + list(OTHER_TOOLS_NAMES), n=1, cutoff=0.7)
-            suggestion = OTHER_TOOLS_NAMES.get(close[0], prefix + close[0]) if close else None
-            hint = (f"; did you mean '{suggestion}'?" if suggestion
-                    else f"; valid keys: {', '.join(prefix + n for n in names)}")
-            raise ConfigError(f"{source}: unknown config key '{prefix}{key}'{hint}")
-        out[key] = _coerce(value, hints[key], f"{prefix}{key}", source)
-    return out
+        if key in _NESTED_SECTIONS and key in names and isinstance(value, dict):
+            found += unknown_keys(value, f"{prefix}{key}.")
+        elif key not in names:
+            found.append(f"'{prefix}{key}'{_suggestion(key, prefix, names)}")
+    return found
+
+
+def _suggestion(key: str, prefix: str, names: list[str]) -> str:
+    aliases = {k.removeprefix(prefix): v for k, v in OTHER_TOOLS_NAMES.items() if k.startswith(prefix)} if prefix \
+        else {k: v for k, v in OTHER_TOOLS_NAMES.items() if "." not in k}
+    close = difflib.get_close_matches(key, names + list(aliases), n=1, cutoff=0.7)
+    if close:
+        return f" (did you mean '{aliases.get(close[0], prefix + close[0])}'?)"
+    return f" (valid keys: {', '.join(prefix + n for n in names)})"
+
+
+def _typed_kwargs(cls: type, raw: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
+    """The section's values coerced to its fields' types (its keys are known: see `unknown_keys`)."""
+    hints = get_type_hints(cls)
+    return {key: _coerce(value, hints[key], f"{prefix}{key}", source) for key, value in raw.items()
+            if key not in _NESTED_SECTIONS}
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -393,123 +405,3 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 def dump_config(config: TrainConfig) -> str:
     """The resolved config as YAML, in field order, loadable by `load_config`."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How to pick tokens when answering (generate, chat, serve)."""
-
-    max_new_tokens: int = 256
-    """Most tokens in one answer."""
-    temperature: float = 0.0
-    """0 is greedy (reproducible); above 0 samples."""
-    top_p: float = 1.0
-    """Nucleus sampling mass, used when temperature > 0."""
-    seed: int | None = None
-    """Seeds sampling for a reproducible sampled answer."""
-    stop: tuple[str, ...] = ()
-    """Extra strings that end the answer; they are not included in it."""
-    repetition_penalty: float = 1.0
-    """Divides the score of every token already in the prompt or the answer (CTRL's penalty, as in
-    transformers' generate); 1.0 is off. 1.1-1.3 stops a model that repeats one phrase to the limit."""
-    no_repeat_ngram_size: int = 0
-    """Never repeat an n-gram of this many tokens within the answer and prompt; 0 is off."""
-
-    def __post_init__(self) -> None:
-        _check(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
-        _check(self.repetition_penalty > 0, "repetition_penalty", f"must be positive, got {self.repetition_penalty}")
-        _check(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size",
-               f"must be 0 (off) or a token count, got {self.no_repeat_ngram_size}")
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """transformers' generate() arguments for picking tokens (greedy unless temperature > 0)."""
-        picked: dict[str, Any] = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-                                  if self.temperature > 0 else {"do_sample": False})
-        if self.repetition_penalty != 1.0:
-            picked["repetition_penalty"] = self.repetition_penalty
-        if self.no_repeat_ngram_size:
-            picked["no_repeat_ngram_size"] = self.no_repeat_ngram_size
-        return picked
-
-
-@dataclass(frozen=True)
-class RetrievalSettings:
-    """How the knowledge source is cut, searched and put into prompts (`--knowledge`)."""
-
-    top_k: int = 3
-    """Passages retrieved per question; FAQ answers are ~60 words, so 3 fit easily and the right
-    one is usually among them."""
-    chunk_words: int = 120
-    """Words per passage: ~160 MiniLM tokens, under its 256-token input limit."""
-    overlap_words: int = 30
-    """Words shared by consecutive passages of a long document, so a fact cut at an edge is whole in one."""
-    max_prompt_tokens: int = 1024
-    """Largest prompt (template, passages and question) in the model's tokens; passages that do not
-    fit are cut or dropped. Prefill cost on a CPU grows with it; the model's context also caps it."""
-    min_passage_tokens: int = 16
-    """A passage cut to fewer tokens than this is dropped instead: a fragment helps less than it costs."""
-
-    def __post_init__(self) -> None:
-        for key in ("top_k", "chunk_words", "max_prompt_tokens", "min_passage_tokens"):
-            _check(getattr(self, key) >= 1, f"retrieval.{key}", f"must be at least 1, got {getattr(self, key)}")
-        _check(0 <= self.overlap_words < self.chunk_words, "retrieval.overlap_words",
-               f"must be in [0, chunk_words), got {self.overlap_words}")
-
-
-GENERATION_BATCH = 8
-"""Prompts decoded together (`compare --batch-size`). A decoding step of a small model is bound by
-reading the weights, which a batch shares. With 8, the demo `compare` (60 questions x 4 systems,
-96 new tokens, 135M model, one thread) took 452 s; one prompt at a time (`--batch-size 1`) has not
-been timed against it."""
-
-
-@dataclass(frozen=True)
-class CompareSettings:
-    """How many questions each system of `tunesmith compare` answers, and how."""
-
-    limit: int = 40
-    """Held-out questions answered (a sample drawn with the run's seed). 40 held-out + 20 training
-    questions, 4 systems, 96 new tokens: minutes, not hours, for the 135M default on 2 CPU cores."""
-    seen: int = 20
-    """Training questions answered, for the split 'facts seen in training'; 0 leaves it out."""
-    max_new_tokens: int = 96
-    """Longest answer; the demo's FAQ answers are 20-80 words."""
-    batch_size: int = GENERATION_BATCH
-    """Prompts decoded together."""
-    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
-    """Passages per question and the prompt budget of the two +rag systems."""
-
-    def __post_init__(self) -> None:
-        for key in ("limit", "max_new_tokens", "batch_size"):
-            _check(getattr(self, key) >= 1, f"compare.{key}", f"must be at least 1, got {getattr(self, key)}")
-        _check(self.seen >= 0, "compare.seen", f"must be non-negative, got {self.seen}")
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What `tunesmith serve` accepts; each limit answers a request past it with a 4xx error."""
-
-    max_body_bytes: int = 1_000_000
-    """Largest request body (chunked bodies counted while they arrive); larger gets 413."""
-    max_tokens: int = 1024
-    """Largest `max_tokens` a request may ask for; more gets 400."""
-    default_max_tokens: int = Sampling.max_new_tokens
-    """`max_tokens` when a request gives none (the same default as `tunesmith generate`)."""
-    max_n: int = 4
-    """Most choices per request (`n`); each is generated in turn."""
-    max_prompt_tokens: int = 4096
-    """Longest prompt after the chat template, in tokens; longer gets 400 (also capped by the model's context)."""
-    max_queued: int = 8
-    """Requests waiting behind the one being generated; one more gets 429 rather than waiting unboundedly."""
-    max_stop: int = 4
-    """Most stop strings per request (OpenAI's limit)."""
-    shutdown_grace_s: float = 10.0
-    """On SIGTERM, seconds to let running requests finish before they are cut off."""
-
-    def __post_init__(self) -> None:
-        for key in ("max_body_bytes", "max_tokens", "default_max_tokens", "max_n", "max_prompt_tokens", "max_stop"):
-            _check(getattr(self, key) >= 1, f"serve.{key}", f"must be at least 1, got {getattr(self, key)}")
-        _check(self.max_queued >= 0, "serve.max_queued", f"must be non-negative, got {self.max_queued}")
-        _check(self.default_max_tokens <= self.max_tokens, "serve.default_max_tokens",
-               f"must not exceed serve.max_tokens ({self.max_tokens}), got {self.default_max_tokens}")
-        _check(self.shutdown_grace_s >= 0, "serve.shutdown_grace_s", f"must be non-negative, got {self.shutdown_grace_s}")

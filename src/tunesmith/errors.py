@@ -52,9 +52,22 @@ class NonFiniteLossError(TunesmithError, RuntimeError):
     """A NaN or infinite loss or gradient norm; the message names the step and the batch's rows."""
 
 
+class StoppedBeforeTraining(TunesmithError):
+    """SIGTERM or Ctrl-C during setup or the base evaluation: nothing worth keeping was made."""
+
+    exit_code = EXIT_INTERRUPTED
+    label = "stopped"
+
+
 class ProbeDataError(TunesmithError, RuntimeError):
     """A probe source that cannot be read; the message says which package to install."""
 
 
 class ExportError(TunesmithError, RuntimeError):
     """An export that failed its check or cannot be made; nothing was written."""
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    """The check of one config or settings value: a ConfigError naming the key when `ok` is false."""
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .data import answered_questions, encode_prompt, prepare_data, read_records
+from .data import answered_questions, data_options, encode_prompt, prepare_data, read_records
 from .data.probe_files import read_probe_file
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import paired_summary
@@ -44,14 +44,15 @@ TASK_SIZES = {"standard": TaskSizes(generate=12, max_new_tokens=64), "full": Tas
 def validation_conversations(config: TrainConfig, sources: set[str]) -> list[tuple[list[dict[str, str]], str]]:
     """(prompt messages, reference answer) of the held-out conversations whose last turn is the
     assistant's; raw-text validation data has no references and gives an empty list."""
-    return [(q.messages, q.reference) for q in answered_questions(read_records(config.eval or config.data))
-            if q.source in sources]
+    records = read_records(config.eval or config.data, **data_options(config))  # as training read them
+    return [(q.messages, q.reference) for q in answered_questions(records) if q.source in sources]
 
 
 def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable, sizes: TaskSizes,
                  log: Callable[[str], None]) -> dict[str, Any]:
     """Held-out loss and perplexity (every validation example), and generated-answer scores on a sample."""
-    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
+    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
+                        **data_options(config))
     log(f"task: loss on {len(data.val)} held-out examples")
     with view() as base:
         base_lp = target_logprobs(base, data.val)

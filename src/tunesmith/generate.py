@@ -8,12 +8,13 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from .config import Sampling, TrainConfig
+from .config import TrainConfig
 from .data.records import read_system_prompt
 from .data.render import encode_prompt, end_of_turn_ids
 from .forgetting.measure import base_view
 from .model.loading import load_base_copy, load_tuned
 from .model.tokenizer import load_tokenizer
+from .settings import Sampling
 from .training.rundir import RunDir
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .data import prepare_data
+from .data import data_options, prepare_data
 from .model.loading import count_parameters
 from .model.precision import compute_dtype, frozen_weight_dtype
 from .model.tokenizer import load_tokenizer
@@ -64,7 +64,8 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     """Peak memory per device of `config`, from the model's shape and the data's real token counts."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
-    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
+    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
+                        **data_options(config))
     total, trainable, linear_params, layers, hidden, vocab = count_parameters(
         config.model, config.method, config.lora.r, config.trust_remote_code)
 

@@ -20,22 +20,24 @@ from rich.console import Console
 from rich.markup import escape
 
 from .config import ConfigError, TrainConfig
-from .data import PreparedData, prepare_data
+from .data import PreparedData, data_options, prepare_data
 from .data.cache import passed_check, record_check
 from .data.check import check_files
-from .errors import NonFiniteLossError
+from .errors import NonFiniteLossError, StoppedBeforeTraining
 from .forgetting import ReplaySource, measure_probes_fast, probe_metrics_row, within_budget
 from .model.attention import use_packed_attention
-from .model.loading import add_adapter, load_base_copy, load_model, load_tokenizer, save_trained
+from .model.loading import add_adapter, load_base_copy, load_model, save_trained
 from .model.precision import autocast, compute_dtype, frozen_weight_dtype
 from .model.sharding import compile_layers, local_share, shard_model
 from .model.swiglu import use_fused_swiglu
+from .model.tokenizer import load_tokenizer
 from .training.batching import Batch, epoch_plan, eval_batches, micro_batches
 from .training.checkpoint import (
     TrainState,
     apply_retention,
     gather_trained,
     gather_weights,
+    list_complete,
     read_trainable,
     rng_state,
     save_checkpoint,
@@ -53,14 +55,17 @@ from .training.events import (
 )
 from .training.loss import KLTerm, backward_group, validation_loss
 from .training.resume import create_run, locate_run, restore_run
-from .training.rundir import RunDir
+from .training.rundir import RunDir, refuse_occupied
 from .training.schedule import Schedule, lr_scheduler, plan_schedule
 from .training.selection import select_final
-from .training.signals import StopFlag, agree_to_stop
+from .training.signals import StopFlag, agree_to_stop, stop_at_once
 from .training.subscribers import MetricsWriter, ProgressBar
 
 __all__ = ["NonFiniteLossError", "TrainResult", "end_processes", "make_accelerator", "train"]
 
+MIN_SCHEDULE_STEPS = 8
+"""Fewer optimizer steps than this are warned about: a warmup step, four evaluations and a cosine
+decay need some steps between them."""
 Record = Callable[[TrainingEvent], None]
 """Adds a metrics event to the run's record and sends any event to the subscribers."""
 
@@ -131,19 +136,24 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
     `subscribers` receive every training event after the metrics.jsonl writer and the progress bar
     (see `tunesmith.training.events`: order, rank 0 only, and what an exception in one does).
     """
-    session = set_up_session(config, overwrite, console, resume, force)
-    main = session.accelerator.is_main_process
-    bar = ProgressBar(session.console, session.schedule.total_steps, session.start.step,
-                      latest_val_loss(session.metrics), enabled=show_progress and main)
-    record = recorder(session.metrics, [MetricsWriter(session.run), bar, *subscribers] if main else [])
-    base_val_loss = evaluate_base(session, record)
+    made: list[Path] = []  # a run directory this call creates, removed if stopped before a step
+    try:
+        with stop_at_once():
+            session = set_up_session(config, overwrite, console, resume, force, made)
+            main = session.accelerator.is_main_process
+            bar = ProgressBar(session.console, session.schedule.total_steps, session.start.step,
+                              latest_val_loss(session.metrics), enabled=show_progress and main)
+            record = recorder(session.metrics, [MetricsWriter(session.run), bar, *subscribers] if main else [])
+            base_val_loss = evaluate_base(session, record)
+    except KeyboardInterrupt:
+        raise StoppedBeforeTraining(discard_unstarted(made)) from None
     with bar, StopFlag() as stop:
         state, stopped_by = run_steps(session, record, stop)
     if stopped_by is not None:
         session.console.print(f"{stopped_by}: saved checkpoint step-{state.step}; continue with "
                               f"`tunesmith train --resume {session.run.path}`")
         return TrainResult(session.run.path, base_val_loss, latest_val_loss(session.metrics), state.train_tokens,
-                           time.perf_counter() - session.started, state.step, interrupted=True, main_process=main)
+                           state.wall_seconds, state.step, interrupted=True, main_process=main)
     return save_final(session, state, base_val_loss, record)
 
 
@@ -158,6 +168,16 @@ def recorder(metrics: list[dict[str, Any]], subscribers: list[Subscriber]) -> Re
     return record
 
 
+def discard_unstarted(made: list[Path]) -> str:
+    """Remove the run directory this call made before its first step (config and manifest only:
+    nothing worth keeping, and in the way of running the same command again); say what happened."""
+    for path in made:
+        if path.is_dir() and not list_complete(path):
+            shutil.rmtree(path, ignore_errors=True)
+            return f"stopped before the first step: {path} is removed (nothing was trained); run the same command again"
+    return "stopped before the first step: nothing was written; run the same command again"
+
+
 def latest_val_loss(metrics: list[dict[str, Any]]) -> float | None:
     return next((r["val_loss"] for r in reversed(metrics) if "val_loss" in r), None)
 
@@ -165,7 +185,7 @@ def latest_val_loss(metrics: list[dict[str, Any]]) -> float | None:
 # --- setup: everything that can fail on bad input happens before the run directory is touched
 
 def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None, resume: str | None,
-                   force: bool) -> Session:
+                   force: bool, made: list[Path]) -> Session:
     """Accelerator, tokenizer, data check, data, resolved config, run path and resume point, model,
     base copy, optimizer, schedule, run directory and state, in the order that keeps runs reproducible
     (the seed is set after the data and before the model)."""
@@ -178,9 +198,12 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     console = console if console is not None and accelerator.is_main_process else \
         Console(stderr=True, quiet=not accelerator.is_main_process)
     started = time.perf_counter()
+    if resume is None and config.output:  # seconds, not after the model has loaded
+        refuse_occupied(Path(config.output), overwrite)
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     check_data(config, tokenizer, console)
-    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed)
+    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
+                        **data_options(config))
     for warning in data.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     config = config.resolve(len(data.train))
@@ -199,6 +222,8 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
         run = RunDir(run_path)
         create_run(run, config, data, model, accelerator, overwrite=overwrite or (
             resume == "auto" and run_path.is_dir() and (run_path / "config.yaml").exists()))
+        if accelerator.is_main_process:
+            made.append(run_path)
         start, metrics = TrainState(step=0, epoch=0, index_in_epoch=0, accum_index=0, train_tokens=0,
                                     val_loss=None), []
     else:
@@ -240,14 +265,20 @@ def print_header(s: Session) -> None:
     per_micro = f"up to {config.batch_tokens} tokens" if config.batch_tokens else config.batch_size
     step_size = f"{schedule.micro_per_step} micro-batch(es)" if config.batch_tokens else \
         f"{config.batch_size * schedule.micro_per_step} examples"
+    length = f"{config.epochs:g} epoch(s) = {schedule.total_steps} steps" if not config.max_steps else \
+        f"{schedule.total_steps} steps (max_steps; {schedule.total_steps / schedule.steps_per_epoch:.2g} epoch(s))"
     s.console.print(
         f"[bold]tunesmith train[/] {config.method} on {config.model}: {len(s.data.train)} train / {len(s.data.val)} "
-        f"val examples, {config.epochs:g} epoch(s) = {schedule.total_steps} steps of {step_size} "
+        f"val examples, {length} of {step_size} "
         f"({per_micro} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es)"
         f"{', sharded (FSDP)' if s.sharded else ''}, packed: 0% padding"
         f"{f', at most {s.forward_tokens} tokens a forward pass' if s.forward_tokens else ''}), lr {config.lr:g}, "
         f"{n_trainable:,} trainable parameters, precision {str(s.dtype).removeprefix('torch.')}, output {s.run.path}"
     )
+    if schedule.total_steps < MIN_SCHEDULE_STEPS:
+        s.console.print(f"[yellow]warning:[/] only {schedule.total_steps} optimizer step(s): warmup and the cosine decay "
+                        f"have little room and evaluations come {schedule.eval_every} step(s) apart; add data, raise "
+                        "epochs, or lower batch_size")
     if s.sharded:
         local, total = local_share(s.model)
         s.console.print(f"FSDP: rank 0 stores {local:,} of the model's {total:,} weights ({local / total:.0%})")
@@ -288,7 +319,8 @@ def run_steps(s: Session, record: Record, stop: StopFlag) -> tuple[TrainState, s
         evaluating = s.schedule.evaluates(step)
         measured = evaluate_and_probe(s, step, record) if evaluating else None
         state = TrainState(step, epoch, index, 0, tokens, measured, skipped,
-                           replay.position if replay is not None else 0)
+                           replay.position if replay is not None else 0,
+                           s.start.wall_seconds + time.perf_counter() - s.started)
         stopping = agree_to_stop(stop, s.accelerator)
         # With probes, every evaluation is a candidate for the final model, so it gets a checkpoint.
         if s.schedule.saves(step) or stopping or (evaluating and fg.measure_during_training):
@@ -400,7 +432,7 @@ def save_and_retain(s: Session, state: TrainState, record: Record) -> None:
 def save_final(s: Session, state: TrainState, base_val_loss: float, record: Record) -> TrainResult:
     """Save the final model (the selected step's weights; the last ones beside it, labelled) and
     summary.json; every rank takes part in gathering the weights, rank 0 writes."""
-    wall = time.perf_counter() - s.started
+    wall = s.start.wall_seconds + time.perf_counter() - s.started  # every session of a resumed run
     total_steps, metrics = s.schedule.total_steps, s.metrics
     chosen, why = select_final(metrics)
     last_val_loss = val_loss = latest_val_loss(metrics)
@@ -465,12 +497,13 @@ def end_processes() -> None:
 def check_data(config: TrainConfig, tokenizer: Any, console: Console) -> None:
     """`data check` before anything is written; skipped when it already passed on these exact files."""
     key = (config.data, config.eval, tokenizer, config.max_seq_tokens)
-    earlier = passed_check(*key)
+    options = {**data_options(config), "val_fraction": None if config.eval else config.val_fraction}
+    earlier = passed_check(*key, **options)
     if earlier is None:
-        report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens)
+        report = check_files(*key, **options)
         report.enforce(console)
         earlier = report.warning_summary()
-        record_check(*key, earlier)
+        record_check(*key, earlier, **options)
     else:
         for line in earlier:
             console.print(f"[yellow]data warning:[/] {escape(line)}", highlight=False)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..config import cache_dir
 from .columns import ColumnMap
-from .records import file_sha256, read_data
+from .records import file_sha256, read_data, resolve_data_path
 from .render import Example, tokenize_records
 
 CACHE_VERSION = 2
@@ -118,6 +118,16 @@ def _check_marker(data: str | Path, eval_data: str | Path | None, tokenizer: Any
     return tokens_dir() / "checks" / f"v{CACHE_VERSION}-{key[:24]}.json"
 
 
+def _named_paths(data: str | Path, eval_data: str | Path | None) -> list[tuple[str, str]]:
+    """(placeholder, the path the check prints) for each input. A marker is keyed by content, not by
+    where the file lies (a `pkg:` file is elsewhere in every clone), so its warnings are stored with
+    placeholders and read back with this run's paths, never another checkout's."""
+    named = [("\x00data\x00", str(resolve_data_path(data)))]
+    if eval_data is not None:
+        named.append(("\x00eval\x00", str(resolve_data_path(eval_data))))
+    return sorted(named, key=lambda pair: -len(pair[1]))  # a path inside another is replaced after it
+
+
 def _settings(columns: ColumnMap | None, system_prompt: str | None, val_fraction: float | None) -> dict[str, Any]:
     return {"columns": dict(columns or {}), "system_prompt": system_prompt or None, "val_fraction": val_fraction}
 
@@ -128,9 +138,12 @@ def passed_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any,
     """The warning lines of an earlier data check that passed on exactly these inputs, or None."""
     marker = _check_marker(data, eval_data, tokenizer, max_seq_tokens, _settings(columns, system_prompt, val_fraction))
     try:
-        return json.loads(marker.read_text(encoding="utf-8"))
+        lines = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # no marker, a damaged one, or an unreadable file: the check will say
         return None
+    for name, path in _named_paths(data, eval_data):
+        lines = [line.replace(name, path) for line in lines]
+    return lines
 
 
 def record_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
@@ -140,6 +153,8 @@ def record_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any,
     from ..training.rundir import write_atomic
 
     marker = _check_marker(data, eval_data, tokenizer, max_seq_tokens, _settings(columns, system_prompt, val_fraction))
+    for name, path in _named_paths(data, eval_data):
+        warning_lines = [line.replace(path, name) for line in warning_lines]
     try:
         write_atomic(marker, json.dumps(warning_lines))
     except OSError:

@@ -16,10 +16,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..config import GGUF_TYPES
 from ..data.render import end_of_turn_ids
 from ..errors import ExportError
 from ..model.loading import load_gguf_model
+from ..settings import GGUF_TYPES
 from ..training.rundir import RunDir, write_atomic
 from .ollama import modelfile
 from .parity import logit_diff, merged_model, sample_inputs

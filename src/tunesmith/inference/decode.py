@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..config import GENERATION_BATCH
+from ..settings import GENERATION_BATCH
 
 
 @torch.no_grad()

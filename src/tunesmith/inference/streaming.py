@@ -13,8 +13,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from ..config import Sampling  # its home is config.py; importable from here with the stream it drives
 from ..data.render import end_of_turn_ids
+from ..settings import Sampling  # its home is settings.py; importable from here with the stream it drives
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import torch
 
 from ..config import LoraConfig, TrainConfig
 from ..errors import CheckpointError, ModelError
-from .tokenizer import explain_load_failure, load_tokenizer, resolve_model_path  # noqa: F401 (TEMPORARY re-export until the recipe/CLI branches merge)
+from .tokenizer import explain_load_failure, resolve_model_path
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import RetrievalSettings
 from ..data.render import encode_prompt, encode_text
+from ..settings import RetrievalSettings
 from .chunking import Passage
 from .embed import Embedder
 from .index import VectorIndex, load_or_build_index

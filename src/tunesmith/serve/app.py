@@ -24,9 +24,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ..config import Sampling, ServeLimits
 from ..data.render import encode_prompt, encode_text, with_system_prompt
 from ..inference.streaming import Completion, ReplyStream, complete
+from ..settings import Sampling, ServeLimits
 from .protocol import (
     GenerationRequest,
     RequestError,

@@ -11,8 +11,8 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
-from ..config import Sampling, ServeLimits
 from ..inference.streaming import Completion
+from ..settings import Sampling, ServeLimits
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # OpenAI finish reasons; a generation cut by a disconnect or shutdown reports a plain stop.

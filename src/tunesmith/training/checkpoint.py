@@ -47,6 +47,8 @@ class TrainState:
     """Steps skipped for a non-finite loss (with `skip_nonfinite`)."""
     replay_position: int = 0
     """Tokens of the general-text replay stream consumed (forgetting.replay_fraction / kl_weight)."""
+    wall_seconds: float = 0.0
+    """Wall time of the run's sessions up to this state (a resumed run adds its own to it)."""
 
 
 def checkpoint_root(run_dir: Path) -> Path:

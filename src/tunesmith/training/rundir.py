@@ -43,6 +43,17 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def refuse_occupied(path: Path, overwrite: bool = False) -> None:
+    """A RunDirError when `path` cannot become a fresh run directory: it is a file, or a folder that
+    already holds files (unless `overwrite`). `train` asks before loading anything, so the answer
+    comes in a second, not after the model has loaded."""
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"output '{path}' is a file; choose a directory name with --output")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise RunDirError(f"output directory '{path}' already holds files; choose another with --output, "
+                          "or pass --overwrite to replace it")
+
+
 @dataclass
 class RunDir:
     path: Path
@@ -51,14 +62,8 @@ class RunDir:
     def create(cls, path: str | Path, overwrite: bool = False) -> RunDir:
         """A fresh run directory; an existing non-empty one is refused unless `overwrite`."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise RunDirError(f"output '{path}' is a file; choose a directory name with --output")
+        refuse_occupied(path, overwrite)
         if path.is_dir() and any(path.iterdir()):
-            if not overwrite:
-                raise RunDirError(
-                    f"output directory '{path}' already holds files; choose another with --output, "
-                    "or pass --overwrite to replace it"
-                )
             shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
+STOPPING_MESSAGE = "\n{signal}: stopping after this step (saving a checkpoint)... Ctrl-C again stops at once\n"
+
 
 class StopFlag:
-    """SIGTERM/SIGINT set a flag that the loop reads at the next step boundary (no I/O in the handler).
-    A second SIGINT aborts at once."""
+    """SIGTERM/SIGINT set a flag that the loop reads at the next step boundary, and say so at once
+    (a raw write to stderr: no lock a print in progress could hold). A second SIGINT aborts at once."""
 
     def __init__(self) -> None:
         self.requested: str | None = None
@@ -21,6 +25,8 @@ class StopFlag:
         if signum == signal.SIGINT and self.requested is not None:
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum).name
+        with contextlib.suppress(OSError):
+            os.write(2, STOPPING_MESSAGE.format(signal=self.requested).encode())
 
     def __enter__(self) -> StopFlag:
         if threading.current_thread() is threading.main_thread():
@@ -31,6 +37,24 @@ class StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def stop_at_once() -> Iterator[None]:
+    """Before the first step there is nothing to save, so SIGTERM stops at once, as Ctrl-C does: both
+    raise KeyboardInterrupt where the recipe can clean up (instead of SIGTERM's silent death)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def agree_to_stop(stop: StopFlag, accelerator: Any) -> bool:

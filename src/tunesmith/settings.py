@@ -1,0 +1,140 @@
+"""Settings of the commands that use a run — generate, chat, serve, compare, export: typed, frozen,
+a docstring per field; every default lives here (a run's own config is in config.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+from .errors import require
+
+ExportFormat = Literal["adapter", "merged", "gguf"]
+EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+DEFAULT_EXPORT_FORMAT: ExportFormat = "merged"  # what transformers, vLLM and llama.cpp's converter all load
+GgufType = Literal["f32", "f16", "q8_0"]
+GGUF_TYPES: tuple[str, ...] = get_args(GgufType)
+DEFAULT_GGUF_TYPE: GgufType = "f16"  # half of f32's size; its logits within 7.2e-4 relative RMS on SmolLM2-135M
+MERGE_TOLERANCE = 1e-3
+"""Largest accepted |Δ logit| / (1 + |logit|) of a merged export against base + adapter. Float32
+rounding alone gives ~1.3e-4 on SmolLM2-135M (30 layers) and ~3e-6 on the 2-layer test model; a
+merge that drops or mis-scales an adapter is off by far more than 1e-3."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to pick tokens when answering (generate, chat, serve)."""
+
+    max_new_tokens: int = 256
+    """Most tokens in one answer."""
+    temperature: float = 0.0
+    """0 is greedy (reproducible); above 0 samples."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, used when temperature > 0."""
+    seed: int | None = None
+    """Seeds sampling for a reproducible sampled answer."""
+    stop: tuple[str, ...] = ()
+    """Extra strings that end the answer; they are not included in it."""
+    repetition_penalty: float = 1.0
+    """Divides the score of every token already in the prompt or the answer (CTRL's penalty, as in
+    transformers' generate); 1.0 is off. 1.1-1.3 stops a model that repeats one phrase to the limit."""
+    no_repeat_ngram_size: int = 0
+    """Never repeat an n-gram of this many tokens within the answer and prompt; 0 is off."""
+
+    def __post_init__(self) -> None:
+        require(self.max_new_tokens >= 1, "max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
+        require(self.repetition_penalty > 0, "repetition_penalty", f"must be positive, got {self.repetition_penalty}")
+        require(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size",
+               f"must be 0 (off) or a token count, got {self.no_repeat_ngram_size}")
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """transformers' generate() arguments for picking tokens (greedy unless temperature > 0)."""
+        picked: dict[str, Any] = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+                                  if self.temperature > 0 else {"do_sample": False})
+        if self.repetition_penalty != 1.0:
+            picked["repetition_penalty"] = self.repetition_penalty
+        if self.no_repeat_ngram_size:
+            picked["no_repeat_ngram_size"] = self.no_repeat_ngram_size
+        return picked
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    """How the knowledge source is cut, searched and put into prompts (`--knowledge`)."""
+
+    top_k: int = 3
+    """Passages retrieved per question; FAQ answers are ~60 words, so 3 fit easily and the right
+    one is usually among them."""
+    chunk_words: int = 120
+    """Words per passage: ~160 MiniLM tokens, under its 256-token input limit."""
+    overlap_words: int = 30
+    """Words shared by consecutive passages of a long document, so a fact cut at an edge is whole in one."""
+    max_prompt_tokens: int = 1024
+    """Largest prompt (template, passages and question) in the model's tokens; passages that do not
+    fit are cut or dropped. Prefill cost on a CPU grows with it; the model's context also caps it."""
+    min_passage_tokens: int = 16
+    """A passage cut to fewer tokens than this is dropped instead: a fragment helps less than it costs."""
+
+    def __post_init__(self) -> None:
+        for key in ("top_k", "chunk_words", "max_prompt_tokens", "min_passage_tokens"):
+            require(getattr(self, key) >= 1, f"retrieval.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(0 <= self.overlap_words < self.chunk_words, "retrieval.overlap_words",
+               f"must be in [0, chunk_words), got {self.overlap_words}")
+
+
+GENERATION_BATCH = 8
+"""Prompts decoded together (`compare --batch-size`). A decoding step of a small model is bound by
+reading the weights, which a batch shares. With 8, the demo `compare` (60 questions x 4 systems,
+96 new tokens, 135M model, one thread) took 452 s; one prompt at a time (`--batch-size 1`) has not
+been timed against it."""
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """How many questions each system of `tunesmith compare` answers, and how."""
+
+    limit: int = 40
+    """Held-out questions answered (a sample drawn with the run's seed). 40 held-out + 20 training
+    questions, 4 systems, 96 new tokens: minutes, not hours, for the 135M default on 2 CPU cores."""
+    seen: int = 20
+    """Training questions answered, for the split 'facts seen in training'; 0 leaves it out."""
+    max_new_tokens: int = 96
+    """Longest answer; the demo's FAQ answers are 20-80 words."""
+    batch_size: int = GENERATION_BATCH
+    """Prompts decoded together."""
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    """Passages per question and the prompt budget of the two +rag systems."""
+
+    def __post_init__(self) -> None:
+        for key in ("limit", "max_new_tokens", "batch_size"):
+            require(getattr(self, key) >= 1, f"compare.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(self.seen >= 0, "compare.seen", f"must be non-negative, got {self.seen}")
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What `tunesmith serve` accepts; each limit answers a request past it with a 4xx error."""
+
+    max_body_bytes: int = 1_000_000
+    """Largest request body (chunked bodies counted while they arrive); larger gets 413."""
+    max_tokens: int = 1024
+    """Largest `max_tokens` a request may ask for; more gets 400."""
+    default_max_tokens: int = Sampling.max_new_tokens
+    """`max_tokens` when a request gives none (the same default as `tunesmith generate`)."""
+    max_n: int = 4
+    """Most choices per request (`n`); each is generated in turn."""
+    max_prompt_tokens: int = 4096
+    """Longest prompt after the chat template, in tokens; longer gets 400 (also capped by the model's context)."""
+    max_queued: int = 8
+    """Requests waiting behind the one being generated; one more gets 429 rather than waiting unboundedly."""
+    max_stop: int = 4
+    """Most stop strings per request (OpenAI's limit)."""
+    shutdown_grace_s: float = 10.0
+    """On SIGTERM, seconds to let running requests finish before they are cut off."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_body_bytes", "max_tokens", "default_max_tokens", "max_n", "max_prompt_tokens", "max_stop"):
+            require(getattr(self, key) >= 1, f"serve.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(self.max_queued >= 0, "serve.max_queued", f"must be non-negative, got {self.max_queued}")
+        require(self.default_max_tokens <= self.max_tokens, "serve.default_max_tokens",
+               f"must not exceed serve.max_tokens ({self.max_tokens}), got {self.default_max_tokens}")
+        require(self.shutdown_grace_s >= 0, "serve.shutdown_grace_s", f"must be non-negative, got {self.shutdown_grace_s}")
