@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn
 
@@ -83,6 +84,8 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # transformers' deprecation notices about its own internals say nothing a user can act on.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     for name in ("transformers", "accelerate", "peft", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if "transformers" in sys.modules:  # already imported (a test, a notebook): set it directly

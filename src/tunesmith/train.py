@@ -8,7 +8,6 @@ The machinery lives in `training/`: losses, schedule, checkpoints, resume, event
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from .training.events import (
     TrainingEvent,
 )
 from .training.loss import KLTerm, backward_group, validation_loss
+from .training.processes import end_processes, make_accelerator
 from .training.resume import create_run, locate_run, restore_run
 from .training.rundir import RunDir, refuse_occupied
 from .training.schedule import Schedule, lr_scheduler, plan_schedule
@@ -469,30 +469,7 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     return result
 
 
-# --- processes and the data check
-
-def make_accelerator() -> Any:
-    """Accelerate for this process: its device and, with several processes, the process group
-    (gloo on CPUs, NCCL on GPUs). DDP comes from `accelerator.prepare`; FSDP from `shard_model`,
-    because accelerate ignores an FSDP plugin on CPUs (see sharding.py)."""
-    from accelerate import Accelerator
-
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    # accelerate sets up a gloo process group for several CPU processes only when told cpu=True;
-    # without it each process would silently train alone.
-    return Accelerator(cpu=several and not torch.cuda.is_available())
-
-
-def end_processes() -> None:
-    """Wait for every rank, then close the process group. A rank that exits while another still
-    writes the run can abort in the process group's teardown ("terminate called without an active
-    exception", seen with gloo); the launcher then reports the whole run as failed."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
+# --- the data check
 
 def check_data(config: TrainConfig, tokenizer: Any, console: Console) -> None:
     """`data check` before anything is written; skipped when it already passed on these exact files."""
