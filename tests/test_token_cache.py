@@ -92,3 +92,32 @@ def test_a_passed_data_check_is_not_repeated_but_its_warnings_are(faq_path, tiny
     write_jsonl(data, rows + rows[:2])  # new content: checked again
     recipe.check_data(config, tiny_tokenizer, Console(file=io.StringIO()))
     assert len(calls) == 2
+
+
+def test_a_reused_check_names_this_checkouts_path(tmp_path, tiny_tokenizer, monkeypatch):
+    """A `pkg:` file lies elsewhere in every clone: warnings remembered in one are read back with the
+    path of the other (they printed another clone's absolute path)."""
+    import importlib
+    import sys
+
+    from tunesmith.data.cache import passed_check, record_check
+    from tunesmith.data.records import resolve_data_path
+
+    rows = '{"prompt": "q", "completion": "a"}\n'
+    for clone in ("one", "two"):
+        package = tmp_path / clone / "faqpkg"
+        package.mkdir(parents=True)
+        (package / "__init__.py").write_text("")
+        (package / "data.jsonl").write_text(rows)
+
+    def use(clone: str) -> str:
+        monkeypatch.setattr(sys, "path", [str(tmp_path / clone), *[p for p in sys.path if str(tmp_path) not in p]])
+        sys.modules.pop("faqpkg", None)
+        importlib.invalidate_caches()
+        return str(resolve_data_path("pkg:faqpkg/data.jsonl"))
+
+    first = use("one")
+    record_check("pkg:faqpkg/data.jsonl", None, tiny_tokenizer, 64, [f"{first}:1: (row): a warning"])
+    second = use("two")
+    assert first != second
+    assert passed_check("pkg:faqpkg/data.jsonl", None, tiny_tokenizer, 64) == [f"{second}:1: (row): a warning"]
