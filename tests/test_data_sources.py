@@ -265,3 +265,16 @@ def test_conversations_are_unchanged_without_a_system_prompt():
     conversation = Conversation((Message("user", "Hi"), Message("assistant", "Hello.")), "x:1")
     assert with_system_prompt(conversation, None) is conversation
     assert with_system_prompt(conversation, "") is conversation
+
+
+def test_a_duplicate_in_a_folder_names_the_other_file(tmp_path, tiny_tokenizer):
+    folder = tmp_path / "docs"
+    (folder / "hr").mkdir(parents=True)
+    text = "The office opens at nine and closes at five on weekdays. " * 4
+    (folder / "hr" / "hours.txt").write_text(text)
+    (folder / "policy.md").write_text(text)
+    (folder / "other.md").write_text("Parking is free for visitors in the north car park. " * 4)
+    report = check_files(folder, None, tiny_tokenizer, 64)
+    duplicate = [w for w in report.warnings if w.kind == "duplicate"]
+    assert len(duplicate) == 1 and duplicate[0].file.endswith("policy.md")
+    assert duplicate[0].message.startswith(f"duplicates {folder / 'hr' / 'hours.txt'}:1 ")

@@ -205,7 +205,8 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
                         **data_options(config))
     for warning in data.warnings:
-        console.print(f"[yellow]warning:[/] {warning}")
+        if not warning.startswith("small data:"):  # the data check above has said it already
+            console.print(f"[yellow]warning:[/] {warning}")
     config = config.resolve(len(data.train))
     config, run_path, start_from = locate_run(config, resume, force, data.sha256, accelerator)
     set_seed(config.seed)

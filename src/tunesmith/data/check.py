@@ -43,7 +43,7 @@ from .render import (
     end_of_turn_ids,
     template_layout,
 )
-from .similarity import DuplicateIndex, normalize, signature
+from .similarity import DuplicateIndex, RowPlaces, normalize, signature
 
 BATCH_ROWS = 512
 """Rows tokenized per call: large enough for the fast tokenizer's batching, small for memory."""
@@ -233,6 +233,8 @@ class _Checker:
         self.answers: dict[int, int] = {}
         self.train_prompts: dict[int, int] = {}
         self.train_answers: dict[int, int] = {}
+        self.places = RowPlaces()
+        self.train_file: str | None = None
         specials = set(getattr(tokenizer, "all_special_tokens", []) or []) | set(END_OF_TURN_TOKENS)
         specials |= {t.content for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values()
                      if getattr(t, "special", False)}
@@ -270,6 +272,8 @@ class _Checker:
         self._after_file(stats)
         if split == "train":
             self.train_prompts, self.train_answers = self.prompts, self.answers
+            # One training file: its rows are "training line N"; a folder's are "training FILE:N".
+            self.train_file = self.places.only_file()
         return stats
 
     def _check_batch(self, batch: list[tuple[str, Record]], stats: SplitStats, split: str,
@@ -394,12 +398,12 @@ class _Checker:
             kind, first, score = match
             if kind == "exact":
                 stats.exact_duplicates += 1
-                self.warn(file, line, "(row)", "duplicate", f"duplicates line {first} (after normalizing case, "
+                self.warn(file, line, "(row)", "duplicate", f"duplicates {self.places.text(first, file)} (after normalizing case, "
                           "spacing and punctuation) — drop one: duplicates over-weight a row and leak into the "
                           "validation split")
             else:
                 stats.near_duplicates += 1
-                self.warn(file, line, "(row)", "near duplicate", f"is a near-duplicate of line {first} "
+                self.warn(file, line, "(row)", "near duplicate", f"is a near-duplicate of {self.places.text(first, file)} "
                           f"(~{score:.0%} overlap) — keep the better one")
         if reference is not None:
             leak = reference.find(body, sig)
@@ -407,10 +411,10 @@ class _Checker:
                 kind, first, score = leak
                 self.leakage[kind] += 1
                 how = "the same as" if kind == "exact" else f"a near-duplicate (~{score:.0%}) of"
-                self.warn(file, line, "(row)", "leakage", f"is {how} training line {first} — evaluation rows seen "
+                self.warn(file, line, "(row)", "leakage", f"is {how} training {self.places.text(first, self.train_file)} — evaluation rows seen "
                           "in training overstate the score; remove it from one of the files")
         if match is None or match[0] != "exact":
-            index.add(body, sig, line)
+            index.add(body, sig, self.places.number(file, line))
         if isinstance(record, Conversation):
             self._check_prompt(record, file, line, reference is not None, match is None)
 
@@ -419,15 +423,15 @@ class _Checker:
         answer = hash(normalize(" ".join(m.content for m in record.messages if m.role == "assistant")))
         earlier = self.prompts.get(prompt)
         if earlier is not None and self.answers[prompt] != answer and distinct:
-            self.warn(file, line, "(row)", "conflicting answers", f"asks the same as line {earlier} but answers "
+            self.warn(file, line, "(row)", "conflicting answers", f"asks the same as {self.places.text(earlier, file)} but answers "
                       "differently — the model learns a blend; keep one answer")
         if earlier is None:
-            self.prompts[prompt], self.answers[prompt] = line, answer
+            self.prompts[prompt], self.answers[prompt] = self.places.number(file, line), answer
         if is_eval:
             seen = self.train_prompts.get(prompt)
             if seen is not None and self.train_answers[prompt] != answer:
                 self.leakage["same_prompt"] += 1
-                self.warn(file, line, "(row)", "leakage", f"asks the same as training line {seen} — the "
+                self.warn(file, line, "(row)", "leakage", f"asks the same as training {self.places.text(seen, self.train_file)} — the "
                           "evaluation then tests recall of a training question; remove it from one of the files")
 
     def _after_file(self, stats: SplitStats) -> None:

@@ -105,3 +105,27 @@ def _band_keys(sig: np.ndarray) -> list[int]:
     """One 64-bit hash per band of NUM_PERM // BANDS signature rows (uint64 products wrap by design)."""
     rows = sig.astype(np.uint32).astype(np.uint64).reshape(BANDS, NUM_PERM // BANDS)
     return (rows * _BAND_MIX).sum(axis=1).tolist()
+
+
+@dataclass
+class RowPlaces:
+    """Where a row is, as one int for the indexes (which keep ints): file number << 32 | line. A
+    folder's rows come from many files, and "duplicates line 4" must say of which."""
+
+    numbers: dict[str, int] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+
+    def number(self, file: str, line: int) -> int:
+        if file not in self.numbers:
+            self.numbers[file] = len(self.files)
+            self.files.append(file)
+        return self.numbers[file] << 32 | line
+
+    def text(self, place: int, file: str | None) -> str:
+        """'line N' for a row of `file`, 'FILE:N' for a row of another file."""
+        other, line = self.files[place >> 32], place & 0xFFFFFFFF
+        return f"line {line}" if other == file else f"{other}:{line}"
+
+    def only_file(self) -> str | None:
+        """The one file seen so far, or None when there were several (a folder)."""
+        return self.files[0] if len(self.files) == 1 else None
