@@ -190,3 +190,12 @@ def test_report_to_is_a_list_of_known_trackers_and_the_flag_a_comma_list():
         load_config(None, {"data": "x.jsonl", "report_to": ["mlflow", "mlflow"]})
     assert _report_to_flag(None, None, "tensorboard, mlflow") == ["tensorboard", "mlflow"]
     assert _report_to_flag(None, None, "none") == [] and _report_to_flag(None, None, None) is None
+
+
+def test_the_train_command_refuses_an_unknown_tracker_as_a_usage_error(faq_file):
+    from click.testing import CliRunner
+
+    from tunesmith.cli import main
+
+    result = CliRunner().invoke(main, ["train", str(faq_file()), "--report-to", "tensorboard,neptune"])
+    assert result.exit_code == 2 and "report_to" in result.output and "neptune" in result.output
