@@ -49,7 +49,14 @@ $(LLAMA_CPP_STAMP): $(STAMP)
 	$(PIP) install -q -e ".[llama-cpp]"
 	touch $(LLAMA_CPP_STAMP)
 
-test: setup $(LLAMA_CPP_STAMP)
+# The trackers the tests read back (TensorBoard, MLflow's client); `make demo` does not need them.
+TRACKING_STAMP := $(VENV)/.tracking-done
+
+$(TRACKING_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[tracking]"
+	touch $(TRACKING_STAMP)
+
+test: setup $(LLAMA_CPP_STAMP) $(TRACKING_STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
 	$(VENV)/bin/pytest -q -m slow
 

@@ -127,6 +127,13 @@ def _columns_flag(ctx: click.Context, param: click.Parameter, value: str | None)
     return parse_columns(value)
 
 
+def _report_to_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """--report-to tensorboard,mlflow as the `report_to` list; 'none' turns a config's trackers off."""
+    if value is None:
+        return None
+    return [] if value.strip().lower() == "none" else [name.strip() for name in value.split(",") if name.strip()]
+
+
 _COLUMNS_HELP = ("Your file's columns for our fields, e.g. prompt=customer_message,completion=agent_reply "
                  "(config: columns).")
 _SYSTEM_PROMPT_HELP = "A system turn for rows without one: text or a .txt/.md file (config: system_prompt)."
@@ -149,6 +156,9 @@ _SYSTEM_PROMPT_HELP = "A system turn for rows without one: text or a .txt/.md fi
 @click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
 @click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
 @click.option("--save-every", type=int, help="Checkpoint every N steps (default: at every evaluation).")
+@click.option("--report-to", callback=_report_to_flag,
+              help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio; none for none "
+                   "(default none; config: report_to).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
 @click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")

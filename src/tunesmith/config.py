@@ -24,6 +24,8 @@ Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 Distributed = Literal["ddp", "fsdp"]
 DISTRIBUTED: tuple[str, ...] = get_args(Distributed)
+Tracker = Literal["tensorboard", "mlflow", "wandb", "trackio"]
+TRACKERS: tuple[str, ...] = get_args(Tracker)
 CPU_FORWARD_TOKENS = 1024  # a CPU matmul is as fast per token at 1,024 rows as at 2,000 (docs/benchmarks.md)
 
 
@@ -192,6 +194,9 @@ class TrainConfig:
     gloo; not with qlora). One process has nothing to shard and trains the same either way."""
     trust_remote_code: bool = False
     """Run model code shipped with a hub model; off unless you trust its author."""
+    report_to: list[Tracker] = field(default_factory=list)
+    """Experiment trackers that log the run: tensorboard (RUN/tensorboard/), mlflow (mlruns/ beside the
+    run, or MLFLOW_TRACKING_URI), wandb, trackio; each needs its package. Empty: no files outside the run."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Adapter settings, used by the lora and dora methods."""
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
@@ -227,6 +232,9 @@ class TrainConfig:
         require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         require(self.distributed in DISTRIBUTED, "distributed",
                f"must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
+        require(isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)
+                and len(set(self.report_to)) == len(self.report_to), "report_to",
+                f"must be a list of distinct trackers from {', '.join(TRACKERS)}, got {self.report_to!r}")
         require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def resolve(self, n_train_examples: int) -> TrainConfig:

@@ -60,6 +60,7 @@ from .training.schedule import Schedule, lr_scheduler, plan_schedule
 from .training.selection import select_final
 from .training.signals import StopFlag, agree_to_stop, stop_at_once
 from .training.subscribers import MetricsWriter, ProgressBar
+from .training.trackers import check_trackers, open_trackers
 
 __all__ = ["NonFiniteLossError", "TrainResult", "end_processes", "make_accelerator", "train"]
 
@@ -133,9 +134,10 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
 
     `resume` is 'auto' (continue `config.output` from its newest complete checkpoint, or start it),
     a run directory, or a checkpoint folder; `force` resumes even when config or data changed.
-    `subscribers` receive every training event after the metrics.jsonl writer and the progress bar
-    (see `tunesmith.training.events`: order, rank 0 only, and what an exception in one does).
+    `subscribers` receive every training event after the metrics.jsonl writer, the progress bar and the
+    trackers of `config.report_to` (`tunesmith.training.events`: order, rank 0 only, what an exception does).
     """
+    check_trackers(config.report_to)  # a tracker's missing package is refused before anything loads
     made: list[Path] = []  # a run directory this call creates, removed if stopped before a step
     try:
         with stop_at_once():
@@ -143,7 +145,10 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
             main = session.accelerator.is_main_process
             bar = ProgressBar(session.console, session.schedule.total_steps, session.start.step,
                               latest_val_loss(session.metrics), enabled=show_progress and main)
-            record = recorder(session.metrics, [MetricsWriter(session.run), bar, *subscribers] if main else [])
+            trackers = open_trackers(session.config, session.run.path, session.start.step, session.console) \
+                if main else []
+            record = recorder(session.metrics, [MetricsWriter(session.run), bar, *trackers, *subscribers]
+                              if main else [])
             base_val_loss = evaluate_base(session, record)
     except KeyboardInterrupt:
         raise StoppedBeforeTraining(discard_unstarted(made)) from None
