@@ -199,3 +199,48 @@ def test_the_train_command_refuses_an_unknown_tracker_as_a_usage_error(faq_file)
 
     result = CliRunner().invoke(main, ["train", str(faq_file()), "--report-to", "tensorboard,neptune"])
     assert result.exit_code == 2 and "report_to" in result.output and "neptune" in result.output
+
+
+def test_eval_logs_its_verdict_figures_and_report_into_the_runs_trackers(faq_file, tiny_model_dir, tmp_path,
+                                                                        monkeypatch):
+    """`tunesmith eval` after training: the same MLflow run gets the verdict, every figure with its
+    interval, and report.html / eval.json as artifacts; TensorBoard the verdict and the figures."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tunesmith.evaluate import evaluate_run
+
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    train(load_config(None, settings(faq_file(), tiny_model_dir, run, report_to=["tensorboard", "mlflow"],
+                                     forgetting={"measure_during_training": True})), show_progress=False)
+    probes_row = next(r for r in RunDir(run).metrics() if "probes" in r)
+    low, high = probes_row["probes"]["wikipedia_ppl"]["ci95"]  # training's probes carry their interval
+    client, ids = mlflow_run(run)
+    assert mlflow_history(client, ids["run_id"], "probes/wikipedia_ppl/ci95_low")[0][1] == pytest.approx(low)
+    result = evaluate_run(run)
+    logged = client.get_run(ids["run_id"])
+    assert logged.info.status == "FINISHED" and logged.data.tags["verdict"] == result["verdict"]
+    assert logged.data.metrics["evaluation/within_budget"] == float(result["within_budget"])
+    loss = result["task"]["loss"]
+    assert logged.data.metrics["evaluation/task/loss/delta"] == pytest.approx(loss["delta"])
+    assert logged.data.metrics["evaluation/task/loss/ci95_low"] == pytest.approx(loss["ci95"][0])
+    assert logged.data.metrics["evaluation/probes/analogies/tuned"] == pytest.approx(result["general"]["analogies"]["tuned"])
+    artifacts = {a.path for a in client.list_artifacts(ids["run_id"])}
+    assert {"report.html", "eval.json", "summary.json"} <= artifacts
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    assert "evaluation/verdict/text_summary" in events.Tags()["tensors"]
+    assert events.Scalars("evaluation/within_budget")[-1].value == float(result["within_budget"])
+
+
+def test_a_tracker_may_be_added_on_resume(faq_file, tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        train(load_config(None, settings(faq_file(), tiny_model_dir, run)), show_progress=False,
+              subscribers=[crash_at(CheckpointEvent, 4)])
+    train(load_config(None, settings(faq_file(), tiny_model_dir, run, report_to=["tensorboard"])),
+          show_progress=False, resume=str(run))  # no --force: who watches a run changes nothing it trains
+    assert [s for s, _ in tensorboard_scalars(run, "train/loss")] == [5, 6]

@@ -129,9 +129,12 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
 
     lm_eval_tasks: optional lm-evaluation-harness task names (needs `pip install lm-eval` and a network).
     """
+    from rich.console import Console
+
     from .evaluation.report import write_report
     from .generate import load_run
     from .model.loading import load_base_copy
+    from .training.trackers import log_evaluation
 
     log = log or (lambda message: None)
     started = time.perf_counter()
@@ -176,4 +179,5 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
         result["lm_eval"] = lm_eval_results
     write_atomic(run.path / "eval.json", json.dumps(result, indent=2) + "\n")
     write_report(run, result)
+    log_evaluation(config, run.path, result, Console(stderr=True, soft_wrap=True))  # into the run's trackers
     return result

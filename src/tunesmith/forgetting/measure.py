@@ -212,6 +212,7 @@ def probe_metrics_row(step: int, result: ForgettingResult, within: bool) -> dict
     return {
         "step": step,
         "probes": {name: {"metric": s.metric, "base": s.base, "tuned": s.tuned, "delta": s.delta,
-                          "relative_delta": s.relative_delta} for name, s in result.probes.items()},
+                          "relative_delta": s.relative_delta, "ci95": list(s.ci95)}
+                   for name, s in result.probes.items()},
         "within_budget": within,
     }

@@ -37,12 +37,16 @@ def resume_point(run_path: Path, resume: str) -> Path | None:
     return complete[-1][1] if complete else None
 
 
+RESUME_FREE_KEYS = ("output", "report_to")
+"""Config keys a resume may change: where the run lives and who watches it change nothing it trains."""
+
+
 def check_resumable(run: RunDir, config: TrainConfig, data_sha256: dict[str, str]) -> list[str]:
     """Differences between the run as saved and as asked now; empty when resuming is safe."""
     saved = run.config().to_dict()
     asked = config.to_dict()
     problems = [f"config '{k}': saved {saved[k]!r}, now {asked[k]!r}"
-                for k in asked if k != "output" and saved.get(k) != asked[k]]
+                for k in asked if k not in RESUME_FREE_KEYS and saved.get(k) != asked[k]]
     manifest = json.loads((run.path / "manifest.json").read_text(encoding="utf-8"))
     if list(manifest["data_sha256"].values()) != list(data_sha256.values()):
         problems.append("the data files' SHA-256 differ from the run's manifest (the data changed)")

@@ -59,6 +59,7 @@ class Backend(Protocol):
     def flush(self) -> None: ...
     def finish(self, summary: dict[str, Any], files: list[Path]) -> None: ...
     def stop(self) -> None: ...
+    def report(self, step: int, metrics: dict[str, float], verdict: str, files: list[Path]) -> None: ...
 
 
 def event_metrics(event: TrainingEvent) -> dict[str, float]:
@@ -71,9 +72,30 @@ def event_metrics(event: TrainingEvent) -> dict[str, float]:
         return {"eval/val_loss": event.val_loss}
     if isinstance(event, ProbesEvent):
         figures = {f"probes/{_key(name)}/{field}": float(value) for name, probe in event.probes.items()
-                   for field, value in probe.items() if _is_number(value)}
+                   for field, value in _with_interval(probe).items() if _is_number(value)}
         return {**figures, "probes/within_budget": float(event.within_budget)}
     return {}
+
+
+def _with_interval(figures: dict[str, Any]) -> dict[str, Any]:
+    """A probe's figures with its 95% interval `ci95: [lo, hi]` as two numbers (trackers take scalars)."""
+    lo, hi = figures.get("ci95") or (None, None)
+    return {**{k: v for k, v in figures.items() if k != "ci95"}, "ci95_low": lo, "ci95_high": hi}
+
+
+def evaluation_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """`tunesmith eval`'s figures (eval.json), under evaluation/: the task's scores and every general
+    probe, each base, tuned, delta and its 95% interval, and the verdict as within_budget 1/0."""
+    out = {"evaluation/within_budget": float(result["within_budget"])}
+    scores = {f"task/{k}": v for k, v in result["task"].items() if isinstance(v, dict) and "delta" in v}
+    scores.update({f"probes/{_key(k)}": v for k, v in result["general"].items()})
+    for name, score in scores.items():
+        for field in ("base", "tuned", "delta", "relative_delta", "ci95"):
+            if field == "ci95" and score.get("ci95"):
+                out[f"evaluation/{name}/ci95_low"], out[f"evaluation/{name}/ci95_high"] = map(float, score["ci95"])
+            elif _is_number(score.get(field)):
+                out[f"evaluation/{name}/{field}"] = float(score[field])
+    return out
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
@@ -158,6 +180,11 @@ class TensorBoardBackend:
     def stop(self) -> None:
         self.writer.close()
 
+    def report(self, step: int, metrics: dict[str, float], verdict: str, files: list[Path]) -> None:
+        self.log(step, metrics)
+        self.writer.add_text("evaluation/verdict", verdict.replace("\n", "  \n"), step)  # files stay in RUN/
+        self.writer.close()
+
 
 def open_tensorboard(config: TrainConfig, run_path: Path, saved: dict[str, Any] | None,
                      resumed_step: int) -> tuple[Backend, dict[str, Any]]:
@@ -206,6 +233,13 @@ class MLflowBackend:
 
     def stop(self) -> None:
         self.client.set_terminated(self.run_id, "KILLED")
+
+    def report(self, step: int, metrics: dict[str, float], verdict: str, files: list[Path]) -> None:
+        self.log(step, metrics)
+        self.client.set_tag(self.run_id, "verdict", verdict[:MLFLOW_MAX_PARAM])
+        for path in files:
+            self.client.log_artifact(self.run_id, str(path))
+        self.client.set_terminated(self.run_id, "FINISHED")
 
 
 def open_mlflow(config: TrainConfig, run_path: Path, saved: dict[str, Any] | None,
@@ -257,6 +291,10 @@ class WandbBackend:
     def stop(self) -> None:
         self.run.finish(exit_code=1)
 
+    def report(self, step: int, metrics: dict[str, float], verdict: str, files: list[Path]) -> None:
+        self.run.summary.update({**metrics, "verdict": verdict})
+        self.finish({}, files)
+
 
 def open_wandb(config: TrainConfig, run_path: Path, saved: dict[str, Any] | None,
                resumed_step: int) -> tuple[Backend, dict[str, Any]]:
@@ -285,6 +323,10 @@ class TrackioBackend:
         self.trackio.finish()
 
     def stop(self) -> None:
+        self.trackio.finish()
+
+    def report(self, step: int, metrics: dict[str, float], verdict: str, files: list[Path]) -> None:
+        self.trackio.log(metrics, step=step)
         self.trackio.finish()
 
 
@@ -320,3 +362,29 @@ def open_trackers(config: TrainConfig, run_path: Path, resumed_step: int, consol
     if config.report_to:
         write_atomic(ids_path, json.dumps(ids, indent=2) + "\n")
     return subscribers
+
+
+EVAL_FILES = ("eval.json", "report.html", "*.png")
+"""What `tunesmith eval` writes into the run, logged as artifacts of the run's tracker runs."""
+
+
+def log_evaluation(config: TrainConfig, run_path: Path, result: dict[str, Any], console: Console) -> None:
+    """`tunesmith eval`'s figures, verdict, report and plots into the tracker runs the training
+    made (their ids in RUN/trackers.json), at the run's last step. A tracker that fails warns; the
+    evaluation stands."""
+    ids_path = run_path / IDS_FILE
+    if not config.report_to or not ids_path.exists():
+        return
+    saved = json.loads(ids_path.read_text(encoding="utf-8"))
+    step = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))["steps"]
+    files = sorted({p for pattern in EVAL_FILES for p in run_path.glob(pattern)})
+    metrics = evaluation_metrics(result)
+    for name in config.report_to:
+        if name not in saved:
+            continue
+        try:
+            backend, _ = OPENERS[name](config, run_path, saved[name], step)
+            backend.report(step, metrics, result["verdict"], files)
+        except Exception as exc:  # the evaluation is written in the run either way
+            console.print(f"[yellow]warning:[/] {name} tracking of the evaluation failed "
+                          f"({escape(type(exc).__name__)}: {escape(str(exc))})", highlight=False)
