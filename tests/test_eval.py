@@ -62,10 +62,35 @@ def test_tradeoff_plot_appears_with_probe_rows(tiny_run, tmp_path):
     result = json.loads((tiny_run / "eval.json").read_text()) if (tiny_run / "eval.json").exists() else evaluate_run(tiny_run)
     run = RunDir.open(tiny_run)
     for step, rise in ((2, 0.01), (4, 0.3)):
-        run.append_metrics({"step": step, "probes": {"wikipedia_ppl": {"relative_delta": rise}},
-                            "within_budget": rise < 0.1})
+        run.append_metrics({"step": step, "probes": {"wikipedia_ppl": {
+            "metric": "perplexity", "base": 30.0, "tuned": 30.0 * (1 + rise), "delta": 30.0 * rise,
+            "relative_delta": rise, "ci95": [0.0, 1.0]}}, "within_budget": rise < 0.1})
     write_report(run, result)
     assert (tiny_run / TRADEOFF_PNG).exists() and TRADEOFF_PNG in (tiny_run / "report.html").read_text()
+
+
+def test_the_tradeoff_plot_shows_the_probe_that_decides_the_verdict():
+    """The demo's case: perplexity well inside its 10% while analogies lose 16.7 points (limit 10,
+    interval clear of zero). The plot drew perplexity only, every step inside its line, while the
+    verdict was OVER; now each probe counts against its own budget, and the worst is named."""
+    from tunesmith.config import ForgettingBudget
+    from tunesmith.evaluation.report import budget_points
+
+    probes = {"wikipedia_ppl": {"metric": "perplexity", "base": 36.5, "tuned": 36.8, "delta": 0.3,
+                                "relative_delta": 0.008, "ci95": [-0.2, 0.8]},
+              "analogies": {"metric": "accuracy", "base": 0.857, "tuned": 0.690, "delta": -0.167,
+                            "relative_delta": None, "ci95": [-0.286, -0.071]},
+              "trivia": {"metric": "accuracy", "base": 0.667, "tuned": 0.542, "delta": -0.125,
+                         "relative_delta": None, "ci95": [-0.25, 0.0]},  # reaches zero: not counted
+              "kl_drift": {"metric": "kl_per_token", "base": 0.0, "tuned": 0.5, "delta": 0.5,
+                           "relative_delta": None, "ci95": [0.4, 0.6]}}
+    rows = [{"step": 0, "val_loss": 3.68}, {"step": 57, "val_loss": 2.78},
+            {"step": 57, "probes": probes, "within_budget": False}]
+    [(step, gain, share, probe)] = budget_points(rows, ForgettingBudget())
+    assert (step, probe) == (57, "analogies") and share == pytest.approx(1.67) and gain == pytest.approx(0.2446, abs=1e-4)
+    probes["analogies"]["ci95"] = [-0.3, 0.01]  # no longer significant: KL (0.5 of 1.0) is the worst
+    [(_, _, share, probe)] = budget_points(rows, ForgettingBudget())
+    assert (probe, share) == ("kl_drift", pytest.approx(0.5))
 
 
 def test_cli_eval_json(tiny_run):

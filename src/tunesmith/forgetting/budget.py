@@ -5,31 +5,48 @@ from __future__ import annotations
 from ..config import ForgettingBudget
 from .measure import ForgettingResult
 
+KIND_OF_METRIC = {"perplexity": "perplexity", "accuracy": "choice", "kl_per_token": "kl"}
+"""A probe's kind from its metric, as metrics.jsonl rows name it."""
+
+
+def budget_share(budget: ForgettingBudget, kind: str, delta: float, tuned: float, relative_delta: float | None,
+                 ci95: tuple[float, float] | list[float]) -> float:
+    """How much of its budget a probe has used: 1.0 is the limit, over 1 is over budget.
+
+    Perplexity: relative increase / `max_ppl_increase`; multiple choice: accuracy drop /
+    `max_accuracy_drop`, 0 when the drop's 95% CI reaches zero (small probe sets move in steps of
+    one item); KL: mean KL / `max_kl`. The verdict and the report's trade-off plot both read this,
+    so they cannot disagree."""
+    if kind == "perplexity":
+        used, limit = relative_delta or 0.0, budget.max_ppl_increase
+    elif kind == "choice":
+        used, limit = (-delta if ci95[1] < 0 else 0.0), budget.max_accuracy_drop
+    else:
+        used, limit = tuned, budget.max_kl
+    if limit == 0:
+        return 0.0 if used <= 0 else float("inf")
+    return used / limit
+
 
 def budget_checks(budget: ForgettingBudget, result: ForgettingResult) -> list[tuple[str, bool, str]]:
-    """One (probe name, ok, sentence) per probe that the budget covers.
-
-    Perplexity probes: relative increase vs `max_ppl_increase`; multiple-choice probes: accuracy
-    drop vs `max_accuracy_drop`, counted only when the drop's 95% CI excludes zero (small probe
-    sets move in steps of one item); KL probes: mean KL vs `max_kl`. Point estimates are compared,
-    and the sentence carries the 95% CI so a reader can see how sure the call is.
-    """
+    """One (probe name, ok, sentence) per probe that the budget covers (`budget_share` at most 1).
+    Point estimates are compared, and the sentence carries the 95% CI so a reader can see how sure
+    the call is."""
     checks = []
     for score in result.probes.values():
         lo, hi = score.ci95
+        ok = budget_share(budget, score.kind, score.delta, score.tuned, score.relative_delta, score.ci95) <= 1.0
         if score.kind == "perplexity":
             rise = score.relative_delta or 0.0
-            checks.append((score.name, rise <= budget.max_ppl_increase,
+            checks.append((score.name, ok,
                            f"{score.name} perplexity {rise:+.1%} (limit +{budget.max_ppl_increase:.0%}; "
                            f"{score.base:.2f} -> {score.tuned:.2f}, 95% CI of change [{lo:+.2f}, {hi:+.2f}])"))
         elif score.kind == "choice":
-            drop = -score.delta
-            significant = hi < 0  # the whole interval of the change is below zero
-            checks.append((score.name, drop <= budget.max_accuracy_drop or not significant,
+            checks.append((score.name, ok,
                            f"{score.name} accuracy {score.delta * 100:+.1f} pt (limit -{budget.max_accuracy_drop * 100:.0f} pt; "
                            f"{score.base:.1%} -> {score.tuned:.1%}, 95% CI [{lo * 100:+.1f}, {hi * 100:+.1f}] pt)"))
         elif score.kind == "kl":
-            checks.append((score.name, score.tuned <= budget.max_kl,
+            checks.append((score.name, ok,
                            f"{score.name} KL {score.tuned:.3f} nats/token (limit {budget.max_kl:g}; "
                            f"95% CI [{lo:.3f}, {hi:.3f}])"))
     return checks
