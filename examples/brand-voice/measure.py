@@ -54,17 +54,17 @@ def main() -> None:
     runs = {}
     for name in ("examples-only", "guide"):
         config = load_config(HERE / f"{name}.yaml", {"output": f"runs/brand-voice-{name}"})
-        result = train(config, overwrite=True, show_progress=False)
+        result = train(config, overwrite=True)  # its progress bar shows the long part
         runs[name] = (config, result)
     config = runs["guide"][0]
     briefs = held_out_briefs(config)
-    model, tokenizer = load_run(runs["guide"][1].run_dir)
     systems = {"base": (runs["examples-only"][1].run_dir, None, True),
                "base + guide in prompt": (runs["guide"][1].run_dir, guide_text, True),
                "tuned on examples alone": (runs["examples-only"][1].run_dir, None, False),
                "tuned with the guide": (runs["guide"][1].run_dir, guide_text, False)}
     samples = {}
     for label, (run_dir, system, base) in systems.items():
+        print(f"answering {len(briefs)} held-out briefs: {label}", file=sys.stderr, flush=True)
         model, tokenizer = load_run(run_dir)
         scores = []
         with (model.disable_adapter() if base else contextlib.nullcontext()):

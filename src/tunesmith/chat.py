@@ -63,7 +63,7 @@ def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[st
     the user's own words, so retrieved passages of earlier turns do not pile up. With `base`,
     /base and /tuned switch which model answers, on the same conversation.
     """
-    session: ChatSession | None = ChatSession(system=system)
+    session = ChatSession(system=system)
     write(HELP + "\n")
     while True:
         try:

@@ -232,7 +232,7 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
 
 
 @main.command("plan")
-@click.argument("source", type=click.Path(dir_okay=False))
+@click.argument("source", type=click.Path())
 @click.option("--model", help=f"Model directory, hub id, or {DEFAULT_MODEL} (default).")
 @click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
 @click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")

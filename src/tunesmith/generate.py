@@ -9,7 +9,7 @@ from typing import Any, Callable, ContextManager
 import torch
 
 from .config import TrainConfig
-from .data.records import read_system_prompt
+from .data import data_options
 from .data.render import encode_prompt, end_of_turn_ids
 from .forgetting.measure import base_view
 from .model.loading import load_base_copy, load_tuned
@@ -32,7 +32,7 @@ def load_run(run_path: str | Path) -> tuple[Any, Any]:
 
 def run_system_prompt(run_path: str | Path) -> str | None:
     """The system prompt the run trained with (its config's `system_prompt`, a file read), or None."""
-    return read_system_prompt(RunDir.open(run_path).config().system_prompt)
+    return data_options(RunDir.open(run_path).config())["system_prompt"]
 
 
 def base_of(model: Any, config: TrainConfig) -> Callable[[], ContextManager[Any]]:
