@@ -130,3 +130,21 @@ def test_verdict_counts_answers_that_loop():
     assert "3 of 12 tuned answers loop" in text and "base 0" in text and text.count("\n") == 2
     task["looping"]["tuned"] = 0.0
     assert "loop" not in verdict(task, True, [("wikipedia_ppl", True, "wikipedia_ppl +1%")])
+
+
+def test_the_report_says_when_the_training_probes_judged_otherwise():
+    """The fast probes chose a step as within budget; the report's larger set finds it over: the
+    verdict must say so and say which to trust, and say nothing when they agree."""
+    from tunesmith.evaluate import training_verdict, verdict
+
+    task = {"loss": {"base": 3.0, "tuned": 2.0, "delta": -1.0, "ci95": [-1.1, -0.9]}}
+    checks = [("analogies", False, "analogies accuracy -16.7 pt")]
+    training = training_verdict({"selected_step": 57, "within_budget": True}, ok=False)
+    assert training == {"step": 57, "within_budget": True, "probe_set": "train", "agrees": False}
+    text = verdict(task, False, checks, training)
+    assert text.count("\n") == 3
+    assert text.splitlines()[-1].startswith("Note: during training the fast probe set judged step 57 within")
+    assert "trust this report" in text
+    agreeing = training_verdict({"selected_step": 57, "within_budget": False}, ok=False)
+    assert agreeing["agrees"] and verdict(task, False, checks, agreeing).count("\n") == 2
+    assert training_verdict({"selected_step": 57, "within_budget": None}, ok=True) is None

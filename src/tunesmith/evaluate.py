@@ -96,8 +96,10 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
     return task
 
 
-def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]]) -> str:
-    """Three plain sentences: what improved, what was lost, whether it is within budget."""
+def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]],
+            training: dict[str, Any] | None = None) -> str:
+    """Three plain sentences: what improved, what was lost, whether it is within budget; a fourth when
+    the probes that chose the model during training judged it otherwise (`training_verdict`)."""
     loss = task["loss"]
     change = loss["delta"] / loss["base"] if loss["base"] else 0.0
     learned = f"Task: held-out loss {loss['base']:.3f} -> {loss['tuned']:.3f} ({change:+.1%}"
@@ -120,7 +122,31 @@ def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]])
         lost = "Lost: " + "; ".join(worst) + "."
         budget = "OVER the forgetting budget: lower the learning rate, train fewer steps, or turn on " \
                  "forgetting.replay_fraction / forgetting.kl_weight."
-    return "\n".join([learned, lost, budget])
+    lines = [learned, lost, budget]
+    if training is not None and not training["agrees"]:
+        lines.append(disagreement(training, ok))
+    return "\n".join(lines)
+
+
+def training_verdict(summary: dict[str, Any], ok: bool) -> dict[str, Any] | None:
+    """What the fast probes during training said of the chosen step, and whether this report agrees;
+    None when training measured no probes (or the run predates summary.json)."""
+    within = summary.get("within_budget")
+    if within is None:
+        return None
+    return {"step": summary.get("selected_step"), "within_budget": within, "probe_set": "train",
+            "agrees": within == ok}
+
+
+def disagreement(training: dict[str, Any], ok: bool) -> str:
+    """The sentence that says the two probe sets disagree, and which one to believe."""
+    said = "within" if training["within_budget"] else "over"
+    if ok:
+        return (f"Note: during training the fast probe set judged step {training['step']} {said} the budget; this "
+                f"report's larger probe set finds it within: the fast set's few items are noisier.")
+    return (f"Note: during training the fast probe set judged step {training['step']} {said} the budget; this "
+            f"report's larger probe set finds it over: trust this report (the fast set has about a third of its items), "
+            f"and lower the learning rate or turn on a mitigation before training again.")
 
 
 def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], None] | None = None,
@@ -160,6 +186,7 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
         lm_eval_results = lm_eval_scores(model, tokenizer, lm_eval_tasks, base_model=base_model)
     checks = budget_checks(config.forgetting.budget, general)
     ok = all(good for _, good, _ in checks)
+    training = training_verdict(run.summary(), ok) if (run.path / "summary.json").exists() else None
     result = {
         "run": str(run.path),
         "model": config.model,
@@ -171,7 +198,8 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
         "budget": asdict(config.forgetting.budget),
         "budget_checks": [{"probe": name, "ok": good, "text": text} for name, good, text in checks],
         "within_budget": ok,
-        "verdict": verdict(task, ok, checks),
+        "training_verdict": training,
+        "verdict": verdict(task, ok, checks, training),
         "base_cached": general.base_cached,
         "seconds": time.perf_counter() - started,
     }
