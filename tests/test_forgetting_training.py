@@ -60,7 +60,8 @@ def test_final_adapter_holds_the_chosen_checkpoint(faq_file, tiny_model_dir, tmp
         assert match and (ckpt[match[0]] == tensor).all()
 
 
-@pytest.mark.parametrize("mitigation", [{"replay_fraction": 0.3}, {"kl_weight": 0.5}])
+@pytest.mark.parametrize("mitigation", [{"replay_fraction": 0.3}, {"kl_weight": 0.5},
+                                        {"kl_weight": 0.5, "kl_tokens": 0.25}])
 def test_mitigations_train_and_resume_exactly(mitigation, faq_file, tiny_model_dir, tmp_path):
     extra = {"save_every": 1, "forgetting": {"measure_during_training": False, **mitigation}}
     ref = tmp_path / "ref"
@@ -81,3 +82,25 @@ def test_mitigations_train_and_resume_exactly(mitigation, faq_file, tiny_model_d
         train(cfg, show_progress=False, subscribers=[crash])
     train(cfg, resume="auto", show_progress=False)
     assert [r["loss"] for r in rows(run) if "loss" in r] == losses
+
+
+def test_kl_tokens_sizes_the_kl_terms_general_text(faq_file, tiny_model_dir, tmp_path, monkeypatch):
+    """kl_tokens 0.25: each micro-batch's KL term reads a quarter as many general-text tokens as the
+    micro-batch trains (1.0, the default, as many)."""
+    from tunesmith.forgetting.mitigate import ReplaySource
+
+    asked: list[int] = []
+    real = ReplaySource.batch
+    monkeypatch.setattr(ReplaySource, "batch", lambda self, n: asked.append(n) or real(self, n))
+
+    def fractions(kl_tokens):
+        asked.clear()
+        extra = {"max_steps": 2, "forgetting": {"measure_during_training": False, "kl_weight": 0.5,
+                                                "kl_tokens": kl_tokens, "replay_fraction": 0.0}}
+        train(load_config(None, settings(faq_file("chat"), tiny_model_dir, tmp_path / str(kl_tokens), **extra)),
+              show_progress=False)
+        return list(asked)
+
+    full, quarter = fractions(1.0), fractions(0.25)
+    assert len(full) == len(quarter) == 2 and all(n > 8 for n in full)
+    assert quarter == [max(1, round(n * 0.25)) for n in full]

@@ -100,6 +100,10 @@ class ForgettingConfig:
     0 turns replay off."""
     kl_weight: float = 0.0
     """Weight of a KL(base || tuned) term on general text added to the loss; 0 turns it off."""
+    kl_tokens: float = 1.0
+    """General-text tokens the KL term reads per trained task token. Below 1 the term costs less
+    (its base and tuned passes shrink with it) and its gradient is a noisier estimate of the same
+    per-token mean."""
     probes: list[str] = field(default_factory=list)
     """Extra general-probe files (JSONL: text / question+choices+answer / prompt rows)."""
     measure_during_training: bool = True
@@ -110,6 +114,7 @@ class ForgettingConfig:
         require(0.0 <= self.replay_fraction < 1.0, "forgetting.replay_fraction",
                f"must be in [0, 1), got {self.replay_fraction}")
         require(self.kl_weight >= 0, "forgetting.kl_weight", f"must be non-negative, got {self.kl_weight}")
+        require(0 < self.kl_tokens <= 4, "forgetting.kl_tokens", f"must be in (0, 4], got {self.kl_tokens}")
         require(isinstance(self.probes, list) and all(isinstance(p, str) for p in self.probes),
                "forgetting.probes", f"must be a list of file paths, got {self.probes!r}")
 

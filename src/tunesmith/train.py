@@ -350,7 +350,7 @@ def step_batches(s: Session, stream: Iterator[tuple[int, int, Batch]], replay: R
         if fg.replay_fraction > 0:
             batches = [replay.extend(b, fg.replay_fraction) for b in batches]
         if fg.kl_weight > 0:
-            kl_batches = [replay.batch(b.n_trained) for b in batches]
+            kl_batches = [replay.batch(max(1, round(b.n_trained * fg.kl_tokens))) for b in batches]
             kl_term = KLTerm(fg.kl_weight, kl_batches[rank::world], s.base_copy)
     return group, batches, kl_term
 
