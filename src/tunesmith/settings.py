@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from .errors import require
+from .errors import ConfigError, require
 
 ExportFormat = Literal["adapter", "merged", "gguf"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
@@ -172,3 +172,12 @@ class CurveSettings:
         require(self.flat_relative_gain >= 0, "curve.flat_relative_gain",
                 f"must be non-negative, got {self.flat_relative_gain}")
         require(self.resamples >= 100, "curve.resamples", f"must be at least 100, got {self.resamples}")
+
+    @staticmethod
+    def parse_fractions(text: str) -> tuple[float, ...]:
+        """`--fractions 0.125,0.25,0.5,1` as shares (the settings check their values)."""
+        try:
+            return tuple(float(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"--fractions: expected comma-separated numbers such as 0.125,0.25,0.5,1, "
+                              f"got {text!r}") from None
