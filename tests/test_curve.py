@@ -108,15 +108,15 @@ def test_curve_trains_each_share_as_a_normal_run_and_writes_the_curve(data, tiny
 def test_the_same_command_after_kill_9_reuses_the_finished_points(data, tiny_model_dir, tmp_path):
     out = tmp_path / "curve"
     config = tmp_path / "curve.yaml"
-    config.write_text(yaml.safe_dump(settings(data, tiny_model_dir, epochs=6, save_every=1)))
+    config.write_text(yaml.safe_dump(settings(data, tiny_model_dir, epochs=4, save_every=2)))
     args = [str(config), "--output", str(out), "--fractions", "0.25,0.5,1", "--no-progress"]
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "curve", *args], env={**os.environ, "PYTHONPATH": SRC},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     second = out / "fraction-0.5"
     deadline = time.time() + 180
-    while not (second / "checkpoints" / "step-3" / "COMPLETE").exists():
+    while not (second / "checkpoints" / "step-2" / "COMPLETE").exists():
         assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.time() < deadline, "the second point did not reach step 3 in time"
+        assert time.time() < deadline, "the second point did not reach step 2 in time"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
@@ -133,7 +133,7 @@ def test_the_same_command_after_kill_9_reuses_the_finished_points(data, tiny_mod
     assert f"resuming {second} from step-" in text  # the interrupted point continued, not restarted
     assert {name: (first / name).stat().st_mtime_ns for name in stamps} == stamps
     steps = [r["step"] for r in RunDir(second).metrics() if "loss" in r]
-    assert steps == list(range(1, 31))  # 6 epochs of 5 steps (18 examples, 4 a step): each step once
+    assert steps == list(range(1, 21))  # 4 epochs of 5 steps (18 examples, 4 a step): each step once
     assert json.loads((out / "curve.json").read_text())["points"][1]["examples"] == 18
 
 
