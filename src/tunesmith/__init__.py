@@ -15,6 +15,7 @@ _EXPORTS = {
     "DataError": "data", "prepare_data": "data", "read_records": "data",
     "Retriever": "retrieval", "compare_run": "compare", "evaluate_run": "evaluate",
     "generate": "generate", "load_run": "generate", "TrainResult": "train", "train": "train",
+    "CurveResult": "curve", "curve": "curve",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,6 +24,7 @@ from .settings import (
     GGUF_TYPES,
     MERGE_TOLERANCE,
     CompareSettings,
+    CurveSettings,
     RetrievalSettings,
     Sampling,
     ServeLimits,
@@ -442,6 +443,34 @@ def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int,
     out.print()
     out.print(escape(result["recommendation"]))
     out.print(f"  report            {Path(run) / 'compare.json'}")
+
+
+@main.command("curve")
+@click.argument("source", type=click.Path())
+@click.option("--fractions", help="Shares of the training split, one run each, increasing (default "
+                                  f"{','.join(f'{f:g}' for f in CurveSettings.fractions)}).")
+@click.option("--output", help="The curve's folder (default <config output>-curve, else runs/<data-name>-curve).")
+@click.option("--generate", is_flag=True, help="Also score answer token F1 / ROUGE-L on a fixed held-out sample.")
+@click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
+@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
+@click.option("--epochs", type=float, help="Passes over each share (default: from the full data's size, for all).")
+@click.option("--max-steps", type=int, hidden=True)  # refused, with the reason, by curve_root
+@click.option("--lr", type=float, help="Peak learning rate (default: per method).")
+@click.option("--seed", type=int, help=f"Seeds the split, the shares and training (default {TrainConfig.seed}).")
+@click.option("--eval", "eval_data", help="Held-out file (default: a val_fraction split of DATA).")
+@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
+@click.option("--overwrite", is_flag=True, help="Train every point afresh instead of reusing finished ones.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
+@click.option("--json", "as_json", is_flag=True, help="Print curve.json to stdout instead of the summary.")
+def curve_command(source: str, fractions: str | None, output: str | None, generate: bool, eval_data: str | None,
+                  overwrite: bool, no_progress: bool, as_json: bool, **flags: Any) -> None:
+    """Learning curve: train SOURCE (data or CONFIG.yaml) on nested shares of its data; do I have enough?"""
+    from .curve import curve, print_summary
+
+    result = curve(_load_source(source, {**flags, "eval": eval_data}), CurveSettings.parse_fractions(fractions)
+                   if fractions else None, output, generate, overwrite, console, show_progress=not no_progress)
+    if not _print_json(result.report, as_json):
+        print_summary(result, click.echo)
 
 
 @main.command("eval")

@@ -46,7 +46,7 @@ def question_splits(config: TrainConfig, tokenizer: Any, eval_data: str | None) 
     validation split (recomputed from its config with its seed, exactly as training split it)."""
     options = data_options(config)  # read as training read them: the same columns and system prompt
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
-                        **options)
+                        **options, train_fraction=config.train_fraction)
     train_sources = {e.source for e in data.train}
     seen = [q for q in answered_questions(read_records(config.data, **options)) if q.source in train_sources]
     if eval_data is not None:

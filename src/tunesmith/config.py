@@ -182,6 +182,10 @@ class TrainConfig:
     """On a NaN/inf loss or gradient: False stops the run naming the step; True skips that step and counts it."""
     val_fraction: float = 0.1
     """Share of `data` held out for validation when no `eval` file is given."""
+    train_fraction: float = 1.0
+    """Train on this seeded share of the training split (after the validation split is taken, so
+    the held-out examples are the same whatever the share). Shares drawn with one seed are nested:
+    the examples of 0.25 are among those of 0.5. `tunesmith curve` trains at several shares."""
     precision: Precision = "auto"
     """auto uses bf16 autocast where the hardware has it (AVX-512 BF16/AMX CPUs, modern GPUs)."""
     chat_template: str | None = None
@@ -235,6 +239,7 @@ class TrainConfig:
         require(self.save_every is None or self.save_every >= 1, "save_every", f"must be at least 1, got {self.save_every}")
         require(self.keep_last >= 0, "keep_last", f"must be non-negative, got {self.keep_last}")
         require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
+        require(0.0 < self.train_fraction <= 1.0, "train_fraction", f"must be in (0, 1], got {self.train_fraction}")
         require(self.distributed in DISTRIBUTED, "distributed",
                f"must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
         require(isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .config import TrainConfig
-from .data import answered_questions, data_options, encode_prompt, prepare_data, read_records
+from .data import Example, answered_questions, data_options, encode_prompt, prepare_data, read_records
 from .data.probe_files import read_probe_file
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import paired_summary
@@ -48,6 +48,24 @@ def validation_conversations(config: TrainConfig, sources: set[str]) -> list[tup
     return [(q.messages, q.reference) for q in answered_questions(records) if q.source in sources]
 
 
+def generation_sample(config: TrainConfig, val: Sequence[Example],
+                      sizes: TaskSizes) -> list[tuple[list[dict[str, str]], str]]:
+    """The held-out questions answered and scored: a seeded sample of `sizes.generate`, the same
+    for every model measured on these validation examples."""
+    pairs = validation_conversations(config, {e.source for e in val})
+    random.Random(sizes.seed).shuffle(pairs)
+    return pairs[: sizes.generate]
+
+
+def generate_answers(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], str]],
+                     sizes: TaskSizes) -> list[str]:
+    """Greedy answers to the sample's prompts, one unpadded prompt at a time (`generate_batch`)."""
+    prompts = [encode_prompt(messages, tokenizer) for messages, _ in pairs]
+    out = generate_batch(model, prompts, sizes.max_new_tokens, sorted(end_of_turn_ids(tokenizer)), pad_id(tokenizer),
+                         batch_size=1)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
+
+
 def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable, sizes: TaskSizes,
                  log: Callable[[str], None]) -> dict[str, Any]:
     """Held-out loss and perplexity (every validation example), and generated-answer scores on a sample."""
@@ -65,21 +83,14 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
         "loss": paired_summary(base_nll, tuned_nll, weights),
         "perplexity": paired_summary(base_nll, tuned_nll, weights, np.exp),
     }
-    pairs = validation_conversations(config, {e.source for e in data.val})
-    random.Random(sizes.seed).shuffle(pairs)
-    pairs = pairs[: sizes.generate]
+    pairs = generation_sample(config, data.val, sizes)
     task["n_generated"] = len(pairs)
     if not pairs:
         return task
     log(f"task: generating {len(pairs)} answers with each model")
-    prompts = [encode_prompt(messages, tokenizer) for messages, _ in pairs]
-    eos = sorted(end_of_turn_ids(tokenizer))
-    pad = pad_id(tokenizer)
     with view() as base:
-        base_out = generate_batch(base, prompts, sizes.max_new_tokens, eos, pad, batch_size=1)
-    tuned_out = generate_batch(model, prompts, sizes.max_new_tokens, eos, pad, batch_size=1)
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
-    base_text, tuned_text = [decode(o) for o in base_out], [decode(o) for o in tuned_out]
+        base_text = generate_answers(base, tokenizer, pairs, sizes)
+    tuned_text = generate_answers(model, tokenizer, pairs, sizes)
     ones = np.ones(len(pairs))
     for name, fn in (("exact_match", exact_match), ("token_f1", token_f1), ("rouge_l", rouge_l)):
         b = np.array([fn(p, ref) for p, (_, ref) in zip(base_text, pairs)])

@@ -65,7 +65,7 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     cuda = torch.cuda.is_available() if cuda is None else cuda
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
-                        **data_options(config))
+                        **data_options(config), train_fraction=config.train_fraction)
     total, trainable, linear_params, layers, hidden, vocab = count_parameters(
         config.model, config.method, config.lora.r, config.trust_remote_code)
 

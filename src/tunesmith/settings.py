@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from .errors import require
+from .errors import ConfigError, require
 
 ExportFormat = Literal["adapter", "merged", "gguf"]
 EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
@@ -138,3 +138,46 @@ class ServeLimits:
         require(self.default_max_tokens <= self.max_tokens, "serve.default_max_tokens",
                f"must not exceed serve.max_tokens ({self.max_tokens}), got {self.default_max_tokens}")
         require(self.shutdown_grace_s >= 0, "serve.shutdown_grace_s", f"must be non-negative, got {self.shutdown_grace_s}")
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """How `tunesmith curve` samples the data and reads its curve (the rules in
+    evaluation/learning_curve.py use these numbers and no others)."""
+
+    fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)
+    """Shares of the training split, one run each. Doubling steps spread the points evenly on the
+    log axis the power law is straight-ish on; four points fit its three parameters with one to spare,
+    and the three smaller ones fit it again for the leave-largest-out check. The four runs cost
+    1 + 1/2 + 1/4 + 1/8 = 1.9 full runs."""
+    gain_share: float = 0.9
+    """The curve reports the smallest fraction whose held-out loss gain over the base model reached
+    this share of the full data's gain."""
+    flat_relative_gain: float = 0.01
+    """"More data would still help" needs doubling the data to lower the predicted held-out loss by
+    at least this share (1%), with its 95% interval above zero; below it the curve "has flattened"."""
+    resamples: int = 1000
+    """Bootstrap resamples of the held-out examples for the intervals of the fit; each refits the
+    curve (milliseconds each)."""
+    seed: int = 0
+    """Seeds the bootstrap resamples."""
+
+    def __post_init__(self) -> None:
+        require(len(self.fractions) >= 2, "curve.fractions", f"needs at least 2 fractions, got {list(self.fractions)}")
+        require(all(0 < f <= 1 for f in self.fractions), "curve.fractions",
+                f"must each be in (0, 1], got {list(self.fractions)}")
+        require(list(self.fractions) == sorted(set(self.fractions)), "curve.fractions",
+                f"must be distinct and increasing, got {list(self.fractions)}")
+        require(0 < self.gain_share <= 1, "curve.gain_share", f"must be in (0, 1], got {self.gain_share}")
+        require(self.flat_relative_gain >= 0, "curve.flat_relative_gain",
+                f"must be non-negative, got {self.flat_relative_gain}")
+        require(self.resamples >= 100, "curve.resamples", f"must be at least 100, got {self.resamples}")
+
+    @staticmethod
+    def parse_fractions(text: str) -> tuple[float, ...]:
+        """`--fractions 0.125,0.25,0.5,1` as shares (the settings check their values)."""
+        try:
+            return tuple(float(part) for part in text.split(",") if part.strip())
+        except ValueError:
+            raise ConfigError(f"--fractions: expected comma-separated numbers such as 0.125,0.25,0.5,1, "
+                              f"got {text!r}") from None

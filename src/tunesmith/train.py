@@ -208,7 +208,7 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     check_data(config, tokenizer, console)
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
-                        **data_options(config))
+                        **data_options(config), train_fraction=config.train_fraction)
     for warning in data.warnings:
         if not warning.startswith("small data:"):  # the data check above has said it already
             console.print(f"[yellow]warning:[/] {warning}")

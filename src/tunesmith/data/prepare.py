@@ -54,9 +54,10 @@ def data_options(config: Any) -> dict[str, Any]:
 
 def prepare_data(data: str, eval_data: str | None, tokenizer: Any, max_seq_tokens: int,
                  val_fraction: float, seed: int, use_cache: bool = True, *, columns: ColumnMap | None = None,
-                 system_prompt: str | None = None) -> PreparedData:
+                 system_prompt: str | None = None, train_fraction: float = 1.0) -> PreparedData:
     """Training and validation examples from the config's files (or folders), split reproducibly by
-    `seed`; `columns` and `system_prompt` as in `read_records`.
+    `seed`; `columns` and `system_prompt` as in `read_records`; `train_fraction` keeps a seeded,
+    nested share of the training split (`training_subset`), the validation split untouched.
 
     Tokenized files come from the memory-mapped cache (data/cache.py) when it holds them."""
     render = {"columns": columns, "system_prompt": system_prompt}
@@ -72,6 +73,7 @@ def prepare_data(data: str, eval_data: str | None, tokenizer: Any, max_seq_token
         train, val, held_out = split_examples(train, val_fraction, seed, str(data))
         if held_out:
             warnings.append(f"held out for validation, whole: {len(held_out)} document(s): {', '.join(held_out)}")
+    train = training_subset(train, train_fraction, seed)
     if not train:
         raise DataError([DataIssue(str(data), 0, "(file)", "has no trainable examples")])
     if not val:
@@ -79,6 +81,19 @@ def prepare_data(data: str, eval_data: str | None, tokenizer: Any, max_seq_token
     small = small_data_warnings(len(train), len(val), None if eval_data is not None else val_fraction)
     warnings += [f"small data: {message}" for message in small if message]
     return PreparedData(train=train, val=val, warnings=warnings, sha256=sha, held_out_documents=held_out)
+
+
+def training_subset(train: list[Example], fraction: float, seed: int) -> list[Example]:
+    """A seeded `fraction` of the training examples (at least one), in their file order. Every
+    fraction takes a prefix of the same seeded permutation, so with one seed the smaller subsets are
+    inside the larger ones: a learning curve's points differ only by the examples added."""
+    if fraction >= 1.0:
+        return train
+    order = list(range(len(train)))
+    # Its own stream, not the split's: the split's shuffle must not decide which rows train too.
+    random.Random(f"train_fraction:{seed}").shuffle(order)
+    keep = set(order[: max(1, round(len(train) * fraction))])
+    return [e for i, e in enumerate(train) if i in keep]
 
 
 def held_out_count(n_units: int, val_fraction: float) -> int:

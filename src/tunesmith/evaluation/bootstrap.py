@@ -35,7 +35,7 @@ def paired_bootstrap_ci(base: np.ndarray, tuned: np.ndarray, weights: np.ndarray
     n = len(base)
     if n == 0:
         return (math.nan, math.nan)
-    idx = _resamples(n, n_resamples, seed)
+    idx = resample_indices(n, n_resamples, seed)
     w = np.maximum(weights[idx].sum(axis=1), 1e-12)  # (B,)
     diff = transform(tuned[idx].sum(axis=1) / w) - transform(base[idx].sum(axis=1) / w)  # (B,)
     return _percentiles(diff, level)
@@ -47,11 +47,11 @@ def bootstrap_ci(values: np.ndarray, weights: np.ndarray, n_resamples: int = N_R
     values, weights = np.asarray(values, float), np.asarray(weights, float)
     if len(values) == 0:
         return (math.nan, math.nan)
-    idx = _resamples(len(values), n_resamples, seed)
+    idx = resample_indices(len(values), n_resamples, seed)
     return _percentiles(values[idx].sum(axis=1) / np.maximum(weights[idx].sum(axis=1), 1e-12), level)
 
 
-def _resamples(n: int, n_resamples: int, seed: int) -> np.ndarray:
+def resample_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     """(B, n) example indices, drawn with replacement, one row per resample."""
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
 

@@ -164,17 +164,7 @@ def write_report(run: RunDir, result: dict[str, Any]) -> Path:
         for s in task.get("samples", [])
     )
     verdict = "".join(f"<p>{html.escape(line)}</p>" for line in result["verdict"].splitlines())
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>tunesmith report: {html.escape(run.path.name)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; color: #222; }}
-.verdict {{ padding: 0.8rem 1.2rem; border-radius: 6px; border-left: 8px solid {'#2e8b57' if ok else '#d1495b'};
-  background: {'#eef8f1' if ok else '#fdeeee'}; }}
-table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
-td, th {{ border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: left; vertical-align: top; }}
-img {{ max-width: 100%; }} small {{ color: #666; }}
-</style></head><body>
-<h1>{html.escape(run.path.name)}: {'within' if ok else 'OVER'} the forgetting budget</h1>
+    body = f"""<h1>{html.escape(run.path.name)}: {'within' if ok else 'OVER'} the forgetting budget</h1>
 <div class="verdict">{verdict}</div>
 <p><small>{html.escape(result['method'])} on {html.escape(result['model'])}; probe set
 {html.escape(result['probe_set'])}; base and tuned scored on the same examples; CIs from a paired bootstrap
@@ -186,8 +176,108 @@ over examples; generated {result['created']} in {result['seconds']:.0f} s.</smal
 {''.join(f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>' for name, caption in images)}
 <h2>Sample answers</h2>
 <table><tr><th>question</th><th>reference</th><th>base</th><th>tuned</th></tr>{samples}</table>
-</body></html>
 """
     path = run.path / "report.html"
-    write_atomic(path, page)
+    write_atomic(path, _page(f"tunesmith report: {run.path.name}", ok, body))
+    return path
+
+
+def _page(title: str, ok: bool, body: str) -> str:
+    """The report page around `body`: its title, style, and the verdict box green (ok) or red."""
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 62rem; margin: 2rem auto; color: #222; }}
+.verdict {{ padding: 0.8rem 1.2rem; border-radius: 6px; border-left: 8px solid {'#2e8b57' if ok else '#d1495b'};
+  background: {'#eef8f1' if ok else '#fdeeee'}; }}
+table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; }}
+td, th {{ border-bottom: 1px solid #ddd; padding: 0.3rem 0.7rem; text-align: left; vertical-align: top; }}
+img {{ max-width: 100%; }} small {{ color: #666; }}
+</style></head><body>
+{body}</body></html>
+"""
+
+
+# --- the learning curve of `tunesmith curve` (curve.json's content)
+
+CURVE_PNG = "curve.png"
+FORGETTING_MARKS = {True: ("o", "#2e8b57", "within the forgetting budget"),
+                    False: ("X", "#d1495b", "OVER the forgetting budget"),
+                    None: ("o", "#7a7a7a", "forgetting not measured")}
+"""How each point's forgetting verdict is drawn: marker, colour, legend label."""
+
+
+def plot_curve(report: dict[str, Any], path: Path) -> None:
+    """Held-out loss against training examples (log axis): the points with their 95% intervals,
+    marked by their forgetting verdict; the fit, solid over the points and dashed beyond, with its
+    bootstrap band; the predictions at 2x and 4x; the base model and the floor as lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    points, fit = report["points"], report["fit"]
+    top = points[-1]["examples"]
+    band = list(zip(*fit["band"]))  # n, fitted, lo, hi
+    ax.fill_between(band[0], band[2], band[3], color="#7a9cc6", alpha=0.25, label="fit: 95% band")
+    inside = [i for i, n in enumerate(band[0]) if n <= top * 1.0001]
+    ax.plot([band[0][i] for i in inside], [band[1][i] for i in inside], color="#3a6ea5", label=f"fit ({fit['fit']['kind']})")
+    beyond = [i for i, n in enumerate(band[0]) if n >= top * 0.9999]
+    ax.plot([band[0][i] for i in beyond], [band[1][i] for i in beyond], "--", color="#3a6ea5", label="extrapolation")
+    for k, key in ((2, "at_2x"), (4, "at_4x")):
+        est = fit[key]
+        ax.errorbar([k * top], [est["value"]], yerr=[[est["value"] - est["ci95"][0]], [est["ci95"][1] - est["value"]]],
+                    fmt="D", mfc="white", color="#3a6ea5", capsize=3)
+        ax.annotate(f"{k}x: {est['value']:.3f}", (k * top, est["value"]), textcoords="offset points", xytext=(5, 5),
+                    fontsize=8)
+    for verdict, (marker, color, label) in FORGETTING_MARKS.items():
+        chosen = [p for p in points if p["within_budget"] is verdict]
+        if chosen:
+            ax.errorbar([p["examples"] for p in chosen], [p["loss"] for p in chosen],
+                        yerr=[[p["loss"] - p["ci95"][0] for p in chosen], [p["ci95"][1] - p["loss"] for p in chosen]],
+                        fmt=marker, color=color, capsize=4, markersize=7, label=label, zorder=3)
+    ax.axhline(report["base"]["loss"], color="#9aa5b1", linestyle=":", label="base model")
+    if fit["floor"] is not None:
+        ax.axhline(fit["floor"]["value"], color="#3a6ea5", linestyle=":", linewidth=1, label="fitted floor")
+    ax.set_xscale("log")
+    ax.set_xlabel("training examples (log scale)")
+    ax.set_ylabel("held-out loss (nats / target token)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    _save(fig, path)
+
+
+def _curve_table(report: dict[str, Any]) -> str:
+    generated = any(p["generated"] for p in report["points"])
+    head = ("<tr><th>fraction</th><th>training examples</th><th>held-out loss</th><th>95% CI</th><th>forgetting</th>"
+            + ("<th>token F1</th><th>ROUGE-L</th>" if generated else "") + "<th>run</th></tr>")
+    rows = []
+    for p in report["points"]:
+        scores = "".join(f"<td>{p['generated'][m]['value']:.3f}</td>" if p["generated"] else "<td>—</td>"
+                         for m in ("token_f1", "rouge_l")) if generated else ""
+        rows.append(f"<tr><td>{p['fraction']:g}</td><td>{p['examples']:,}</td><td>{p['loss']:.4f}</td>"
+                    f"<td>[{p['ci95'][0]:.4f}, {p['ci95'][1]:.4f}]</td><td>{html.escape(p['forgetting'])}</td>"
+                    f"{scores}<td>{html.escape(Path(p['run_dir']).name)}</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def write_curve_report(root: Path, report: dict[str, Any]) -> Path:
+    """OUTPUT/report.html of a learning curve: the verdict, the plot, the points, the fit's figures."""
+    if not (root / CURVE_PNG).exists():
+        plot_curve(report, root / CURVE_PNG)
+    within = not any(p["within_budget"] is False for p in report["points"])  # the box turns red on forgetting
+    verdict = "".join(f"<p>{html.escape(line)}</p>" for line in report["verdict"].splitlines())
+    base = report["base"]
+    body = f"""<h1>{html.escape(root.name)}: learning curve</h1>
+<div class="verdict">{verdict}</div>
+<p><small>{html.escape(report['method'])} on {html.escape(report['model'])}, {report['epochs']:g} epoch(s) at every
+point; every point and the base measured on the same {report['held_out_examples']} held-out examples
+({report['held_out_tokens']:,} target tokens); intervals from resampling them; base model
+{base['loss']:.4f} [{base['ci95'][0]:.4f}, {base['ci95'][1]:.4f}]; generated {report['created']} in
+{report['seconds']:.0f} s.</small></p>
+<figure><img src="{CURVE_PNG}" alt="learning curve"><figcaption>Held-out loss against training examples: points
+with their 95% intervals (marked by their forgetting verdict), the fit with its 95% band, dashed beyond the
+data, and its predictions at 2x and 4x.</figcaption></figure>
+<h2>Points</h2>
+{_curve_table(report)}
+"""
+    path = root / "report.html"
+    write_atomic(path, _page(f"tunesmith curve: {root.name}", within, body))
     return path
