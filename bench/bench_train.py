@@ -126,8 +126,8 @@ def run_tunesmith(args) -> dict:
                                 "eval_every": args.steps, "save_every": args.steps, "precision": "bf16",
                                 "max_seq_tokens": args.max_seq_tokens, "batch_tokens": args.batch_tokens,
                                 "compile": args.worker == "tunesmith_compiled",
-                                # Training speed only: the forgetting probes at evaluations are not part of it.
-                                "forgetting": {"measure_during_training": False}})
+                                # The training loop against TRL, like for like: no probes at evaluations, no KL-to-base term (TRL has none).
+                                "forgetting": {"measure_during_training": False, "kl_weight": 0.0}})
     tokens, seconds = [], []
 
     def on_step(event) -> None:  # times come from the event: evaluations and checkpoints fall between steps

@@ -33,7 +33,14 @@ def test_flags_override_yaml_and_resolution_fills_defaults(tmp_path):
     config = load_config(path, {"lr": 3e-4, "seed": None})
     assert config.lr == 3e-4 and config.epochs == 2.0 and config.seed == 0
     resolved = TrainConfig(data="x").resolve(n_train_examples=10)
-    assert resolved.epochs == default_epochs(10) == 10.0 and resolved.lr is not None
+    assert resolved.epochs == default_epochs(10) == 3.0 and resolved.lr is not None
+
+
+@pytest.mark.parametrize("n, epochs", [(1, 3.0), (32, 3.0), (134, 3.0), (150, 3.0), (200, 2.0), (399, 2.0),
+                                       (400, 1.0), (453, 1.0), (1589, 1.0)])
+def test_default_epochs_aim_at_400_examples_seen_between_1_and_3_passes(n, epochs):
+    # The FAQ's 453 training rows: one epoch; the 32 brand-voice posts: three, never ten (docs/forgetting.md).
+    assert default_epochs(n) == epochs
 
 
 def test_resolved_config_round_trips(tmp_path):

@@ -9,7 +9,9 @@ from tunesmith.config import ConfigError, ForgettingBudget, ForgettingConfig, co
 def test_defaults_and_round_trip():
     config = config_from_dict({"data": "x.jsonl"})
     assert config.forgetting == ForgettingConfig()
-    assert config.forgetting.replay_fraction == 0.0 and config.forgetting.kl_weight == 0.0
+    # The KL-to-base term is on by default at a quarter of the task's tokens; replay is off (docs/forgetting.md).
+    assert config.forgetting.replay_fraction == 0.0
+    assert config.forgetting.kl_weight == 1.0 and config.forgetting.kl_tokens == 0.25
     custom = config_from_dict({"data": "x.jsonl", "forgetting": {
         "budget": {"max_ppl_increase": 0.02, "max_kl": 1, "max_accuracy_drop": 0.1},
         "replay_fraction": 0.25, "kl_weight": 0.5, "probes": ["mine.jsonl"]}})
