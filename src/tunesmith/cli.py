@@ -496,5 +496,59 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_ta
     out.print(f"  report            {Path(run) / 'report.html'}")
 
 
+@main.command("tune")
+@click.argument("source", type=click.Path())
+# The run flags apply to every trial; one that sets a searched setting (--lr, --epochs, --max-steps) keeps
+# it out of the search. Defaults are the config's and the `tune:` section's (tuning/space.py).
+@click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials, 8).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
+              help="Start no trial after this much wall time (default: tune.minutes, no limit).")
+@click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
+@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
+@click.option("--output", help="The search's folder (default runs/<data-name>-tune); the same one continues it.")
+@click.option("--epochs", type=float, help="Passes over the data for every trial (then epochs is not searched).")
+@click.option("--max-steps", type=int, help="Optimizer steps of every trial; wins over --epochs (epochs not searched).")
+@click.option("--lr", type=float, help="Peak learning rate of every trial (then lr is not searched).")
+@click.option("--seed", type=int, help=f"Seed of every trial and of the search (default {TrainConfig.seed}).")
+@click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA).")
+@click.option("--columns", callback=_columns_flag, help=_COLUMNS_HELP)
+@click.option("--system-prompt", help=_SYSTEM_PROMPT_HELP)
+@click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
+@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
+@click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` of the chosen run at the end.")
+@click.option("--overwrite", is_flag=True, help="Replace the output folder instead of continuing its search.")
+@click.option("--no-progress", is_flag=True, help="No progress bar in the trials (logs only).")
+def tune_command(source: str, trials: int | None, minutes: float | None, eval_data: str | None, no_eval: bool,
+                 overwrite: bool, no_progress: bool, **flags: Any) -> None:
+    """Search settings on SOURCE (a data file or a CONFIG.yaml with an optional `tune:` section) for the
+    lowest held-out loss within the forgetting budget; kill it and run it again to continue."""
+    from .train import end_processes
+    from .tune import load_tune, tune
+
+    config, settings, fixed = load_tune(source, {**flags, "eval": eval_data})
+    result = tune(config, settings, fixed, trials=trials, minutes=minutes, evaluate=not no_eval, overwrite=overwrite,
+                  console=console, show_progress=not no_progress)
+    end_processes()
+    if result.interrupted:
+        return
+    out = Console(highlight=False, soft_wrap=True)  # paths and the reason stay whole in a log
+    out.print()
+    out.print(f"[bold]tunesmith tune: {len(result.trials)} trial(s)[/] in {result.output}")
+    chosen = result.chosen
+    if chosen is None:
+        out.print(f"  [red]{escape(result.choice)}[/]")
+        return
+    verdict = "within" if result.within_budget else "[red]OVER[/]"
+    out.print(f"  chosen            {chosen.run_dir}: held-out loss {chosen.base_val_loss:.4f} -> {chosen.val_loss:.4f} "
+              f"({-(chosen.task_gain or 0):+.1%}), {verdict} the forgetting budget")
+    out.print(f"  why               {escape(result.choice)}")
+    out.print("  settings          " + ", ".join(f"{k} {v:g}" for k, v in chosen.settings.items() if v is not None))
+    if result.evaluation is not None:
+        within = "within" if result.evaluation["within_budget"] else "[red]OVER[/]"
+        out.print(f"  tunesmith eval    {within} the forgetting budget; report {result.output / chosen.run_dir / 'report.html'}")
+    out.print(f"  table, plot       {result.output / 'trials.csv'}, {result.output / 'tradeoff.png'}")
+    out.print(f"  train it again    tunesmith train {result.output / 'best.yaml'}")
+
+
 if __name__ == "__main__":
     main()
