@@ -140,22 +140,30 @@ _COLUMNS_HELP = ("Your file's columns for our fields, e.g. prompt=customer_messa
 _SYSTEM_PROMPT_HELP = "A system turn for rows without one: text or a .txt/.md file (config: system_prompt)."
 
 
+def _run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A run's flags (train; tune, for every trial): None unless given, so a CONFIG.yaml's values stand."""
+    options = [
+        click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default)."),
+        click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method})."),
+        click.option("--epochs", type=float, help="Passes over the data (default: from the data size)."),
+        click.option("--max-steps", type=int, help="Optimizer steps; wins over --epochs."),
+        click.option("--lr", type=float, help="Peak learning rate (default: per method)."),
+        click.option("--seed", type=int, help=f"Random seed (default {TrainConfig.seed})."),
+        click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA)."),
+        click.option("--columns", callback=_columns_flag, help=_COLUMNS_HELP),
+        click.option("--system-prompt", help=_SYSTEM_PROMPT_HELP),
+        click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens})."),
+        click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size})."),
+    ]
+    for option in reversed(options):  # the first listed comes first in --help
+        command = option(command)
+    return command
+
+
 @main.command("train")
 @click.argument("source", type=click.Path(), required=False)
-# Flags default to None, so that a CONFIG.yaml's values stand; the defaults named in the help are
-# the config fields', read from TrainConfig.
-@click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
-@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
+@_run_options
 @click.option("--output", help="Run directory (default runs/<data-name>-<timestamp>).")
-@click.option("--epochs", type=float, help="Passes over the data (default: from the data size).")
-@click.option("--max-steps", type=int, help="Optimizer steps; wins over --epochs.")
-@click.option("--lr", type=float, help="Peak learning rate (default: per method).")
-@click.option("--seed", type=int, help=f"Random seed (default {TrainConfig.seed}).")
-@click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA).")
-@click.option("--columns", callback=_columns_flag, help=_COLUMNS_HELP)
-@click.option("--system-prompt", help=_SYSTEM_PROMPT_HELP)
-@click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
-@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
 @click.option("--save-every", type=int, help="Checkpoint every N steps (default: at every evaluation).")
 @click.option("--report-to", callback=_report_to_flag,
               help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio; none for none "
@@ -498,56 +506,23 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_ta
 
 @main.command("tune")
 @click.argument("source", type=click.Path())
-# The run flags apply to every trial; one that sets a searched setting (--lr, --epochs, --max-steps) keeps
-# it out of the search. Defaults are the config's and the `tune:` section's (tuning/space.py).
 @click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials, 8).")
-@click.option("--minutes", type=click.FloatRange(min=0, min_open=True),
-              help="Start no trial after this much wall time (default: tune.minutes, no limit).")
-@click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
-@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-time limit (default: tune.minutes).")
+@_run_options  # for every trial; --lr, --epochs and --max-steps take their setting out of the search
 @click.option("--output", help="The search's folder (default runs/<data-name>-tune); the same one continues it.")
-@click.option("--epochs", type=float, help="Passes over the data for every trial (then epochs is not searched).")
-@click.option("--max-steps", type=int, help="Optimizer steps of every trial; wins over --epochs (epochs not searched).")
-@click.option("--lr", type=float, help="Peak learning rate of every trial (then lr is not searched).")
-@click.option("--seed", type=int, help=f"Seed of every trial and of the search (default {TrainConfig.seed}).")
-@click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA).")
-@click.option("--columns", callback=_columns_flag, help=_COLUMNS_HELP)
-@click.option("--system-prompt", help=_SYSTEM_PROMPT_HELP)
-@click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
-@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
 @click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` of the chosen run at the end.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder instead of continuing its search.")
-@click.option("--no-progress", is_flag=True, help="No progress bar in the trials (logs only).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
 def tune_command(source: str, trials: int | None, minutes: float | None, eval_data: str | None, no_eval: bool,
                  overwrite: bool, no_progress: bool, **flags: Any) -> None:
-    """Search settings on SOURCE (a data file or a CONFIG.yaml with an optional `tune:` section) for the
-    lowest held-out loss within the forgetting budget; kill it and run it again to continue."""
-    from .train import end_processes
-    from .tune import load_tune, tune
+    """Search settings on SOURCE (data, or a CONFIG.yaml with a `tune:` section) for the best model within budget."""
+    from .tune import load_tune, result_lines, tune
 
     config, settings, fixed = load_tune(source, {**flags, "eval": eval_data})
     result = tune(config, settings, fixed, trials=trials, minutes=minutes, evaluate=not no_eval, overwrite=overwrite,
                   console=console, show_progress=not no_progress)
-    end_processes()
-    if result.interrupted:
-        return
-    out = Console(highlight=False, soft_wrap=True)  # paths and the reason stay whole in a log
-    out.print()
-    out.print(f"[bold]tunesmith tune: {len(result.trials)} trial(s)[/] in {result.output}")
-    chosen = result.chosen
-    if chosen is None:
-        out.print(f"  [red]{escape(result.choice)}[/]")
-        return
-    verdict = "within" if result.within_budget else "[red]OVER[/]"
-    out.print(f"  chosen            {chosen.run_dir}: held-out loss {chosen.base_val_loss:.4f} -> {chosen.val_loss:.4f} "
-              f"({-(chosen.task_gain or 0):+.1%}), {verdict} the forgetting budget")
-    out.print(f"  why               {escape(result.choice)}")
-    out.print("  settings          " + ", ".join(f"{k} {v:g}" for k, v in chosen.settings.items() if v is not None))
-    if result.evaluation is not None:
-        within = "within" if result.evaluation["within_budget"] else "[red]OVER[/]"
-        out.print(f"  tunesmith eval    {within} the forgetting budget; report {result.output / chosen.run_dir / 'report.html'}")
-    out.print(f"  table, plot       {result.output / 'trials.csv'}, {result.output / 'tradeoff.png'}")
-    out.print(f"  train it again    tunesmith train {result.output / 'best.yaml'}")
+    if not result.interrupted:  # soft wrap: paths and the reason stay whole in a log
+        Console(highlight=False, soft_wrap=True).print("\n".join(result_lines(result)))
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from .tuning.study import (
 )
 from .tuning.trials import TrialRecord, choose, figures, read_trial, table_csv, table_json
 
-__all__ = ["TuneConfig", "TuneResult", "load_tune", "tune"]
+__all__ = ["TuneConfig", "TuneResult", "load_tune", "result_lines", "tune"]
 
 TRIALS_CSV, TRIALS_JSON, TRADEOFF_PNG, BEST_YAML, BEST_LINK = "trials.csv", "trials.json", "tradeoff.png", "best.yaml", "best"
 
@@ -114,6 +114,9 @@ def open_search(config: TrainConfig, settings: TuneConfig, fixed: Collection[str
                 console: Console) -> Search:
     """The search's folder and study (continued when it holds one of the same settings), interrupted trials
     queued again, and a header saying what is searched."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("tune runs its trials in one process each (not under torchrun or accelerate launch): to "
+                          "share a search, start several `tunesmith tune` processes on the same --output")
     if not config.forgetting.measure_during_training:
         raise ConfigError("config key 'forgetting.measure_during_training' must be true for tune: the forgetting "
                           "budget, the search's constraint, is measured by the probes at each evaluation")
@@ -295,3 +298,22 @@ def link_best(folder: Path, run_dir: str) -> None:
     except OSError:  # a file system without symbolic links
         shutil.rmtree(folder / BEST_LINK, ignore_errors=True)
         shutil.copytree(folder / run_dir, folder / BEST_LINK)
+
+
+def result_lines(result: TuneResult) -> list[str]:
+    """The search's outcome for the terminal (rich markup): the chosen trial and why, where the files are."""
+    chosen, output = result.chosen, result.output
+    lines = ["", f"[bold]tunesmith tune: {len(result.trials)} trial(s)[/] in {escape(str(output))}"]
+    if chosen is None:
+        return [*lines, f"  [red]{escape(result.choice)}[/]"]
+    verdict = "within" if result.within_budget else "[red]OVER[/]"
+    lines += [f"  chosen            {chosen.run_dir}: held-out loss {chosen.base_val_loss:.4f} -> {chosen.val_loss:.4f} "
+              f"({-(chosen.task_gain or 0):+.1%}), {verdict} the forgetting budget",
+              f"  why               {escape(result.choice)}",
+              "  settings          " + ", ".join(f"{k} {v:g}" for k, v in chosen.settings.items() if v is not None)]
+    if result.evaluation is not None:
+        within = "within" if result.evaluation["within_budget"] else "[red]OVER[/]"
+        lines.append(f"  tunesmith eval    {within} the forgetting budget; report "
+                     f"{escape(str(output / chosen.run_dir / 'report.html'))}")
+    return [*lines, f"  table, plot       {escape(str(output / TRIALS_CSV))}, {escape(str(output / TRADEOFF_PNG))}",
+            f"  train it again    tunesmith train {escape(str(output / BEST_YAML))}"]
