@@ -237,3 +237,10 @@ def test_the_readme_documents_every_tune_key_with_its_default():
             assert default is None
         else:
             assert yaml.safe_load(cell.strip("`").replace("none", "null")) == default, name
+
+
+def test_the_example_search_is_a_valid_tune_config():
+    root = Path(__file__).resolve().parents[1]
+    config, settings, fixed = load_tune(str(root / "examples" / "faq-tune.yaml"), {})
+    assert fixed == {"epochs"} and config.max_steps == 24 and settings.minutes == 25
+    assert [d.name for d in search_space(config, settings, fixed)] == ["lr", "lora.r", "forgetting.replay_fraction"]
