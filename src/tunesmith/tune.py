@@ -140,6 +140,7 @@ def open_search(config: TrainConfig, settings: TuneConfig, fixed: Collection[str
 
 
 def print_header(search: Search, resumed: list[str], console: Console) -> None:
+    """The search's first lines: what is searched and fixed, how much is done, which trials resume."""
     config, space = search.config, search.space
     searched = ", ".join(f"{d.name} {list(d.choices)}" if d.kind == "choice" else
                          f"{d.name} [{d.low:g}, {d.high:g}]{' (log)' if d.kind == 'log' else ''}" for d in space)
