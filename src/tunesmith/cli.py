@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -15,6 +15,7 @@ from rich.markup import escape
 
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
+from .cli_options import COLUMNS_HELP, SYSTEM_PROMPT_HELP, columns_flag, repetition_options, report_to_flag, run_options
 from .config import DEFAULT_MODEL, METHODS, TrainConfig, load_config
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 from .settings import (
@@ -119,45 +120,12 @@ def main() -> None:
     _quiet_libraries()
 
 
-def _columns_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
-    """--columns prompt=customer_message,completion=agent_reply as the `columns` mapping."""
-    if value is None:
-        return None
-    from .data.columns import parse_columns
-
-    return parse_columns(value)
-
-
-def _report_to_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
-    """--report-to tensorboard,mlflow as the `report_to` list; 'none' turns a config's trackers off."""
-    if value is None:
-        return None
-    return [] if value.strip().lower() == "none" else [name.strip() for name in value.split(",") if name.strip()]
-
-
-_COLUMNS_HELP = ("Your file's columns for our fields, e.g. prompt=customer_message,completion=agent_reply "
-                 "(config: columns).")
-_SYSTEM_PROMPT_HELP = "A system turn for rows without one: text or a .txt/.md file (config: system_prompt)."
-
-
 @main.command("train")
 @click.argument("source", type=click.Path(), required=False)
-# Flags default to None, so that a CONFIG.yaml's values stand; the defaults named in the help are
-# the config fields', read from TrainConfig.
-@click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
-@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
+@run_options
 @click.option("--output", help="Run directory (default runs/<data-name>-<timestamp>).")
-@click.option("--epochs", type=float, help="Passes over the data (default: from the data size).")
-@click.option("--max-steps", type=int, help="Optimizer steps; wins over --epochs.")
-@click.option("--lr", type=float, help="Peak learning rate (default: per method).")
-@click.option("--seed", type=int, help=f"Random seed (default {TrainConfig.seed}).")
-@click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA).")
-@click.option("--columns", callback=_columns_flag, help=_COLUMNS_HELP)
-@click.option("--system-prompt", help=_SYSTEM_PROMPT_HELP)
-@click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
-@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
 @click.option("--save-every", type=int, help="Checkpoint every N steps (default: at every evaluation).")
-@click.option("--report-to", callback=_report_to_flag,
+@click.option("--report-to", callback=report_to_flag,
               help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio; none for none "
                    "(default none; config: report_to).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
@@ -197,15 +165,6 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     out.print(f"  try it            tunesmith generate {result.run_dir} --prompt \"...\"")
 
 
-def _repetition_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """--repetition-penalty and --no-repeat-ngram-size, with Sampling's defaults (off)."""
-    command = click.option("--no-repeat-ngram-size", type=click.IntRange(min=0), default=Sampling.no_repeat_ngram_size,
-                           show_default=True, help="Never repeat an n-gram of this many tokens; 0 is off.")(command)
-    return click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
-                        default=Sampling.repetition_penalty, show_default=True,
-                        help="Penalise tokens already said (1.0 is off; 1.1-1.3 stops an answer that loops).")(command)
-
-
 @main.command("generate")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--prompt", required=True, help="The user message.")
@@ -213,7 +172,7 @@ def _repetition_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--base", is_flag=True, help="Answer with the base model (the run's adapters disabled), to compare.")
 @click.option("--max-new-tokens", type=int, default=Sampling.max_new_tokens, show_default=True)
 @click.option("--temperature", type=float, default=Sampling.temperature, show_default=True, help="0 is greedy.")
-@_repetition_options
+@repetition_options
 def generate_command(run: str, prompt: str, system: str | None, base: bool, max_new_tokens: int, temperature: float,
                      repetition_penalty: float, no_repeat_ngram_size: int) -> None:
     """Answer one prompt with the tuned model of RUN (or, with --base, its base model)."""
@@ -275,8 +234,8 @@ def data_group() -> None:
 @click.option("--max-line-bytes", type=int, help="Longest accepted line in bytes (default 1 MiB).")
 @click.option("--show", type=click.IntRange(min=0), default=0,
               help="Print N rendered examples, trained tokens highlighted.")
-@click.option("--columns", callback=_columns_flag, help=_COLUMNS_HELP)
-@click.option("--system-prompt", help=_SYSTEM_PROMPT_HELP)
+@click.option("--columns", callback=columns_flag, help=COLUMNS_HELP)
+@click.option("--system-prompt", help=SYSTEM_PROMPT_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
 def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
                        max_line_bytes: int | None, show: int, columns: dict[str, str] | None,
@@ -337,7 +296,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
 @click.option("--top-p", type=float, default=Sampling.top_p, show_default=True,
               help="Nucleus sampling mass (temperature > 0).")
 @click.option("--seed", type=int, help="Seed for sampled answers.")
-@_repetition_options
+@repetition_options
 @click.option("--knowledge", help="Answer with passages retrieved from this folder or .txt/.md/.jsonl file.")
 def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
                  seed: int | None, repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None) -> None:
@@ -494,6 +453,27 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_ta
     for line in result["verdict"].splitlines():
         out.print(f"  {line}", highlight=False)
     out.print(f"  report            {Path(run) / 'report.html'}")
+
+
+@main.command("tune")
+@click.argument("source", type=click.Path())
+@click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials, 8).")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-time limit (default: tune.minutes).")
+@run_options  # for every trial; --lr, --epochs and --max-steps take their setting out of the search
+@click.option("--output", help="The search's folder (default runs/<data-name>-tune); the same one continues it.")
+@click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` of the chosen run at the end.")
+@click.option("--overwrite", is_flag=True, help="Replace the output folder instead of continuing its search.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
+def tune_command(source: str, trials: int | None, minutes: float | None, eval_data: str | None, no_eval: bool,
+                 overwrite: bool, no_progress: bool, **flags: Any) -> None:
+    """Search settings on SOURCE (data, or a CONFIG.yaml with a `tune:` section) for the best model within budget."""
+    from .tune import load_tune, result_lines, tune
+
+    config, settings, fixed = load_tune(source, {**flags, "eval": eval_data})
+    result = tune(config, settings, fixed, trials=trials, minutes=minutes, evaluate=not no_eval, overwrite=overwrite,
+                  console=console, show_progress=not no_progress)
+    if not result.interrupted:  # soft wrap: paths and the reason stay whole in a log
+        Console(highlight=False, soft_wrap=True).print("\n".join(result_lines(result)))
 
 
 if __name__ == "__main__":

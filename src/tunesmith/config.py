@@ -299,22 +299,32 @@ OTHER_TOOLS_NAMES = {
 }
 
 
+COMMAND_SECTIONS = ("tune",)
+"""Top-level sections that configure a command around runs (`tune:`, read by `tunesmith tune`), not a
+run: `load_config` drops them, so one YAML serves `tune` and `train` and a run's config never holds one."""
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping as plain data; bad YAML is a ConfigError naming the line."""
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (or none), apply non-None overrides, and build a checked TrainConfig."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-            raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(loaded).__name__}")
-        raw = loaded
+        raw = {k: v for k, v in read_config_file(path).items() if k not in COMMAND_SECTIONS}
         # Relative data paths in a config file are relative to the file, so configs can travel.
         for key in ("data", "eval", "system_prompt"):
             value = raw.get(key)

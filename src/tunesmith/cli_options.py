@@ -1,0 +1,61 @@
+"""Flags that several commands of cli.py share: a run's settings (train, tune), the parsed --columns and
+--report-to values, the repetition controls of generate and chat."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from .config import DEFAULT_MODEL, METHODS, TrainConfig
+from .settings import Sampling
+
+
+def columns_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
+    """--columns prompt=customer_message,completion=agent_reply as the `columns` mapping."""
+    if value is None:
+        return None
+    from .data.columns import parse_columns
+
+    return parse_columns(value)
+
+
+def report_to_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    """--report-to tensorboard,mlflow as the `report_to` list; 'none' turns a config's trackers off."""
+    if value is None:
+        return None
+    return [] if value.strip().lower() == "none" else [name.strip() for name in value.split(",") if name.strip()]
+
+
+COLUMNS_HELP = ("Your file's columns for our fields, e.g. prompt=customer_message,completion=agent_reply "
+                 "(config: columns).")
+SYSTEM_PROMPT_HELP = "A system turn for rows without one: text or a .txt/.md file (config: system_prompt)."
+
+
+def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A run's flags (train; tune, for every trial): None unless given, so a CONFIG.yaml's values stand."""
+    options = [
+        click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default)."),
+        click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method})."),
+        click.option("--epochs", type=float, help="Passes over the data (default: from the data size)."),
+        click.option("--max-steps", type=int, help="Optimizer steps; wins over --epochs."),
+        click.option("--lr", type=float, help="Peak learning rate (default: per method)."),
+        click.option("--seed", type=int, help=f"Random seed (default {TrainConfig.seed})."),
+        click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA)."),
+        click.option("--columns", callback=columns_flag, help=COLUMNS_HELP),
+        click.option("--system-prompt", help=SYSTEM_PROMPT_HELP),
+        click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens})."),
+        click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size})."),
+    ]
+    for option in reversed(options):  # the first listed comes first in --help
+        command = option(command)
+    return command
+
+
+def repetition_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--repetition-penalty and --no-repeat-ngram-size, with Sampling's defaults (off)."""
+    command = click.option("--no-repeat-ngram-size", type=click.IntRange(min=0), default=Sampling.no_repeat_ngram_size,
+                           show_default=True, help="Never repeat an n-gram of this many tokens; 0 is off.")(command)
+    return click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
+                        default=Sampling.repetition_penalty, show_default=True,
+                        help="Penalise tokens already said (1.0 is off; 1.1-1.3 stops an answer that loops).")(command)
