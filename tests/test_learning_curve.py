@@ -140,3 +140,15 @@ def test_bad_fractions_are_refused(fractions, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")
                        .replace("]", r"\]")):
         CurveSettings(fractions=fractions)
+
+
+def test_a_floor_at_its_bound_is_called_so():
+    """The FAQ's four points fell as a pure power law: every refit put the floor at 0, and the
+    summary said "floor 0.000 (95% CI [0.000, 0.000])", which reads like a measured floor of zero."""
+    n = [57, 113, 226, 453]
+    pure = power_law(n, a=0.0, b=4.261, c=0.068)
+    verdict = analyse_curve(n, [0.125, 0.25, 0.5, 1.0], *held_out(pure), 3.7, [None] * 4).verdict
+    fit_line = next(line for line in verdict.splitlines() if line.startswith("Fit:"))
+    assert "no saturation is in sight" in fit_line
+    saturating = analyse_curve(N, [0.0625, 0.125, 0.25, 0.5, 1.0], *held_out(power_law(N)), 4.0, [None] * 5).verdict
+    assert "floor 1.200" in saturating and "no saturation" not in saturating

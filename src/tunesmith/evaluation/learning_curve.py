@@ -271,6 +271,10 @@ def analyse_curve(n: Sequence[int], fractions: Sequence[float], nll: np.ndarray,
 
 # --- the verdict, by the rules of the module docstring
 
+FLOOR_AT_BOUND = 1e-9
+"""A floor interval reaching down to this reaches the fit's bound (a >= 0): no floor is resolved."""
+
+
 def _ci(e: Estimate) -> str:
     return f"95% CI [{e.ci95[0]:.3f}, {e.ci95[1]:.3f}]"
 
@@ -278,8 +282,11 @@ def _ci(e: Estimate) -> str:
 def _fit_sentence(a: CurveAnalysis, n_points: int, top: int) -> str:
     f = a.fit
     if f.kind == "power_law":
-        text = (f"Fit: loss(n) = {f.a:.3f} + {f.b:.4g} * n^-{f.c:.3f} on {n_points} points; floor {f.a:.3f} "
-                f"({_ci(a.floor)})")
+        text = f"Fit: loss(n) = {f.a:.3f} + {f.b:.4g} * n^-{f.c:.3f} on {n_points} points; "
+        text += f"floor {f.a:.3f} ({_ci(a.floor)}"
+        if a.floor.ci95[0] <= FLOOR_AT_BOUND:  # the points may still fall as a pure power law
+            text += ": its interval reaches the fit's bound, 0, so no saturation is in sight in the range measured"
+        text += ")"
     else:
         text = f"Fit: loss(n) = {f.a:.3f} {f.b:+.4f} * ln(n) on {n_points} points ({a.note})"
     return (text + f"; predicted held-out loss at 2x ({2 * top:,} examples) {a.at_2x.value:.3f} ({_ci(a.at_2x)}), "
