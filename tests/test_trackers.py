@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from tunesmith import load_config, train
-from tunesmith.cli import _report_to_flag
+from tunesmith.cli_options import report_to_flag
 from tunesmith.errors import ConfigError
 from tunesmith.training.events import CheckpointEvent, StepEvent
 from tunesmith.training.rundir import RunDir
@@ -188,8 +188,8 @@ def test_report_to_is_a_list_of_known_trackers_and_the_flag_a_comma_list():
         load_config(None, {"data": "x.jsonl", "report_to": ["mlflow", "neptune"]})
     with pytest.raises(ConfigError, match="report_to"):
         load_config(None, {"data": "x.jsonl", "report_to": ["mlflow", "mlflow"]})
-    assert _report_to_flag(None, None, "tensorboard, mlflow") == ["tensorboard", "mlflow"]
-    assert _report_to_flag(None, None, "none") == [] and _report_to_flag(None, None, None) is None
+    assert report_to_flag(None, None, "tensorboard, mlflow") == ["tensorboard", "mlflow"]
+    assert report_to_flag(None, None, "none") == [] and report_to_flag(None, None, None) is None
 
 
 def test_the_train_command_refuses_an_unknown_tracker_as_a_usage_error(faq_file):
