@@ -36,9 +36,15 @@ def test_a_signal_before_the_first_step_leaves_no_run_directory(faq_file, tiny_m
         return measure(*args, **kwargs)
 
     monkeypatch.setattr(recipe, "validation_loss", signalled)
+    # Ctrl-C as in a terminal: a shell starts background jobs with SIGINT ignored (`.ci/run &`), and
+    # Python then installs no KeyboardInterrupt handler, rightly (nohup's promise is kept).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     out = tmp_path / "run"
-    with pytest.raises(StoppedBeforeTraining, match="before the first step") as stopped:
-        train(load_config(None, settings(faq_file("chat"), tiny_model_dir, out, max_steps=2)), show_progress=False)
+    try:
+        with pytest.raises(StoppedBeforeTraining, match="before the first step") as stopped:
+            train(load_config(None, settings(faq_file("chat"), tiny_model_dir, out, max_steps=2)), show_progress=False)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stopped.value.exit_code == 130
     assert not out.exists()  # the same command can simply run again
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers put back
