@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from rich.console import Console
 
-from .config import ConfigError, TrainConfig, default_epochs
+from .config import ConfigError, TrainConfig
 from .data import Example, PreparedData, data_options, prepare_data
 from .data.prepare import training_subset
 from .errors import RunDirError
@@ -151,10 +151,10 @@ def plan_points(config: TrainConfig, full: PreparedData, fractions: Sequence[flo
     """(config, training examples) of each point. Epochs and the evaluation interval come from the
     full training split, once: left to each point, small shares would get more epochs
     (`default_epochs`) and more evaluations per step, and the points would differ in more than data."""
-    epochs = config.epochs if config.epochs is not None else default_epochs(len(full.train))
-    resolved = config.resolve(len(full.train))
+    resolved = config.resolve(len(full.train))  # epochs of the full split (`default_epochs`) unless given
+    epochs = resolved.epochs
     micro_per_epoch = len(epoch_plan(full.train, config.batch_size, config.seed, 0, config.batch_tokens))
-    eval_every = plan_schedule(dataclasses.replace(resolved, epochs=epochs), micro_per_epoch, 1).eval_every
+    eval_every = plan_schedule(resolved, micro_per_epoch, 1).eval_every
     plans = []
     for fraction in fractions:
         n = len(training_subset(full.train, fraction, config.seed))
