@@ -135,6 +135,14 @@ def test_compare_json_end_to_end(tiny_run, embedder, monkeypatch):
     assert printed.exit_code == 0, printed.output
     assert "tuned+rag" in printed.stdout and "Recommendation:" in printed.stdout
     assert "training questions" not in printed.stdout  # --seen 0: no split of facts seen in training
+    assert not result["base_cached"]
+    again = CliRunner().invoke(main, ["compare", "--run", str(tiny_run), "--knowledge", str(knowledge), "--json",
+                                      "--limit", "5", "--seen", "3", "--max-new-tokens", "6"])
+    second = json.loads(again.stdout)  # the base's answers from the cache: the same figures
+    assert second["base_cached"] and second["samples"] == result["samples"] and second["splits"] == result["splits"]
+    fresh = CliRunner().invoke(main, ["compare", "--run", str(tiny_run), "--knowledge", str(knowledge), "--json",
+                                      "--limit", "5", "--seen", "3", "--max-new-tokens", "6", "--no-cache"])
+    assert not json.loads(fresh.stdout)["base_cached"]
 
 
 def test_compare_names_a_missing_knowledge_source(tiny_run, tmp_path):

@@ -380,15 +380,17 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
               help="Passages retrieved per question.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=CompareSettings.batch_size, show_default=True,
               help="Prompts decoded together (1: one unpadded prompt at a time).")
+@click.option("--no-cache", is_flag=True, help="Recompute the base model's answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print compare.json to stdout instead of the tables.")
 def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
-                    top_k: int, batch_size: int, as_json: bool) -> None:
+                    top_k: int, batch_size: int, no_cache: bool, as_json: bool) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
     from .compare import compare_run, format_table
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                retrieval=RetrievalSettings(top_k=top_k))
-    result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+    result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
+                         use_cache=not no_cache)
     if _print_json(result, as_json):
         return
     out = Console(highlight=False)

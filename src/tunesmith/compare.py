@@ -5,6 +5,8 @@ questions (facts seen in training); writes RUN/compare.json with a rule-based re
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 import time
@@ -20,9 +22,9 @@ from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import bootstrap_ci, paired_summary
 from .evaluation.recommend import Delta, Evidence, recommend
 from .evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
-from .forgetting.measure import base_view
+from .forgetting.measure import base_view, cached_base
 from .generate import load_run
-from .inference.decode import generate_batch
+from .inference.decode import adapters_merged, generate_batch
 from .retrieval import Retriever
 from .settings import CompareSettings
 from .training.rundir import RunDir
@@ -127,11 +129,25 @@ def general_texts() -> list[str]:
     return [text for _, text in wiki_articles()]
 
 
+def answers_fingerprint(prompts: Sequence[list[int]], settings: CompareSettings, model: Any) -> str:
+    """Names the base model's answers in the cache: the prompts' tokens (retrieved passages included),
+    the answer length and the dtype the model computes in."""
+    payload = json.dumps([list(map(int, p)) for p in prompts] + [settings.max_new_tokens,
+                                                                  str(next(model.parameters()).dtype)])
+    return "compare-" + hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _base_answers(view: Callable, generate: Callable[[Any], list[list[int]]]) -> dict[str, Any]:
+    with view() as base:
+        return {"answers": generate(base)}
+
+
 def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | None = None,
-                settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None
-                ) -> dict[str, Any]:
+                settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None,
+                use_cache: bool = True) -> dict[str, Any]:
     """Answer held-out and training questions with the four systems; score, recommend, write
-    RUN/compare.json and return its content."""
+    RUN/compare.json and return its content. The base model's answers come from the cache when an
+    earlier compare asked it the same prompts (`cached_base`; use_cache=False recomputes them)."""
     from .model.loading import load_base_copy
 
     log = log or (lambda message: None)
@@ -159,12 +175,14 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     generate = lambda m: generate_batch(m, plain + rag, settings.max_new_tokens, eos, pad, settings.batch_size)  # noqa: E731
     log(f"compare: {len(questions)} questions x 4 systems ({len(unseen)} held-out, {len(seen)} from training)")
     timer = time.perf_counter()
-    with view() as base:
-        base_out = generate(base)
+    base, cached = cached_base(config.model, tokenizer, answers_fingerprint(plain + rag, settings, model),
+                               lambda: _base_answers(view, generate), use_cache)
+    base_out = base["answers"]
     seconds = {"base": time.perf_counter() - timer}
-    log(f"compare: base and base+rag answered in {seconds['base']:.0f} s")
+    log(f"compare: base and base+rag answered in {seconds['base']:.0f} s" + (" (from the cache)" if cached else ""))
     timer = time.perf_counter()
-    tuned_out = generate(model)
+    with adapters_merged(model) as decoding:
+        tuned_out = generate(decoding)
     seconds["tuned"] = time.perf_counter() - timer
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
     n = len(questions)
@@ -194,6 +212,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
         "samples": [{"question": q.messages[-1]["content"], "reference": q.reference,
                      **{s: answers[s][i] for s in SYSTEMS}} for i, q in enumerate(questions[:SAMPLES_SHOWN])],
         "generation_seconds": seconds,
+        "base_cached": cached,
         "seconds": time.perf_counter() - started,
     }
     run.write_compare(result)

@@ -3,6 +3,7 @@ same examples for both, with paired bootstrap CIs; writes RUN/eval.json and RUN/
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -20,9 +21,9 @@ from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import paired_summary
 from .evaluation.text_metrics import exact_match, loops, rouge_l, token_f1
 from .forgetting.budget import budget_checks
-from .forgetting.measure import base_view, measure_probes
+from .forgetting.measure import base_view, cached_base, measure_probes
 from .forgetting.scoring import target_logprobs
-from .inference.decode import generate_batch
+from .inference.decode import adapters_merged, generate_batch
 from .training.rundir import RunDir, write_atomic
 
 SAMPLES_SHOWN = 5
@@ -59,37 +60,63 @@ def generation_sample(config: TrainConfig, val: Sequence[Example],
 
 def generate_answers(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, str]], str]],
                      sizes: TaskSizes) -> list[str]:
-    """Greedy answers to the sample's prompts, one unpadded prompt at a time (`generate_batch`)."""
+    """Greedy answers to the sample's prompts, decoded in batches (`generate_batch`), a tuned
+    model's adapter merged while it decodes (`adapters_merged`; the base view is left as it is)."""
     prompts = [encode_prompt(messages, tokenizer) for messages, _ in pairs]
-    out = generate_batch(model, prompts, sizes.max_new_tokens, sorted(end_of_turn_ids(tokenizer)), pad_id(tokenizer),
-                         batch_size=1)
+    with adapters_merged(model) as decoding:
+        out = generate_batch(decoding, prompts, sizes.max_new_tokens, sorted(end_of_turn_ids(tokenizer)),
+                             pad_id(tokenizer))
     return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out]
 
 
+def task_fingerprint(val: Sequence[Example], pairs: list[tuple[list[dict[str, str]], str]], sizes: TaskSizes,
+                     model: Any) -> str:
+    """Names the base side of `task_metrics` in the cache: the held-out examples' tokens, the questions
+    answered, the answer length and the dtype the model computes in."""
+    digest = hashlib.sha256()
+    for example in val:  # token ids may be memory-mapped from the token cache
+        for ids in (example.input_ids, example.targets):
+            digest.update(np.asarray(ids, np.int64).tobytes() + b";")
+    digest.update(json.dumps([[m for m, _ in pairs], asdict(sizes), str(next(model.parameters()).dtype)]).encode())
+    return "task-" + digest.hexdigest()[:16]
+
+
+def _base_task(view: Callable, tokenizer: Any, val: Sequence[Example], pairs: list[tuple[list[dict[str, str]], str]],
+               sizes: TaskSizes, log: Callable[[str], None]) -> dict[str, Any]:
+    """What the cache keeps of the base model on the task: per-example NLL sums and its answers."""
+    log(f"task: base model on {len(val)} held-out examples and {len(pairs)} answers")
+    with view() as base:
+        nll = [-float(lp.sum()) for lp in target_logprobs(base, val)]
+        answers = generate_answers(base, tokenizer, pairs, sizes) if pairs else []
+    return {"nll": nll, "answers": answers}
+
+
 def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable, sizes: TaskSizes,
-                 log: Callable[[str], None]) -> dict[str, Any]:
-    """Held-out loss and perplexity (every validation example), and generated-answer scores on a sample."""
+                 log: Callable[[str], None], use_cache: bool = True) -> dict[str, Any]:
+    """Held-out loss and perplexity (every validation example), and generated-answer scores on a
+    sample; the base model's side is read from the cache when an earlier eval of the same base,
+    examples and sizes wrote it (`cached_base`)."""
     data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
                         **data_options(config))
-    log(f"task: loss on {len(data.val)} held-out examples")
-    with view() as base:
-        base_lp = target_logprobs(base, data.val)
+    pairs = generation_sample(config, data.val, sizes)
+    base, cached = cached_base(config.model, tokenizer, task_fingerprint(data.val, pairs, sizes, model),
+                               lambda: _base_task(view, tokenizer, data.val, pairs, sizes, log), use_cache)
+    log(f"task: tuned model on {len(data.val)} held-out examples" + (" (the base's from the cache)" if cached else ""))
     tuned_lp = target_logprobs(model, data.val)
-    weights = np.array([lp.size for lp in base_lp], float)
-    base_nll = np.array([-lp.sum() for lp in base_lp])
-    tuned_nll = np.array([-lp.sum() for lp in tuned_lp])
+    weights = np.array([lp.size for lp in tuned_lp], float)
+    base_nll = np.array(base["nll"])
+    tuned_nll = np.array([-float(lp.sum()) for lp in tuned_lp])
     task: dict[str, Any] = {
         "n_examples": len(data.val),
         "loss": paired_summary(base_nll, tuned_nll, weights),
         "perplexity": paired_summary(base_nll, tuned_nll, weights, np.exp),
+        "base_cached": cached,
     }
-    pairs = generation_sample(config, data.val, sizes)
     task["n_generated"] = len(pairs)
     if not pairs:
         return task
-    log(f"task: generating {len(pairs)} answers with each model")
-    with view() as base:
-        base_text = generate_answers(base, tokenizer, pairs, sizes)
+    log(f"task: {len(pairs)} answers of the tuned model")
+    base_text = base["answers"]
     tuned_text = generate_answers(model, tokenizer, pairs, sizes)
     ones = np.ones(len(pairs))
     for name, fn in (("exact_match", exact_match), ("token_f1", token_f1), ("rouge_l", rouge_l)):
@@ -187,7 +214,7 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     base_model = load_base_copy(config)
     view = base_view(model, base_model)
     preset = "full" if full else "standard"
-    task = task_metrics(model, tokenizer, config, view, TASK_SIZES[preset], log)
+    task = task_metrics(model, tokenizer, config, view, TASK_SIZES[preset], log, use_cache)
     general = measure_probes(model, tokenizer, config.model, preset, config.forgetting.probes, base_model,
                              use_cache=use_cache, log=log)
     if lm_eval_tasks:

@@ -113,6 +113,21 @@ def _write_cache(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(data))
 
 
+def cached_base(model_name: str, tokenizer: Any, fingerprint: str, compute: Callable[[], dict[str, Any]],
+                use_cache: bool = True) -> tuple[dict[str, Any], bool]:
+    """(the base model's results, whether they came from the cache): `compute()`'s JSON-able dict,
+    read from the cache entry of (base model, chat template, `fingerprint`) when it holds one, else
+    computed and written there. The base side of a measurement depends on nothing a run trains."""
+    path = _cache_path(model_name, tokenizer, fingerprint)
+    cached = _read_cache(path) if use_cache else None
+    if cached is not None:
+        return cached, True
+    values = compute()
+    if use_cache:
+        _write_cache(path, values)
+    return values, False
+
+
 def probe_values(model: Any, tokenizer: Any, probe: Probe, sizes: ProbeSizes) -> np.ndarray:
     """(n, 2) per-example [value, weight] for a perplexity or choice probe.
 
@@ -133,7 +148,7 @@ def continuations(model: Any, tokenizer: Any, probe: Probe, sizes: ProbeSizes) -
     prompts = [prompt_ids(tokenizer, item.prompt) for item in probe.items]
     eos = sorted(end_of_turn_ids(tokenizer))
     pad = pad_id(tokenizer)
-    return generate_batch(model, prompts, sizes.kl_new_tokens, eos, pad, batch_size=1)
+    return generate_batch(model, prompts, sizes.kl_new_tokens, eos, pad)
 
 
 def score_probe(probe: Probe, base: np.ndarray, tuned: np.ndarray, seed: int = 0) -> ProbeScore:
@@ -162,26 +177,11 @@ def measure_probes(model: Any, tokenizer: Any, model_name: str, sizes: ProbeSize
     probes = build_probes(sizes, user_probes)
     fingerprint = probe_fingerprint(probes, sizes)
     view = base_view(model, base_model)
-    cache_path = _cache_path(model_name, tokenizer, fingerprint)
-    cached = _read_cache(cache_path) if use_cache else None
     was_training = model.training
     model.eval()
     try:
-        if cached is None:
-            cached = {}
-            with view() as base:
-                for probe in probes:
-                    if log:
-                        log(f"base model: probe {probe.name} ({len(probe.items)} items)")
-                    if probe.kind == "kl":
-                        cached[probe.name] = {"continuations": continuations(base, tokenizer, probe, sizes)}
-                    else:
-                        cached[probe.name] = {"values": probe_values(base, tokenizer, probe, sizes).tolist()}
-            if use_cache:
-                _write_cache(cache_path, cached)
-            base_cached = False
-        else:
-            base_cached = True
+        cached, base_cached = cached_base(model_name, tokenizer, fingerprint,
+                                          lambda: _base_results(view, tokenizer, probes, sizes, log), use_cache)
         scores = {}
         for probe in probes:
             if log:
@@ -199,6 +199,21 @@ def measure_probes(model: Any, tokenizer: Any, model_name: str, sizes: ProbeSize
         model.train(was_training)
     return ForgettingResult(scores, sizes.name, fingerprint, time.perf_counter() - started, base_cached,
                             {p.name: p.description for p in probes})
+
+
+def _base_results(view: BaseView, tokenizer: Any, probes: Sequence[Probe], sizes: ProbeSizes,
+                  log: Callable[[str], None] | None) -> dict[str, Any]:
+    """What the cache keeps of the base model: per-example values, or a KL probe's continuations."""
+    results: dict[str, Any] = {}
+    with view() as base:
+        for probe in probes:
+            if log:
+                log(f"base model: probe {probe.name} ({len(probe.items)} items)")
+            if probe.kind == "kl":
+                results[probe.name] = {"continuations": continuations(base, tokenizer, probe, sizes)}
+            else:
+                results[probe.name] = {"values": probe_values(base, tokenizer, probe, sizes).tolist()}
+    return results
 
 
 def measure_probes_fast(model: Any, tokenizer: Any, model_name: str, user_probes: Sequence[str] = (),

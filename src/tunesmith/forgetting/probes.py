@@ -79,19 +79,19 @@ _LINK_FILE = re.compile(r"\[\[(?:File|Image|Category|Media):", re.I)
 
 
 def _drop_nested(text: str, open_: str, close: str) -> str:
-    """Remove balanced `open_ ... close` spans (templates and tables nest, so no regex)."""
-    out, depth, i = [], 0, 0
-    while i < len(text):
-        if text.startswith(open_, i):
-            depth += 1
-            i += len(open_)
-        elif depth and text.startswith(close, i):
-            depth -= 1
-            i += len(close)
-        else:
+    """Remove balanced `open_ ... close` spans (templates and tables nest, so no single regex): a
+    scan from one marker to the next; a `close` outside any span is text."""
+    out, depth, kept_from = [], 0, 0
+    for marker in re.finditer(re.escape(open_) + "|" + re.escape(close), text):
+        if marker.group() == open_:
             if not depth:
-                out.append(text[i])
-            i += 1
+                out.append(text[kept_from:marker.start()])
+            depth += 1
+        elif depth:
+            depth -= 1
+            kept_from = marker.end()
+    if not depth:
+        out.append(text[kept_from:])
     return "".join(out)
 
 

@@ -1,0 +1,103 @@
+"""Eval's faster paths give the numbers the slow ones gave: batched decoding = one prompt at a time,
+the merged adapter is restored exactly, and eval.json's figures are those of the one-at-a-time code
+(pinned from it on the tiny model), with or without the base side's cache."""
+
+
+import pytest
+
+from tunesmith import load_config, train
+from tunesmith.evaluate import TASK_SIZES, TaskSizes, evaluate_run
+from tunesmith.forgetting import probes as probe_module
+from tunesmith.forgetting.probes import ProbeSizes
+
+SIZES = ProbeSizes("standard", wiki_passages=4, wiki_max_tokens=48, analogies_per_section=1, trivia=4, kl_prompts=6,
+                   kl_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_model_dir):
+    from conftest import faq_rows, write_jsonl
+
+    root = tmp_path_factory.mktemp("evalspeed")
+    data = write_jsonl(root / "faq.jsonl", faq_rows("chat") * 3)
+    config = load_config(None, {"data": str(data), "model": str(tiny_model_dir), "output": str(root / "run"),
+                                "max_steps": 6, "batch_size": 4, "lr": 3e-2, "val_fraction": 0.3,
+                                "forgetting": {"measure_during_training": False}})
+    train(config, show_progress=False)
+    return root / "run"
+
+
+@pytest.fixture(autouse=True)
+def sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(probe_module.PROBE_SIZES, "standard", SIZES)
+    monkeypatch.setitem(TASK_SIZES, "standard", TaskSizes(generate=8, max_new_tokens=12))
+
+
+def figures(result: dict) -> dict:
+    task = result["task"]
+    out = {f"task.{k}.{side}": task[k][side] for k in ("loss", "token_f1", "rouge_l") for side in ("base", "tuned")}
+    out.update({f"general.{k}.{side}": v[side] for k, v in result["general"].items() for side in ("base", "tuned")})
+    out["samples"] = [[s["base"], s["tuned"]] for s in task["samples"]]
+    return out
+
+
+# eval.json's figures from the code before batching, merging and the base cache (one prompt at a time,
+# adapters unmerged, every base pass computed), on this fixture. Loss and perplexity sums move in the
+# last digits when a pass is batched differently; answers and accuracies must not move at all.
+BEFORE = {
+    "task.loss.base": 5.998999865549915, "task.loss.tuned": 5.91918275941093,
+    "task.token_f1.base": 0.0, "task.token_f1.tuned": 0.0, "task.rouge_l.base": 0.0, "task.rouge_l.tuned": 0.0,
+    "general.wikipedia_ppl.base": 405.90887004669605, "general.wikipedia_ppl.tuned": 373.9306977168597,
+    "general.analogies.base": 0.07142857142857142, "general.analogies.tuned": 0.0,
+    "general.trivia.base": 0.0, "general.trivia.tuned": 0.0,
+    "general.kl_drift.base": 0.0, "general.kl_drift.tuned": 0.014576248514155546,
+    "samples": [["", "............"]] * 5,
+}
+
+
+def assert_before(result: dict) -> None:
+    got = figures(result)
+    assert got["samples"] == BEFORE["samples"]
+    for key, value in BEFORE.items():
+        if key != "samples":
+            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_eval_gives_the_figures_of_the_one_at_a_time_code_with_and_without_the_cache(run):
+    first = evaluate_run(run)
+    assert_before(first)
+    second = evaluate_run(run)  # the base side from the cache this time
+    assert second["base_cached"] and second["task"]["base_cached"] and not first["task"]["base_cached"]
+    assert_before(second)
+    assert figures(second) == figures(first)
+
+
+def test_merging_the_adapter_for_decoding_restores_it_bit_for_bit(tiny_run):
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from tunesmith.generate import load_run
+    from tunesmith.inference.decode import adapters_merged
+
+    model, _ = load_run(tiny_run)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    ids = torch.tensor([[5, 17, 42, 8, 99, 3, 250, 11]])
+    with torch.no_grad():
+        unmerged = model(input_ids=ids).logits
+        with adapters_merged(model) as merged:
+            layers = [m for m in merged.modules() if isinstance(m, BaseTunerLayer)]
+            assert layers and all(layer.merged for layer in layers)
+            changed = [name for name, p in merged.named_parameters() if not torch.equal(p, before[name])]
+            assert any("base_layer" in name for name in changed)  # the delta is in the weights now
+            merged_logits = merged(input_ids=ids).logits
+        after = model(input_ids=ids).logits
+    assert not any(layer.merged for layer in layers)
+    assert all(torch.equal(p, before[name]) for name, p in model.named_parameters())
+    assert torch.equal(after, unmerged)
+    scale = unmerged.abs().max()
+    assert (merged_logits - unmerged).abs().max() <= 0.02 * scale  # the same model, in other rounding
+    with torch.no_grad(), model.disable_adapter(), adapters_merged(model) as base:  # the base view stays the base
+        assert not any(layer.merged for layer in layers)
+        base_logits = base(input_ids=ids).logits
+    assert not torch.allclose(base_logits, unmerged)
