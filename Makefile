@@ -65,9 +65,10 @@ test: setup $(LLAMA_CPP_STAMP) $(TRACKING_STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
 	$(VENV)/bin/pytest -q -m slow
 
-bench: setup
+bench: setup $(LLAMA_CPP_STAMP)
 	$(PIP) install -q -e ".[dev,bench]"
 	$(PY) bench/bench_train.py --data varlen
+	$(PY) bench/bench_generate.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
