@@ -10,8 +10,8 @@ import types
 import pytest
 import torch
 import yaml
-from conftest import FAQ, write_jsonl
 
+from conftest import FAQ, write_jsonl
 from tunesmith import load_config, train
 from tunesmith.config import ConfigError, PreferenceConfig
 from tunesmith.data import DataError, read_records
