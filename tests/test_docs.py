@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 
-from tunesmith.config import ForgettingBudget, ForgettingConfig, LoraConfig, TrainConfig
+from tunesmith.config import ForgettingBudget, ForgettingConfig, LoraConfig, PreferenceConfig, TrainConfig
 from tunesmith.settings import ServeLimits
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 # Key prefix -> the dataclass holding the keys under it; the longest matching prefix wins.
 SECTIONS = {"forgetting.budget.": ForgettingBudget, "forgetting.": ForgettingConfig, "lora.": LoraConfig,
-            "": TrainConfig}
+            "preference.": PreferenceConfig, "": TrainConfig}
 REQUIRED, WORDS = object(), object()
 """A cell that says the key is required, and one that describes a derived default in words."""
 

@@ -28,14 +28,16 @@ def settings(data, model_dir, out, **more):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_before_the_first_step_leaves_no_run_directory(faq_file, tiny_model_dir, tmp_path, monkeypatch, sig):
-    measure = recipe.validation_loss
+    from tunesmith.training import preference as objectives  # the evaluation's home (the session's Objective)
+
+    measure = objectives.validation_loss
 
     def signalled(*args, **kwargs):  # the signal lands during the base evaluation
         os.kill(os.getpid(), sig)
         time.sleep(0.5)
         return measure(*args, **kwargs)
 
-    monkeypatch.setattr(recipe, "validation_loss", signalled)
+    monkeypatch.setattr(objectives, "validation_loss", signalled)
     # Ctrl-C as in a terminal: a shell starts background jobs with SIGINT ignored (`.ci/run &`), and
     # Python then installs no KeyboardInterrupt handler, rightly (nohup's promise is kept).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

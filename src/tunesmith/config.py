@@ -24,6 +24,10 @@ Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 Distributed = Literal["ddp", "fsdp"]
 DISTRIBUTED: tuple[str, ...] = get_args(Distributed)
+Objective = Literal["sft", "dpo", "orpo"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+PREFERENCE_OBJECTIVES = ("dpo", "orpo")
+"""The objectives that train on preference pairs (prompt, chosen, rejected) instead of answers."""
 Tracker = Literal["tensorboard", "mlflow", "wandb", "trackio"]
 TRACKERS: tuple[str, ...] = get_args(Tracker)
 CPU_FORWARD_TOKENS = 1024  # a CPU matmul is as fast per token at 1,024 rows as at 2,000 (docs/benchmarks.md)
@@ -40,7 +44,7 @@ def cache_dir() -> Path:
 
 
 # Keys holding nested config sections, each built by its own function rather than coerced.
-_NESTED_SECTIONS = ("lora", "forgetting", "budget")
+_NESTED_SECTIONS = ("lora", "forgetting", "budget", "preference")
 
 
 
@@ -122,6 +126,24 @@ class ForgettingConfig:
 
 
 @dataclass(frozen=True)
+class PreferenceConfig:
+    """The preference objectives' settings (the `preference:` key in YAML; read when `objective` is dpo
+    or orpo). docs/preference.md has the losses."""
+
+    beta: float = 0.1
+    """DPO's beta: how far the tuned model may move from the reference (the base). The loss is
+    -log sigmoid(beta x (chosen log-ratio - rejected log-ratio)); a smaller beta lets the model drift
+    further to separate the pair. 0.1 is the DPO paper's and TRL's default."""
+    orpo_lambda: float = 0.1
+    """ORPO's lambda: the weight of the odds-ratio term beside the chosen answers' cross-entropy
+    (ORPO needs no reference model). 0.1 is the ORPO paper's value for its 7B models and TRL's default."""
+
+    def __post_init__(self) -> None:
+        require(self.beta > 0, "preference.beta", f"must be positive, got {self.beta}")
+        require(self.orpo_lambda >= 0, "preference.orpo_lambda", f"must be non-negative, got {self.orpo_lambda}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs; `resolve()` fills the defaults that depend on the data."""
 
@@ -141,6 +163,11 @@ class TrainConfig:
     method: Method = "lora"
     """lora (default), dora (weight-decomposed LoRA), full (every weight trained), or qlora (LoRA on a
     4-bit base through bitsandbytes; CUDA only)."""
+    objective: Objective = "sft"
+    """What the run learns from: sft (answers: cross-entropy on the assistant turns), dpo (preference
+    pairs against the base as reference: the same model with adapters disabled, or with method full a
+    frozen copy), or orpo (preference pairs, reference-free: the chosen answers' cross-entropy plus an
+    odds-ratio term). `method` stays the kind of weights trained."""
     output: str | None = None
     """Run directory; None gives runs/<data-name>-<timestamp>."""
     epochs: float | None = None
@@ -212,6 +239,8 @@ class TrainConfig:
     """Adapter settings, used by the lora and dora methods."""
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
     """Forgetting budget, mitigations and extra general probes."""
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
+    """beta and orpo_lambda of the dpo and orpo objectives."""
 
     def forward_token_limit(self, device_type: str) -> int | None:
         """`forward_tokens` resolved for a device: the piece size, or None for whole micro-batches."""
@@ -222,6 +251,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         require(bool(self.data), "data", "is required: the training data file")
         require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
+        require(self.objective in OBJECTIVES, "objective",
+               f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        require(self.objective == "sft" or self.forgetting.replay_fraction == 0, "forgetting.replay_fraction",
+               f"must be 0 with objective {self.objective}: replayed text has no rejected side to compare")
         require(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
         require(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}")
@@ -254,21 +287,24 @@ class TrainConfig:
         return dataclasses.replace(
             self,
             epochs=self.epochs if self.epochs is not None else default_epochs(n_train_examples),
-            lr=self.lr if self.lr is not None else default_lr(self.method),
+            lr=self.lr if self.lr is not None else default_lr(self.method, self.objective),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def default_lr(method: str) -> float:
-    """Peak learning rate per method.
+def default_lr(method: str, objective: str = "sft") -> float:
+    """Peak learning rate per method and objective.
 
     Measured on SmolLM2-135M and the bundled FAQ (docs/benchmarks.md): adapters need a rate near
     1e-3 to learn a small task in a few epochs; full fine-tuning moves every weight and wants 1e-4
-    at most before general-text perplexity climbs.
+    at most before general-text perplexity climbs. The preference objectives take a tenth: their
+    gradient does not fade as the pair separates the way cross-entropy's does near a fitted answer,
+    and TRL's DPO recipes use 5e-6 (full) to 5e-5 (LoRA) on 7B models (not yet measured here).
     """
-    return 5e-5 if method == "full" else 1e-3  # every other method trains an adapter
+    rate = 5e-5 if method == "full" else 1e-3  # every other method trains an adapter
+    return rate / 10 if objective in PREFERENCE_OBJECTIVES else rate
 
 
 EXAMPLES_SEEN = 400
@@ -296,6 +332,8 @@ OTHER_TOOLS_NAMES = {
     # inside a section, the section's prefix first
     "lora.rank": "lora.r", "lora.lora_r": "lora.r", "lora.lora_alpha": "lora.alpha", "lora.lora_dropout": "lora.dropout",
     "lora.target": "lora.target_modules",
+    "beta": "preference.beta", "dpo_beta": "preference.beta", "orpo_alpha": "preference.orpo_lambda",
+    "loss_type": "objective",
 }
 
 
@@ -355,10 +393,14 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
         raise ConfigError(f"{source}: 'lora' must be a mapping (r, alpha, dropout, target_modules)")
     lora = LoraConfig(**_typed_kwargs(LoraConfig, lora_raw, source, prefix="lora."))
     forgetting = forgetting_from_dict(raw.pop("forgetting", None) or {}, source)
+    preference_raw = raw.pop("preference", None) or {}
+    if not isinstance(preference_raw, dict):
+        raise ConfigError(f"{source}: 'preference' must be a mapping (beta, orpo_lambda)")
+    preference = PreferenceConfig(**_typed_kwargs(PreferenceConfig, preference_raw, source, prefix="preference."))
     kwargs = _typed_kwargs(TrainConfig, raw, source, prefix="")
     if "data" not in kwargs:
         raise ConfigError(f"{source}: config key 'data' is required: the training data file")
-    return TrainConfig(**kwargs, lora=lora, forgetting=forgetting)
+    return TrainConfig(**kwargs, lora=lora, forgetting=forgetting, preference=preference)
 
 
 def forgetting_from_dict(raw: Any, source: str) -> ForgettingConfig:
@@ -375,7 +417,7 @@ def forgetting_from_dict(raw: Any, source: str) -> ForgettingConfig:
 
 
 _SECTIONS: dict[str, type] = {"": TrainConfig, "lora.": LoraConfig, "forgetting.": ForgettingConfig,
-                               "forgetting.budget.": ForgettingBudget}
+                               "forgetting.budget.": ForgettingBudget, "preference.": PreferenceConfig}
 
 
 def unknown_keys(raw: dict[str, Any], prefix: str = "") -> list[str]:

@@ -18,10 +18,11 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from .config import ConfigError, TrainConfig
+from .config import PREFERENCE_OBJECTIVES, ConfigError, TrainConfig
 from .data import PreparedData, data_options, prepare_data
 from .data.cache import passed_check, record_check
 from .data.check import check_files
+from .data.preference import prepare_pairs
 from .errors import NonFiniteLossError, StoppedBeforeTraining
 from .forgetting import ReplaySource, measure_probes_fast, probe_metrics_row, within_budget
 from .model.attention import use_packed_attention
@@ -44,7 +45,6 @@ from .training.checkpoint import (
 from .training.events import (
     METRICS_EVENTS,
     CheckpointEvent,
-    EvaluationEvent,
     FinishedEvent,
     ProbesEvent,
     StepEvent,
@@ -52,7 +52,8 @@ from .training.events import (
     Subscriber,
     TrainingEvent,
 )
-from .training.loss import KLTerm, backward_group, validation_loss
+from .training.loss import KLTerm, backward_group
+from .training.preference import Objective, objective_for, reference_needed
 from .training.processes import end_processes, make_accelerator
 from .training.resume import create_run, locate_run, restore_run
 from .training.rundir import RunDir, refuse_occupied
@@ -125,6 +126,8 @@ class Session:
     """The run's record: every metrics.jsonl row so far; saved with each checkpoint, appended to."""
     started: float
     """perf_counter() when `train` began."""
+    objective: Objective
+    """The loss of a step and what an evaluation measures (sft, dpo, orpo: training/preference.py)."""
 
 
 def train(config: TrainConfig, overwrite: bool = False, console: Console | None = None,
@@ -207,8 +210,9 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
         refuse_occupied(Path(config.output), overwrite)
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     check_data(config, tokenizer, console)
-    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
-                        **data_options(config), train_fraction=config.train_fraction)
+    prepare = prepare_pairs if config.objective in PREFERENCE_OBJECTIVES else prepare_data  # pairs or answers
+    data = prepare(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
+                   **data_options(config), train_fraction=config.train_fraction)
     for warning in data.warnings:
         if not warning.startswith("small data:"):  # the data check above has said it already
             console.print(f"[yellow]warning:[/] {warning}")
@@ -218,7 +222,7 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     dtype = compute_dtype(config.precision)
     model, sharded = build_model(config, accelerator, dtype, console)
     fg = config.forgetting
-    base_copy = load_base_copy(config, needed=fg.kl_weight > 0 or fg.measure_during_training)
+    base_copy = load_base_copy(config, needed=fg.kl_weight > 0 or fg.measure_during_training or reference_needed(config))
     micro_per_epoch = len(epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens))
     schedule = plan_schedule(config, micro_per_epoch, accelerator.num_processes)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -242,7 +246,8 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     session = Session(config, accelerator, console, tokenizer, data, run, model, base_copy, optimizer,
                       inner_optimizer, scheduler, trainable, dtype, schedule,
                       eval_batches(data.val, config.batch_size),
-                      config.forward_token_limit(accelerator.device.type), sharded, start, metrics, started)
+                      config.forward_token_limit(accelerator.device.type), sharded, start, metrics, started,
+                      objective_for(config, base_copy))
     print_header(session)
     return session
 
@@ -274,7 +279,7 @@ def print_header(s: Session) -> None:
     length = f"{config.epochs:g} epoch(s) = {schedule.total_steps} steps" if not config.max_steps else \
         f"{schedule.total_steps} steps (max_steps; {schedule.total_steps / schedule.steps_per_epoch:.2g} epoch(s))"
     s.console.print(
-        f"[bold]tunesmith train[/] {config.method} on {config.model}: {len(s.data.train)} train / {len(s.data.val)} "
+        f"[bold]tunesmith train[/] {config.method}{'' if config.objective == 'sft' else ' ' + config.objective} on {config.model}: {len(s.data.train)} train / {len(s.data.val)} "
         f"val examples, {length} of {step_size} "
         f"({per_micro} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es)"
         f"{', sharded (FSDP)' if s.sharded else ''}, packed: 0% padding"
@@ -295,7 +300,7 @@ def print_header(s: Session) -> None:
 def evaluate_base(s: Session, record: Record) -> float:
     """The base model's validation loss: measured on a fresh run, read from the record on resume."""
     if s.start.step == 0:
-        record(EvaluationEvent(0, validation_loss(s.model, s.val_batches, s.accelerator.device, s.dtype)))
+        record(s.objective.evaluate(s.model, s.val_batches, s.accelerator.device, s.dtype, 0))
         s.console.print(f"base validation loss {s.metrics[-1]['val_loss']:.4f}")
     return next(r["val_loss"] for r in s.metrics if r["step"] == 0 and "val_loss" in r)
 
@@ -360,7 +365,7 @@ def backward(s: Session, batches: list[Batch], kl_term: KLTerm | None) -> float:
     world, rank = s.accelerator.num_processes, s.accelerator.process_index
     step_loss = backward_group(s.model, batches[rank::world], s.accelerator, s.dtype,
                                group_trained=sum(b.n_trained for b in batches), kl_term=kl_term,
-                               forward_tokens=s.forward_tokens)
+                               forward_tokens=s.forward_tokens, step_loss=s.objective.step_loss(batches))
     if world > 1:
         step_loss = float(s.accelerator.reduce(torch.tensor(step_loss, device=s.accelerator.device), "sum"))
     return step_loss
@@ -401,8 +406,8 @@ def data_position(group: list[tuple[int, int, Batch]], n_train: int) -> tuple[in
 
 def evaluate_and_probe(s: Session, step: int, record: Record) -> float:
     """The validation loss after `step`, and the forgetting probes when measured during training."""
-    val_loss = validation_loss(s.model, s.val_batches, s.accelerator.device, s.dtype)
-    record(EvaluationEvent(step, val_loss))
+    record(s.objective.evaluate(s.model, s.val_batches, s.accelerator.device, s.dtype, step))
+    val_loss = s.metrics[-1]["val_loss"]
     fg = s.config.forgetting
     if fg.measure_during_training:
         with autocast(s.accelerator.device, s.dtype):  # frozen weights may be stored in bf16

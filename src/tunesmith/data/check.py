@@ -19,6 +19,7 @@ from rich.markup import escape
 from .columns import ColumnMap, check_columns
 from .limits import CheckLimits
 from .pii import find_pii
+from .preference import check_pairs, is_preference_data
 from .prepare import held_out_count, small_data_warnings
 from .records import (
     Conversation,
@@ -151,6 +152,9 @@ def check_files(data: str | Path, eval_data: str | Path | None, tokenizer: Any, 
     them. `columns` and `system_prompt` as in `read_records`; `val_fraction` (without an eval file)
     lets the check say whether the held-out share is big enough to judge a run."""
     limits = limits or CheckLimits()
+    if is_preference_data(data, columns):  # pairs have their own checks (data/preference.py)
+        return CheckReport(*check_pairs(data, eval_data, tokenizer, max_seq_tokens, limits, columns=columns,
+                                        system_prompt=system_prompt))
     report = CheckReport()
     checker = _Checker(tokenizer, max_seq_tokens, limits, report, show, check_columns(columns or {}), system_prompt)
     train_index = DuplicateIndex(limits.near_duplicate_jaccard)

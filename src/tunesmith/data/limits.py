@@ -27,6 +27,10 @@ class CheckLimits:
     small_train_examples: int = 50
     """Fewer training examples than this are called tiny: OpenAI's fine-tuning guide sees clear gains
     from 50-100 examples, and a few dozen are memorised rather than generalised."""
+    pair_length_ratio: float = 3.0
+    """A preference pair whose one answer has more than this many times the other's trained tokens is
+    flagged: DPO raises the chosen side's summed log-probability, so a longer chosen side is an easy
+    shortcut (Park et al. 2024, "Disentangling length from quality in DPO")."""
     max_issues_shown: int = 50
     """Problems printed per kind (errors, warnings); the rest are counted, and all are in --json."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .columns import ColumnMap, check_columns, mapping_hint
-from .formats import detect_format
+from .formats import PREFERENCE_FORMATS, detect_format
 from .issues import DataError, DataIssue
 from .limits import CheckLimits
 from .rows import CSV_SUFFIXES, JSON_SUFFIXES, iter_rows
@@ -59,7 +59,21 @@ class Document:
     validation split over several such documents holds each one out whole."""
 
 
-Record = Conversation | Document
+@dataclass(frozen=True)
+class PreferencePair:
+    """A prompt and two answers to it, the chosen one preferred (the dpo and orpo objectives)."""
+
+    prompt: tuple[Message, ...]
+    """The turns before the answers (system, user, and earlier assistant turns, never trained)."""
+    chosen: tuple[Message, ...]
+    """The preferred answer's assistant turn(s)."""
+    rejected: tuple[Message, ...]
+    """The answer the chosen one is preferred over."""
+    source: str
+    """file:line of the row."""
+
+
+Record = Conversation | Document | PreferencePair
 
 
 def resolve_data_path(path: str | Path) -> Path:
@@ -154,6 +168,8 @@ def read_data(path: str | Path, limits: CheckLimits | None = None, *, columns: C
 
 def with_system_prompt(record: Record, system_prompt: str | None) -> Record:
     """The record with `system_prompt` as its first turn, when it is a conversation without a system turn."""
+    if isinstance(record, PreferencePair) and system_prompt and not any(m.role == "system" for m in record.prompt):
+        return replace(record, prompt=(Message("system", system_prompt), *record.prompt))
     if not system_prompt or not isinstance(record, Conversation) or any(m.role == "system" for m in record.messages):
         return record
     return replace(record, messages=(Message("system", system_prompt), *record.messages))
@@ -295,6 +311,9 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
         messages += [Message("user", prompt), Message("assistant", output)]
         return Conversation(tuple(messages), source) if len(issues) == before else None
 
+    if fmt in PREFERENCE_FORMATS:
+        return _to_pair(row, fmt, source, at, need_text, issues)
+
     if fmt == "prompt_completion":
         prompt = need_text(row.get("prompt"), "prompt")
         completion = need_text(row.get("completion"), "completion")
@@ -330,6 +349,52 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
     if len(issues) == before and not any(m.role == "assistant" for m in messages):
         issues.append(at(key, "has no assistant turn — add the answer the model should learn"))
     return Conversation(tuple(messages), source) if len(issues) == before else None
+
+
+def _to_pair(row: dict[str, Any], fmt: str, source: str, at: Any, need_text: Any,
+             issues: list[DataIssue]) -> PreferencePair | None:
+    """A preference row ({prompt, chosen, rejected}, each a string or a list of chat turns, or OpenAI's
+    {input: {messages}, preferred_output, non_preferred_output}) as a pair, or None with its problems."""
+    before = len(issues)
+    if fmt == "preference":
+        names = ("prompt", "chosen", "rejected")
+        prompt_value = row.get("prompt")
+    else:
+        names = ("input.messages", "preferred_output", "non_preferred_output")
+        given = row.get("input")
+        prompt_value = given.get("messages") if isinstance(given, dict) else given
+    prompt = _turns(prompt_value, names[0], "user", at, need_text, issues)
+    chosen, rejected = (_turns(row.get(key.split(".")[0]), key, "assistant", at, need_text, issues) for key in names[1:])
+    if len(issues) > before:
+        return None
+    if not all(m.role == "assistant" for m in chosen + rejected):
+        issues.append(at(names[1], "the answers may hold assistant turns only — put other turns in the prompt"))
+    elif [m.content.strip() for m in chosen] == [m.content.strip() for m in rejected]:
+        issues.append(at(names[2], f"is the same as {names[1]} — a pair teaches nothing unless the answers differ"))
+    if prompt and prompt[-1].role == "assistant":
+        issues.append(at(names[0], "ends with an assistant turn — the answers follow the prompt's last user turn"))
+    prompt = tuple(replace(m, trained=False) for m in prompt)  # only the answers are compared
+    return PreferencePair(prompt, chosen, rejected, source) if len(issues) == before else None
+
+
+def _turns(value: Any, name: str, role: str, at: Any, need_text: Any, issues: list[DataIssue]) -> tuple[Message, ...]:
+    """A string as one turn of `role`, or a list of {role, content} chat turns; () with the problem in `issues`."""
+    if value is None:
+        issues.append(at(name, "is missing — a preference row needs prompt, chosen and rejected"))
+        return ()
+    if isinstance(value, str):
+        return (Message(role, need_text(value, name)),)
+    if not isinstance(value, list) or not value:
+        issues.append(at(name, "must be a string or a non-empty list of {role, content} turns"))
+        return ()
+    turns = []
+    for i, turn in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(turn, dict) or turn.get("role") not in CHAT_ROLES:
+            issues.append(at(f"{where}.role", f"must be an object with a role ({', '.join(CHAT_ROLES)}) and content"))
+            continue
+        turns.append(Message(turn["role"], need_text(turn.get("content"), f"{where}.content")))
+    return tuple(turns)
 
 
 def _unknown(value: Any, name: str) -> str:

@@ -13,8 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import TemplateError
-from .records import Conversation, Document
+from ..errors import ConfigError, TemplateError
+from .records import Conversation, Document, PreferencePair
 
 IGNORE = -100
 # Private-use code points stand in for message text while the template renders, so that we know
@@ -228,6 +228,9 @@ def tokenize_records(records: list[Any], tokenizer: Any, max_seq_tokens: int) ->
         if isinstance(record, Document):
             examples.extend(encode_document(record, tokenizer, max_seq_tokens))
             continue
+        if isinstance(record, PreferencePair):
+            raise ConfigError(f"{record.source}: a preference row (prompt, chosen, rejected) — train preference "
+                                "files with objective: dpo or orpo")
         example, was_cut = encode_conversation(record, tokenizer, max_seq_tokens)
         if was_cut:
             truncated.append(record.source)

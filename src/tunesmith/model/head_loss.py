@@ -78,6 +78,66 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
         return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, torch.is_grad_enabled())
 
 
+class _LinearLogProbs(torch.autograd.Function):
+    """log softmax(hidden @ weight.T)[row, target] per row: the preference losses need each sequence's
+    summed log-probability, not one total. The rows' gradients to `hidden` are made in the forward
+    pass and scaled by each row's incoming gradient; the head weight's (full fine-tuning only) needs
+    that gradient inside the sum, so it is recomputed chunk by chunk in the backward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int, grads: bool) -> torch.Tensor:
+        need_hidden, need_weight = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)  # (n,)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        for start in range(0, hidden.shape[0], chunk):
+            rows, target = hidden[start : start + chunk], targets[start : start + chunk, None]  # (c, d), (c, 1)
+            log_probs = torch.log_softmax(rows @ weight.T, dim=1, dtype=acc)  # (c, V)
+            out[start : start + chunk] = log_probs.gather(1, target)[:, 0]
+            if need_hidden:  # d log p[target] / d logits = one-hot - softmax
+                grad = _one_hot_minus_softmax(log_probs, target).to(hidden.dtype)
+                grad_hidden[start : start + chunk] = grad @ weight
+        ctx.save_for_backward(grad_hidden if need_hidden else None, *((hidden, weight, targets) if need_weight else ()))
+        ctx.need, ctx.chunk = (need_hidden, need_weight), chunk
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        saved = ctx.saved_tensors
+        grad_hidden = saved[0] * grad_out[:, None].to(saved[0].dtype) if ctx.need[0] else None
+        grad_weight = None
+        if ctx.need[1]:
+            hidden, weight, targets = saved[1:]
+            acc = torch.promote_types(hidden.dtype, torch.float32)
+            grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+            for start in range(0, hidden.shape[0], ctx.chunk):
+                rows, target = hidden[start : start + ctx.chunk], targets[start : start + ctx.chunk, None]
+                grad = _one_hot_minus_softmax(torch.log_softmax(rows @ weight.T, dim=1, dtype=acc), target)
+                grad_weight += ((grad * grad_out[start : start + ctx.chunk, None]).to(hidden.dtype).T @ rows).to(acc)
+        return grad_hidden, grad_weight, None, None, None
+
+
+def _one_hot_minus_softmax(log_probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(c, V) one-hot(target) - softmax, made in place of `log_probs`."""
+    grad = log_probs.exp_().neg_()
+    return grad.scatter_add_(1, target, torch.ones_like(target, dtype=grad.dtype))
+
+
+def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                     chunk: int = CHUNK_ROWS) -> torch.Tensor:
+    """(n,) log-probability of each row's target through the head `weight` (V, d), fp32 at least;
+    the autocast dtype as in `linear_cross_entropy`."""
+    device = hidden.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        hidden, weight = hidden.to(dtype), weight.to(dtype)
+    elif weight.dtype != hidden.dtype:
+        weight = weight.to(hidden.dtype)
+    with torch.autocast(device, enabled=False):
+        return _LinearLogProbs.apply(hidden, weight, targets, chunk, torch.is_grad_enabled())
+
+
 def chunked_head(model: Any) -> torch.nn.Linear | None:
     """The model's output layer when the chunked loss can stand in for it, else None.
 
@@ -95,11 +155,12 @@ def chunked_head(model: Any) -> torch.nn.Linear | None:
 
 
 @contextlib.contextmanager
-def head_returns_loss(head: torch.nn.Linear, targets: torch.Tensor) -> Iterator[None]:
+def head_returns_loss(head: torch.nn.Linear, targets: torch.Tensor, per_row: bool = False) -> Iterator[None]:
     """For one model call, the head returns the summed cross-entropy of its rows against `targets`
-    (in the model output's `logits` field) instead of their logits."""
-    head.forward = lambda hidden: linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight,
-                                                       targets, CHUNK_ROWS)
+    (in the model output's `logits` field) instead of their logits; with `per_row`, each row's
+    log-probability of its target, (n,)."""
+    loss = linear_log_probs if per_row else linear_cross_entropy
+    head.forward = lambda hidden: loss(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets, CHUNK_ROWS)
     try:
         yield
     finally:

@@ -24,7 +24,8 @@ class Batch:
     input_ids: torch.Tensor  # (1, T) T = total tokens of the packed examples
     position_ids: torch.Tensor  # (1, T) 0..len-1 per example, which tells attention where examples end
     targets: torch.Tensor  # (1, T) next-token targets, IGNORE where untrained
-    bounds: torch.Tensor  # (n_examples + 1,) cumulative example lengths: example i is [bounds[i], bounds[i+1])
+    bounds: torch.Tensor  # (n_sequences + 1,) cumulative sequence lengths: sequence i is [bounds[i], bounds[i+1])
+    # (one sequence per example; two per preference pair, chosen then rejected)
     sources: tuple[str, ...]
 
     @property
@@ -37,8 +38,11 @@ class Batch:
 
 
 def pack_examples(examples: Sequence[Example]) -> Batch:
-    """Concatenate examples; transformers sees restarting position ids and masks across examples."""
-    lengths = [len(e.input_ids) for e in examples]
+    """Concatenate examples; transformers sees restarting position ids and masks across examples.
+
+    An example with `segments` (a preference pair: chosen, then rejected) is that many sequences
+    that do not attend to each other; `sources` keeps one entry per example."""
+    lengths = [n for e in examples for n in getattr(e, "segments", (len(e.input_ids),))]
     input_ids = np.concatenate([np.asarray(e.input_ids, dtype=np.int64) for e in examples])  # (T,)
     targets = np.concatenate([np.asarray(e.targets, dtype=np.int64) for e in examples])  # (T,)
     positions = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])  # (T,)
@@ -51,16 +55,17 @@ def pack_examples(examples: Sequence[Example]) -> Batch:
     )
 
 
-def split_batch(batch: Batch, max_tokens: int | None) -> list[Batch]:
+def split_batch(batch: Batch, max_tokens: int | None, per_example: int = 1) -> list[Batch]:
     """`batch` as consecutive pieces of whole examples of at most `max_tokens` tokens each (an
     example longer than that is a piece alone); the batch itself when it fits or `max_tokens` is None.
+    `per_example`: sequences per example (2 for preference pairs, which are never cut apart).
 
     The summed losses of the pieces are the batch's, so running them one after another and adding
     their gradients changes nothing but the peak memory, which follows the piece, not the batch.
     """
     if max_tokens is None or batch.n_tokens <= max_tokens:
         return [batch]
-    bounds = batch.bounds.tolist()
+    bounds = batch.bounds.tolist()[::per_example]  # the examples' edges
     cuts, start = [0], 0
     for i in range(1, len(bounds) - 1):  # cut before example i when it would overfill the piece
         if bounds[i + 1] - bounds[start] > max_tokens:
@@ -71,7 +76,8 @@ def split_batch(batch: Batch, max_tokens: int | None) -> list[Batch]:
     for first, last in itertools.pairwise(cuts):
         a, z = bounds[first], bounds[last]
         pieces.append(Batch(input_ids=batch.input_ids[:, a:z], position_ids=batch.position_ids[:, a:z],
-                            targets=batch.targets[:, a:z], bounds=batch.bounds[first : last + 1] - a,
+                            targets=batch.targets[:, a:z],
+                            bounds=batch.bounds[first * per_example : last * per_example + 1] - a,
                             sources=batch.sources[first:last]))
     return pieces
 
@@ -116,7 +122,8 @@ def epoch_plan(examples: Sequence[Example], batch_size: int, seed: int, epoch: i
 
 def micro_batches(examples: Sequence[Example], batch_size: int, seed: int, start_epoch: int = 0,
                   start_index: int = 0, batch_tokens: int | None = None) -> Iterator[tuple[int, int, Batch]]:
-    """Endless (epoch, examples of the epoch before this batch, batch) stream, from any position."""
+    """Endless (epoch, examples of the epoch before this batch, batch) stream, from any position
+    (a preference pair is one example: both sides in the same batch)."""
     epoch, start = start_epoch, start_index
     while True:
         consumed = 0
@@ -139,10 +146,28 @@ def loss_sum(model: Any, batch: Batch, device: torch.device) -> torch.Tensor:
     untrained prompt tokens are never built; and it runs in chunks of rows with the loss computed
     inside (head_loss.py), so the [trained tokens x vocab] logits never exist at once either.
     """
+    return _trained_positions(model, batch, device, per_row=False)[0]
+
+
+def sequence_log_probs(model: Any, batch: Batch, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-probability of each sequence's trained tokens, its trained tokens), (n_sequences,)
+    each, with `loss_sum`'s economy: the head runs on trained positions only, in chunks."""
+    row_log_probs, keep = _trained_positions(model, batch, device, per_row=True)  # (n_trained,) each
+    ends = batch.bounds[1:].to(device=device, dtype=torch.int64)
+    sequence = torch.bucketize(keep, ends, right=True)  # the sequence of each trained position
+    n = len(ends)
+    sums = torch.zeros(n, dtype=row_log_probs.dtype, device=device).index_add(0, sequence, row_log_probs)
+    return sums, torch.bincount(sequence, minlength=n)
+
+
+def _trained_positions(model: Any, batch: Batch, device: torch.device, per_row: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the summed cross-entropy, or with `per_row` each trained position's log-probability; the
+    trained positions' indices)."""
     targets = batch.targets[0].to(device)
     keep = (targets != IGNORE).nonzero().squeeze(1)  # (n_trained,)
     head = chunked_head(model)
-    with head_returns_loss(head, targets[keep]) if head is not None else contextlib.nullcontext():
+    with head_returns_loss(head, targets[keep], per_row) if head is not None else contextlib.nullcontext():
         out = model(
             input_ids=batch.input_ids.to(device),
             position_ids=batch.position_ids.to(device),
@@ -151,6 +176,8 @@ def loss_sum(model: Any, batch: Batch, device: torch.device) -> torch.Tensor:
             cu_seq_lens_q=batch.bounds,  # read by the packed attention (attention.py); other kernels ignore it
         )
     if head is not None:
-        return out.logits  # the summed loss, from the head
+        return out.logits, keep  # from the head: the summed loss, or the rows' log-probabilities
     logits = out.logits[0].float()  # (n_trained, vocab)
-    return F.cross_entropy(logits, targets[keep], reduction="sum")
+    if per_row:
+        return torch.log_softmax(logits, dim=1).gather(1, targets[keep, None])[:, 0], keep
+    return F.cross_entropy(logits, targets[keep], reduction="sum"), keep

@@ -55,10 +55,14 @@ class EvaluationEvent:
     step: int
     """Optimizer steps done when measured (0: the untouched model)."""
     val_loss: float
-    """Mean cross-entropy per trained token of the validation set."""
+    """Mean cross-entropy per trained token of the validation set (objective dpo or orpo: the
+    preference loss of the held-out pairs)."""
+    preference: dict[str, Any] | None = None
+    """Objective dpo or orpo: preference_accuracy, reward_margin (each with a 95% `_ci`) and pairs
+    of the held-out pairs (training/preference.py); None for sft."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "val_loss": self.val_loss}
+        return {"step": self.step, "val_loss": self.val_loss, **(self.preference or {})}
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -39,9 +39,18 @@ class KLTerm:
     """The frozen base copy; None with adapters (the tuned model with its adapters disabled)."""
 
 
+class StepLoss(Protocol):
+    """An objective's loss of one piece of a step, already divided by the step's totals (so that the
+    pieces' losses add up to the step's), and how many sequences make one of its examples."""
+
+    per_example: int
+
+    def __call__(self, model: Any, piece: Batch, device: torch.device) -> torch.Tensor: ...
+
+
 def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torch.dtype,
                    group_trained: int | None = None, kl_term: KLTerm | None = None,
-                   forward_tokens: int | None = None) -> float:
+                   forward_tokens: int | None = None, step_loss: StepLoss | None = None) -> float:
     """Accumulate this process's gradients of one optimizer step; returns its share of the step's
     mean loss per trained token.
 
@@ -52,18 +61,21 @@ def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torc
     `forward_tokens` tokens safe to run in pieces (`split_batch`). DDP averages gradients over
     processes, so each process scales its part by the world size to make that average the sum
     (FSDP's reduce-scatter averages the same way). `kl_term` adds
-    weight x KL(base || tuned) on general text, averaged over the step's micro-batches.
+    weight x KL(base || tuned) on general text, averaged over the step's micro-batches. `step_loss`
+    replaces the cross-entropy by another objective's loss (training/preference.py), normalised the
+    same way by the step's totals.
     """
     n_trained = group_trained or sum(b.n_trained for b in group)
     world = accelerator.num_processes
     total = 0.0
     for i, batch in enumerate(group):
-        pieces = split_batch(batch, forward_tokens)
+        pieces = split_batch(batch, forward_tokens, step_loss.per_example if step_loss is not None else 1)
         for j, piece in enumerate(pieces):
             last = i == len(group) - 1 and j == len(pieces) - 1
             with contextlib.nullcontext() if last else accelerator.no_sync(model):
                 with autocast(accelerator.device, dtype):
-                    loss = loss_sum(model, piece, accelerator.device) / n_trained
+                    loss = step_loss(model, piece, accelerator.device) if step_loss is not None else \
+                        loss_sum(model, piece, accelerator.device) / n_trained
                     if kl_term is not None and j == 0:
                         kl = kl_to_base_loss(model, kl_term.batches[i], kl_term.base_model,
                                              inner=accelerator.unwrap_model(model))
