@@ -98,7 +98,7 @@ def test_objective_and_data_must_agree(tmp_path, tiny_model_dir, faq_file):
         load_config(None, {"data": "x", "objective": "orpo", "forgetting": {"replay_fraction": 0.1}})
 
 
-def test_dpo_with_lora_starts_at_ln_2_and_learns_a_learnable_preference(tmp_path, tiny_model_dir):
+def test_dpo_with_lora_starts_at_ln_2_and_learns_a_learnable_preference(tmp_path, tiny_model_dir, monkeypatch):
     data = write_jsonl(tmp_path / "pairs.jsonl", pairs_rows(4))
     out = tmp_path / "dpo"
     train(load_config(None, {"data": str(data), "model": str(tiny_model_dir), "output": str(out), "objective": "dpo",
@@ -112,6 +112,26 @@ def test_dpo_with_lora_starts_at_ln_2_and_learns_a_learnable_preference(tmp_path
     assert evals[0]["preference_accuracy"] == 0.5 and evals[0]["reward_margin"] == 0.0
     assert evals[-1]["preference_accuracy"] == 1.0 and evals[-1]["preference_accuracy_ci"][0] > 0.5
     assert evals[-1]["reward_margin"] > 0.5 and evals[-1]["val_loss"] < 0.3
+    assert_eval_measures_the_preference(out, evals[-1]["reward_margin"], monkeypatch)
+
+
+def assert_eval_measures_the_preference(run, reward_margin: float, monkeypatch) -> None:
+    """`tunesmith eval` of a DPO run: the held-out pairs, each model's own preference, the verdict says it."""
+    from tunesmith.evaluate import TASK_SIZES, TaskSizes, evaluate_run
+    from tunesmith.forgetting import probes as probe_module
+    from tunesmith.forgetting.probes import ProbeSizes
+
+    monkeypatch.setitem(probe_module.PROBE_SIZES, "standard", ProbeSizes(
+        "standard", wiki_passages=2, wiki_max_tokens=32, analogies_per_section=1, trivia=2, kl_prompts=2,
+        kl_new_tokens=4))
+    monkeypatch.setitem(TASK_SIZES, "standard", TaskSizes(generate=2, max_new_tokens=6))
+    task = evaluate_run(run)["task"]
+    assert task["n_examples"] == RunDir(run).metrics()[0]["pairs"]  # every held-out pair, as training's evaluation
+    assert {"preference_accuracy", "logp_margin", "loss", "token_f1"} <= set(task) and task["n_generated"] == 2
+    # DPO's reward margin is beta times the change of the log-likelihood margin: the same movement.
+    assert task["logp_margin"]["delta"] == pytest.approx(reward_margin / 0.1, rel=0.2)
+    assert task["preference_accuracy"]["tuned"] >= task["preference_accuracy"]["base"]
+    assert "prefers the chosen answer" in evaluate_run(run)["verdict"]
 
 
 def test_orpo_raises_held_out_preference_accuracy(tmp_path, tiny_model_dir):

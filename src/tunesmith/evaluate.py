@@ -14,8 +14,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import PREFERENCE_OBJECTIVES, TrainConfig
 from .data import Example, answered_questions, data_options, encode_prompt, prepare_data, read_records
+from .data.preference import prepare_pairs, read_pairs
 from .data.probe_files import read_probe_file
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import paired_summary
@@ -81,37 +82,64 @@ def task_fingerprint(val: Sequence[Example], pairs: list[tuple[list[dict[str, st
     return "task-" + digest.hexdigest()[:16]
 
 
-def _base_task(view: Callable, tokenizer: Any, val: Sequence[Example], pairs: list[tuple[list[dict[str, str]], str]],
-               sizes: TaskSizes, log: Callable[[str], None]) -> dict[str, Any]:
+def task_examples(config: TrainConfig, tokenizer: Any, sizes: TaskSizes
+                  ) -> tuple[list[Example], list[Example], list[tuple[list[dict[str, str]], str]]]:
+    """(held-out examples whose loss is measured, their rejected sides, the questions answered).
+
+    A preference run (objective dpo/orpo) is measured on its held-out pairs: the loss on the chosen
+    answers, the rejected ones beside them (which answer each model prefers), and the prompts
+    answered against the chosen answer as the reference. Other runs have no rejected sides."""
+    if config.objective not in PREFERENCE_OBJECTIVES:
+        data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction,
+                            config.seed, **data_options(config))
+        return list(data.val), [], generation_sample(config, data.val, sizes)
+    data = prepare_pairs(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
+                         **data_options(config))
+    cut = [e.chosen_tokens for e in data.val]
+    chosen = [Example(list(e.input_ids[:k]), list(e.targets[:k]), e.source) for e, k in zip(data.val, cut)]
+    rejected = [Example(list(e.input_ids[k:]), list(e.targets[k:]), e.source) for e, k in zip(data.val, cut)]
+    held_out = {e.source for e in data.val}
+    pairs = [([{"role": m.role, "content": m.content} for m in p.prompt], p.chosen[-1].content)
+             for p in read_pairs(config.eval or config.data, **data_options(config)) if p.source in held_out]
+    random.Random(sizes.seed).shuffle(pairs)
+    return chosen, rejected, pairs[: sizes.generate]
+
+
+def _base_task(view: Callable, tokenizer: Any, val: Sequence[Example], rejected: Sequence[Example],
+               pairs: list[tuple[list[dict[str, str]], str]], sizes: TaskSizes,
+               log: Callable[[str], None]) -> dict[str, Any]:
     """What the cache keeps of the base model on the task: per-example NLL sums and its answers."""
     log(f"task: base model on {len(val)} held-out examples and {len(pairs)} answers")
     with view() as base:
         nll = [-float(lp.sum()) for lp in target_logprobs(base, val)]
+        rejected_nll = [-float(lp.sum()) for lp in target_logprobs(base, rejected)]
         answers = generate_answers(base, tokenizer, pairs, sizes) if pairs else []
-    return {"nll": nll, "answers": answers}
+    return {"nll": nll, "rejected_nll": rejected_nll, "answers": answers}
 
 
 def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable, sizes: TaskSizes,
                  log: Callable[[str], None], use_cache: bool = True) -> dict[str, Any]:
     """Held-out loss and perplexity (every validation example), and generated-answer scores on a
-    sample; the base model's side is read from the cache when an earlier eval of the same base,
-    examples and sizes wrote it (`cached_base`)."""
-    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
-                        **data_options(config))
-    pairs = generation_sample(config, data.val, sizes)
-    base, cached = cached_base(config.model, tokenizer, task_fingerprint(data.val, pairs, sizes, model),
-                               lambda: _base_task(view, tokenizer, data.val, pairs, sizes, log), use_cache)
-    log(f"task: tuned model on {len(data.val)} held-out examples" + (" (the base's from the cache)" if cached else ""))
-    tuned_lp = target_logprobs(model, data.val)
+    sample; for a preference run also which answer of each held-out pair each model prefers. The
+    base model's side is read from the cache when an earlier eval of the same base, examples and
+    sizes wrote it (`cached_base`)."""
+    val, rejected, pairs = task_examples(config, tokenizer, sizes)
+    base, cached = cached_base(config.model, tokenizer, task_fingerprint([*val, *rejected], pairs, sizes, model),
+                               lambda: _base_task(view, tokenizer, val, rejected, pairs, sizes, log), use_cache)
+    log(f"task: tuned model on {len(val)} held-out examples" + (" (the base's from the cache)" if cached else ""))
+    tuned_lp = target_logprobs(model, val)
     weights = np.array([lp.size for lp in tuned_lp], float)
     base_nll = np.array(base["nll"])
     tuned_nll = np.array([-float(lp.sum()) for lp in tuned_lp])
     task: dict[str, Any] = {
-        "n_examples": len(data.val),
+        "n_examples": len(val),
         "loss": paired_summary(base_nll, tuned_nll, weights),
         "perplexity": paired_summary(base_nll, tuned_nll, weights, np.exp),
         "base_cached": cached,
     }
+    if rejected:
+        tuned_rejected = np.array([-float(lp.sum()) for lp in target_logprobs(model, rejected)])
+        task.update(preference_scores(base_nll, np.array(base["rejected_nll"]), tuned_nll, tuned_rejected))
     task["n_generated"] = len(pairs)
     if not pairs:
         return task
@@ -134,6 +162,18 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
     return task
 
 
+def preference_scores(base_chosen: np.ndarray, base_rejected: np.ndarray, tuned_chosen: np.ndarray,
+                      tuned_rejected: np.ndarray) -> dict[str, Any]:
+    """Per held-out pair, from each side's summed NLL: whether the model gives the chosen answer the
+    higher log-likelihood (`preference_accuracy`), and by how much (`logp_margin`, nats), base vs
+    tuned with paired intervals. The model's own preference, not DPO's implicit reward, which is
+    zero for the base by definition."""
+    ones = np.ones(len(base_chosen))
+    return {"preference_accuracy": paired_summary((base_rejected > base_chosen).astype(float),
+                                                  (tuned_rejected > tuned_chosen).astype(float), ones),
+            "logp_margin": paired_summary(base_rejected - base_chosen, tuned_rejected - tuned_chosen, ones)}
+
+
 def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]],
             training: dict[str, Any] | None = None) -> str:
     """Three plain sentences: what improved, what was lost, whether it is within budget; a fourth when
@@ -143,6 +183,9 @@ def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]],
     learned = f"Task: held-out loss {loss['base']:.3f} -> {loss['tuned']:.3f} ({change:+.1%}"
     lo, hi = loss["ci95"]
     learned += f", 95% CI of change [{lo:+.3f}, {hi:+.3f}])"
+    if "preference_accuracy" in task:
+        acc = task["preference_accuracy"]
+        learned += f"; prefers the chosen answer {acc['base']:.0%} -> {acc['tuned']:.0%} of held-out pairs"
     if "token_f1" in task:
         f1 = task["token_f1"]
         learned += f"; answer token F1 {f1['base']:.2f} -> {f1['tuned']:.2f}"
