@@ -23,6 +23,7 @@ from .evaluation.bootstrap import bootstrap_ci, paired_summary
 from .evaluation.recommend import Delta, Evidence, recommend
 from .evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
 from .forgetting.measure import base_view, cached_base
+from .forgetting.probes import general_texts
 from .generate import load_run
 from .inference.decode import adapters_merged, generate_batch
 from .retrieval import Retriever
@@ -120,13 +121,6 @@ def evidence(splits: dict[str, Any]) -> Evidence:
                     tuning_style=delta("all", "tuning", "style_match"),
                     tuning_length_error=delta("all", "tuning", "length_error"),
                     tuning_with_rag=delta("unseen", "tuning_with_rag", "token_f1"))
-
-
-def general_texts() -> list[str]:
-    """Plain general text (the Wikipedia sample of the forgetting probes), the contrast for style markers."""
-    from .forgetting.probes import wiki_articles
-
-    return [text for _, text in wiki_articles()]
 
 
 def answers_fingerprint(prompts: Sequence[list[int]], settings: CompareSettings, model: Any) -> str:

@@ -20,9 +20,10 @@ from .data.preference import prepare_pairs, read_pairs
 from .data.probe_files import read_probe_file
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import paired_summary
-from .evaluation.text_metrics import exact_match, loops, rouge_l, token_f1
+from .evaluation.text_metrics import exact_match, loops, rouge_l, style_markers, style_match, token_f1
 from .forgetting.budget import budget_checks
 from .forgetting.measure import base_view, cached_base, measure_probes
+from .forgetting.probes import general_texts
 from .forgetting.scoring import target_logprobs
 from .inference.decode import adapters_merged, generate_batch
 from .training.rundir import RunDir, write_atomic
@@ -82,9 +83,20 @@ def task_fingerprint(val: Sequence[Example], pairs: list[tuple[list[dict[str, st
     return "task-" + digest.hexdigest()[:16]
 
 
-def task_examples(config: TrainConfig, tokenizer: Any, sizes: TaskSizes
-                  ) -> tuple[list[Example], list[Example], list[tuple[list[dict[str, str]], str]]]:
-    """(held-out examples whose loss is measured, their rejected sides, the questions answered).
+@dataclass(frozen=True)
+class TaskData:
+    val: list[Example]
+    """Held-out examples whose loss is measured (a preference run: the chosen sides)."""
+    rejected: list[Example]
+    """The rejected sides of a preference run's held-out pairs, in the same order; else empty."""
+    pairs: list[tuple[list[dict[str, str]], str]]
+    """The questions answered: (prompt messages, reference answer)."""
+    train_answers: list[str]
+    """The training split's answers, whose typical words are the style markers."""
+
+
+def task_examples(config: TrainConfig, tokenizer: Any, sizes: TaskSizes) -> TaskData:
+    """The held-out examples, the questions answered and the training answers of a run.
 
     A preference run (objective dpo/orpo) is measured on its held-out pairs: the loss on the chosen
     answers, the rejected ones beside them (which answer each model prefers), and the prompts
@@ -92,7 +104,10 @@ def task_examples(config: TrainConfig, tokenizer: Any, sizes: TaskSizes
     if config.objective not in PREFERENCE_OBJECTIVES:
         data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction,
                             config.seed, **data_options(config))
-        return list(data.val), [], generation_sample(config, data.val, sizes)
+        held_out = {e.source for e in data.val}
+        train = [q.reference for q in answered_questions(read_records(config.data, **data_options(config)))
+                 if q.source not in held_out]
+        return TaskData(list(data.val), [], generation_sample(config, data.val, sizes), train)
     data = prepare_pairs(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
                          **data_options(config))
     cut = [e.chosen_tokens for e in data.val]
@@ -102,7 +117,8 @@ def task_examples(config: TrainConfig, tokenizer: Any, sizes: TaskSizes
     pairs = [([{"role": m.role, "content": m.content} for m in p.prompt], p.chosen[-1].content)
              for p in read_pairs(config.eval or config.data, **data_options(config)) if p.source in held_out]
     random.Random(sizes.seed).shuffle(pairs)
-    return chosen, rejected, pairs[: sizes.generate]
+    train = [p.chosen[-1].content for p in read_pairs(config.data, **data_options(config)) if p.source not in held_out]
+    return TaskData(chosen, rejected, pairs[: sizes.generate], train)
 
 
 def _base_task(view: Callable, tokenizer: Any, val: Sequence[Example], rejected: Sequence[Example],
@@ -123,7 +139,8 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
     sample; for a preference run also which answer of each held-out pair each model prefers. The
     base model's side is read from the cache when an earlier eval of the same base, examples and
     sizes wrote it (`cached_base`)."""
-    val, rejected, pairs = task_examples(config, tokenizer, sizes)
+    data = task_examples(config, tokenizer, sizes)
+    val, rejected, pairs = data.val, data.rejected, data.pairs
     base, cached = cached_base(config.model, tokenizer, task_fingerprint([*val, *rejected], pairs, sizes, model),
                                lambda: _base_task(view, tokenizer, val, rejected, pairs, sizes, log), use_cache)
     log(f"task: tuned model on {len(val)} held-out examples" + (" (the base's from the cache)" if cached else ""))
@@ -155,6 +172,11 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
     # the token limit can still score some token F1, so it is counted on its own.
     task["looping"] = paired_summary(np.array([loops(t) for t in base_text], float),
                                      np.array([loops(t) for t in tuned_text], float), ones)
+    # Whether an answer uses the training answers' house words (compare's style match, same rule).
+    markers = style_markers(data.train_answers, general_texts())
+    task["style_match"] = paired_summary(np.array([style_match(t, markers) for t in base_text]),
+                                         np.array([style_match(t, markers) for t in tuned_text]), ones)
+    task["style_markers"] = markers
     task["samples"] = [
         {"prompt": messages[-1]["content"], "reference": ref, "base": b, "tuned": t}
         for (messages, ref), b, t in list(zip(pairs, base_text, tuned_text))[:SAMPLES_SHOWN]

@@ -156,6 +156,11 @@ def wiki_articles() -> tuple[tuple[str, str], ...]:
     return tuple(articles)
 
 
+def general_texts() -> list[str]:
+    """Plain general text (the Wikipedia sample), the contrast for a data set's style markers."""
+    return [text for _, text in wiki_articles()]
+
+
 def split_wiki_articles(seed: int = PROBE_SEED) -> tuple[list[int], list[int]]:
     """(probe article indices, replay article indices): a fixed, disjoint split."""
     order = list(range(len(wiki_articles())))
