@@ -336,10 +336,10 @@ def test_kill_9_of_the_server_mid_job_resumes_with_the_same_losses(client, two_j
     proc = start_server(home, port, tiny_model_dir, base_config)  # its new worker waits for the old one to go
     try:
         done = wait_for(lambda: finished(killed, job.id))
+        assert done.status == "succeeded", done.error
+        assert "resuming" in (home / "logs" / f"{job.id}.log").read_text()
+        assert any(e.message.startswith("The server restarted") for e in killed.fine_tuning.jobs.list_events(job.id))
+        assert step_losses(killed, job.id) == reference and sorted(reference) == list(range(1, 61))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    assert done.status == "succeeded", done.error
-    assert "resuming" in (home / "logs" / f"{job.id}.log").read_text()
-    assert any(e.message.startswith("The server restarted") for e in killed.fine_tuning.jobs.list_events(job.id))
-    assert step_losses(killed, job.id) == reference and sorted(reference) == list(range(1, 61))
