@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 from click.testing import CliRunner
+
 from conftest import FAQ, faq_rows, write_jsonl
 from test_serve import free_port, running
-
 from tunesmith.cli import main
 from tunesmith.generate import generate, load_run
 from tunesmith.server.app import ServerSettings, build_server_app, load_base, open_home
