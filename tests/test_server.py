@@ -46,6 +46,15 @@ def wait_for(predicate, timeout=120.0, every=0.05):
     return value
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_workers():
+    """Workers and the killed server are processes of their own: one thread each trains the 2-layer
+    model as fast as two, without two cores' spin-waiting beside the test's own process."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
 @pytest.fixture(scope="module")
 def base_config(tmp_path_factory):
     path = tmp_path_factory.mktemp("server-config") / "base.yaml"
@@ -343,3 +352,18 @@ def test_kill_9_of_the_server_mid_job_resumes_with_the_same_losses(client, two_j
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_a_full_job_queue_is_429(server, tmp_path):
+    from starlette.testclient import TestClient
+
+    served = server[1]
+    settings = ServerSettings(tmp_path, model="unused", limits=ServerLimits(max_queued_jobs=2))
+    app = build_server_app(open_home(tmp_path), settings, served.model, served.tokenizer, "tiny-model0")
+    # Outside a `with`, the lifespan (and so the scheduler) does not run: the jobs stay waiting.
+    web = TestClient(app, base_url="http://127.0.0.1")
+    upload = web.post("/v1/files", files={"file": ("a.jsonl", b'{"text": "x"}\n')}, data={"purpose": "fine-tune"})
+    body = {"model": "tiny-model0", "training_file": upload.json()["id"]}
+    assert [web.post("/v1/fine_tuning/jobs", json=body).status_code for _ in range(3)] == [200, 200, 429]
+    refused = web.post("/v1/fine_tuning/jobs", json=body).json()["error"]
+    assert refused["code"] == "queue_full" and refused["type"] == "rate_limit_error"
