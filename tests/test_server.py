@@ -118,7 +118,8 @@ def two_jobs(client, faq_upload, server):
 
 
 def test_files_upload_list_content_delete(client, faq_upload, tmp_path):
-    assert faq_upload.id.startswith("file-") and faq_upload.purpose == "fine-tune" and faq_upload.filename == "faq.jsonl"
+    assert faq_upload.id.startswith("file-") and faq_upload.purpose == "fine-tune"
+    assert faq_upload.filename == "faq.jsonl"
     assert faq_upload.bytes == len("".join(json.dumps(r) + "\n" for r in faq_rows("chat")))
     assert faq_upload.id in [f.id for f in client.files.list()]
     assert client.files.retrieve(faq_upload.id).bytes == faq_upload.bytes
@@ -222,7 +223,8 @@ def test_cancel_stops_a_running_job_with_a_checkpoint(client, faq_upload, two_jo
     ({"model": "tiny-model0", "training_file": "file-000000000000000000000000"}, 400, "training_file"),
     ({"model": "tiny-model0", "training_file": "../../tunesmith.db"}, 400, "training_file"),
     ({"model": "tiny-model0", "training_file": "f", "method": {"type": "dpo"}}, 400, "method.type"),
-    ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"n_epochs": 0}}, 400, "hyperparameters.n_epochs"),
+    ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"n_epochs": 0}}, 400,
+     "hyperparameters.n_epochs"),
     ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"beta": 1}}, 400, "hyperparameters.beta"),
     ({"model": "tiny-model0", "training_file": "f", "suffix": "a/b"}, 400, "suffix"),
 ])

@@ -85,9 +85,9 @@ def open_home(path: Path) -> Home:
 def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer: Any, base_id: str,
                      system_prompt: str | None = None) -> Any:
     """The ASGI app: the scheduler runs while the app does (started and stopped by its lifespan)."""
-    limits, store = settings.limits, home.store
-    served = ServedJobs(model, tokenizer, base_id, settings.serve_limits, GenerationGate(settings.serve_limits.max_queued),
-                        int(getattr(model.config, "max_position_embeddings", 0) or settings.serve_limits.max_prompt_tokens),
+    limits, store, chat = settings.limits, home.store, settings.serve_limits
+    served = ServedJobs(model, tokenizer, base_id, chat, GenerationGate(chat.max_queued),
+                        int(getattr(model.config, "max_position_embeddings", 0) or chat.max_prompt_tokens),
                         system_prompt=system_prompt, store=store, home=home.path)
     scheduler = Scheduler(store, home.path, tokenizer, limits)
 
