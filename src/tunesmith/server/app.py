@@ -128,8 +128,7 @@ def file_routes(home: Home, limits: ServerLimits) -> list[Route]:
                 raise RequestError(400, f"'purpose' must be one of {', '.join(PURPOSES)}, got {purpose!r}", "purpose")
             if not isinstance(part, UploadFile):
                 raise RequestError(400, "'file' is required: a multipart file part", "file")
-            row = await save_upload(part, home.path, part.filename or "", limits.max_upload_bytes)
-        row["purpose"] = purpose
+            row = await save_upload(part, home.path, part.filename or "", purpose, limits.max_upload_bytes)
         store.add_file(row)
         return JSONResponse(file_object(row))
 

@@ -55,7 +55,7 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
             "status_details": None, "expires_at": None}
 
 
-async def save_upload(upload: Any, home: Path, filename: str, max_bytes: int) -> dict[str, Any]:
+async def save_upload(upload: Any, home: Path, filename: str, purpose: str, max_bytes: int) -> dict[str, Any]:
     """Copy an uploaded part (starlette's UploadFile, spooled to disk while it arrived) into
     HOME/files in chunks, never whole in memory; written under a temporary name, fsynced and renamed,
     so a killed server leaves no half file under a real id. Returns the file's row."""
@@ -79,7 +79,7 @@ async def save_upload(upload: Any, home: Path, filename: str, max_bytes: int) ->
     finally:
         staging.unlink(missing_ok=True)
     return {"id": file_id, "created_at": int(time.time()), "filename": Path(filename).name or stored,
-            "stored": stored, "purpose": "", "bytes": size}
+            "stored": stored, "purpose": purpose, "bytes": size}
 
 
 def counting_receive(receive: Callable[[], Any], max_bytes: int) -> Callable[[], Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import ServerLimits
-from .files import file_path
+from .files import file_path, new_id
 from .store import Store
 from .worker import fail, log_path
 
@@ -119,8 +119,6 @@ class Scheduler:
                                                     + " | ".join(tail))
 
     def _event(self, job_id: str, message: str, level: str = "info") -> None:
-        from .files import new_id
-
         event_id = new_id("ftevent")
         self.store.add_event(job_id, event_id, event_id, level, message)
 

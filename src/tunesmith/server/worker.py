@@ -29,6 +29,7 @@ from ..training.events import (
     TrainingEvent,
 )
 from .files import RESULTS_PURPOSE, files_dir, new_id
+from .jobs import fine_tuned_name
 from .locks import hold_lock
 from .store import Store
 
@@ -125,8 +126,6 @@ def run_job(store: Store, home: Path, job_id: str) -> None:
 
         evaluate_run(result.run_dir)
         results.append(register_result(store, home, result.run_dir / "report.html", "report.html"))
-    from .jobs import fine_tuned_name
-
     store.update_job(job_id, status="succeeded", finished_at=int(time.time()), fine_tuned_model=fine_tuned_name(job),
                      trained_tokens=result.train_tokens, estimated_finish=None, result_files=results)
 
