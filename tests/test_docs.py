@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from tunesmith.config import ForgettingBudget, ForgettingConfig, LoraConfig, PreferenceConfig, TrainConfig
-from tunesmith.settings import ServeLimits
+from tunesmith.settings import ServeLimits, ServerLimits
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 # Key prefix -> the dataclass holding the keys under it; the longest matching prefix wins.
@@ -99,18 +99,30 @@ def test_every_config_field_is_documented():
 
 
 def test_documented_serve_defaults_are_the_codes(tmp_path, monkeypatch):
+    monkeypatch.delenv("TUNESMITH_API_KEY", raising=False)
+    check_flag_table("serve", [str(tmp_path)], "## Serve", ServeLimits, "`--max-tokens`")
+
+
+def test_documented_server_defaults_are_the_codes(monkeypatch):
+    monkeypatch.delenv("TUNESMITH_API_KEY", raising=False)
+    check_flag_table("server", [], "## Server: the OpenAI fine-tuning API, locally", ServerLimits,
+                     "`--max-upload-bytes`")
+
+
+def check_flag_table(command_name: str, args: list[str], heading: str, limits: type, expected_row: str) -> None:
+    """Each flag of a command's README table has the default the command gets without flags (a
+    flag left None overrides a field of `limits`: that field's default)."""
     from tunesmith.cli import main
 
-    monkeypatch.delenv("TUNESMITH_API_KEY", raising=False)
-    command = main.commands["serve"]
-    values = command.make_context("serve", [str(tmp_path)]).params  # what the command gets without flags
+    command = main.commands[command_name]
+    values = command.make_context(command_name, args).params  # what the command gets without flags
     names = {opt: p.name for p in command.params for opt in p.opts}
-    table = readme_table("## Serve", "| flag | default | meaning |")
-    assert "`--max-tokens`" in table
+    table = readme_table(heading, "| flag | default | meaning |")
+    assert expected_row in table
     for row, cell in table.items():
         flag = row.split("`")[1].split()[0]
         name = names[flag]  # KeyError: the README documents a flag that does not exist
         actual = values[name] or None  # an unrepeated --allowed-host is (), not None
-        if actual is None and name in {f.name for f in dataclasses.fields(ServeLimits)}:
-            actual = field_default(ServeLimits, name)  # the flag overrides this limit
+        if actual is None and name in {f.name for f in dataclasses.fields(limits)}:
+            actual = field_default(limits, name)  # the flag overrides this limit
         assert_documented(flag, documented_value(cell), actual)

@@ -13,9 +13,11 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+from .cli_options import COLUMNS_HELP, SYSTEM_PROMPT_HELP, columns_flag, repetition_options, report_to_flag, run_options
+
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
-from .cli_options import COLUMNS_HELP, SYSTEM_PROMPT_HELP, columns_flag, repetition_options, report_to_flag, run_options
+from .cli_server import jobs_group, server_command
 from .config import DEFAULT_MODEL, METHODS, TrainConfig, load_config
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 from .settings import (
@@ -477,6 +479,9 @@ def tune_command(source: str, trials: int | None, minutes: float | None, eval_da
     if not result.interrupted:  # soft wrap: paths and the reason stay whole in a log
         Console(highlight=False, soft_wrap=True).print("\n".join(result_lines(result)))
 
+
+main.add_command(server_command)  # the service commands live in cli_server.py (this file's size cap)
+main.add_command(jobs_group)
 
 if __name__ == "__main__":
     main()

@@ -141,6 +141,29 @@ class ServeLimits:
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """What `tunesmith server` accepts besides its chat routes' `ServeLimits`; past a limit, a 4xx."""
+
+    max_upload_bytes: int = 512 * 1024 * 1024
+    """Largest uploaded file (OpenAI's own limit for a fine-tuning file); counted while it arrives, 413 past it."""
+    max_queued_jobs: int = 16
+    """Jobs validating or queued behind the running one; one more gets 429."""
+    page_limit: int = 20
+    """Jobs, events or checkpoints in a page when a request gives no `limit` (OpenAI's default)."""
+    max_page_limit: int = 100
+    """Largest `limit` a page may ask for."""
+    poll_s: float = 0.2
+    """How often the job scheduler looks at the queue, the running worker and cancel requests."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_upload_bytes", "max_queued_jobs", "page_limit", "max_page_limit"):
+            require(getattr(self, key) >= 1, f"server.{key}", f"must be at least 1, got {getattr(self, key)}")
+        require(self.page_limit <= self.max_page_limit, "server.page_limit",
+                f"must not exceed server.max_page_limit ({self.max_page_limit}), got {self.page_limit}")
+        require(self.poll_s > 0, "server.poll_s", f"must be positive, got {self.poll_s}")
+
+
+@dataclass(frozen=True)
 class CurveSettings:
     """How `tunesmith curve` samples the data and reads its curve (the rules in
     evaluation/learning_curve.py use these numbers and no others)."""

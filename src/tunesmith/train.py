@@ -326,7 +326,7 @@ def run_steps(s: Session, record: Record, stop: StopFlag) -> tuple[TrainState, s
         tokens = state.train_tokens + sum(b.n_tokens for b in batches)
         record(StepEvent(step, step_loss, lr, group[-1][0], tokens,
                          (tokens - s.start.train_tokens) / elapsed if elapsed > 0 else 0.0, grad_norm,
-                         tuple(src for b in batches for src in b.sources)))
+                         tuple(src for b in batches for src in b.sources), s.schedule.total_steps))
         evaluating = s.schedule.evaluates(step)
         measured = evaluate_and_probe(s, step, record) if evaluating else None
         state = TrainState(step, epoch, index, 0, tokens, measured, skipped,

@@ -141,6 +141,24 @@ def load_tuned(run_dir: Path, model_name: str, method: str, dtype: torch.dtype =
     return PeftModel.from_pretrained(base, run_dir / "adapter")
 
 
+def attach_adapter(model: Any, adapter_dir: Path, name: str) -> Any:
+    """Add a saved adapter to `model` under `name` and return the peft model: the first wraps the
+    plain base, later ones load beside it into the same base layers (one copy of the base weights,
+    however many adapters; `use_adapter` picks the one that answers)."""
+    from peft import PeftModel
+
+    refuse_pickles(adapter_dir)
+    if not isinstance(model, PeftModel):
+        return PeftModel.from_pretrained(model, adapter_dir, adapter_name=name).eval()
+    model.load_adapter(adapter_dir, adapter_name=name)
+    return model.eval()
+
+
+def use_adapter(model: Any, name: str) -> None:
+    """Make adapter `name` (one `attach_adapter` loaded) the active one."""
+    model.set_adapter(name)
+
+
 def merge_adapter(model: Any) -> Any:
     """Fold LoRA/DoRA weights into the base layers; returns the plain model (merge checked finite)."""
     return model.merge_and_unload(safe_merge=True)

@@ -121,6 +121,17 @@ def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = S
         return JSONResponse({"status": "ok", "model": served.model_id, "busy": served.gate.busy,
                              "queued": served.gate.waiting})
 
+    app = Starlette(routes=[Route("/health", health, methods=["GET"]), *inference_routes(served)],
+                    exception_handlers=EXCEPTION_HANDLERS)
+    app.state.served = served
+    return Guard(app, api_key, allowed_hosts)
+
+
+def inference_routes(served: Served) -> list[Route]:
+    """The OpenAI model and completion routes over `served` (`tunesmith server` serves them over its
+    own `Served`, whose model ids and `answering` cover every finished job)."""
+    limits = served.limits
+
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [_model_card(m) for m in served.model_ids]})
 
@@ -142,17 +153,12 @@ def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = S
         parsed = parse_completion_request(await read_json(request, limits.max_body_bytes), served.model_ids, limits)
         return await _respond(served, parsed, encode_text(served.tokenizer, parsed.prompt or ""), chat=False)
 
-    routes = [
-        Route("/health", health, methods=["GET"]),
+    return [
         Route("/v1/models", models, methods=["GET"]),
         Route("/v1/models/{model:path}", model_detail, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
-    handlers = {RequestError: _request_error, HTTPException: _http_error, Exception: _server_error}
-    app = Starlette(routes=routes, exception_handlers=handlers)
-    app.state.served = served
-    return Guard(app, api_key, allowed_hosts)
 
 
 def _model_card(model_id: str) -> dict[str, Any]:
@@ -331,6 +337,10 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _server_error(request: Request, exc: Exception) -> Response:
     log.exception("request failed")
     return JSONResponse(RequestError(500, f"internal error: {type(exc).__name__}").body(), status_code=500)
+
+
+EXCEPTION_HANDLERS = {RequestError: _request_error, HTTPException: _http_error, Exception: _server_error}
+"""Every error as OpenAI's error JSON: refusals with their status, anything unexpected as a 500."""
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,

@@ -41,9 +41,11 @@ class StepEvent:
     """Gradient norm before clipping."""
     examples: tuple[str, ...]
     """The step's examples by source (`file:line`), in batch order; not in metrics.jsonl."""
+    total_steps: int = 0
+    """Optimizer steps the run's schedule takes (for an ETA); not in metrics.jsonl."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The metrics.jsonl row (without `examples`, which would make every row long)."""
+        """The metrics.jsonl row (without `examples`, which would make every row long, and `total_steps`)."""
         return {"step": self.step, "loss": self.loss, "lr": self.lr, "epoch": self.epoch, "tokens": self.tokens,
                 "tokens_per_s": self.tokens_per_s, "grad_norm": self.grad_norm}
 

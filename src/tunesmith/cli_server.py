@@ -1,0 +1,139 @@
+"""`tunesmith server` and `tunesmith jobs list|show|cancel` (registered on the root group by cli.py).
+Heavy imports stay inside the functions: `tunesmith --help` loads no torch."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import TunesmithError
+from .settings import ServerLimits
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@click.command("server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--api-key", envvar="TUNESMITH_API_KEY", help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
+@click.option("--home", default="tunesmith-home", show_default=True, type=click.Path(file_okay=False),
+              help="Folder of the database, uploaded files, run directories and logs.")
+@click.option("--model", help="Base model every job trains (default: --config's, else tunesmith's default).")
+@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
+              help="YAML of run settings under every job (method, lora, forgetting, precision, ...).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header name to accept (repeatable).")
+@click.option("--max-upload-bytes", type=int, help=f"Largest uploaded file (default {ServerLimits.max_upload_bytes}).")
+@click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` after a job (no report.html in result_files).")
+def server_command(host: str, port: int, api_key: str | None, home: str, model: str | None, config: str | None,
+                   allowed_hosts: tuple[str, ...], max_upload_bytes: int | None, no_eval: bool) -> None:
+    """OpenAI's fine-tuning API on this machine: files, jobs, events, checkpoints, and chat with every tuned model."""
+    from .server.app import ServerSettings, run_server
+
+    limits = ServerLimits(**({"max_upload_bytes": max_upload_bytes} if max_upload_bytes else {}))
+    run_server(ServerSettings(Path(home), host, port, model, Path(config) if config else None, api_key,
+                              allowed_hosts, not no_eval, limits))
+
+
+@click.group("jobs")
+def jobs_group() -> None:
+    """Fine-tuning jobs of a running server (--url), or of its --home read directly."""
+
+
+def _where(command: Any) -> Any:
+    for option in (
+        click.option("--url", default=DEFAULT_URL, show_default=True, help="The server to ask."),
+        click.option("--api-key", envvar="TUNESMITH_API_KEY", help="The server's API key (or TUNESMITH_API_KEY)."),
+        click.option("--home", type=click.Path(exists=True, file_okay=False),
+                     help="Read this server home directly instead of asking a server."),
+        click.option("--json", "as_json", is_flag=True, help="Print the JSON objects."),
+    ):
+        command = option(command)
+    return command
+
+
+@jobs_group.command("list")
+@_where
+def jobs_list(url: str, api_key: str | None, home: str | None, as_json: bool) -> None:
+    """The jobs, newest first."""
+    jobs = _store(home).jobs() if home else _ask(url, api_key, "GET", "/v1/fine_tuning/jobs?limit=100")["data"]
+    if home:
+        from .server.jobs import job_object
+
+        jobs = [job_object(j) for j in jobs]
+    if as_json:
+        click.echo(json.dumps(jobs, indent=2))
+        return
+    for job in jobs:
+        click.echo(f"{job['id']}  {job['status']:<16} {job['fine_tuned_model'] or job['model']}")
+
+
+@jobs_group.command("show")
+@click.argument("job_id")
+@_where
+def jobs_show(job_id: str, url: str, api_key: str | None, home: str | None, as_json: bool) -> None:
+    """One job and its latest events."""
+    if home:
+        from .server.jobs import event_object, job_object
+
+        store = _store(home)
+        found = store.job(job_id)
+        if found is None:
+            raise TunesmithError(f"no job {job_id} in {home}")
+        job, events = job_object(found), [event_object(e) for e in store.events(job_id, limit=10)]
+    else:
+        job = _ask(url, api_key, "GET", f"/v1/fine_tuning/jobs/{job_id}")
+        events = _ask(url, api_key, "GET", f"/v1/fine_tuning/jobs/{job_id}/events?limit=10")["data"]
+    if as_json:
+        click.echo(json.dumps({"job": job, "events": events}, indent=2))
+        return
+    click.echo(f"{job['id']}  {job['status']}  model {job['model']}  tuned {job['fine_tuned_model'] or '-'}")
+    if job["error"]:
+        click.echo(f"error: {job['error']['message']}")
+    for event in reversed(events):
+        click.echo(f"  {event['message']}")
+
+
+@jobs_group.command("cancel")
+@click.argument("job_id")
+@_where
+def jobs_cancel(job_id: str, url: str, api_key: str | None, home: str | None, as_json: bool) -> None:
+    """Cancel a job: a running one stops at its next step with a checkpoint."""
+    if home:
+        state = _store(home).cancel(job_id)
+        if state is None:
+            raise TunesmithError(f"job {job_id} is not in {home}, or has finished")
+    else:
+        state = _ask(url, api_key, "POST", f"/v1/fine_tuning/jobs/{job_id}/cancel")["status"]
+    click.echo(json.dumps({"id": job_id, "status": state}) if as_json else f"{job_id}: {state}")
+
+
+def _store(home: str) -> Any:
+    from .server.store import Store
+    from .server.worker import DB_NAME
+
+    path = Path(home) / DB_NAME
+    if not path.exists():
+        raise TunesmithError(f"{home} is not a tunesmith server home (no {DB_NAME})")
+    return Store(path)
+
+
+def _ask(url: str, api_key: str | None, method: str, path: str) -> dict[str, Any]:
+    """One JSON request to the server; its OpenAI error message as a TunesmithError."""
+    request = urllib.request.Request(url.rstrip("/") + path, method=method,
+                                     headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = str(exc)
+        raise TunesmithError(f"{url}: {exc.code}: {message}") from None
+    except urllib.error.URLError as exc:
+        raise TunesmithError(f"no server at {url} ({exc.reason}): start `tunesmith server`, or pass --home") from None

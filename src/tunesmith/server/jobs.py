@@ -1,0 +1,151 @@
+"""OpenAI's fine-tuning job on tunesmith: the create request checked (pure), its `method` and
+`hyperparameters` mapped onto a TrainConfig, and the job, event and checkpoint objects."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig, default_lr, load_config
+from ..serve.protocol import RequestError
+
+JOB_ID = re.compile(r"ftjob-[0-9a-f]{24}")
+SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
+METHODS = ("supervised",)
+"""`method.type` values trained now; preference tuning (dpo) is refused until tunesmith trains it."""
+HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A checked `POST /v1/fine_tuning/jobs` body."""
+
+    model: str
+    training_file: str
+    validation_file: str | None = None
+    suffix: str | None = None
+    seed: int | None = None
+    method: str = "supervised"
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """The honoured hyperparameters that are not "auto" (n_epochs, batch_size, learning_rate_multiplier)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "training_file": self.training_file, "validation_file": self.validation_file,
+                "suffix": self.suffix, "seed": self.seed, "method": self.method,
+                "hyperparameters": self.hyperparameters}
+
+
+def parse_job_request(body: dict[str, Any], model_ids: tuple[str, ...]) -> JobRequest:
+    """The body's fields checked; `model` must be one this server trains (its base model)."""
+    model = body.get("model")
+    if model not in model_ids:
+        raise RequestError(400, f"model {model!r} cannot be fine-tuned here: this server trains "
+                                f"{' or '.join(repr(m) for m in model_ids)}", "model", "model_not_available")
+    for key in ("training_file", "validation_file"):
+        value = body.get(key)
+        if (key == "training_file" or value is not None) and not isinstance(value, str):
+            raise RequestError(400, f"'{key}' must be a file id from POST /v1/files", key)
+    suffix = body.get("suffix")
+    if suffix is not None and not (isinstance(suffix, str) and SUFFIX.fullmatch(suffix)):
+        raise RequestError(400, "'suffix' must be 1 to 64 letters, digits, '-' or '_'", "suffix")
+    seed = body.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
+        raise RequestError(400, "'seed' must be a non-negative integer", "seed")
+    method, hyperparameters = method_hyperparameters(body)
+    return JobRequest(model, body["training_file"], body.get("validation_file"), suffix, seed, method,
+                      hyperparameters)
+
+
+def method_hyperparameters(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The training method and its hyperparameters, from `method` ({"type": "supervised",
+    "supervised": {"hyperparameters": {...}}}) or the older top-level `hyperparameters`. The one
+    place a new method (dpo's `beta`) joins."""
+    method = body.get("method") or {"type": "supervised"}
+    kind = method.get("type") if isinstance(method, dict) else None
+    if kind == "dpo":
+        raise RequestError(400, "method 'dpo' is not yet supported by tunesmith server: use {\"type\": "
+                                "\"supervised\"}", "method.type", "unsupported_method")
+    if kind not in METHODS:
+        raise RequestError(400, f"'method.type' must be 'supervised', got {kind!r}", "method.type")
+    section = method.get(kind) or {}
+    raw = (section.get("hyperparameters") if isinstance(section, dict) else None) or body.get("hyperparameters") or {}
+    if not isinstance(raw, dict):
+        raise RequestError(400, "'hyperparameters' must be an object", "hyperparameters")
+    unknown = sorted(set(raw) - set(HYPERPARAMETERS))
+    if unknown:
+        raise RequestError(400, f"hyperparameter {unknown[0]!r} is not supported: use "
+                                f"{', '.join(HYPERPARAMETERS)}", f"hyperparameters.{unknown[0]}")
+    checked = {}
+    for key, value in raw.items():
+        if value == "auto":
+            continue
+        kind_ok = isinstance(value, (int, float)) if key == "learning_rate_multiplier" else isinstance(value, int)
+        if isinstance(value, bool) or not kind_ok or value <= 0:
+            raise RequestError(400, f"'{key}' must be \"auto\" or a positive "
+                                    f"{'number' if key == 'learning_rate_multiplier' else 'integer'}, got {value!r}",
+                               f"hyperparameters.{key}")
+        checked[key] = value
+    return kind, checked
+
+
+def train_overrides(hyperparameters: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
+    """TrainConfig keys for OpenAI's hyperparameters: n_epochs -> epochs, batch_size, and the learning
+    rate as a multiple of the base config's (tunesmith's default for its method when it has none)."""
+    overrides: dict[str, Any] = {}
+    if "n_epochs" in hyperparameters:
+        overrides["epochs"] = float(hyperparameters["n_epochs"])
+        overrides["max_steps"] = None  # n_epochs is the run's length, as OpenAI means it
+    if "batch_size" in hyperparameters:
+        overrides["batch_size"] = hyperparameters["batch_size"]
+    if "learning_rate_multiplier" in hyperparameters:
+        overrides["lr"] = hyperparameters["learning_rate_multiplier"] * (base.lr or default_lr(base.method))
+    return overrides
+
+
+def job_config(request: dict[str, Any], base: Path | None, model: str | None, data: Path, eval_data: Path | None,
+               output: Path) -> TrainConfig:
+    """The TrainConfig of a job: the server's base config (`--config`, `--model`), then the job's
+    files, seed and hyperparameters, its run directory under --home."""
+    config = load_config(base, {"data": str(data), "eval": str(eval_data) if eval_data else None, "model": model,
+                                "output": str(output), "seed": request["seed"]})
+    return dataclasses.replace(config, **train_overrides(request["hyperparameters"], config))
+
+
+def fine_tuned_name(job: dict[str, Any]) -> str:
+    """OpenAI's shape, ft:BASE:SUFFIX:JOB (the suffix part empty when none was given)."""
+    request = job["request"]
+    return f"ft:{request['model']}:{request['suffix'] or ''}:{job['id']}"
+
+
+def job_object(job: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's fine_tuning.job object."""
+    request = job["request"]
+    hyper = {key: request["hyperparameters"].get(key, "auto") for key in HYPERPARAMETERS}
+    return {
+        "object": "fine_tuning.job", "id": job["id"], "created_at": job["created_at"], "model": request["model"],
+        "status": job["status"], "fine_tuned_model": job["fine_tuned_model"], "finished_at": job["finished_at"],
+        "training_file": request["training_file"], "validation_file": request["validation_file"],
+        "hyperparameters": hyper, "method": {"type": request["method"], request["method"]: {"hyperparameters": hyper}},
+        "trained_tokens": job["trained_tokens"], "estimated_finish": job["estimated_finish"], "error": job["error"],
+        "result_files": job["result_files"], "seed": request["seed"] if request["seed"] is not None else 0,
+        "suffix": request["suffix"], "organization_id": "tunesmith", "integrations": [], "metadata": None,
+    }
+
+
+def event_object(row: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "fine_tuning.job.event", "id": row["id"], "created_at": row["created_at"],
+            "level": row["level"], "message": row["message"], "type": row["type"], "data": row["data"]}
+
+
+def checkpoint_object(row: dict[str, Any], fine_tuned_model: str) -> dict[str, Any]:
+    return {"object": "fine_tuning.job.checkpoint", "id": row["id"], "created_at": row["created_at"],
+            "fine_tuned_model_checkpoint": f"{fine_tuned_model}:ckpt-step-{row['step']}",
+            "fine_tuning_job_id": row["job_id"], "step_number": row["step"], "metrics": row["metrics"]}
+
+
+def page(items: list[dict[str, Any]], limit: int) -> dict[str, Any]:
+    """A list response of at most `limit` items (the caller fetched limit + 1 to know has_more)."""
+    return {"object": "list", "data": items[:limit], "has_more": len(items) > limit}

@@ -1,0 +1,188 @@
+"""The training worker: one job's `train(config, resume='auto')` in its own process, started by the
+server's scheduler as `python -m tunesmith.server.worker HOME JOB_ID SERVER_PID`.
+
+Its training events become the job's events and checkpoints in the database as they happen. SIGTERM
+(cancel, or the server stopping) stops it at the next step boundary with a checkpoint; it exits as
+soon as the server process is gone (kill -9 included), so a restarted server's new worker is the only
+one training the run, and it resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..training.events import (
+    CheckpointEvent,
+    EvaluationEvent,
+    FinishedEvent,
+    ProbesEvent,
+    StepEvent,
+    StopEvent,
+    TrainingEvent,
+)
+from .files import RESULTS_PURPOSE, files_dir, new_id
+from .jobs import fine_tuned_name
+from .locks import hold_lock
+from .store import Store
+
+PARENT_POLL_S = 0.5
+DB_NAME = "tunesmith.db"
+
+
+def runs_dir(home: Path) -> Path:
+    return home / "runs"
+
+
+def log_path(home: Path, job_id: str) -> Path:
+    return home / "logs" / f"{job_id}.log"
+
+
+class JobEvents:
+    """A training subscriber writing each event as an OpenAI job event (steps, evaluations,
+    forgetting verdicts, checkpoints with their metrics), and the job's progress fields."""
+
+    def __init__(self, store: Store, job_id: str) -> None:
+        self.store, self.job_id = store, job_id
+        self.last_loss: float | None = None
+        self.val_loss: dict[int, float] = {}
+        self.first: tuple[int, float] | None = None
+        """(step, time) of the first step this process did, for the ETA."""
+
+    def __call__(self, event: TrainingEvent) -> None:
+        if isinstance(event, StepEvent):
+            self._step(event)
+        elif isinstance(event, EvaluationEvent):
+            self.val_loss[event.step] = event.val_loss
+            self._add(f"eval-{event.step}", f"Step {event.step}: validation loss={event.val_loss:.4f}",
+                      {"step": event.step, "valid_loss": event.val_loss})
+        elif isinstance(event, ProbesEvent):
+            verdict = "within the forgetting budget" if event.within_budget else "over the forgetting budget"
+            self._add(f"probes-{event.step}", f"Step {event.step}: general probes {verdict}",
+                      {"step": event.step, "within_budget": event.within_budget, "probes": event.probes})
+        elif isinstance(event, CheckpointEvent):
+            metrics = {"step": event.step, "train_loss": self.last_loss, "valid_loss": self.val_loss.get(event.step)}
+            self.store.add_checkpoint(self.job_id, new_id("ftckpt"), event.step, metrics)
+            self._add(f"checkpoint-{event.step}", f"Checkpoint saved at step {event.step}", metrics)
+        elif isinstance(event, StopEvent):
+            self._add(f"stop-{event.step}", f"{event.signal}: stopped after step {event.step} (checkpoint saved)",
+                      event.to_dict(), kind="message")
+        elif isinstance(event, FinishedEvent):
+            self._add("finished", f"Training finished: validation loss {event.base_val_loss:.4f} -> "
+                                  f"{event.final_val_loss:.4f} (step {event.selected_step}: {event.selection})",
+                      event.to_dict(), kind="message")
+
+    def _step(self, event: StepEvent) -> None:
+        self.last_loss = event.loss
+        now = time.time()
+        self.first = self.first or (event.step - 1, now)
+        done = event.step - self.first[0]
+        eta = now + (now - self.first[1]) / done * (event.total_steps - event.step) if done else None
+        self.store.update_job(self.job_id, trained_tokens=event.tokens,
+                              estimated_finish=int(eta) if eta else None)
+        self._add(f"step-{event.step}", f"Step {event.step}/{event.total_steps}: training loss={event.loss:.4f}",
+                  {"step": event.step, "total_steps": event.total_steps, "train_loss": event.loss,
+                   "learning_rate": event.lr, "epoch": event.epoch, "tokens": event.tokens})
+
+    def _add(self, key: str, message: str, data: dict[str, Any], kind: str = "metrics") -> None:
+        self.store.add_event(self.job_id, new_id("ftevent"), key, "info", message, kind, data)
+
+
+def run_job(store: Store, home: Path, job_id: str) -> None:
+    """Train the job to the end (succeeded, its results registered), a cancel (cancelled), or a
+    failure (failed, with the error); a stop without a cancel leaves it running for the scheduler."""
+    from rich.console import Console
+
+    from ..config import config_from_dict
+    from ..errors import StoppedBeforeTraining, TunesmithError
+    from ..train import train
+
+    job = store.job(job_id)
+    assert job is not None
+    config = config_from_dict(job["config"]["train"])
+    console = Console(file=sys.stdout, width=120, color_system=None)
+    try:
+        result = train(config, show_progress=False, console=console, resume="auto",
+                       subscribers=[JobEvents(store, job_id)])
+    except StoppedBeforeTraining:
+        result = None
+    except TunesmithError as exc:
+        fail(store, job_id, "training_failed", str(exc))
+        return
+    if result is None or result.interrupted:
+        if store.job(job_id)["cancel_requested"]:
+            store.update_job(job_id, status="cancelled", finished_at=int(time.time()))
+        return
+    results = [register_result(store, home, write_metrics_csv(result.run_dir), "step_metrics.csv")]
+    if job["config"]["evaluate"]:
+        from ..evaluate import evaluate_run
+
+        evaluate_run(result.run_dir)
+        results.append(register_result(store, home, result.run_dir / "report.html", "report.html"))
+    store.update_job(job_id, status="succeeded", finished_at=int(time.time()), fine_tuned_model=fine_tuned_name(job),
+                     trained_tokens=result.train_tokens, estimated_finish=None, result_files=results)
+
+
+def fail(store: Store, job_id: str, code: str, message: str, param: str | None = None) -> None:
+    store.update_job(job_id, status="failed", finished_at=int(time.time()),
+                     error={"code": code, "message": message, "param": param})
+
+
+def write_metrics_csv(run_dir: Path) -> Path:
+    """OpenAI's result file: one row per step, its training and (when measured) validation loss."""
+    from ..training.rundir import RunDir, write_atomic
+
+    rows: dict[int, dict[str, Any]] = {}
+    for row in RunDir(run_dir).metrics():
+        figures = rows.setdefault(row["step"], {"step": row["step"], "train_loss": "", "valid_loss": ""})
+        figures["train_loss"] = row.get("loss", figures["train_loss"])
+        figures["valid_loss"] = row.get("val_loss", figures["valid_loss"])
+    out = io.StringIO()
+    writer = csv.DictWriter(out, ["step", "train_loss", "valid_loss"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[step] for step in sorted(rows))
+    path = run_dir / "step_metrics.csv"
+    write_atomic(path, out.getvalue())
+    return path
+
+
+def register_result(store: Store, home: Path, source: Path, filename: str) -> str:
+    """Copy a run's output into HOME/files as a file of purpose fine-tune-results; its id."""
+    file_id = new_id("file")
+    stored = file_id + source.suffix
+    files_dir(home).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, files_dir(home) / stored)
+    store.add_file({"id": file_id, "created_at": int(time.time()), "filename": filename, "stored": stored,
+                    "purpose": RESULTS_PURPOSE, "bytes": source.stat().st_size})
+    return file_id
+
+
+def exit_with_parent(parent: int) -> None:
+    """Exit at once when the server process is gone (re-parented: getppid changes), checked twice a
+    second in a daemon thread; a kill -9 of the server thus ends its training too."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: list[str] | None = None) -> None:
+    home, job_id, parent = (argv or sys.argv[1:])[:3]
+    exit_with_parent(int(parent))
+    home_path = Path(home)
+    # A worker of a killed server may take half a second to notice: wait for it to let go of the run.
+    with hold_lock(runs_dir(home_path) / f"{job_id}.lock", wait=True):
+        run_job(Store(home_path / DB_NAME), home_path, job_id)
+
+
+if __name__ == "__main__":
+    main()
