@@ -222,7 +222,7 @@ def test_cancel_stops_a_running_job_with_a_checkpoint(client, faq_upload, two_jo
     ({"model": "gpt-4o-mini", "training_file": "file-x"}, 400, "model"),
     ({"model": "tiny-model0", "training_file": "file-000000000000000000000000"}, 400, "training_file"),
     ({"model": "tiny-model0", "training_file": "../../tunesmith.db"}, 400, "training_file"),
-    ({"model": "tiny-model0", "training_file": "f", "method": {"type": "dpo"}}, 400, "method.type"),
+    ({"model": "tiny-model0", "training_file": "f", "method": {"type": "reinforcement"}}, 400, "method.type"),
     ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"n_epochs": 0}}, 400,
      "hyperparameters.n_epochs"),
     ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"beta": 1}}, 400, "hyperparameters.beta"),
@@ -233,16 +233,40 @@ def test_bad_job_requests_get_openai_errors(server, body, status, param):
     assert r.status_code == status and r.json()["error"]["param"] == param, r.text
 
 
-def test_method_maps_supervised_and_refuses_dpo_until_it_is_built():
+def test_method_maps_supervised_and_dpo():
     assert method_hyperparameters({"method": {"type": "supervised", "supervised": {"hyperparameters": {
         "n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 0.5}}}}) == (
         "supervised", {"n_epochs": 2, "learning_rate_multiplier": 0.5})
     assert method_hyperparameters({"hyperparameters": {"batch_size": 4}}) == ("supervised", {"batch_size": 4})
+    assert method_hyperparameters({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}}) == (
+        "dpo", {"beta": 0.2})
+    from tunesmith.config import TrainConfig, default_lr
     from tunesmith.serve.protocol import RequestError
+    from tunesmith.server.jobs import train_overrides
 
-    with pytest.raises(RequestError, match="'dpo' is not yet supported") as refused:
-        method_hyperparameters({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}})
+    overrides = train_overrides({"beta": 0.2, "learning_rate_multiplier": 2}, TrainConfig(data="x"), "dpo")
+    assert overrides["objective"] == "dpo" and overrides["preference"].beta == 0.2
+    assert overrides["lr"] == 2 * default_lr("lora", "dpo")
+    with pytest.raises(RequestError, match="'beta' is not supported by method 'supervised'"):
+        method_hyperparameters({"method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}})
+    with pytest.raises(RequestError, match="'supervised' or 'dpo'") as refused:
+        method_hyperparameters({"method": {"type": "reinforcement"}})
     assert refused.value.code == "unsupported_method"
+
+
+def test_a_dpo_job_trains_openai_preference_rows(client, tmp_path):
+    rows = [{"input": {"messages": [{"role": "user", "content": f"{q} [{k}]"}]},
+             "preferred_output": [{"role": "assistant", "content": a}],
+             "non_preferred_output": [{"role": "assistant", "content": f"I cannot say ({k})."}]}
+            for k in range(2) for q, a in FAQ]
+    upload = client.files.create(file=write_jsonl(tmp_path / "dpo.jsonl", rows).open("rb"), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="tiny-model0", training_file=upload.id, suffix="dpo", method={
+        "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1, "batch_size": 4}}})
+    done = wait_for(lambda: finished(client, job.id))
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.2
+    losses = step_losses(client, job.id)
+    assert losses and abs(losses[min(losses)] - 0.6931471805599453) < 1e-6  # DPO starts at ln 2
 
 
 def test_guards_refuse_with_openai_errors(server):

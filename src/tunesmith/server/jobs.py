@@ -14,9 +14,10 @@ from ..serve.protocol import RequestError
 
 JOB_ID = re.compile(r"ftjob-[0-9a-f]{24}")
 SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
-METHODS = ("supervised",)
-"""`method.type` values trained now; preference tuning (dpo) is refused until tunesmith trains it."""
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+METHODS = {"supervised": HYPERPARAMETERS, "dpo": (*HYPERPARAMETERS, "beta")}
+"""`method.type` -> the hyperparameters it honours; dpo trains `objective: dpo` on preference rows
+(OpenAI's DPO format: input.messages, preferred_output, non_preferred_output) with its `beta`."""
 
 
 @dataclass(frozen=True)
@@ -65,43 +66,47 @@ def method_hyperparameters(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     place a new method (dpo's `beta`) joins."""
     method = body.get("method") or {"type": "supervised"}
     kind = method.get("type") if isinstance(method, dict) else None
-    if kind == "dpo":
-        raise RequestError(400, "method 'dpo' is not yet supported by tunesmith server: use {\"type\": "
-                                "\"supervised\"}", "method.type", "unsupported_method")
     if kind not in METHODS:
-        raise RequestError(400, f"'method.type' must be 'supervised', got {kind!r}", "method.type")
+        raise RequestError(400, f"'method.type' must be 'supervised' or 'dpo', got {kind!r}", "method.type",
+                           "unsupported_method")
     section = method.get(kind) or {}
     raw = (section.get("hyperparameters") if isinstance(section, dict) else None) or body.get("hyperparameters") or {}
     if not isinstance(raw, dict):
         raise RequestError(400, "'hyperparameters' must be an object", "hyperparameters")
-    unknown = sorted(set(raw) - set(HYPERPARAMETERS))
+    unknown = sorted(set(raw) - set(METHODS[kind]))
     if unknown:
-        raise RequestError(400, f"hyperparameter {unknown[0]!r} is not supported: use "
-                                f"{', '.join(HYPERPARAMETERS)}", f"hyperparameters.{unknown[0]}")
+        raise RequestError(400, f"hyperparameter {unknown[0]!r} is not supported by method {kind!r}: use "
+                                f"{', '.join(METHODS[kind])}", f"hyperparameters.{unknown[0]}")
     checked = {}
     for key, value in raw.items():
         if value == "auto":
             continue
-        kind_ok = isinstance(value, (int, float)) if key == "learning_rate_multiplier" else isinstance(value, int)
+        real = key in ("learning_rate_multiplier", "beta")
+        kind_ok = isinstance(value, (int, float)) if real else isinstance(value, int)
         if isinstance(value, bool) or not kind_ok or value <= 0:
             raise RequestError(400, f"'{key}' must be \"auto\" or a positive "
-                                    f"{'number' if key == 'learning_rate_multiplier' else 'integer'}, got {value!r}",
-                               f"hyperparameters.{key}")
+                                    f"{'number' if real else 'integer'}, got {value!r}", f"hyperparameters.{key}")
         checked[key] = value
     return kind, checked
 
 
-def train_overrides(hyperparameters: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
-    """TrainConfig keys for OpenAI's hyperparameters: n_epochs -> epochs, batch_size, and the learning
-    rate as a multiple of the base config's (tunesmith's default for its method when it has none)."""
+def train_overrides(hyperparameters: dict[str, Any], base: TrainConfig, method: str = "supervised") -> dict[str, Any]:
+    """TrainConfig keys for OpenAI's method and hyperparameters: dpo -> objective dpo (beta ->
+    preference.beta), n_epochs -> epochs, batch_size, and the learning rate as a multiple of the
+    base config's (tunesmith's default for its method and objective when it has none)."""
     overrides: dict[str, Any] = {}
+    if method == "dpo":
+        overrides["objective"] = "dpo"
+        if "beta" in hyperparameters:
+            overrides["preference"] = dataclasses.replace(base.preference, beta=float(hyperparameters["beta"]))
     if "n_epochs" in hyperparameters:
         overrides["epochs"] = float(hyperparameters["n_epochs"])
         overrides["max_steps"] = None  # n_epochs is the run's length, as OpenAI means it
     if "batch_size" in hyperparameters:
         overrides["batch_size"] = hyperparameters["batch_size"]
     if "learning_rate_multiplier" in hyperparameters:
-        overrides["lr"] = hyperparameters["learning_rate_multiplier"] * (base.lr or default_lr(base.method))
+        objective = overrides.get("objective", base.objective)
+        overrides["lr"] = hyperparameters["learning_rate_multiplier"] * (base.lr or default_lr(base.method, objective))
     return overrides
 
 
@@ -111,7 +116,8 @@ def job_config(request: dict[str, Any], base: Path | None, model: str | None, da
     files, seed and hyperparameters, its run directory under --home."""
     config = load_config(base, {"data": str(data), "eval": str(eval_data) if eval_data else None, "model": model,
                                 "output": str(output), "seed": request["seed"]})
-    return dataclasses.replace(config, **train_overrides(request["hyperparameters"], config))
+    return dataclasses.replace(config, **train_overrides(request["hyperparameters"], config,
+                                                         request.get("method", "supervised")))
 
 
 def fine_tuned_name(job: dict[str, Any]) -> str:
@@ -123,7 +129,7 @@ def fine_tuned_name(job: dict[str, Any]) -> str:
 def job_object(job: dict[str, Any]) -> dict[str, Any]:
     """OpenAI's fine_tuning.job object."""
     request = job["request"]
-    hyper = {key: request["hyperparameters"].get(key, "auto") for key in HYPERPARAMETERS}
+    hyper = {key: request["hyperparameters"].get(key, "auto") for key in METHODS[request["method"]]}
     return {
         "object": "fine_tuning.job", "id": job["id"], "created_at": job["created_at"], "model": request["model"],
         "status": job["status"], "fine_tuned_model": job["fine_tuned_model"], "finished_at": job["finished_at"],
