@@ -17,6 +17,7 @@ not depend on its neighbours (tests/test_serve_batching.py: 4 concurrent = one a
 from __future__ import annotations
 
 import collections
+import queue
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
@@ -57,6 +58,36 @@ class DecodeJob:
     def cancel(self) -> None:
         """The client left: the decode thread drops this row at the next step."""
         self.cancelled.set()
+
+    def add(self, token: int, tokenizer: Any, eos: frozenset[int]) -> None:
+        """Append a decoded token and emit the text it makes showable."""
+        self.tokens.append(token)
+        if token in eos:
+            return
+        text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # a character split across tokens waits for its last byte
+            piece = self.cutter.feed(text)
+            if piece:
+                self.emit(piece)
+
+    def finish_if_done(self, tokenizer: Any, eos: frozenset[int]) -> bool:
+        """Whether the answer has ended; if so its last piece and `Completion` are emitted."""
+        if self.cutter.stopped or (self.tokens and self.tokens[-1] in eos):
+            reason = "stop"
+        elif self.cancelled.is_set():
+            reason = "cancelled"
+        elif len(self.tokens) >= self.sampling.max_new_tokens:
+            reason = "length"
+        else:
+            return False
+        rest = ""
+        if not self.cutter.stopped:  # the whole text, a character held back for its last byte included
+            rest = self.cutter.feed(tokenizer.decode(self.tokens, skip_special_tokens=True))
+        rest += self.cutter.flush()
+        if rest:
+            self.emit(rest)
+        self.emit(Completion(self.cutter.text, len(self.prompt_ids), len(self.tokens), reason))
+        return True
 
 
 class BatchDecoder:
@@ -146,34 +177,50 @@ class BatchDecoder:
             token = int(torch.multinomial(scores.softmax(-1), 1, generator=job.generator))
         else:
             token = int(scores.argmax(-1))
-        job.tokens.append(token)
-        if token in self.eos:
-            return
-        text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # a character split across tokens waits for its last byte
-            piece = job.cutter.feed(text)
-            if piece:
-                job.emit(piece)
+        job.add(token, self.tokenizer, self.eos)
 
     def _finished(self, job: DecodeJob) -> bool:
-        """Whether `job` has ended; if so its last piece and `Completion` are emitted."""
-        ended_turn = bool(job.tokens) and job.tokens[-1] in self.eos
-        if job.cutter.stopped or ended_turn:
-            reason = "stop"
-        elif job.cancelled.is_set():
-            reason = "cancelled"
-        elif len(job.tokens) >= job.sampling.max_new_tokens:
-            reason = "length"
-        else:
-            return False
-        rest = ""
-        if not job.cutter.stopped:  # the whole text, a character held back for its last byte included
-            rest = job.cutter.feed(self.tokenizer.decode(job.tokens, skip_special_tokens=True))
-        rest += job.cutter.flush()
-        if rest:
-            job.emit(rest)
-        job.emit(Completion(job.cutter.text, len(job.prompt_ids), len(job.tokens), reason))
-        return True
+        return job.finish_if_done(self.tokenizer, self.eos)
+
+
+class EngineDecoder:
+    """Serve's decoder for an engine other than transformers (inference/engines.py): one request
+    at a time in one daemon thread, with the same events, stop strings and finish reasons."""
+
+    def __init__(self, tokenizer: Any, engine: Any) -> None:
+        self.tokenizer, self.engine = tokenizer, engine
+        self.eos = frozenset(end_of_turn_ids(tokenizer))
+        self.running = 0
+        self._waiting: queue.Queue[DecodeJob] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, model_id: str, prompt_ids: Sequence[int], sampling: Sampling, emit: Emit) -> DecodeJob:
+        job = DecodeJob(model_id, list(prompt_ids), sampling, emit)
+        self._waiting.put(job)
+        if self._thread is None:  # started on first use, as BatchDecoder's
+            self._thread = threading.Thread(target=self._serve_forever, name="tunesmith-engine", daemon=True)
+            self._thread.start()
+        return job
+
+    def _serve_forever(self) -> None:
+        while True:
+            job = self._waiting.get()
+            self.running = 1
+            try:
+                self.run(job)
+            except Exception as exc:
+                job.emit(exc)
+            finally:
+                self.running = 0
+
+    def run(self, job: DecodeJob) -> None:
+        """Decode `job` here and now (chat calls this directly)."""
+        for token in self.engine.tokens(job.prompt_ids, job.sampling):
+            job.add(token, self.tokenizer, self.eos)
+            if job.finish_if_done(self.tokenizer, self.eos):
+                return
+        job.cancelled.set()  # the engine stopped early: report what it gave
+        job.finish_if_done(self.tokenizer, self.eos)
 
 
 def _picking(sampling: Sampling, model: Any) -> tuple[Any, torch.Generator | None]:

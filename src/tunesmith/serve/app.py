@@ -25,7 +25,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..data.render import encode_prompt, encode_text, with_system_prompt
-from ..inference.batching import BatchDecoder
+from ..inference.batching import BatchDecoder, EngineDecoder
+from ..inference.engines import DEFAULT_ENGINE
 from ..inference.streaming import Completion
 from ..settings import Sampling, ServeLimits
 from .protocol import (
@@ -102,11 +103,14 @@ class Served:
     """Enters the base model (forgetting.measure.base_view): a zero-argument context manager factory."""
     system_prompt: str | None = None
     """The run's system prompt, for chat requests that bring none (as in training)."""
-    decoder: BatchDecoder = field(init=False)
-    """Decodes the admitted requests together, one batch per answering model at a time."""
+    engine: Any = None
+    """An engine of inference/engines.py that decodes instead of `model` (`--engine`), or None."""
+    decoder: BatchDecoder | EngineDecoder = field(init=False)
+    """Decodes the admitted requests: together, one batch per answering model at a time; or one by one in `engine`."""
 
     def __post_init__(self) -> None:
-        self.decoder = BatchDecoder(self.tokenizer, self.answering, self.limits.max_batch)
+        self.decoder = (EngineDecoder(self.tokenizer, self.engine) if self.engine is not None
+                        else BatchDecoder(self.tokenizer, self.answering, self.limits.max_batch))
 
     @property
     def model_ids(self) -> tuple[str, ...]:
@@ -121,12 +125,13 @@ class Served:
 
 def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = ServeLimits(),
               api_key: str | None = None, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS, retriever: Any = None,
-              base: tuple[str, Any] | None = None, system_prompt: str | None = None) -> Any:
+              base: tuple[str, Any] | None = None, system_prompt: str | None = None, engine: Any = None) -> Any:
     """The ASGI app: routes behind the Host and API-key guard; chat answers use `retriever` when given;
-    `base` is (its model id, a base view) to serve the base model beside the tuned one."""
+    `base` is (its model id, a base view) to serve the base model beside the tuned one; `engine`
+    decodes instead of `model`, which then gives only its tokenizer's context length."""
     served = Served(model, tokenizer, model_id, limits, GenerationGate(limits.max_queued, limits.max_batch),
                     int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens), retriever,
-                    *(base or (None, None)), system_prompt)
+                    *(base or (None, None)), system_prompt, engine)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": served.model_id, "busy": served.gate.busy,
@@ -363,9 +368,10 @@ EXCEPTION_HANDLERS = {RequestError: _request_error, HTTPException: _http_error, 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           limits: ServeLimits = ServeLimits(), allowed_hosts: Iterable[str] = (), model_id: str | None = None,
-          knowledge: str | Path | None = None) -> None:
+          knowledge: str | Path | None = None, engine: str = DEFAULT_ENGINE) -> None:
     """Load RUN and serve it until SIGTERM/SIGINT (uvicorn lets running requests finish, up to a grace);
-    with `knowledge`, chat completions answer with passages retrieved from it."""
+    with `knowledge`, chat completions answer with passages retrieved from it. Another `engine` than
+    transformers decodes the tuned model alone (the base is served by transformers only)."""
     import uvicorn
 
     from ..generate import base_model_id, base_of, load_run, run_system_prompt
@@ -380,10 +386,16 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
         retriever = Retriever.load(knowledge, log=log.info)
     name = model_id or Path(run).resolve().name
     hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts]
-    base = (base_model_id(config, name), base_of(model, config))
-    app = build_app(model, tokenizer, name, limits, api_key, hosts, retriever, base, run_system_prompt(run))
-    log.info("serving %s (and its base as %s) on http://%s:%d/v1 (%s)", name, base[0], host, port,
-             "API key required" if api_key else "no API key")
+    decoding = None
+    base: tuple[str, Any] | None = (base_model_id(config, name), base_of(model, config))
+    if engine != DEFAULT_ENGINE:
+        from ..data.render import end_of_turn_ids
+        from ..inference.engines import open_engine
+
+        decoding, base = open_engine(engine, run, sorted(end_of_turn_ids(tokenizer)), log=log.info), None
+    app = build_app(model, tokenizer, name, limits, api_key, hosts, retriever, base, run_system_prompt(run), decoding)
+    log.info("serving %s%s with %s on http://%s:%d/v1 (%s)", name, f" (and its base as {base[0]})" if base else "",
+             engine, host, port, "API key required" if api_key else "no API key")
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                             timeout_graceful_shutdown=limits.shutdown_grace_s)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets running requests finish within the grace
