@@ -80,6 +80,7 @@ bench: setup $(LLAMA_CPP_STAMP)
 	$(PIP) install -q -e ".[dev,bench]"
 	$(PY) bench/bench_train.py --data varlen
 	$(PY) bench/bench_generate.py
+	$(PY) bench/bench_serve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -55,13 +55,14 @@ def apply_command(text: str, session: ChatSession, has_base: bool) -> tuple[Chat
 
 def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[str], str],
               write: Callable[[str], None], system: str | None = None, augment: Augment | None = None,
-              base: BaseView | None = None) -> ChatSession:
+              base: BaseView | None = None, engine: Any = None) -> ChatSession:
     """Read lines until /exit or end of input; stream each answer through `write`; return the session.
 
     `read(prompt)` returns one line and raises EOFError at the end (like `input`); `write(text)`
     prints text without adding a newline. `augment` changes only the prompt: the session keeps
     the user's own words, so retrieved passages of earlier turns do not pile up. With `base`,
-    /base and /tuned switch which model answers, on the same conversation.
+    /base and /tuned switch which model answers, on the same conversation. With `engine` (an
+    `EngineDecoder`, `--engine`), it answers for the tuned model.
     """
     session = ChatSession(system=system)
     write(HELP + "\n")
@@ -81,8 +82,12 @@ def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[st
         elif text:
             messages = session.messages(text)
             prompt = encode_prompt(augment(messages) if augment else messages, tokenizer)
-            with base() if session.model == "base" else contextlib.nullcontext(model) as answering:
-                answer = stream_answer(answering, tokenizer, prompt, sampling, write, label=f"{_LABELS[session.model]}> ")
+            label = f"{_LABELS[session.model]}> "
+            if engine is not None and session.model == "tuned":
+                answer = engine_answer(engine, prompt, sampling, write, label)
+            else:
+                with base() if session.model == "base" else contextlib.nullcontext(model) as answering:
+                    answer = stream_answer(answering, tokenizer, prompt, sampling, write, label)
             session = replace(session, turns=session.turns + (messages[-1], {"role": "assistant", "content": answer}))
 
 
@@ -103,5 +108,37 @@ def stream_answer(model: Any, tokenizer: Any, prompt: list[int], sampling: Sampl
         write(" [stopped]")
     finally:
         pieces.close()  # stops generation if the answer was cut short
+    write("\n")
+    return "".join(said).strip()
+
+
+def engine_decoder(engine: str, run: str, tokenizer: Any) -> Any:
+    """An `EngineDecoder` over `--engine` for RUN, or None for transformers (the chat's own model)."""
+    from .data.render import end_of_turn_ids
+    from .inference.batching import EngineDecoder
+    from .inference.engines import DEFAULT_ENGINE, open_engine
+
+    if engine == DEFAULT_ENGINE:
+        return None
+    return EngineDecoder(tokenizer, open_engine(engine, run, sorted(end_of_turn_ids(tokenizer))))
+
+
+def engine_answer(decoder: Any, prompt: list[int], sampling: Sampling, write: Callable[[str], None],
+                  label: str = "bot> ") -> str:
+    """`stream_answer` through an engine: the pieces written as they come; Ctrl-C stops this answer."""
+    from .inference.batching import DecodeJob
+
+    said: list[str] = []
+
+    def emit(item: Any) -> None:
+        if isinstance(item, str):
+            said.append(item)
+            write(item)
+
+    write(label)
+    try:
+        decoder.run(DecodeJob("tuned", prompt, sampling, emit))
+    except KeyboardInterrupt:
+        write(" [stopped]")
     write("\n")
     return "".join(said).strip()

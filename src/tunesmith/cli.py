@@ -13,7 +13,15 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from .cli_options import COLUMNS_HELP, SYSTEM_PROMPT_HELP, columns_flag, repetition_options, report_to_flag, run_options
+from .cli_options import (
+    COLUMNS_HELP,
+    SYSTEM_PROMPT_HELP,
+    columns_flag,
+    engine_option,
+    repetition_options,
+    report_to_flag,
+    run_options,
+)
 
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
@@ -300,10 +308,11 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
 @click.option("--seed", type=int, help="Seed for sampled answers.")
 @repetition_options
 @click.option("--knowledge", help="Answer with passages retrieved from this folder or .txt/.md/.jsonl file.")
-def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int | None, repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None) -> None:
+@engine_option
+def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
+                 repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None, engine: str) -> None:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
-    from .chat import chat_loop
+    from .chat import chat_loop, engine_decoder
     from .generate import base_of, load_run, run_system_prompt
     from .training.rundir import RunDir
 
@@ -323,7 +332,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
     sampling = Sampling(max_new_tokens, temperature, top_p, seed, repetition_penalty=repetition_penalty,
                         no_repeat_ngram_size=no_repeat_ngram_size)
     chat_loop(model, tokenizer, sampling, input, write, system or run_system_prompt(run), augment,
-              base=base_of(model, RunDir.open(run).config()))
+              base=base_of(model, RunDir.open(run).config()), engine=engine_decoder(engine, run, tokenizer))
 
 
 @main.command("export")
@@ -357,15 +366,16 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
 @click.option("--max-queued", type=int,
               help=f"Requests that may wait for the model before 429 (default {ServeLimits.max_queued}).")
 @click.option("--knowledge", help="Chat answers use passages retrieved from this folder or .txt/.md/.jsonl file.")
-def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...],
-                  model_name: str | None, max_tokens: int | None, max_queued: int | None, knowledge: str | None) -> None:
+@engine_option
+def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...], model_name: str | None,
+                  max_tokens: int | None, max_queued: int | None, knowledge: str | None, engine: str) -> None:
     """Serve RUN over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from .serve.app import serve
 
     overrides = {k: v for k, v in (("max_tokens", max_tokens), ("max_queued", max_queued)) if v is not None}
     if max_tokens is not None:
         overrides["default_max_tokens"] = min(ServeLimits.default_max_tokens, max_tokens)
-    serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge)
+    serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge, engine)
 
 
 @main.command("compare")
@@ -384,15 +394,16 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
               help="Prompts decoded together (1: one unpadded prompt at a time).")
 @click.option("--no-cache", is_flag=True, help="Recompute the base model's answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print compare.json to stdout instead of the tables.")
+@engine_option
 def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
-                    top_k: int, batch_size: int, no_cache: bool, as_json: bool) -> None:
+                    top_k: int, batch_size: int, no_cache: bool, as_json: bool, engine: str) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
     from .compare import compare_run, format_table
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                retrieval=RetrievalSettings(top_k=top_k))
     result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
-                         use_cache=not no_cache)
+                         use_cache=not no_cache, engine=engine)
     if _print_json(result, as_json):
         return
     out = Console(highlight=False)

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import click
 
 from .config import DEFAULT_MODEL, METHODS, TrainConfig
+from .inference.engines import DEFAULT_ENGINE, ENGINES
 from .settings import Sampling
 
 
@@ -59,3 +60,9 @@ def repetition_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--repetition-penalty", type=click.FloatRange(min=0, min_open=True),
                         default=Sampling.repetition_penalty, show_default=True,
                         help="Penalise tokens already said (1.0 is off; 1.1-1.3 stops an answer that loops).")(command)
+
+
+engine_option = click.option(
+    "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
+    help="What decodes the tuned model: transformers (the reference), llama.cpp (the run's GGUF export, CPU) "
+         "or vllm (GPU).")

@@ -26,6 +26,7 @@ from .forgetting.measure import base_view, cached_base
 from .forgetting.probes import general_texts
 from .generate import load_run
 from .inference.decode import adapters_merged, generate_batch
+from .inference.engines import DEFAULT_ENGINE, open_engine
 from .retrieval import Retriever
 from .settings import CompareSettings
 from .training.rundir import RunDir
@@ -138,10 +139,11 @@ def _base_answers(view: Callable, generate: Callable[[Any], list[list[int]]]) ->
 
 def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | None = None,
                 settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None,
-                use_cache: bool = True) -> dict[str, Any]:
+                use_cache: bool = True, engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
     """Answer held-out and training questions with the four systems; score, recommend, write
     RUN/compare.json and return its content. The base model's answers come from the cache when an
-    earlier compare asked it the same prompts (`cached_base`; use_cache=False recomputes them)."""
+    earlier compare asked it the same prompts (`cached_base`; use_cache=False recomputes them).
+    Another `engine` than transformers answers for the tuned model (the base stays transformers')."""
     from .model.loading import load_base_copy
 
     log = log or (lambda message: None)
@@ -175,8 +177,11 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     seconds = {"base": time.perf_counter() - timer}
     log(f"compare: base and base+rag answered in {seconds['base']:.0f} s" + (" (from the cache)" if cached else ""))
     timer = time.perf_counter()
-    with adapters_merged(model) as decoding:
-        tuned_out = generate(decoding)
+    if engine == DEFAULT_ENGINE:
+        with adapters_merged(model) as decoding:
+            tuned_out = generate(decoding)
+    else:
+        tuned_out = open_engine(engine, run.path, eos, log=log).generate(plain + rag, settings.max_new_tokens)
     seconds["tuned"] = time.perf_counter() - timer
     decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
     n = len(questions)
@@ -207,6 +212,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
                      **{s: answers[s][i] for s in SYSTEMS}} for i, q in enumerate(questions[:SAMPLES_SHOWN])],
         "generation_seconds": seconds,
         "base_cached": cached,
+        "engine": engine,
         "seconds": time.perf_counter() - started,
     }
     run.write_compare(result)

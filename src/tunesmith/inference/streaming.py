@@ -72,26 +72,22 @@ class ReplyStream:
         )
         thread = threading.Thread(target=self._run, args=(kwargs, streamer), daemon=True)
         thread.start()
-        text, sent = "", 0
-        stopped_by_string = exhausted = False
+        cutter, raw = StopCutter(s.stop), ""
+        exhausted = False
         try:
             for piece in streamer:
-                text += piece
-                cut = _first_stop(text, s.stop)
-                if cut is not None:
-                    text, stopped_by_string = text[:cut], True
+                raw += piece
+                shown = cutter.feed(raw)
+                if shown:
+                    yield shown
+                if cutter.stopped:
                     self._cancel.set()
-                # Hold back a tail that could still grow into a stop string.
-                safe = len(text) if stopped_by_string else max(sent, len(text) - _longest(s.stop) + 1)
-                if safe > sent:
-                    yield text[sent:safe]
-                    sent = safe
-                if stopped_by_string:
                     break
             else:
                 exhausted = True
-            if sent < len(text):
-                yield text[sent:]
+            rest = cutter.flush()
+            if rest:
+                yield rest
         finally:
             if not exhausted:
                 self._cancel.set()  # stop string, or the consumer left early: stop generating
@@ -100,7 +96,7 @@ class ReplyStream:
             thread.join()
         if self._error:
             raise self._error[0]
-        self.completion = self._finish(text, stopped_by_string)
+        self.completion = self._finish(cutter.text, cutter.stopped)
 
     def _run(self, kwargs: dict[str, Any], streamer: Any) -> None:
         try:
@@ -129,6 +125,36 @@ def complete(model: Any, tokenizer: Any, prompt_ids: Sequence[int], sampling: Sa
         pass
     assert stream.completion is not None
     return stream.completion
+
+
+class StopCutter:
+    """An answer's text as it grows, cut at its first stop string: `feed` hands out only what is
+    safe to show, holding back a tail that could still grow into a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = tuple(stops)
+        self.text = ""
+        """The answer so far, cut at a stop string once one appeared."""
+        self.stopped = False
+        """A stop string appeared: the answer is complete."""
+        self._sent = 0
+
+    def feed(self, text: str) -> str:
+        """`text` is the whole answer so far; returns its newly showable part (may be empty)."""
+        cut = _first_stop(text, self.stops)
+        if cut is not None:
+            text, self.stopped = text[:cut], True
+        self.text = text
+        safe = len(text) if self.stopped else max(self._sent, len(text) - _longest(self.stops) + 1)
+        piece = text[self._sent:safe]
+        self._sent = max(self._sent, safe)
+        return piece
+
+    def flush(self) -> str:
+        """The held-back tail, once the answer has ended."""
+        piece = self.text[self._sent:]
+        self._sent = len(self.text)
+        return piece
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

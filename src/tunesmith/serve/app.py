@@ -1,8 +1,9 @@
 """`tunesmith serve`: an OpenAI-compatible HTTP server for a run's tuned model (starlette + uvicorn).
 
 Safe by default: binds 127.0.0.1, checks the Host header (DNS rebinding), takes an optional API
-key (constant-time compare), caps bodies while they arrive, caps max_tokens and n, generates one
-request at a time with a bounded queue (429 past it), and shuts down cleanly on SIGTERM.
+key (constant-time compare), caps bodies while they arrive, caps max_tokens and n, decodes up to
+`max_batch` requests together (inference/batching.py) with a bounded queue behind them (429 past
+it), and shuts down cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ import contextlib
 import hmac
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterable
 
-import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -25,7 +25,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..data.render import encode_prompt, encode_text, with_system_prompt
-from ..inference.streaming import Completion, ReplyStream, complete
+from ..inference.batching import BatchDecoder, EngineDecoder
+from ..inference.engines import DEFAULT_ENGINE
+from ..inference.streaming import Completion
 from ..settings import Sampling, ServeLimits
 from .protocol import (
     GenerationRequest,
@@ -46,36 +48,40 @@ log = logging.getLogger("tunesmith.serve")
 
 
 class GenerationGate:
-    """One generation at a time; at most `max_queued` requests wait for it; the next is turned away."""
+    """At most `max_batch` generations at once; at most `max_queued` requests wait for a place; the next is turned away."""
 
-    def __init__(self, max_queued: int) -> None:
-        self._lock = asyncio.Lock()
+    def __init__(self, max_queued: int, max_batch: int = ServeLimits.max_batch) -> None:
+        self._places = asyncio.Semaphore(max_batch)
         self._admitted = 0  # running + waiting
-        self._capacity = max_queued + 1
+        self._running = 0
+        self._capacity = max_queued + max_batch
+        self.max_queued = max_queued
 
     @property
     def busy(self) -> bool:
-        """A generation holds the model."""
-        return self._lock.locked()
+        """A generation is running."""
+        return self._running > 0
 
     @property
     def waiting(self) -> int:
-        return max(0, self._admitted - 1)
+        return self._admitted - self._running
 
     async def enter(self) -> None:
-        """Take a place in the queue and wait for the model; RequestError 429 when the queue is full."""
+        """Take a place in the queue and wait for a place in the batch; RequestError 429 when the queue is full."""
         if self._admitted >= self._capacity:
-            raise RequestError(429, f"the server is busy: {self._capacity - 1} requests are already queued; "
+            raise RequestError(429, f"the server is busy: {self.max_queued} requests are already queued; "
                                     "retry later", code="queue_full")
         self._admitted += 1
         try:
-            await self._lock.acquire()
+            await self._places.acquire()
         except BaseException:
             self._admitted -= 1
             raise
+        self._running += 1
 
     def leave(self) -> None:
-        self._lock.release()
+        self._places.release()
+        self._running -= 1
         self._admitted -= 1
 
 
@@ -97,25 +103,35 @@ class Served:
     """Enters the base model (forgetting.measure.base_view): a zero-argument context manager factory."""
     system_prompt: str | None = None
     """The run's system prompt, for chat requests that bring none (as in training)."""
+    engine: Any = None
+    """An engine of inference/engines.py that decodes instead of `model` (`--engine`), or None."""
+    decoder: BatchDecoder | EngineDecoder = field(init=False)
+    """Decodes the admitted requests: together, one batch per answering model at a time; or one by one in `engine`."""
+
+    def __post_init__(self) -> None:
+        self.decoder = (EngineDecoder(self.tokenizer, self.engine) if self.engine is not None
+                        else BatchDecoder(self.tokenizer, self.answering, self.limits.max_batch))
 
     @property
     def model_ids(self) -> tuple[str, ...]:
         return (self.model_id,) + ((self.base_id,) if self.base_id else ())
 
     def answering(self, model_id: str) -> Any:
-        """A context manager giving the model that answers as `model_id`. Requests generate one at a
-        time (GenerationGate), so switching the adapters off for one never reaches another."""
+        """A context manager giving the model that answers as `model_id`. Only the decode thread enters
+        it, for one batch of requests to the same model id, so switching the adapters off for one never
+        reaches another."""
         return self.base() if model_id == self.base_id and self.base is not None else contextlib.nullcontext(self.model)
 
 
 def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = ServeLimits(),
               api_key: str | None = None, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS, retriever: Any = None,
-              base: tuple[str, Any] | None = None, system_prompt: str | None = None) -> Any:
+              base: tuple[str, Any] | None = None, system_prompt: str | None = None, engine: Any = None) -> Any:
     """The ASGI app: routes behind the Host and API-key guard; chat answers use `retriever` when given;
-    `base` is (its model id, a base view) to serve the base model beside the tuned one."""
-    served = Served(model, tokenizer, model_id, limits, GenerationGate(limits.max_queued),
+    `base` is (its model id, a base view) to serve the base model beside the tuned one; `engine`
+    decodes instead of `model`, which then gives only its tokenizer's context length."""
+    served = Served(model, tokenizer, model_id, limits, GenerationGate(limits.max_queued, limits.max_batch),
                     int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens), retriever,
-                    *(base or (None, None)), system_prompt)
+                    *(base or (None, None)), system_prompt, engine)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": served.model_id, "busy": served.gate.busy,
@@ -196,11 +212,11 @@ async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[i
     rid = new_id("chatcmpl" if chat else "cmpl")
     await served.gate.enter()
     if parsed.stream:
-        events = _events(served, parsed, prompt_ids, rid, chat)
+        events = _choice_events(served, parsed, prompt_ids, rid, chat)
         return LeaveAfter(StreamingResponse(events, media_type="text/event-stream",
                                             headers={"Cache-Control": "no-cache"}), served.gate)
     try:
-        done = await run_in_threadpool(_complete_all, served, parsed, prompt_ids)
+        done = [await _drained(_decoded(served, parsed, prompt_ids, i)) for i in range(parsed.n)]
     finally:
         served.gate.leave()
     body = (chat_response if chat else completion_response)(rid, parsed.model, done)
@@ -214,50 +230,57 @@ def _choice_sampling(sampling: Sampling, index: int) -> Sampling:
     return replace(sampling, seed=sampling.seed + index)
 
 
-def _complete_all(served: Served, parsed: GenerationRequest, prompt_ids: list[int]) -> list[Completion]:
-    with served.answering(parsed.model) as model:
-        return [complete(model, served.tokenizer, prompt_ids, _choice_sampling(parsed.sampling, i))
-                for i in range(parsed.n)]
+async def _decoded(served: Served, parsed: GenerationRequest, prompt_ids: list[int],
+                   index: int) -> AsyncIterator[str | Completion]:
+    """Choice `index` from the decode thread: its text pieces, then its `Completion`. Leaving early
+    (client gone, shutdown) cancels it, which frees its row in the batch at the next step."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Any] = asyncio.Queue()
+
+    def emit(item: Any) -> None:  # called by the decode thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            loop.call_soon_threadsafe(events.put_nowait, item)
+
+    job = served.decoder.submit(parsed.model, prompt_ids, _choice_sampling(parsed.sampling, index), emit)
+    try:
+        while True:
+            item = await events.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if isinstance(item, Completion):
+                return
+    finally:
+        job.cancel()
 
 
-_END = object()
+async def _drained(events: AsyncIterator[str | Completion]) -> Completion:
+    async for item in events:
+        if isinstance(item, Completion):
+            return item
+    raise AssertionError("the decode thread ended a job without its completion")
 
 
-async def _events(served: Served, parsed: GenerationRequest, prompt_ids: list[int], rid: str,
-                  chat: bool) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per text piece, a finishing chunk per choice, then [DONE]."""
-    with served.answering(parsed.model) as model:
-        async for event in _choice_events(served, model, parsed, prompt_ids, rid, chat):
-            yield event
-
-
-async def _choice_events(served: Served, model: Any, parsed: GenerationRequest, prompt_ids: list[int], rid: str,
+async def _choice_events(served: Served, parsed: GenerationRequest, prompt_ids: list[int], rid: str,
                          chat: bool) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per text piece, a finishing chunk per choice, then [DONE]."""
     finished: list[Completion] = []
     model_id = parsed.model
     for index in range(parsed.n):
-        stream = ReplyStream(model, served.tokenizer, prompt_ids, _choice_sampling(parsed.sampling, index))
-        pieces = iter(stream)
+        if chat:
+            yield _sse(chat_chunk(rid, model_id, index, {"role": "assistant", "content": ""}))
         try:
-            if chat:
-                yield _sse(chat_chunk(rid, model_id, index, {"role": "assistant", "content": ""}))
-            while True:
-                piece = await run_in_threadpool(next, pieces, _END)
-                if piece is _END:
-                    break
-                yield _sse(chat_chunk(rid, model_id, index, {"content": piece}) if chat
-                           else completion_chunk(rid, model_id, index, piece))
+            async for item in _decoded(served, parsed, prompt_ids, index):
+                if isinstance(item, Completion):
+                    finished.append(item)
+                else:
+                    yield _sse(chat_chunk(rid, model_id, index, {"content": item}) if chat
+                               else completion_chunk(rid, model_id, index, item))
         except Exception as exc:  # the status line is sent already: report in-band and stop
             log.exception("generation failed")
             yield _sse(RequestError(500, f"generation failed: {type(exc).__name__}").body())
             return
-        finally:
-            # Client gone or shutdown: stop the generation thread (shielded: we may be cancelled).
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(pieces.close)
-        assert stream.completion is not None
-        finished.append(stream.completion)
-        reason = stream.completion.finish_reason
+        reason = finished[-1].finish_reason
         yield _sse(chat_chunk(rid, model_id, index, {}, reason) if chat
                    else completion_chunk(rid, model_id, index, "", reason))
     if parsed.include_usage:
@@ -345,9 +368,10 @@ EXCEPTION_HANDLERS = {RequestError: _request_error, HTTPException: _http_error, 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           limits: ServeLimits = ServeLimits(), allowed_hosts: Iterable[str] = (), model_id: str | None = None,
-          knowledge: str | Path | None = None) -> None:
+          knowledge: str | Path | None = None, engine: str = DEFAULT_ENGINE) -> None:
     """Load RUN and serve it until SIGTERM/SIGINT (uvicorn lets running requests finish, up to a grace);
-    with `knowledge`, chat completions answer with passages retrieved from it."""
+    with `knowledge`, chat completions answer with passages retrieved from it. Another `engine` than
+    transformers decodes the tuned model alone (the base is served by transformers only)."""
     import uvicorn
 
     from ..generate import base_model_id, base_of, load_run, run_system_prompt
@@ -362,10 +386,16 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
         retriever = Retriever.load(knowledge, log=log.info)
     name = model_id or Path(run).resolve().name
     hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts]
-    base = (base_model_id(config, name), base_of(model, config))
-    app = build_app(model, tokenizer, name, limits, api_key, hosts, retriever, base, run_system_prompt(run))
-    log.info("serving %s (and its base as %s) on http://%s:%d/v1 (%s)", name, base[0], host, port,
-             "API key required" if api_key else "no API key")
+    decoding = None
+    base: tuple[str, Any] | None = (base_model_id(config, name), base_of(model, config))
+    if engine != DEFAULT_ENGINE:
+        from ..data.render import end_of_turn_ids
+        from ..inference.engines import open_engine
+
+        decoding, base = open_engine(engine, run, sorted(end_of_turn_ids(tokenizer)), log=log.info), None
+    app = build_app(model, tokenizer, name, limits, api_key, hosts, retriever, base, run_system_prompt(run), decoding)
+    log.info("serving %s%s with %s on http://%s:%d/v1 (%s)", name, f" (and its base as {base[0]})" if base else "",
+             engine, host, port, "API key required" if api_key else "no API key")
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False,
                             timeout_graceful_shutdown=limits.shutdown_grace_s)
     # uvicorn stops accepting on SIGTERM/SIGINT, lets running requests finish within the grace

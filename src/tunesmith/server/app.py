@@ -86,7 +86,7 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
                      system_prompt: str | None = None) -> Any:
     """The ASGI app: the scheduler runs while the app does (started and stopped by its lifespan)."""
     limits, store, chat = settings.limits, home.store, settings.serve_limits
-    served = ServedJobs(model, tokenizer, base_id, chat, GenerationGate(chat.max_queued),
+    served = ServedJobs(model, tokenizer, base_id, chat, GenerationGate(chat.max_queued, chat.max_batch),
                         int(getattr(model.config, "max_position_embeddings", 0) or chat.max_prompt_tokens),
                         system_prompt=system_prompt, store=store, home=home.path)
     scheduler = Scheduler(store, home.path, tokenizer, limits)
