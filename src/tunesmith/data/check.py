@@ -49,6 +49,8 @@ from .similarity import DuplicateIndex, RowPlaces, normalize, signature
 BATCH_ROWS = 512
 """Rows tokenized per call: large enough for the fast tokenizer's batching, small for memory."""
 UNLIMITED = 1 << 62  # encode without truncating; the check works out what truncation would cut
+HISTOGRAM_BINS = 12
+"""Bars of the token-length histogram (the web page's Data page draws it): enough to see a long tail."""
 
 
 @dataclass
@@ -100,8 +102,19 @@ class SplitStats:
             "no_trained_tokens": self.no_trained_tokens, "end_of_turn_trained": self.end_of_turn_trained,
             "exact_duplicates": self.exact_duplicates, "near_duplicates": self.near_duplicates,
             "control_token_strings": self.control_token_strings, "short_answers": self.short_answers,
-            "long_answers": self.long_answers, "pii": dict(self.pii),
+            "long_answers": self.long_answers, "pii": dict(self.pii), "histogram": length_histogram(ordered),
         }
+
+
+def length_histogram(ordered: list[int], bins: int = HISTOGRAM_BINS) -> dict[str, list[int]]:
+    """Rows per token-length bin of equal width from 0 to the longest: `edges` has one more entry than `counts`."""
+    if not ordered:
+        return {"edges": [], "counts": []}
+    width = max(1, -(-ordered[-1] // bins))  # ceiling: the longest row falls in the last bin
+    counts = [0] * bins
+    for length in ordered:
+        counts[min(bins - 1, length // width)] += 1
+    return {"edges": [k * width for k in range(bins + 1)], "counts": counts}
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """What the model learns from one example, shown: its rendered text with the trained tokens marked
-(`data check --show`)."""
+(`data check --show`, and the web page's Data page)."""
 
 from __future__ import annotations
 
@@ -13,24 +13,33 @@ TRAINED_MARKS = ("[[", "]]")
 """How plain text (a pipe, a log, CI) marks the trained tokens, where no colour shows."""
 
 
+def preview_segments(example: Example, tokenizer: Any, max_seq_tokens: int) -> list[tuple[str, bool, bool]]:
+    """The example's text in runs of (text, trained, cut here): a run ends where training switches
+    on or off, and at max_seq_tokens, whose run is marked as the truncation point when tokens follow."""
+    ids = example.input_ids
+    # token t is trained when the target at t-1 predicts it
+    trained = [False] + [t != IGNORE for t in example.targets[:-1]]
+    segments = []
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or trained[end] != trained[start] or end == max_seq_tokens:
+            text = tokenizer.decode(ids[start:end], skip_special_tokens=False)
+            segments.append((text, trained[start], end == max_seq_tokens and end < len(ids)))
+            start = end
+    return segments
+
+
 def render_preview(example: Example, tokenizer: Any, max_seq_tokens: int, color: bool = True) -> str:
     """One example as rich markup: trained tokens highlighted, untrained dim, the truncation point
     marked. Without `color` (output that is not a terminal) the trained tokens are marked in the
     text itself, [[like this]], so a log shows what the model learns."""
-    ids = example.input_ids
-    # token t is trained when the target at t-1 predicts it
-    trained = [False] + [t != IGNORE for t in example.targets[:-1]]
     opened, closed = ("[bold green on grey15]", "[/]") if color else (escape(TRAINED_MARKS[0]), TRAINED_MARKS[1])
     out: list[str] = []
-    start = 0
-    for end in range(1, len(ids) + 1):
-        if end == len(ids) or trained[end] != trained[start] or end == max_seq_tokens:
-            text = escape(tokenizer.decode(ids[start:end], skip_special_tokens=False))
-            if trained[start]:
-                out.append(f"{opened}{text}{closed}")
-            else:
-                out.append(f"[dim]{text}[/]" if color else text)
-            if end == max_seq_tokens and end < len(ids):
-                out.append(f"[bold red]✂ max_seq_tokens={max_seq_tokens}: the rest is cut[/]")
-            start = end
+    for text, trained, cut in preview_segments(example, tokenizer, max_seq_tokens):
+        if trained:
+            out.append(f"{opened}{escape(text)}{closed}")
+        else:
+            out.append(f"[dim]{escape(text)}[/]" if color else escape(text))
+        if cut:
+            out.append(f"[bold red]✂ max_seq_tokens={max_seq_tokens}: the rest is cut[/]")
     return "".join(out)
