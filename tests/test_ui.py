@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from conftest import FAQ, faq_rows, write_jsonl
-from test_server import BASE_CONFIG, wait_for
 from test_serve import free_port
-from tunesmith.data.check import length_histogram
+from test_server import BASE_CONFIG, wait_for
+from tunesmith.data.preview import length_histogram
 from tunesmith.server.store import Store
 from tunesmith.server.worker import DB_NAME
 from tunesmith.ui.api import field_docs, train_form

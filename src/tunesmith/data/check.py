@@ -21,6 +21,7 @@ from .limits import CheckLimits
 from .pii import find_pii
 from .preference import check_pairs, is_preference_data
 from .prepare import held_out_count, small_data_warnings
+from .preview import length_histogram
 from .records import (
     Conversation,
     DataError,
@@ -49,8 +50,6 @@ from .similarity import DuplicateIndex, RowPlaces, normalize, signature
 BATCH_ROWS = 512
 """Rows tokenized per call: large enough for the fast tokenizer's batching, small for memory."""
 UNLIMITED = 1 << 62  # encode without truncating; the check works out what truncation would cut
-HISTOGRAM_BINS = 12
-"""Bars of the token-length histogram (the web page's Data page draws it): enough to see a long tail."""
 
 
 @dataclass
@@ -105,16 +104,6 @@ class SplitStats:
             "long_answers": self.long_answers, "pii": dict(self.pii), "histogram": length_histogram(ordered),
         }
 
-
-def length_histogram(ordered: list[int], bins: int = HISTOGRAM_BINS) -> dict[str, list[int]]:
-    """Rows per token-length bin of equal width from 0 to the longest: `edges` has one more entry than `counts`."""
-    if not ordered:
-        return {"edges": [], "counts": []}
-    width = max(1, -(-ordered[-1] // bins))  # ceiling: the longest row falls in the last bin
-    counts = [0] * bins
-    for length in ordered:
-        counts[min(bins - 1, length // width)] += 1
-    return {"edges": [k * width for k in range(bins + 1)], "counts": counts}
 
 
 @dataclass

@@ -11,6 +11,8 @@ from .render import IGNORE, Example
 
 TRAINED_MARKS = ("[[", "]]")
 """How plain text (a pipe, a log, CI) marks the trained tokens, where no colour shows."""
+HISTOGRAM_BINS = 12
+"""Bars of the token-length histogram (the web page's Data page draws it): enough to see a long tail."""
 
 
 def preview_segments(example: Example, tokenizer: Any, max_seq_tokens: int) -> list[tuple[str, bool, bool]]:
@@ -43,3 +45,14 @@ def render_preview(example: Example, tokenizer: Any, max_seq_tokens: int, color:
         if cut:
             out.append(f"[bold red]✂ max_seq_tokens={max_seq_tokens}: the rest is cut[/]")
     return "".join(out)
+
+
+def length_histogram(ordered: list[int], bins: int = HISTOGRAM_BINS) -> dict[str, list[int]]:
+    """Rows per token-length bin of equal width from 0 to the longest: `edges` has one more entry than `counts`."""
+    if not ordered:
+        return {"edges": [], "counts": []}
+    width = max(1, -(-ordered[-1] // bins))  # ceiling: the longest row falls in the last bin
+    counts = [0] * bins
+    for length in ordered:
+        counts[min(bins - 1, length // width)] += 1
+    return {"edges": [k * width for k in range(bins + 1)], "counts": counts}
