@@ -72,7 +72,16 @@ $(TRACKING_STAMP): $(STAMP)
 	$(PIP) install -q -e ".[tracking]"
 	touch $(TRACKING_STAMP)
 
-test: setup $(LLAMA_CPP_STAMP) $(TRACKING_STAMP)
+# The browser tests (tests/test_ui.py) drive Debian's chromium through Playwright (in the dev extra);
+# Playwright's own browser download is not used. Needs root (or sudo) the first time.
+CHROMIUM_STAMP := $(VENV)/.chromium-done
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM_STAMP): $(STAMP)
+	test -x /usr/bin/chromium || $(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
+	touch $(CHROMIUM_STAMP)
+
+test: setup $(LLAMA_CPP_STAMP) $(TRACKING_STAMP) $(CHROMIUM_STAMP)
 	$(VENV)/bin/pytest -q -m "not slow"
 	$(VENV)/bin/pytest -q -m slow
 

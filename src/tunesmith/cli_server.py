@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -17,26 +18,80 @@ from .settings import ServerLimits
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-@click.command("server")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default.")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--api-key", envvar="TUNESMITH_API_KEY", help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
-@click.option("--home", default="tunesmith-home", show_default=True, type=click.Path(file_okay=False),
-              help="Folder of the database, uploaded files, run directories and logs.")
-@click.option("--model", help="Base model every job trains (default: --config's, else tunesmith's default).")
-@click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
-              help="YAML of run settings under every job (method, lora, forgetting, precision, ...).")
-@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header name to accept (repeatable).")
-@click.option("--max-upload-bytes", type=int, help=f"Largest uploaded file (default {ServerLimits.max_upload_bytes}).")
-@click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` after a job (no report.html in result_files).")
-def server_command(host: str, port: int, api_key: str | None, home: str, model: str | None, config: str | None,
-                   allowed_hosts: tuple[str, ...], max_upload_bytes: int | None, no_eval: bool) -> None:
-    """OpenAI's fine-tuning API on this machine: files, jobs, events, checkpoints, and chat with every tuned model."""
-    from .server.app import ServerSettings, run_server
+def _server_options(command: Any) -> Any:
+    """The options `server` and `ui` share: where to listen, the key, the home and the base model."""
+    for option in reversed((
+        click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default."),
+        click.option("--port", type=int, default=8000, show_default=True),
+        click.option("--api-key", envvar="TUNESMITH_API_KEY",
+                     help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY)."),
+        click.option("--home", default="tunesmith-home", show_default=True, type=click.Path(file_okay=False),
+                     help="Folder of the database, uploaded files, run directories and logs."),
+        click.option("--model", help="Base model every job trains (default: --config's, else tunesmith's default)."),
+        click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
+                     help="YAML of run settings under every job (method, lora, forgetting, precision, ...)."),
+        click.option("--allowed-host", "allowed_hosts", multiple=True,
+                     help="Extra Host header name to accept (repeatable)."),
+        click.option("--max-upload-bytes", type=int,
+                     help=f"Largest uploaded file (default {ServerLimits.max_upload_bytes})."),
+        click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` after a job (no report.html in result_files)."),
+    )):
+        command = option(command)
+    return command
+
+
+def _settings(host: str, port: int, api_key: str | None, home: str, model: str | None, config: str | None,
+              allowed_hosts: tuple[str, ...], max_upload_bytes: int | None, no_eval: bool) -> Any:
+    from .server.app import ServerSettings
 
     limits = ServerLimits(**({"max_upload_bytes": max_upload_bytes} if max_upload_bytes else {}))
-    run_server(ServerSettings(Path(home), host, port, model, Path(config) if config else None, api_key,
-                              allowed_hosts, not no_eval, limits))
+    return ServerSettings(Path(home), host, port, model, Path(config) if config else None, api_key, allowed_hosts,
+                          not no_eval, limits)
+
+
+@click.command("server")
+@_server_options
+def server_command(**options: Any) -> None:
+    """OpenAI's fine-tuning API on this machine: files, jobs, events, checkpoints, and chat with every tuned model."""
+    from .server.app import run_server
+
+    run_server(_settings(**options))
+
+
+@click.command("ui")
+@_server_options
+@click.option("--no-open", is_flag=True, help="Print the page's address without opening a browser.")
+def ui_command(no_open: bool, **options: Any) -> None:
+    """The web page for the whole workflow (data check, train, runs, report, playground, export) on
+    `tunesmith server`: starts the server and opens the page in your browser."""
+    import threading
+
+    from .server.app import run_server
+
+    settings = _settings(**options)
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    url = f"http://{host}:{settings.port}/"
+    # The key rides in the fragment, which the browser keeps to itself; the page stores it for the tab.
+    page = url + (f"#key={urllib.parse.quote(settings.api_key)}" if settings.api_key else "")
+    click.echo(f"tunesmith ui: {page}  (the page answers once the base model has loaded)")
+    if not no_open:
+        threading.Thread(target=_open_when_up, args=(url, page), daemon=True).start()
+    run_server(settings)
+
+
+def _open_when_up(url: str, page: str, timeout_s: float = 600.0) -> None:
+    """Open the page in the default browser once /health answers (the base model loads first)."""
+    import time
+    import webbrowser
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "health", timeout=2):
+                webbrowser.open(page)
+                return
+        except OSError:  # not listening yet
+            time.sleep(0.5)
 
 
 @click.group("jobs")

@@ -21,6 +21,7 @@ from .limits import CheckLimits
 from .pii import find_pii
 from .preference import check_pairs, is_preference_data
 from .prepare import held_out_count, small_data_warnings
+from .preview import length_histogram
 from .records import (
     Conversation,
     DataError,
@@ -100,8 +101,9 @@ class SplitStats:
             "no_trained_tokens": self.no_trained_tokens, "end_of_turn_trained": self.end_of_turn_trained,
             "exact_duplicates": self.exact_duplicates, "near_duplicates": self.near_duplicates,
             "control_token_strings": self.control_token_strings, "short_answers": self.short_answers,
-            "long_answers": self.long_answers, "pii": dict(self.pii),
+            "long_answers": self.long_answers, "pii": dict(self.pii), "histogram": length_histogram(ordered),
         }
+
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """What the model learns from one example, shown: its rendered text with the trained tokens marked
-(`data check --show`)."""
+(`data check --show`, and the web page's Data page)."""
 
 from __future__ import annotations
 
@@ -11,26 +11,48 @@ from .render import IGNORE, Example
 
 TRAINED_MARKS = ("[[", "]]")
 """How plain text (a pipe, a log, CI) marks the trained tokens, where no colour shows."""
+HISTOGRAM_BINS = 12
+"""Bars of the token-length histogram (the web page's Data page draws it): enough to see a long tail."""
+
+
+def preview_segments(example: Example, tokenizer: Any, max_seq_tokens: int) -> list[tuple[str, bool, bool]]:
+    """The example's text in runs of (text, trained, cut here): a run ends where training switches
+    on or off, and at max_seq_tokens, whose run is marked as the truncation point when tokens follow."""
+    ids = example.input_ids
+    # token t is trained when the target at t-1 predicts it
+    trained = [False] + [t != IGNORE for t in example.targets[:-1]]
+    segments = []
+    start = 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or trained[end] != trained[start] or end == max_seq_tokens:
+            text = tokenizer.decode(ids[start:end], skip_special_tokens=False)
+            segments.append((text, trained[start], end == max_seq_tokens and end < len(ids)))
+            start = end
+    return segments
 
 
 def render_preview(example: Example, tokenizer: Any, max_seq_tokens: int, color: bool = True) -> str:
     """One example as rich markup: trained tokens highlighted, untrained dim, the truncation point
     marked. Without `color` (output that is not a terminal) the trained tokens are marked in the
     text itself, [[like this]], so a log shows what the model learns."""
-    ids = example.input_ids
-    # token t is trained when the target at t-1 predicts it
-    trained = [False] + [t != IGNORE for t in example.targets[:-1]]
     opened, closed = ("[bold green on grey15]", "[/]") if color else (escape(TRAINED_MARKS[0]), TRAINED_MARKS[1])
     out: list[str] = []
-    start = 0
-    for end in range(1, len(ids) + 1):
-        if end == len(ids) or trained[end] != trained[start] or end == max_seq_tokens:
-            text = escape(tokenizer.decode(ids[start:end], skip_special_tokens=False))
-            if trained[start]:
-                out.append(f"{opened}{text}{closed}")
-            else:
-                out.append(f"[dim]{text}[/]" if color else text)
-            if end == max_seq_tokens and end < len(ids):
-                out.append(f"[bold red]✂ max_seq_tokens={max_seq_tokens}: the rest is cut[/]")
-            start = end
+    for text, trained, cut in preview_segments(example, tokenizer, max_seq_tokens):
+        if trained:
+            out.append(f"{opened}{escape(text)}{closed}")
+        else:
+            out.append(f"[dim]{escape(text)}[/]" if color else escape(text))
+        if cut:
+            out.append(f"[bold red]✂ max_seq_tokens={max_seq_tokens}: the rest is cut[/]")
     return "".join(out)
+
+
+def length_histogram(ordered: list[int], bins: int = HISTOGRAM_BINS) -> dict[str, list[int]]:
+    """Rows per token-length bin of equal width from 0 to the longest: `edges` has one more entry than `counts`."""
+    if not ordered:
+        return {"edges": [], "counts": []}
+    width = max(1, -(-ordered[-1] // bins))  # ceiling: the longest row falls in the last bin
+    counts = [0] * bins
+    for length in ordered:
+        counts[min(bins - 1, length // width)] += 1
+    return {"edges": [k * width for k in range(bins + 1)], "counts": counts}

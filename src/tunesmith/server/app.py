@@ -7,7 +7,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, AsyncIterator, Iterable
+from typing import IO, Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -20,6 +20,8 @@ from ..errors import ConfigError
 from ..serve.app import EXCEPTION_HANDLERS, LOOPBACK_HOSTS, GenerationGate, Guard, inference_routes, read_json
 from ..serve.protocol import RequestError
 from ..settings import ServeLimits, ServerLimits
+from ..ui.api import ui_routes
+from ..ui.pages import WithPages
 from .files import FILE_ID, PURPOSES, counting_receive, file_object, file_path, new_id, save_upload
 from .jobs import (
     JOB_ID,
@@ -105,11 +107,12 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
                              "queued": store.count_jobs(("validating_files", "queued"))})
 
     routes = [Route("/health", health, methods=["GET"]), *file_routes(home, limits),
-              *job_routes(home, settings, base_id), *inference_routes(served)]
+              *job_routes(home, settings, base_id), *inference_routes(served),
+              *ui_routes(home.path, store, settings.config, settings.model, tokenizer)]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.served, app.state.scheduler = served, scheduler
-    hosts: Iterable[str] = (*LOOPBACK_HOSTS, settings.host, *settings.allowed_hosts)
-    return Guard(app, settings.api_key, hosts)
+    hosts = (*LOOPBACK_HOSTS, settings.host, *settings.allowed_hosts)
+    return WithPages(Guard(app, settings.api_key, hosts), hosts)
 
 
 def file_routes(home: Home, limits: ServerLimits) -> list[Route]:

@@ -1,0 +1,149 @@
+"""The web page's JSON routes under /ui/api/, where OpenAI's API has none: the data check of an uploaded
+file, the Train form's defaults and help (from TrainConfig), each job's run (summary, metrics, eval.json,
+figures) and its adapter as a download. Every figure the page shows comes from these or from /v1."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import io
+import json
+import textwrap
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..config import TrainConfig, default_lr, load_config
+from ..serve.protocol import RequestError
+from ..server.files import FILE_ID, file_path
+from ..server.jobs import JOB_ID
+from ..server.store import Store
+from ..server.worker import runs_dir
+
+PREVIEWS = 3
+"""Rendered examples the Data page shows (what `data check --show 3` prints)."""
+FIGURES = ("report-loss.png", "report-probes.png", "report-tradeoff.png")
+"""The plots `tunesmith eval` writes beside report.html; the only run files served besides it."""
+FORM = (("n_epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate_multiplier", "lr"), ("seed", "seed"))
+"""The job request's hyperparameters (OpenAI's names) and the TrainConfig field each one sets."""
+SETTINGS = ("model", "method", "objective", "max_seq_tokens", "val_fraction", "max_steps", "eval_every",
+            "system_prompt", "precision")
+"""Base-config fields the Train page shows read-only: the server's --config sets them for every job."""
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each dataclass field's docstring (the string right under it), whitespace folded: the form's help."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def train_form(config: TrainConfig) -> dict[str, Any]:
+    """The Train page: the job's fields with the server config's values and TrainConfig's help, and
+    the settings every job shares. The learning rate is a multiplier (OpenAI's), so its default is 1."""
+    docs = field_docs(TrainConfig)
+    fields = []
+    for name, key in FORM:
+        value, help_text = getattr(config, key), docs.get(key, "")
+        if key == "lr":
+            base_lr = config.lr or default_lr(config.method, config.objective)
+            value, help_text = 1, f"Multiplies the peak learning rate {base_lr:g}. {help_text}"
+        fields.append({"name": name, "key": key, "value": value, "help": help_text})
+    settings = [{"key": k, "value": getattr(config, k), "help": docs.get(k, "")} for k in SETTINGS]
+    return {"fields": fields, "settings": settings}
+
+
+def check_report(path: Path, filename: str, config: TrainConfig, tokenizer: Any) -> dict[str, Any]:
+    """`data check --json --show` of one uploaded file, its path shown as the uploaded name, and the
+    first examples as (text, trained, cut) runs."""
+    from ..data import data_options
+    from ..data.check import check_files
+    from ..data.preview import preview_segments
+
+    report = check_files(path, None, tokenizer, config.max_seq_tokens, show=PREVIEWS, val_fraction=config.val_fraction,
+                         **data_options(config))
+    body = json.loads(json.dumps(report.to_json()).replace(json.dumps(str(path))[1:-1], filename))
+    body["previews"] = [{"source": e.source.replace(str(path), filename),
+                         "segments": preview_segments(e, tokenizer, config.max_seq_tokens)} for e in report.previews]
+    return body
+
+
+def run_view(run: Path) -> dict[str, Any]:
+    """What the Runs, Report and Export pages read of a job's run directory (nulls while it has none)."""
+    def read(name: str) -> Any:
+        return json.loads((run / name).read_text()) if (run / name).is_file() else None
+
+    metrics = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+    return {"summary": read("summary.json"), "eval": read("eval.json"), "metrics": [json.loads(m) for m in metrics],
+            "figures": [f for f in FIGURES if (run / f).is_file()], "adapter": (run / "adapter").is_dir()}
+
+
+def zip_folder(folder: Path) -> bytes:
+    """The folder's files in a zip, paths relative to it (an adapter is a few small files)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+def ui_routes(home: Path, store: Store, base_config: Path | None, model: str | None, tokenizer: Any) -> list[Route]:
+    """The /ui/api routes over the server's store and home; they sit behind the same Guard as /v1."""
+    def config() -> TrainConfig:
+        return load_config(base_config, {"data": "-", "model": model})
+
+    def job_run(request: Request) -> Path:
+        job_id = request.path_params["job_id"]
+        if not JOB_ID.fullmatch(job_id) or store.job(job_id) is None:
+            raise RequestError(404, f"No fine-tuning job found with id {job_id!r}", "job_id", "job_not_found")
+        return runs_dir(home) / job_id
+
+    async def form(request: Request) -> Response:
+        return JSONResponse(train_form(config()))
+
+    async def check(request: Request) -> Response:
+        file_id = request.path_params["file_id"]
+        row = store.file(file_id) if FILE_ID.fullmatch(file_id) else None
+        if row is None:
+            raise RequestError(404, f"No such File object: {file_id}", "file_id", "file_not_found")
+        path = file_path(home, row["id"], row["stored"])
+        return JSONResponse(await run_in_threadpool(check_report, path, row["filename"], config(), tokenizer))
+
+    async def runs(request: Request) -> Response:
+        return JSONResponse({j["id"]: run_view(runs_dir(home) / j["id"]) for j in store.jobs()})
+
+    async def run(request: Request) -> Response:
+        return JSONResponse(run_view(job_run(request)))
+
+    async def figure(request: Request) -> Response:
+        name, path = request.path_params["name"], job_run(request)
+        if name not in FIGURES or not (path / name).is_file():
+            raise RequestError(404, f"No figure {name!r} in this job's run", "name", "not_found")
+        return FileResponse(path / name, media_type="image/png")
+
+    async def adapter(request: Request) -> Response:
+        path = job_run(request) / "adapter"
+        if not path.is_dir():
+            raise RequestError(404, "This job has no adapter yet: it has not succeeded", "job_id", "not_found")
+        body = await run_in_threadpool(zip_folder, path)
+        name = f"{request.path_params['job_id']}-adapter.zip"
+        return Response(body, media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    return [
+        Route("/ui/api/train-form", form, methods=["GET"]),
+        Route("/ui/api/files/{file_id}/check", check, methods=["GET"]),
+        Route("/ui/api/runs", runs, methods=["GET"]),
+        Route("/ui/api/jobs/{job_id}/run", run, methods=["GET"]),
+        Route("/ui/api/jobs/{job_id}/figures/{name}", figure, methods=["GET"]),
+        Route("/ui/api/jobs/{job_id}/adapter.zip", adapter, methods=["GET"]),
+    ]
