@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -121,8 +122,11 @@ def page(browser, ui):
 
 
 def shoot(page, name: str) -> None:
-    IMG.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(IMG / f"ui-{name}.png"), full_page=True)
+    """Each page rendered to a PNG: into docs/img with TUNESMITH_UI_SCREENSHOTS=1 (how docs/ui.md's
+    images are refreshed), else into a temporary folder, so a test run leaves the tree unchanged."""
+    folder = IMG if os.environ.get("TUNESMITH_UI_SCREENSHOTS") else Path(tempfile.gettempdir()) / "tunesmith-ui"
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / f"ui-{name}.png"), full_page=True)
 
 
 def test_a_bad_file_is_named_by_its_line(page, tmp_path):
