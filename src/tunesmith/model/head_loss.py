@@ -68,14 +68,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
     Under autocast both run in the autocast dtype (as the head's Linear would); log-softmax is fp32.
     """
-    device = hidden.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        hidden, weight = hidden.to(dtype), weight.to(dtype)
-    elif weight.dtype != hidden.dtype:
-        weight = weight.to(hidden.dtype)
-    with torch.autocast(device, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, chunk, torch.is_grad_enabled())
+    return _apply_head(_LinearCrossEntropy, hidden, weight, targets, chunk)
 
 
 class _LinearLogProbs(torch.autograd.Function):
@@ -128,6 +121,13 @@ def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
                      chunk: int = CHUNK_ROWS) -> torch.Tensor:
     """(n,) log-probability of each row's target through the head `weight` (V, d), fp32 at least;
     the autocast dtype as in `linear_cross_entropy`."""
+    return _apply_head(_LinearLogProbs, hidden, weight, targets, chunk)
+
+
+def _apply_head(function: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+    """`function` (an autograd Function over the head) in the autocast dtype when autocast is on, as
+    the head's Linear would run, else in the hidden states' dtype; autocast off inside it."""
     device = hidden.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
@@ -135,7 +135,7 @@ def linear_log_probs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
     elif weight.dtype != hidden.dtype:
         weight = weight.to(hidden.dtype)
     with torch.autocast(device, enabled=False):
-        return _LinearLogProbs.apply(hidden, weight, targets, chunk, torch.is_grad_enabled())
+        return function.apply(hidden, weight, targets, chunk, torch.is_grad_enabled())
 
 
 def chunked_head(model: Any) -> torch.nn.Linear | None:
