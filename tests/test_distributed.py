@@ -1,6 +1,7 @@
 """Two CPU processes (gloo, launched by torchrun) train exactly like one process with the same global
 batch, replicated (DDP) or sharded (FSDP), and resume exactly."""
 
+import math
 import os
 import re
 import socket
@@ -115,4 +116,23 @@ def test_kl_to_base_with_two_processes_matches_one(config_file, tmp_path, distri
     assert done.returncode == 0, done.stdout + done.stderr
     two, one, plain = losses(tmp_path / "two"), losses(tmp_path / "one"), losses(tmp_path / "plain")
     assert max(abs(a - b) for a, b in zip(one, plain)) > 1e-3  # the term is on
+    assert max(abs(a - b) for a, b in zip(two, one)) < 1e-5
+
+
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_dpo_with_two_processes_matches_one(config_file, tmp_path, distributed):
+    # Preference pairs: the step's pair count is reduced over the processes as SFT's token count is;
+    # the reference is the model inside the DDP wrapper / the sharded model with its adapters disabled.
+    from conftest import write_jsonl
+    from test_preference import pairs_rows
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", pairs_rows(2))
+    update_config(config_file, data=str(pairs), objective="dpo", lr=1e-2,
+                  forgetting={"kl_weight": 0.0, "measure_during_training": False})
+    train(load_config(config_file, {"output": str(tmp_path / "one"), "grad_accum_steps": 2}), show_progress=False)
+    update_config(config_file, distributed=distributed)
+    done = torchrun(str(config_file), "--output", str(tmp_path / "two"), cache=tmp_path / "cache")
+    assert done.returncode == 0, done.stdout + done.stderr
+    two, one = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert len(two) == len(one) == 6 and abs(one[0] - math.log(2)) < 1e-7 and one[-1] < one[0] - 0.05
     assert max(abs(a - b) for a, b in zip(two, one)) < 1e-5
