@@ -114,10 +114,12 @@ def task_examples(config: TrainConfig, tokenizer: Any, sizes: TaskSizes) -> Task
     chosen = [Example(list(e.input_ids[:k]), list(e.targets[:k]), e.source) for e, k in zip(data.val, cut)]
     rejected = [Example(list(e.input_ids[k:]), list(e.targets[k:]), e.source) for e, k in zip(data.val, cut)]
     held_out = {e.source for e in data.val}
+    rows = read_pairs(config.data, **data_options(config))
+    val_rows = read_pairs(config.eval, **data_options(config)) if config.eval else rows  # the file read once
     pairs = [([{"role": m.role, "content": m.content} for m in p.prompt], p.chosen[-1].content)
-             for p in read_pairs(config.eval or config.data, **data_options(config)) if p.source in held_out]
+             for p in val_rows if p.source in held_out]
     random.Random(sizes.seed).shuffle(pairs)
-    train = [p.chosen[-1].content for p in read_pairs(config.data, **data_options(config)) if p.source not in held_out]
+    train = [p.chosen[-1].content for p in rows if p.source not in held_out]
     return TaskData(chosen, rejected, pairs[: sizes.generate], train)
 
 
