@@ -2,6 +2,7 @@
 the merged adapter is restored exactly, and eval.json's figures are those of the one-at-a-time code
 (pinned from it on the tiny model), with or without the base side's cache."""
 
+import time
 
 import pytest
 
@@ -101,3 +102,23 @@ def test_merging_the_adapter_for_decoding_restores_it_bit_for_bit(tiny_run):
         assert not any(layer.merged for layer in layers)
         base_logits = base(input_ids=ids).logits
     assert not torch.allclose(base_logits, unmerged)
+
+
+def test_a_decoding_batch_takes_the_threads_the_other_processes_leave_free(monkeypatch):
+    """All of torch's threads when the rest of the machine is idle, one when another job keeps a core
+    busy (OpenMP's threads wait for each other, so a thread without its core stalls every step),
+    and one where /proc/stat cannot be read."""
+    from tunesmith.inference import decode
+
+    monkeypatch.setattr(decode.os, "sched_getaffinity", lambda pid: {0, 1})
+    samples = iter([(10.0, 1.0, 0.0),  # busy machine seconds, this process's CPU seconds, wall
+                    (12.1, 3.0, 1.0),  # 2.1 busy, 2.0 our own: others used 0.1 of a core -> 2 threads
+                    (15.2, 5.0, 2.0),  # 3.1 busy, 2.0 our own: others kept a core -> 1 thread
+                    (17.2, 7.0, 3.0)])  # idle again -> 2
+    monkeypatch.setattr(decode.FreeCores, "_sample", staticmethod(lambda: next(samples)))
+    cores = decode.FreeCores(limit=2, probe_s=0)
+    assert [cores.threads() for _ in range(3)] == [2, 1, 2]
+    monkeypatch.setattr(decode.FreeCores, "_sample", staticmethod(lambda: (0.0, 0.0, time.monotonic())))
+    assert decode.FreeCores(limit=1, probe_s=0).threads() == 1  # torch set to one thread stays there
+    monkeypatch.setattr(decode.FreeCores, "_sample", staticmethod(lambda: None))
+    assert decode.FreeCores(limit=2, probe_s=0).threads() == 1
