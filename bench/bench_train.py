@@ -7,13 +7,17 @@ first-epoch order), tunesmith's LoRA defaults (r 16, alpha 32, dropout 0, all li
 both sides, AdamW, the same peak learning rate with warmup + cosine, micro-batches of 8 examples,
 bf16 autocast, the same number of optimizer steps; and full fine-tuning the same way (`*_full`).
 Systems run in separate processes, alternating round by round, so a noisy machine hits them
-alike; tokens/s leaves out every system's first step; medians over rounds are reported, then
-ratios. MFU counts the model's FLOPs per real token as Megatron-LM does (blocks, adapters, the
+alike; tokens/s leaves out every system's first step, and is given over steps 2..N and over
+the last third of the steps (a lead that fades over a run shows there); medians over rounds are
+reported, then ratios. MFU counts the model's FLOPs per real token as Megatron-LM does (blocks, adapters, the
 output layer where a loss is taken, causal attention per example; see `model_flops`) against a
 bf16 matmul peak measured here. `tunesmith_compiled` (LoRA with `compile: true`) runs when named
-in --systems. The last line printed is one JSON object for scripts.
+in --systems. tunesmith's processes start as the `tunesmith` command starts (jemalloc preloaded
+when installed, `tunesmith.runtime`), TRL's as Python does; `tunesmith_glibc`, when named, is
+tunesmith on the system's malloc. The last line printed is one JSON object for scripts.
 
     python bench/bench_train.py [--steps 30] [--rounds 3] [--data varlen] [--systems tunesmith,trl_padding,...]
+    python bench/bench_train.py --data varlen --epoch [--rounds 1]   # one full epoch instead of --steps
     python bench/bench_train.py --scaling      # tunesmith tokens/s and peak RSS vs sequence length and model size
 """
 
@@ -34,7 +38,9 @@ from pathlib import Path
 
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
 SYSTEMS = ("tunesmith", "trl_padding", "trl_padding_free", "tunesmith_full", "trl_full")
-OPTIONAL = ("tunesmith_compiled",)  # run only when named in --systems: LoRA with `compile: true`
+EPOCH_SYSTEMS = ("tunesmith", "trl_padding", "trl_padding_free")  # --epoch: LoRA against TRL's two settings
+OPTIONAL = ("tunesmith_compiled", "tunesmith_glibc")  # only when named in --systems: LoRA with `compile: true`;
+# LoRA on the system's malloc, not the jemalloc that `tunesmith` preloads when installed
 SCALING_BATCH_TOKENS = 4096  # tokens per micro-batch in the scaling table
 SHAPES = {  # SmolLM2 configurations: (hidden, intermediate, layers, heads, kv heads)
     "135M": (576, 1536, 30, 9, 3),
@@ -114,12 +120,23 @@ def steady_rate(tokens: list[int], seconds: list[float]) -> float:
     return (tokens[-1] - tokens[0]) / (seconds[-1] - seconds[0])
 
 
+def last_third_rate(tokens: list[int], seconds: list[float]) -> float:
+    """Tokens per second over the last third of the steps: a lead that fades as a run goes on (a
+    growing heap, longer batches later in the order) shows here and not in steps 2..N."""
+    start = len(tokens) - max(1, len(tokens) // 3) - 1  # the end of the step before the last third
+    return (tokens[-1] - tokens[start]) / (seconds[-1] - seconds[start])
+
+
+def rates(tokens: list[int], seconds: list[float]) -> dict[str, float]:
+    return {"tokens_per_s": steady_rate(tokens, seconds), "tokens_per_s_last_third": last_third_rate(tokens, seconds)}
+
+
 def run_tunesmith(args) -> dict:
     from tunesmith import load_config, train
     from tunesmith.training.events import StepEvent
 
     out = Path(tempfile.mkdtemp()) / "run"
-    method = "full" if args.worker == "tunesmith_full" else "lora"
+    method = "full" if args.worker == "tunesmith_full" else "lora"  # tunesmith_glibc differs in its process only
     config = load_config(None, {"data": str(args.train), "eval": str(args.val), "model": str(args.model),
                                 "method": method, "lr": args.lr if method == "lora" else args.full_lr,
                                 "output": str(out), "max_steps": args.steps, "batch_size": 8,
@@ -136,7 +153,7 @@ def run_tunesmith(args) -> dict:
             seconds.append(event.tokens / event.tokens_per_s)  # training seconds since the first step began
 
     result = train(config, show_progress=False, subscribers=[on_step])
-    return {"tokens_per_s": steady_rate(tokens, seconds), "real_tokens": result.train_tokens,
+    return {**rates(tokens, seconds), "real_tokens": result.train_tokens,
             "first_step_s": seconds[0], "padding_fraction": 0.0,  # with compilation, when on
             "val_loss": result.final_val_loss, "peak_rss_gib": peak_rss_gib()}
 
@@ -199,8 +216,8 @@ def run_trl(args, padding_free: bool, full: bool) -> dict:
     trainer.train()
     val = validation_loss(trainer.model, args.val, tokenizer)
     steps = len(durations)  # the trainer may collate a batch ahead: count only the batches trained
-    rate = steady_rate(list(itertools.accumulate(real[:steps])), list(itertools.accumulate(durations)))
-    return {"tokens_per_s": rate, "real_tokens": sum(real[:steps]),
+    measured = rates(list(itertools.accumulate(real[:steps])), list(itertools.accumulate(durations)))
+    return {**measured, "real_tokens": sum(real[:steps]),
             "padding_fraction": 1 - sum(real[:steps]) / sum(padded[:steps]), "val_loss": val,
             "peak_rss_gib": peak_rss_gib()}
 
@@ -228,12 +245,25 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def worker_env(system: str) -> dict[str, str]:
+    """Each system's process as its users start it: tunesmith's as the `tunesmith` command starts
+    itself, with jemalloc preloaded when it is installed (tunesmith.runtime); `tunesmith_glibc` on
+    the system's malloc (TUNESMITH_ALLOCATOR=system); TRL's as Python starts, on the system's malloc."""
+    from tunesmith.runtime import preferred_allocator
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    library = preferred_allocator(env) if system.startswith("tunesmith") and system != "tunesmith_glibc" else None
+    if library:
+        env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
+    return env
+
+
 def spawn(system: str, args, extra: list[str] | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", system, "--model", str(args.model), "--train", str(args.train),
            "--val", str(args.val), "--steps", str(args.steps), "--lr", str(args.lr), "--full-lr", str(args.full_lr),
            "--max-seq-tokens", str(args.max_seq_tokens),
            *(["--batch-tokens", str(args.batch_tokens)] if args.batch_tokens else []), *(extra or [])]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    done = subprocess.run(cmd, capture_output=True, text=True, env=worker_env(system))
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])
@@ -250,13 +280,18 @@ def compare(args) -> None:
     peak = matmul_peak_gflops()
     flops = {full: model_flops(args.model, args.train, args.steps, full) for full in (False, True)}
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k in results[s][0]} for s in systems}
-    print(f"\n{'system':<18}{'real tok/s':>12}{'peak RSS GiB':>14}{'padding':>9}{'val loss':>10}{'MFU':>7}")
+    print(f"\n{'system':<18}{'real tok/s':>12}{'last third':>12}{'peak RSS GiB':>14}{'padding':>9}{'val loss':>10}"
+          f"{'MFU':>7}")
     for s in systems:
         flops_per_token = sum(flops[s.endswith("full")].values())  # model FLOPs per real token
         med[s]["mfu"] = med[s]["tokens_per_s"] * flops_per_token / (peak * 1e9)
-        print(f"{s:<18}{med[s]['tokens_per_s']:>12.0f}{med[s]['peak_rss_gib']:>14.2f}"
-              f"{med[s]['padding_fraction']:>9.1%}{med[s]['val_loss']:>10.4f}{med[s]['mfu']:>7.1%}")
+        print(f"{s:<18}{med[s]['tokens_per_s']:>12.0f}{med[s]['tokens_per_s_last_third']:>12.0f}"
+              f"{med[s]['peak_rss_gib']:>14.2f}{med[s]['padding_fraction']:>9.1%}{med[s]['val_loss']:>10.4f}"
+              f"{med[s]['mfu']:>7.1%}")
     summary = {"tokens_per_s": {s: med[s]["tokens_per_s"] for s in systems},
+               "tokens_per_s_last_third": {s: med[s]["tokens_per_s_last_third"] for s in systems},
+               "rounds_by_system": results,
+               "allocator": {s: worker_env(s).get("LD_PRELOAD") or "system malloc" for s in systems},
                "peak_rss_gib": {s: med[s]["peak_rss_gib"] for s in systems},
                "val_loss": {s: med[s]["val_loss"] for s in systems},
                "padding_fraction": {s: med[s]["padding_fraction"] for s in systems},
@@ -264,7 +299,7 @@ def compare(args) -> None:
                "matmul_peak_gflops": peak,
                "model_flops_per_token": {"lora": flops[False], "full": flops[True]},
                "mfu_blocks_only": med.get("tunesmith", {}).get("tokens_per_s", 0) * flops[False]["blocks"] / (peak * 1e9),
-               "steps": args.steps, "rounds": args.rounds}
+               "steps": args.steps, "rounds": args.rounds, "epoch": args.epoch}
 
     def ratio(ours: str, theirs: str, key: str) -> float | None:
         return med[ours][key] / med[theirs][key] if ours in med and theirs in med else None
@@ -272,6 +307,8 @@ def compare(args) -> None:
     summary.update({
         "ratio_vs_trl_default": ratio("tunesmith", "trl_padding", "tokens_per_s"),
         "ratio_vs_trl_best": ratio("tunesmith", "trl_padding_free", "tokens_per_s"),
+        "last_third_ratio_vs_trl_default": ratio("tunesmith", "trl_padding", "tokens_per_s_last_third"),
+        "last_third_ratio_vs_trl_best": ratio("tunesmith", "trl_padding_free", "tokens_per_s_last_third"),
         "peak_rss_ratio": ratio("tunesmith", "trl_padding", "peak_rss_gib"),
         "peak_rss_ratio_vs_trl_best": ratio("tunesmith", "trl_padding_free", "peak_rss_gib"),
         "val_loss_ratio_vs_trl_default": ratio("tunesmith", "trl_padding", "val_loss"),
@@ -360,9 +397,12 @@ def main() -> None:
     parser.add_argument("--full-lr", type=float, default=1e-4, help="full fine-tuning peak learning rate")
     parser.add_argument("--max-seq-tokens", type=int, default=1024)
     parser.add_argument("--batch-tokens", type=int, default=None, help="tunesmith: tokens per micro-batch")
-    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--systems")
     parser.add_argument("--data", choices=("faq", "varlen"), default="faq",
                         help="faq: the bundled FAQ as it is; varlen: answers of log-normal length, median 180 tokens")
+    parser.add_argument("--epoch", action="store_true",
+                        help="one full epoch of the training rows (micro-batches of 8) instead of --steps; "
+                             f"systems {','.join(EPOCH_SYSTEMS)} unless --systems names others")
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--model", type=Path)
     parser.add_argument("--train", type=Path)
@@ -376,6 +416,9 @@ def main() -> None:
         return scaling(args)
     args.model = args.model or build_model(folder / "model")
     args.train, args.val = split_data(folder, args.data)
+    if args.epoch:  # every training row once, in micro-batches of 8
+        args.steps = math.ceil(len(args.train.read_text().splitlines()) / 8)
+    args.systems = args.systems or ",".join(EPOCH_SYSTEMS if args.epoch else SYSTEMS)
     compare(args)
 
 

@@ -1,3 +1,3 @@
-from .cli import main
+from .runtime import start
 
-main()
+start()
