@@ -291,7 +291,7 @@ def succeeded_jobs(ui, count: int) -> list[dict]:
             "chat")))}, data={"purpose": "fine-tune"})
         job = ui.api("POST", "/v1/fine_tuning/jobs", json={"model": "tiny-model0", "training_file": upload["id"],
                                                            "hyperparameters": {"n_epochs": epochs, "batch_size": 3}})
-        wait_for(lambda: ui.api("GET", f"/v1/fine_tuning/jobs/{job['id']}")["status"] == "succeeded", 180, every=1)
+        wait_for(lambda: ui.api("GET", f"/v1/fine_tuning/jobs/{job['id']}")["status"] == "succeeded", 600, every=1)
     return done()
 
 
@@ -303,7 +303,7 @@ def test_compare_page_runs_fine_tuning_vs_rag_in_the_background(page, ui, tmp_pa
     for name, value in (("limit", "2"), ("seen", "2"), ("max_new_tokens", "4"), ("top_k", "2")):
         page.get_by_label(name, exact=True).fill(value)
     page.get_by_label("top_k", exact=True).press("Enter")  # the keyboard submits the form
-    page.wait_for_function("document.querySelector('.task-state')?.textContent === 'succeeded'", timeout=180_000)
+    page.wait_for_function("document.querySelector('.task-state')?.textContent === 'succeeded'", timeout=600_000)
     result = json.loads((ui.home / "runs" / job_id / "compare.json").read_text())
     assert result["settings"] == {"limit": 2, "seen": 2, "max_new_tokens": 4}
     assert page.locator("#recommendation p").inner_text() == result["recommendation"]
@@ -322,7 +322,7 @@ def test_compare_page_runs_fine_tuning_vs_rag_in_the_background(page, ui, tmp_pa
     page.reload()
     page.get_by_label("knowledge", exact=True).select_option(empty["id"])
     page.get_by_role("button", name="Start the comparison").click()
-    page.wait_for_function("document.querySelector('.task-state')?.textContent === 'failed'", timeout=180_000)
+    page.wait_for_function("document.querySelector('.task-state')?.textContent === 'failed'", timeout=600_000)
     assert "text: the file is empty" in page.locator("#compare-status [role=alert]").inner_text()
     assert page.locator("#recommendation p").inner_text() == result["recommendation"]  # the last good one stays
     assert page.errors == []
@@ -379,7 +379,7 @@ def test_export_merged_with_its_parity_figures_and_a_failing_gguf(page, ui):
     page.goto(ui.url.split("#")[0] + f"#/export/{job_id}")
     page.get_by_role("button", name="Export merged").click()
     page.wait_for_function("document.querySelector('#export-merged .task-state')?.textContent === 'succeeded'",
-                           timeout=180_000)
+                           timeout=600_000)
     result = read_task(run, "export-merged")["result"]
     assert page.locator("#export-merged .max-abs-diff").inner_text() == js_exp(result["max_abs_diff"])
     assert page.locator("#export-merged .relative-diff").inner_text() == js_exp(result["relative_diff"])
@@ -391,7 +391,7 @@ def test_export_merged_with_its_parity_figures_and_a_failing_gguf(page, ui):
     page.get_by_label("GGUF type").select_option("f32")
     page.get_by_role("button", name="Export gguf").click()  # the tiny model's tokenizer is not one llama.cpp knows
     page.wait_for_function("document.querySelector('#export-gguf .task-state')?.textContent === 'failed'",
-                           timeout=180_000)
+                           timeout=600_000)
     assert "pre-tokenizer" in page.locator("#export-gguf [role=alert]").inner_text()
     assert read_task(run, "export-gguf")["args"] == {"gguf_type": "f32"}
     shoot(page, "export")
