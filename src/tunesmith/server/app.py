@@ -22,6 +22,7 @@ from ..serve.protocol import RequestError
 from ..settings import ServeLimits, ServerLimits
 from ..ui.api import ui_routes
 from ..ui.pages import WithPages
+from ..ui.tasks import TaskRunner
 from .files import FILE_ID, PURPOSES, counting_receive, file_object, file_path, new_id, save_upload
 from .jobs import (
     JOB_ID,
@@ -91,7 +92,7 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
     served = ServedJobs(model, tokenizer, base_id, chat, GenerationGate(chat.max_queued, chat.max_batch),
                         int(getattr(model.config, "max_position_embeddings", 0) or chat.max_prompt_tokens),
                         system_prompt=system_prompt, store=store, home=home.path)
-    scheduler = Scheduler(store, home.path, tokenizer, limits)
+    scheduler, tasks = Scheduler(store, home.path, tokenizer, limits), TaskRunner()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -100,6 +101,7 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
             yield
         finally:
             await run_in_threadpool(scheduler.stop)
+            await run_in_threadpool(tasks.stop)
             home.lock.close()
 
     async def health(request: Request) -> Response:
@@ -108,7 +110,7 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
 
     routes = [Route("/health", health, methods=["GET"]), *file_routes(home, limits),
               *job_routes(home, settings, base_id), *inference_routes(served),
-              *ui_routes(home.path, store, settings.config, settings.model, tokenizer)]
+              *ui_routes(home.path, store, settings.config, settings.model, model, tokenizer, tasks)]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.served, app.state.scheduler = served, scheduler
     hosts = (*LOOPBACK_HOSTS, settings.host, *settings.allowed_hosts)

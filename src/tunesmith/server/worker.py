@@ -89,7 +89,8 @@ class JobEvents:
                               estimated_finish=int(eta) if eta else None)
         self._add(f"step-{event.step}", f"Step {event.step}/{event.total_steps}: training loss={event.loss:.4f}",
                   {"step": event.step, "total_steps": event.total_steps, "train_loss": event.loss,
-                   "learning_rate": event.lr, "epoch": event.epoch, "tokens": event.tokens})
+                   "learning_rate": event.lr, "epoch": event.epoch, "tokens": event.tokens,
+                   "tokens_per_s": event.tokens_per_s})
 
     def _add(self, key: str, message: str, data: dict[str, Any], kind: str = "metrics") -> None:
         self.store.add_event(self.job_id, new_id("ftevent"), key, "info", message, kind, data)

@@ -1,6 +1,7 @@
 """The web page's JSON routes under /ui/api/, where OpenAI's API has none: the data check of an uploaded
 file, the Train form's defaults and help (from TrainConfig), each job's run (summary, metrics, eval.json,
-figures) and its adapter as a download. Every figure the page shows comes from these or from /v1."""
+figures, its settings), two runs side by side, and its adapter as a download; the long tasks (compare,
+exports) and retrieval are in api_tasks.py. Every figure the page shows comes from these or from /v1."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from ..server.files import FILE_ID, file_path
 from ..server.jobs import JOB_ID
 from ..server.store import Store
 from ..server.worker import runs_dir
+from .api_tasks import task_routes
+from .knowledge import Retrievers
+from .tasks import TaskRunner
 
 PREVIEWS = 3
 """Rendered examples the Data page shows (what `data check --show 3` prints)."""
@@ -87,6 +91,24 @@ def run_view(run: Path) -> dict[str, Any]:
             "figures": [f for f in FIGURES if (run / f).is_file()], "adapter": (run / "adapter").is_dir()}
 
 
+def flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys: {"lora": {"r": 8}} -> {"lora.r": 8}."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def settings_differ(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """The TrainConfig settings two runs differ in (their run folders aside), as {key, a, b} rows."""
+    fa, fb = flat(a), flat(b)
+    keys = sorted(k for k in set(fa) | set(fb) if k != "output" and fa.get(k) != fb.get(k))
+    return [{"key": k, "a": fa.get(k), "b": fb.get(k)} for k in keys]
+
+
 def zip_folder(folder: Path) -> bytes:
     """The folder's files in a zip, paths relative to it (an adapter is a few small files)."""
     buffer = io.BytesIO()
@@ -96,16 +118,30 @@ def zip_folder(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def ui_routes(home: Path, store: Store, base_config: Path | None, model: str | None, tokenizer: Any) -> list[Route]:
+def ui_routes(home: Path, store: Store, base_config: Path | None, model_name: str | None, model: Any, tokenizer: Any,
+              tasks: TaskRunner) -> list[Route]:
     """The /ui/api routes over the server's store and home; they sit behind the same Guard as /v1."""
     def config() -> TrainConfig:
-        return load_config(base_config, {"data": "-", "model": model})
+        return load_config(base_config, {"data": "-", "model": model_name})
+
+    def job_of(job_id: str) -> dict[str, Any]:
+        job = store.job(job_id) if JOB_ID.fullmatch(job_id) else None
+        if job is None:
+            raise RequestError(404, f"No fine-tuning job found with id {job_id!r}", "job_id", "job_not_found")
+        return job
 
     def job_run(request: Request) -> Path:
-        job_id = request.path_params["job_id"]
-        if not JOB_ID.fullmatch(job_id) or store.job(job_id) is None:
-            raise RequestError(404, f"No fine-tuning job found with id {job_id!r}", "job_id", "job_not_found")
-        return runs_dir(home) / job_id
+        return runs_dir(home) / job_of(request.path_params["job_id"])["id"]
+
+    def succeeded_run(request: Request) -> Path:
+        job = job_of(request.path_params["job_id"])
+        if job["status"] != "succeeded":
+            raise RequestError(400, f"job {job['id']} is {job['status']}: only a succeeded job's run can be "
+                                    "compared or exported", "job_id", "job_not_succeeded")
+        return runs_dir(home) / job["id"]
+
+    def view(job: dict[str, Any]) -> dict[str, Any]:
+        return {**run_view(runs_dir(home) / job["id"]), "config": job["config"]["train"]}
 
     async def form(request: Request) -> Response:
         return JSONResponse(train_form(config()))
@@ -119,10 +155,15 @@ def ui_routes(home: Path, store: Store, base_config: Path | None, model: str | N
         return JSONResponse(await run_in_threadpool(check_report, path, row["filename"], config(), tokenizer))
 
     async def runs(request: Request) -> Response:
-        return JSONResponse({j["id"]: run_view(runs_dir(home) / j["id"]) for j in store.jobs()})
+        return JSONResponse({j["id"]: view(j) for j in store.jobs()})
 
     async def run(request: Request) -> Response:
-        return JSONResponse(run_view(job_run(request)))
+        return JSONResponse(view(job_of(request.path_params["job_id"])))
+
+    async def side_by_side(request: Request) -> Response:
+        a, b = (job_of(request.query_params.get(k, "")) for k in ("a", "b"))
+        return JSONResponse({"a": {"id": a["id"], **view(a)}, "b": {"id": b["id"], **view(b)},
+                             "differ": settings_differ(a["config"]["train"], b["config"]["train"])})
 
     async def figure(request: Request) -> Response:
         name, path = request.path_params["name"], job_run(request)
@@ -143,7 +184,9 @@ def ui_routes(home: Path, store: Store, base_config: Path | None, model: str | N
         Route("/ui/api/train-form", form, methods=["GET"]),
         Route("/ui/api/files/{file_id}/check", check, methods=["GET"]),
         Route("/ui/api/runs", runs, methods=["GET"]),
+        Route("/ui/api/runs/side-by-side", side_by_side, methods=["GET"]),
         Route("/ui/api/jobs/{job_id}/run", run, methods=["GET"]),
         Route("/ui/api/jobs/{job_id}/figures/{name}", figure, methods=["GET"]),
         Route("/ui/api/jobs/{job_id}/adapter.zip", adapter, methods=["GET"]),
+        *task_routes(home, store, tasks, Retrievers(model, tokenizer), succeeded_run),
     ]

@@ -1,69 +1,9 @@
 // tunesmith's page: a client of `tunesmith server` (OpenAI's /v1 routes and the page's /ui/api routes).
 // It keeps no figures of its own: every number shown is read from the server on each visit.
 
-const main = document.getElementById("main");
-const KEY = "tunesmith-api-key";
-const ACTIVE = ["validating_files", "queued", "running"];
-let timer = null; // the open page's polling, stopped when the page changes
-
-// --- talking to the server -------------------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, message) { super(message); this.status = status; }
-}
-
-async function api(path, options = {}) {
-  const headers = { ...(options.headers || {}) };
-  const key = sessionStorage.getItem(KEY);
-  if (key) headers.Authorization = `Bearer ${key}`;
-  let response;
-  try {
-    response = await fetch(path, { ...options, headers });
-  } catch (err) {
-    document.getElementById("gone").hidden = false; // fetch itself failed: nothing is listening
-    throw new ApiError(0, "the server is not answering");
-  }
-  document.getElementById("gone").hidden = true;
-  if (response.status === 401) { askForKey(); throw new ApiError(401, "an API key is needed"); }
-  if (!response.ok) {
-    const body = await response.json().catch(() => ({}));
-    throw new ApiError(response.status, (body.error && body.error.message) || response.statusText);
-  }
-  return options.raw ? response : response.json();
-}
-
-const post = (path, body) => api(path, { method: "POST", body: JSON.stringify(body),
-                                         headers: { "Content-Type": "application/json" } });
-
-function askForKey() {
-  render(`<h1>API key</h1><form id="key-form" class="row"><label for="key">This server asks for its API key</label>
-    <input id="key" type="password" autocomplete="off" required><button>Use it</button></form>`);
-  document.getElementById("key-form").onsubmit = (e) => {
-    e.preventDefault();
-    sessionStorage.setItem(KEY, document.getElementById("key").value);
-    route();
-  };
-}
-
-// --- small helpers ---------------------------------------------------------------------------------
-
-const esc = (s) => String(s ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
-const fmt = (x, digits = 4) => (x === null || x === undefined ? "–" : typeof x === "number" ? +x.toFixed(digits) : esc(x));
-const $ = (id) => document.getElementById(id);
-function render(html) { main.innerHTML = html; }
-function failed(err) {
-  if (err.status === 401) return;
-  render(`<p class="error" role="alert">${esc(err.message)}</p>`);
-}
-function poll(fn, ms = 1000) {
-  const tick = async () => {
-    let again = true;
-    try { again = await fn(); } catch (err) { if (err.status !== 0) throw err; } // server gone: keep trying
-    if (again !== false) timer = setTimeout(tick, ms);
-  };
-  timer = setTimeout(tick, 0);
-}
-
+import { $, ACTIVE, KEY, api, esc, failed, fmt, knowledgeOptions, metricRows, pickJob, poll, post, render,
+         stopPolling } from "./core.js";
+import { comparePage, exportPage, sideBySide } from "./tasks.js";
 // Every event of a job, oldest first: the events route pages newest first with `after`.
 async function allEvents(jobId) {
   let events = [], after = "";
@@ -208,7 +148,8 @@ function jobPage(jobId) {
     const eta = job.estimated_finish && ACTIVE.includes(job.status)
       ? `, finishing about ${new Date(job.estimated_finish * 1000).toLocaleTimeString()}` : "";
     $("job").innerHTML = `<p>Status: <strong id="status" class="${job.status === "failed" ? "error" : ""}">${job.status}</strong>
-      ${last ? `— step <span id="step">${last.data.step}</span>/${last.data.total_steps}, ${job.trained_tokens || 0} tokens${eta}` : ""}</p>
+      ${last ? `— step <span id="step">${last.data.step}</span>/${last.data.total_steps}, ${job.trained_tokens || 0} tokens${
+        last.data.tokens_per_s ? `, <span id="tokens-per-s">${Math.round(last.data.tokens_per_s)}</span> tokens/s` : ""}${eta}` : ""}</p>
       ${job.error ? `<p class="error" role="alert">${esc(job.error.message)}</p>` : ""}
       ${job.status === "succeeded" ? `<p><a href="#/report/${jobId}">Open the report</a> ·
         <a href="#/play?model=${encodeURIComponent(job.fine_tuned_model)}">Chat with ${esc(job.fine_tuned_model)}</a> ·
@@ -226,38 +167,35 @@ function jobPage(jobId) {
 
 // --- Runs ------------------------------------------------------------------------------------------
 
-async function runsPage() {
+async function runsPage(_, params) {
+  if (params.get("a") && params.get("b")) return sideBySide(params.get("a"), params.get("b"));
   const [jobs, runs] = await Promise.all([api("/v1/fine_tuning/jobs?limit=100"), api("/ui/api/runs")]);
   if (!jobs.data.length) {
     render(`<h1>Runs</h1><p>No jobs yet: <a href="#/data">check a file</a>, then <a href="#/train">train</a>.</p>`);
     return;
   }
-  render(`<h1>Runs</h1><table><thead><tr><th>Job</th><th>Model</th><th>Status</th><th>Held-out loss, base → tuned</th>
-    <th>Forgetting budget</th><th>Pages</th></tr></thead><tbody>${jobs.data.map((j) => {
+  render(`<h1>Runs</h1><table><thead><tr><th>Pick</th><th>Job</th><th>Model</th><th>Status</th>
+    <th>Held-out loss, base → tuned</th><th>Forgetting budget</th><th>Pages</th></tr></thead><tbody>${jobs.data.map((j) => {
       const s = (runs[j.id] || {}).summary;
       const budget = !s ? "–" : s.within_budget === null || s.within_budget === undefined ? "not measured"
         : s.within_budget ? `<span class="ok">within</span>` : `<span class="error">over</span>`;
-      return `<tr><td><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.fine_tuned_model || j.model)}</td>
+      return `<tr><td><input type="checkbox" class="pick" value="${j.id}" aria-label="pick ${j.id}"></td>
+        <td><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.fine_tuned_model || j.model)}</td>
         <td class="${j.status === "failed" ? "error" : ""}">${j.status}</td>
         <td class="num">${s ? `${fmt(s.base_val_loss)} → ${fmt(s.final_val_loss)}` : "–"}</td><td>${budget}</td>
-        <td>${j.status === "succeeded" ? `<a href="#/report/${j.id}">report</a> · <a href="#/export/${j.id}">export</a>` : ""}</td></tr>`;
-    }).join("")}</tbody></table>`);
+        <td>${j.status === "succeeded" ? `<a href="#/report/${j.id}">report</a> · <a href="#/compare/${j.id}">compare</a>
+          · <a href="#/export/${j.id}">export</a>` : ""}</td></tr>`;
+    }).join("")}</tbody></table>
+    <div class="row"><button id="side-by-side" disabled>Compare the two picked runs side by side</button>
+      <span class="muted" id="pick-help">Pick two runs.</span></div>`);
+  const picked = () => [...document.querySelectorAll("input.pick:checked")].map((c) => c.value);
+  for (const box of document.querySelectorAll("input.pick")) {
+    box.onchange = () => { $("side-by-side").disabled = picked().length !== 2; };
+  }
+  $("side-by-side").onclick = () => { const [a, b] = picked(); location.hash = `#/runs?a=${a}&b=${b}`; };
 }
 
 // --- Report ----------------------------------------------------------------------------------------
-
-async function pickJob(title, page) { // the Report and Export pages without a job: the succeeded ones
-  const jobs = (await api("/v1/fine_tuning/jobs?limit=100")).data.filter((j) => j.status === "succeeded");
-  render(`<h1>${title}</h1>${jobs.length ? `<ul>${jobs.map((j) => `<li><a href="#/${page}/${j.id}">${esc(j.fine_tuned_model)}</a></li>`).join("")}</ul>`
-    : `<p>No job has succeeded yet: <a href="#/train">start one</a>.</p>`}`);
-}
-
-function metricRows(metrics) {
-  return Object.entries(metrics).filter(([, m]) => m && typeof m === "object" && "base" in m).map(([name, m]) => `<tr>
-    <th scope="row">${esc(name)}</th><td class="num">${fmt(m.base)}</td><td class="num">${fmt(m.tuned)}</td>
-    <td class="num">${fmt(m.delta)}</td><td class="num">${m.ci95 ? `[${fmt(m.ci95[0])}, ${fmt(m.ci95[1])}]` : "–"}</td>
-    <td>${m.n ?? ""}</td></tr>`).join("");
-}
 
 async function reportPage(jobId) {
   if (!jobId) return pickJob("Report", "report");
@@ -289,25 +227,44 @@ async function reportPage(jobId) {
 // --- Playground ------------------------------------------------------------------------------------
 
 async function playPage(_, params) {
-  const models = (await api("/v1/models")).data.map((m) => m.id);
-  const tuned = params.get("model") || models[models.length - 1];
-  const options = (chosen) => models.map((m) => `<option ${m === chosen ? "selected" : ""}>${esc(m)}</option>`).join("");
+  const [models, knowledge] = await Promise.all([api("/v1/models"), knowledgeOptions()]);
+  const ids = models.data.map((m) => m.id);
+  const tuned = params.get("model") || ids[ids.length - 1];
+  const options = (chosen) => ids.map((m) => `<option ${m === chosen ? "selected" : ""}>${esc(m)}</option>`).join("");
   render(`<h1>Playground</h1><form id="chat"><div class="pair">
-      <div><label for="left">Left model</label> <select id="left">${options(models[0])}</select></div>
+      <div><label for="left">Left model</label> <select id="left">${options(ids[0])}</select></div>
       <div><label for="right">Right model</label> <select id="right">${options(tuned)}</select></div></div>
     <p><label for="system">System prompt (both models; empty: the server's)</label><textarea id="system" rows="2"></textarea></p>
     <p><label for="message">Message</label><textarea id="message" rows="3" required></textarea></p>
     <div class="row"><label for="max-tokens">max_tokens</label><input id="max-tokens" type="number" min="1" value="64">
-      <button id="send">Send to both</button></div></form>
+      <label for="knowledge">Retrieval</label><select id="knowledge" aria-describedby="knowledge-help">
+        <option value="">none</option>${knowledge}</select>
+      <button id="send">Send to both</button></div>
+    <p class="help muted" id="knowledge-help">With a knowledge file, the passages retrieved for the message go into
+      both prompts (as <code>tunesmith chat --knowledge</code> does).</p></form>
+    <div id="passages" aria-live="polite"></div>
     <div class="pair"><section class="pane" aria-label="left answer"><h2 id="left-name"></h2><div id="left-answer" class="answer" aria-live="polite"></div></section>
       <section class="pane" aria-label="right answer"><h2 id="right-name"></h2><div id="right-answer" class="answer" aria-live="polite"></div></section></div>`);
-  $("chat").onsubmit = (e) => {
+  $("chat").onsubmit = async (e) => {
     e.preventDefault();
-    const messages = [...($("system").value ? [{ role: "system", content: $("system").value }] : []),
-                      { role: "user", content: $("message").value }];
+    let messages = [...($("system").value ? [{ role: "system", content: $("system").value }] : []),
+                    { role: "user", content: $("message").value }];
+    const maxTokens = Number($("max-tokens").value);
+    $("passages").innerHTML = "";
+    if ($("knowledge").value) {
+      try {
+        const found = await post("/ui/api/retrieve", { knowledge: $("knowledge").value, messages, max_tokens: maxTokens });
+        messages = found.messages;
+        $("passages").innerHTML = `<h2>Passages used</h2><ol id="passage-list">${found.passages.map((p) => `<li>
+          <span class="muted">${esc(p.source.split("/").pop())}</span> ${esc(p.text)}</li>`).join("")}</ol>`;
+      } catch (err) {
+        $("passages").innerHTML = `<p class="error" role="alert">Retrieval failed: ${esc(err.message)}</p>`;
+        return;
+      }
+    }
     for (const side of ["left", "right"]) {
       $(`${side}-name`).textContent = $(side).value;
-      stream($(side).value, messages, Number($("max-tokens").value), $(`${side}-answer`));
+      stream($(side).value, messages, maxTokens, $(`${side}-answer`));
     }
   };
 }
@@ -337,33 +294,13 @@ async function stream(model, messages, maxTokens, out) { // chat completions wit
   } catch (err) { out.textContent = err.message; out.classList.add("error"); }
 }
 
-// --- Export ----------------------------------------------------------------------------------------
-
-async function exportPage(jobId) {
-  if (!jobId) return pickJob("Export", "export");
-  const run = await api(`/ui/api/jobs/${jobId}/run`);
-  render(`<h1>Export <code>${esc(jobId)}</code></h1>${run.adapter
-    ? `<p>The LoRA adapter in peft's format (loadable by peft and vLLM). Merged weights and GGUF:
-       <code>tunesmith export RUN</code> on the run directory.</p><button id="adapter">Download the adapter (zip)</button>`
-    : `<p>This job has no adapter: it has not succeeded.</p>`}<p id="export-error" class="error" role="alert"></p>`);
-  if (!run.adapter) return;
-  $("adapter").onclick = async () => { // a download link cannot send the key: fetched, then saved from a blob
-    try {
-      const blob = await (await api(`/ui/api/jobs/${jobId}/adapter.zip`, { raw: true })).blob();
-      const link = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob),
-                                                               download: `${jobId}-adapter.zip` });
-      link.click();
-    } catch (err) { $("export-error").textContent = err.message; }
-  };
-}
-
 // --- routing ---------------------------------------------------------------------------------------
 
-const PAGES = { data: dataPage, train: trainPage, job: jobPage, runs: runsPage, report: reportPage, play: playPage,
-                export: exportPage };
+const PAGES = { data: dataPage, train: trainPage, job: jobPage, runs: runsPage, report: reportPage,
+                compare: comparePage, play: playPage, export: exportPage };
 
 async function route() {
-  clearTimeout(timer);
+  stopPolling();
   const [path, query] = location.hash.slice(2).split("?");
   const [name, arg] = path.split("/");
   const page = PAGES[name] ? name : "data";
@@ -375,6 +312,8 @@ async function route() {
   try {
     await PAGES[page](arg, new URLSearchParams(query || ""));
   } catch (err) { failed(err); }
+  // The first page drawn with the server's figures: what the first-load measure (tests/test_ui.py) times.
+  if (!performance.getEntriesByName("tunesmith-ready").length) performance.mark("tunesmith-ready");
 }
 
 function start() {

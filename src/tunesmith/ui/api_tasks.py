@@ -1,0 +1,106 @@
+"""The /ui/api routes of the page's long tasks on a succeeded job (tasks.py): fine-tuning vs RAG
+(`compare`, its figures read from RUN/compare.json) and the merged and GGUF exports (their files
+as downloads, the parity figures the export reports); and the playground's retrieval."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from ..serve.app import read_json
+from ..serve.protocol import RequestError
+from ..server.store import Store
+from ..settings import GGUF_TYPES, CompareSettings, RetrievalSettings
+from .knowledge import Retrievers, knowledge_path
+from .tasks import TaskRunner
+
+EXPORTS = ("merged", "gguf")
+COMPARE_FIELDS = {"limit": (CompareSettings.limit, 1), "seen": (CompareSettings.seen, 0),
+                  "max_new_tokens": (CompareSettings.max_new_tokens, 1), "top_k": (RetrievalSettings.top_k, 1)}
+"""The Compare form's numbers: name -> (default, smallest allowed); the defaults are `tunesmith compare`'s."""
+
+
+def compare_args(body: dict[str, Any], knowledge: Path) -> dict[str, Any]:
+    """A compare request's settings, checked; a missing one is `tunesmith compare`'s default."""
+    args: dict[str, Any] = {"knowledge": str(knowledge)}
+    for name, (default, least) in COMPARE_FIELDS.items():
+        value = body.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise RequestError(400, f"'{name}' must be an integer of at least {least}, got {value!r}", name)
+        args[name] = value
+    return args
+
+
+def export_files(folder: Path) -> list[dict[str, Any]]:
+    return [{"name": p.name, "bytes": p.stat().st_size} for p in sorted(folder.iterdir()) if p.is_file()] \
+        if folder.is_dir() else []
+
+
+def task_routes(home: Path, store: Store, tasks: TaskRunner, retrievers: Retrievers,
+                succeeded_run: Callable[[Request], Path]) -> list[Route]:
+    """Routes over `succeeded_run(request)`, the run directory of the path's job (404 or 400 otherwise)."""
+    def start(run: Path, kind: str, args: dict[str, Any]) -> Response:
+        if tasks.running(run, kind):
+            raise RequestError(409, f"this job's {kind} is already running", "job_id", "task_running")
+        if tasks.busy():
+            raise RequestError(409, "another compare or export is running: start this one when it has finished",
+                               "job_id", "task_running")
+        return JSONResponse({"task": tasks.start(run, kind, args)})
+
+    async def compare_start(request: Request) -> Response:
+        run, body = succeeded_run(request), await read_json(request, 16_384)
+        return start(run, "compare", compare_args(body, knowledge_path(home, store, body.get("knowledge"))))
+
+    async def compare_state(request: Request) -> Response:
+        run = succeeded_run(request)
+        result = json.loads((run / "compare.json").read_text()) if (run / "compare.json").is_file() else None
+        defaults = {name: default for name, (default, _) in COMPARE_FIELDS.items()}
+        return JSONResponse({"task": tasks.state(run, "compare"), "result": result, "defaults": defaults})
+
+    async def export_start(request: Request) -> Response:
+        run, fmt, body = succeeded_run(request), request.path_params["fmt"], await read_json(request, 1024)
+        if fmt not in EXPORTS:
+            raise RequestError(404, f"no export format {fmt!r}: {' or '.join(EXPORTS)}", "fmt", "not_found")
+        gguf_type = body.get("gguf_type")
+        if gguf_type is not None and gguf_type not in GGUF_TYPES:
+            raise RequestError(400, f"'gguf_type' must be one of {', '.join(GGUF_TYPES)}", "gguf_type")
+        return start(run, f"export-{fmt}", {"gguf_type": gguf_type})
+
+    async def export_state(request: Request) -> Response:
+        run = succeeded_run(request)
+        return JSONResponse({fmt: {"task": tasks.state(run, f"export-{fmt}"),
+                                   "files": export_files(run / f"export-{fmt}")} for fmt in EXPORTS}
+                            | {"gguf_types": list(GGUF_TYPES)})
+
+    async def export_file(request: Request) -> Response:
+        run, fmt, name = succeeded_run(request), request.path_params["fmt"], request.path_params["name"]
+        if fmt not in EXPORTS or name not in {f["name"] for f in export_files(run / f"export-{fmt}")}:
+            raise RequestError(404, f"no file {name!r} in this job's {fmt} export", "name", "not_found")
+        return FileResponse(run / f"export-{fmt}" / name, media_type="application/octet-stream", filename=name)
+
+    async def retrieve(request: Request) -> Response:
+        body = await read_json(request, 65_536)
+        path = knowledge_path(home, store, body.get("knowledge"))
+        max_tokens = body.get("max_tokens", 64)
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise RequestError(400, "'max_tokens' must be a positive integer", "max_tokens")
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            raise RequestError(400, "'messages' must be a list of chat turns", "messages")
+        return JSONResponse(await run_in_threadpool(retrievers.augment, path, messages, max_tokens))
+
+    jobs = "/ui/api/jobs/{job_id}"
+    return [
+        Route(jobs + "/compare", compare_start, methods=["POST"]),
+        Route(jobs + "/compare", compare_state, methods=["GET"]),
+        Route(jobs + "/exports", export_state, methods=["GET"]),
+        Route(jobs + "/exports/{fmt}", export_start, methods=["POST"]),
+        Route(jobs + "/exports/{fmt}/{name}", export_file, methods=["GET"]),
+        Route("/ui/api/retrieve", retrieve, methods=["POST"]),
+    ]

@@ -1,0 +1,55 @@
+"""Knowledge sources for the Compare page and the playground's retrieval: an uploaded file, or the
+training data of a job, named by its id; and the playground's retrieval itself, through the
+`Retriever` that `chat --knowledge` and `compare` use (the same passages, the same prompt)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..serve.protocol import RequestError
+from ..server.files import FILE_ID, file_path
+from ..server.jobs import JOB_ID
+from ..server.store import Store
+
+
+def knowledge_path(home: Path, store: Store, source: Any) -> Path:
+    """The file behind a knowledge choice: a file id (an upload) or a job id (that job's training file)."""
+    if isinstance(source, str) and FILE_ID.fullmatch(source) and (row := store.file(source)) is not None:
+        return file_path(home, row["id"], row["stored"])
+    if isinstance(source, str) and JOB_ID.fullmatch(source) and (job := store.job(source)) is not None:
+        return Path(job["config"]["train"]["data"])
+    raise RequestError(400, f"'knowledge' must be an uploaded file's id or a job's id, got {source!r}", "knowledge",
+                       "invalid_knowledge")
+
+
+class Retrievers:
+    """One embedder for the server, loaded at the first question, and one Retriever per knowledge file
+    (an upload never changes: its id names its content)."""
+
+    def __init__(self, model: Any, tokenizer: Any) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.embedder: Any = None
+        self.loaded: dict[Path, Any] = {}
+        self.lock = threading.Lock()
+
+    def get(self, path: Path) -> Any:
+        from ..retrieval import Embedder, Retriever
+
+        with self.lock:
+            if path not in self.loaded:
+                self.embedder = self.embedder or Embedder.load()
+                self.loaded[path] = Retriever.load(path, embedder=self.embedder)
+            return self.loaded[path]
+
+    def augment(self, path: Path, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+        """The passages retrieved for the last user turn, and the conversation with them in it, as
+        `chat --knowledge` builds it (within the model's context less the answer)."""
+        if not messages or messages[-1].get("role") != "user" or not isinstance(messages[-1].get("content"), str):
+            raise RequestError(400, "'messages' must end with a user turn with text content", "messages")
+        retriever = self.get(path)
+        passages = retriever.retrieve([messages[-1]["content"]])[0]
+        budget = retriever.prompt_budget(self.model, max_tokens)
+        return {"passages": [{"text": p.text, "source": p.source} for p in passages], "budget_tokens": budget,
+                "messages": retriever.augment_with(messages, passages, self.tokenizer, budget)}
