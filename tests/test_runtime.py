@@ -59,6 +59,17 @@ def test_start_re_executes_once_with_the_library_first_in_ld_preload(libs, monke
                       f"{libs / 'a' / 'libjemalloc.so.2'} /opt/libother.so")]
 
 
+def test_commands_that_only_run_a_model_keep_jemallocs_freed_pages_unless_the_user_configured_it():
+    je, tc = "/usr/lib/libjemalloc.so.2", "/usr/lib/libtcmalloc.so.4"
+    assert runtime.allocator_env({}, je, ["eval", "run"])["MALLOC_CONF"] == "dirty_decay_ms:-1"
+    assert runtime.allocator_env({}, je, ["compare", "--run", "run"])["MALLOC_CONF"] == "dirty_decay_ms:-1"
+    assert "MALLOC_CONF" not in runtime.allocator_env({}, je, ["train", "x.yaml"])  # training: the defaults
+    assert "MALLOC_CONF" not in runtime.allocator_env({}, je, [])
+    assert "MALLOC_CONF" not in runtime.allocator_env({}, tc, ["eval", "run"])  # not jemalloc's setting
+    mine = runtime.allocator_env({"MALLOC_CONF": "narenas:2", "LD_PRELOAD": "/x.so"}, je, ["eval", "run"])
+    assert mine["MALLOC_CONF"] == "narenas:2" and mine["LD_PRELOAD"] == f"{je} /x.so"
+
+
 def test_the_installed_command_runs_with_and_without_an_allocator(tmp_path):
     """End to end, on this machine's libraries: `python -m tunesmith` answers either way (a missing
     or unloadable allocator never stops it)."""

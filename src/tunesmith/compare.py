@@ -168,7 +168,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
            for q, h in zip(questions, hits)]
     eos = sorted(end_of_turn_ids(tokenizer))
     pad = pad_id(tokenizer)
-    generate = lambda m: generate_batch(m, plain + rag, settings.max_new_tokens, eos, pad, settings.batch_size, True)  # noqa: E731
+    generate = lambda m: generate_batch(m, plain + rag, settings.max_new_tokens, eos, pad, settings.batch_size)  # noqa: E731
     log(f"compare: {len(questions)} questions x 4 systems ({len(unseen)} held-out, {len(seen)} from training)")
     timer = time.perf_counter()
     base, cached = cached_base(config.model, tokenizer, answers_fingerprint(plain + rag, settings, model),

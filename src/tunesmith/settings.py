@@ -81,10 +81,11 @@ class RetrievalSettings:
                f"must be in [0, chunk_words), got {self.overlap_words}")
 
 
-GENERATION_BATCH = 8
-"""Prompts decoded together by eval, the probes and serve. A decoding step of a small model is bound
-by reading the weights and by per-operation overhead, which a batch shares: eval's 12 demo answers
-took 12.3 s in one batch against 60.9 s one at a time."""
+GENERATION_BATCH = 16
+"""Prompts decoded together by eval, compare and the probes. A decoding step of a small model is
+bound by reading the weights and by per-operation overhead, which a batch shares: eval's 12 demo
+answers took 12.3 s in one batch against 60.9 s one at a time, and 10.0-10.2 s in one batch of 12
+against 14.7-15.6 s in two of 8 and 4 (the adapter merged, the same tokens)."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,8 @@ class CompareSettings:
     """Training questions answered, for the split 'facts seen in training'; 0 leaves it out."""
     max_new_tokens: int = 96
     """Longest answer; the demo's FAQ answers are 20-80 words."""
-    batch_size: int = 16
-    """Prompts decoded together. 16 rather than eval's 8: compare's 120 prompts (short questions and
+    batch_size: int = GENERATION_BATCH
+    """Prompts decoded together, as in eval. 16 against 8: compare's 120 prompts (short questions and
     retrieval-length ones, sorted by length) answered in 0.82x the time at one thread (32 of them:
     52.9 s against 64.4 s), the same tokens; 32 was slower again (79.4 s), its padding outweighing
     the shared steps."""
@@ -128,11 +129,10 @@ class ServeLimits:
     """Longest prompt after the chat template, in tokens; longer gets 400 (also capped by the model's context)."""
     max_queued: int = 8
     """Requests waiting for a place in the batch; one more gets 429 rather than waiting unboundedly."""
-    max_batch: int = GENERATION_BATCH
+    max_batch: int = 8
     """Requests decoded together (continuous batching: a waiting one joins at the next token). A
-    decoding step of a small model is bound by reading its weights, which the batch reads once: the
-    same batch as eval and compare, where 12 prompts took 12.3 s together against 60.9 s one at a
-    time (SmolLM2-135M, 2 cores). Each row holds its own KV cache (SmolLM2-135M: 46 KB a token in
+    decoding step of a small model is bound by reading its weights, which the batch reads once: in
+    eval 12 prompts took 12.3 s together against 60.9 s one at a time (SmolLM2-135M, 2 cores). Each row holds its own KV cache (SmolLM2-135M: 46 KB a token in
     float32), so 8 full 4096-token prompts cost ~1.5 GB; 1 decodes one request at a time."""
     max_stop: int = 4
     """Most stop strings per request (OpenAI's limit)."""

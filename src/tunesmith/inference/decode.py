@@ -15,22 +15,21 @@ from ..settings import GENERATION_BATCH
 
 @torch.no_grad()
 def generate_batch(model: Any, prompts: Sequence[list[int]], max_new_tokens: int, eos_ids: Sequence[int],
-                   pad_id: int, batch_size: int = GENERATION_BATCH, share_cores: bool = False) -> list[list[int]]:
+                   pad_id: int, batch_size: int = GENERATION_BATCH) -> list[list[int]]:
     """Greedy continuations of token-id prompts, decoded in left-padded batches of similar length;
     each stops after its first token of `eos_ids` (kept, so a KL probe also scores whether the model
     ends its turn). Same answers as one prompt at a time (tests/test_compare.py); a step of a small
     model is bound by reading its weights, which a batch reads once: eval's 12 demo questions, 64
     new tokens, took 12.3 s in one batch against 60.9 s one at a time, the same tokens (SmolLM2-135M
-    + LoRA, 2 cores, transformers 5.x). On the CPU a batch decodes at one thread, or with `share_cores`
-    at the threads `FreeCores` finds free. compare asks for that, eval does not: compare's long
-    retrieval prompts took 144 s on quiet cores with it against 241-258 s without (16 prompts a
-    batch against 8 also helps), while eval's short prompts, whose steps are too small to share,
-    took 65 s with it against 60-62 s at one thread."""
+    + LoRA, 2 cores, transformers 5.x). On the CPU each batch decodes at the threads `FreeCores`
+    finds free: on quiet cores eval's 12 answers took 7.5-8.1 s at two threads against 9.7-10.0 s
+    at one, and compare's long retrieval prompts 144 s against 241-258 s (16 prompts a batch
+    against 8 also helps); beside other jobs one thread is kept, which is faster there."""
     device = next(model.parameters()).device
     threads = torch.get_num_threads()
     try:
         return _generate_batches(model, prompts, max_new_tokens, eos_ids, pad_id, batch_size, device,
-                                 FreeCores(threads if share_cores else 1) if device.type == "cpu" else None)
+                                 FreeCores(threads) if device.type == "cpu" else None)
     finally:
         torch.set_num_threads(threads)
 
