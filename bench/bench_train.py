@@ -249,13 +249,11 @@ def worker_env(system: str) -> dict[str, str]:
     """Each system's process as its users start it: tunesmith's as the `tunesmith` command starts
     itself, with jemalloc preloaded when it is installed (tunesmith.runtime); `tunesmith_glibc` on
     the system's malloc (TUNESMITH_ALLOCATOR=system); TRL's as Python starts, on the system's malloc."""
-    from tunesmith.runtime import preferred_allocator
+    from tunesmith.runtime import allocator_env, preferred_allocator
 
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     library = preferred_allocator(env) if system.startswith("tunesmith") and system != "tunesmith_glibc" else None
-    if library:
-        env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD", "")]))
-    return env
+    return allocator_env(env, library, ["train"]) if library else env  # as `tunesmith train` re-executes
 
 
 def spawn(system: str, args, extra: list[str] | None = None) -> dict:

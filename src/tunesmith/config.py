@@ -485,3 +485,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 def dump_config(config: TrainConfig) -> str:
     """The resolved config as YAML, in field order, loadable by `load_config`."""
     return yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True)
+
+
+def dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict's nested sections flattened to dotted keys: {"lora": {"r": 8}} -> {"lora.r": 8}."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        out.update(dotted(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value})
+    return out

@@ -15,8 +15,8 @@ The commands that only run a trained model (`INFERENCE_COMMANDS`) also ask jemal
 pages it frees (`INFERENCE_MALLOC_CONF`). By default it hands every large freed block back to the
 kernel at once, and an eval's next batch faults the same ~100 MB of logits in again: scoring the
 demo's 50 held-out examples took 14.6-19.0 s against 11.8-14.3 s on glibc, with 4.6-5.0 million
-page faults against 1.4 million. Keeping the pages: 11.6-12.7 s, 0.3 million faults, 0.15 GiB more
-at the peak. Training keeps jemalloc's defaults: there the same setting gained 8% in speed and cost
+page faults against 1.4 million. Keeping the pages: 11.6-12.7 s, 0.3 million faults; the whole eval
+peaks at 1.96 GiB against 1.49 GiB. Training keeps jemalloc's defaults: there the same setting gained 8% in speed and cost
 0.74 GiB of peak memory (3.42 against 2.68 GiB, the bench's 30 varlen steps). A MALLOC_CONF of the
 user's own is left as it is.
 """
@@ -63,7 +63,7 @@ def allocator_env(environ: Mapping[str, str], library: str, argv: Sequence[str])
     """The environment to re-execute with: `library` first in LD_PRELOAD, and for a command in
     `INFERENCE_COMMANDS` on jemalloc its MALLOC_CONF, unless the user set one."""
     env = {**environ, "LD_PRELOAD": " ".join(filter(None, [library, environ.get("LD_PRELOAD", "")]))}
-    inference = next(iter(argv), None) in INFERENCE_COMMANDS
+    inference = bool(argv) and argv[0] in INFERENCE_COMMANDS
     if inference and "jemalloc" in Path(library).name and "MALLOC_CONF" not in environ:
         env["MALLOC_CONF"] = INFERENCE_MALLOC_CONF
     return env

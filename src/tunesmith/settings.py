@@ -132,8 +132,9 @@ class ServeLimits:
     max_batch: int = 8
     """Requests decoded together (continuous batching: a waiting one joins at the next token). A
     decoding step of a small model is bound by reading its weights, which the batch reads once: in
-    eval 12 prompts took 12.3 s together against 60.9 s one at a time (SmolLM2-135M, 2 cores). Each row holds its own KV cache (SmolLM2-135M: 46 KB a token in
-    float32), so 8 full 4096-token prompts cost ~1.5 GB; 1 decodes one request at a time."""
+    eval 12 prompts took 12.3 s together against 60.9 s one at a time (SmolLM2-135M, 2 cores). Each
+    row holds its own KV cache (SmolLM2-135M: 46 KB a token in float32), so 8 full 4096-token
+    prompts cost ~1.5 GB; 1 decodes one request at a time."""
     max_stop: int = 4
     """Most stop strings per request (OpenAI's limit)."""
     shutdown_grace_s: float = 10.0

@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import TrainConfig
+from ..config import TrainConfig, dotted
 from ..errors import ConfigError
 from .events import CheckpointEvent, EvaluationEvent, FinishedEvent, ProbesEvent, StepEvent, StopEvent, TrainingEvent
 from .rundir import write_atomic
@@ -103,15 +103,9 @@ def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return {f"summary/{k}": float(v) for k, v in summary.items() if _is_number(v) or isinstance(v, bool)}
 
 
-def flat_params(values: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flat_params(values: dict[str, Any]) -> dict[str, str]:
     """The resolved config as tracker parameters: nested sections flattened (`lora.r`), values as text."""
-    flat: dict[str, str] = {}
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            flat.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = str(value)
-    return flat
+    return {key: str(value) for key, value in dotted(values).items()}
 
 
 def _is_number(value: Any) -> bool:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..config import TrainConfig, default_lr, load_config
+from ..config import TrainConfig, default_lr, dotted, load_config
 from ..serve.protocol import RequestError
 from ..server.files import FILE_ID, file_path
 from ..server.jobs import JOB_ID
@@ -91,20 +91,9 @@ def run_view(run: Path) -> dict[str, Any]:
             "figures": [f for f in FIGURES if (run / f).is_file()], "adapter": (run / "adapter").is_dir()}
 
 
-def flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys: {"lora": {"r": 8}} -> {"lora.r": 8}."""
-    out: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def settings_differ(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     """The TrainConfig settings two runs differ in (their run folders aside), as {key, a, b} rows."""
-    fa, fb = flat(a), flat(b)
+    fa, fb = dotted(a), dotted(b)
     keys = sorted(k for k in set(fa) | set(fb) if k != "output" and fa.get(k) != fb.get(k))
     return [{"key": k, "a": fa.get(k), "b": fb.get(k)} for k in keys]
 
