@@ -23,8 +23,8 @@ from tunesmith.generate import generate, load_run
 from tunesmith.server.app import ServerSettings, build_server_app, load_base, open_home
 from tunesmith.server.jobs import method_hyperparameters
 from tunesmith.server.locks import HomeInUse
-from tunesmith.server.store import Store
-from tunesmith.server.worker import DB_NAME, JobEvents
+from tunesmith.server.store import DB_NAME, Store
+from tunesmith.server.worker import JobEvents
 from tunesmith.settings import ServeLimits, ServerLimits
 from tunesmith.training.events import CheckpointEvent, EvaluationEvent, FinishedEvent, ProbesEvent, StepEvent
 
@@ -241,8 +241,8 @@ def test_method_maps_supervised_and_dpo():
     assert method_hyperparameters({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}}) == (
         "dpo", {"beta": 0.2})
     from tunesmith.config import TrainConfig, default_lr
-    from tunesmith.serve.protocol import RequestError
     from tunesmith.server.jobs import train_overrides
+    from tunesmith.web.errors import RequestError
 
     overrides = train_overrides({"beta": 0.2, "learning_rate_multiplier": 2}, TrainConfig(data="x"), "dpo")
     assert overrides["objective"] == "dpo" and overrides["preference"].beta == 0.2
@@ -338,7 +338,8 @@ def test_job_events_subscriber_writes_each_kind(tmp_path):
 def start_server(home: Path, port: int, tiny_model_dir, base_config) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "server", "--home", str(home), "--port", str(port),
-                             "--model", str(tiny_model_dir), "--config", str(base_config), "--no-eval"],
+                             "--model", str(tiny_model_dir), "--config", str(base_config), "--no-eval",
+                             "--api-key", KEY],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: _up(port) or proc.poll() is not None, timeout=60)
     assert proc.poll() is None, "the server did not start"
@@ -359,7 +360,7 @@ def test_kill_9_of_the_server_mid_job_resumes_with_the_same_losses(client, two_j
     reference = step_losses(client, two_jobs[1].id)  # the uninterrupted long job
     home, port = tmp_path / "home", free_port()
     proc = start_server(home, port, tiny_model_dir, base_config)
-    killed = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+    killed = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
     upload = killed.files.create(file=write_jsonl(tmp_path / "faq.jsonl", faq_rows("chat")).open("rb"),
                                  purpose="fine-tune")
     job = killed.fine_tuning.jobs.create(model="tiny-model0", training_file=upload.id, hyperparameters=LONG_JOB)

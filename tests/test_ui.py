@@ -26,8 +26,7 @@ from conftest import FAQ, faq_rows, write_jsonl
 from test_serve import free_port
 from test_server import BASE_CONFIG, wait_for
 from tunesmith.data.preview import length_histogram
-from tunesmith.server.store import Store
-from tunesmith.server.worker import DB_NAME
+from tunesmith.server.store import DB_NAME, Store
 from tunesmith.ui.api import field_docs, settings_differ, train_form
 from tunesmith.ui.tasks import TaskRunner, read_task, run_task, write_task
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, default_lr, load_config
-from ..serve.protocol import RequestError
+from ..web.errors import RequestError
+from ..web.ids import id_pattern
 
-JOB_ID = re.compile(r"ftjob-[0-9a-f]{24}")
+JOB_ID = id_pattern("ftjob")
 SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
 METHODS = {"supervised": HYPERPARAMETERS, "dpo": (*HYPERPARAMETERS, "beta")}
