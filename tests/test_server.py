@@ -290,6 +290,32 @@ def test_guards_refuse_with_openai_errors(server):
         assert r.status_code == 404 and "error" in r.json(), path
 
 
+def test_another_sites_page_cannot_upload_or_post_json_as_text(server, client, faq_upload):
+    """What an attacker's page can send without a preflight: a plain HTML form's multipart upload, and
+    JSON declared as text/plain. Refused by the guard (its Origin) before any route reads them, and by
+    the JSON routes (their Content-Type) even from a client that is not a browser."""
+    url, auth = server[0], {"Authorization": f"Bearer {KEY}"}
+    files, jobs = len(client.files.list().data), len(client.fine_tuning.jobs.list(limit=100).data)
+    form = {"files": {"file": ("a.jsonl", b'{"text": "x"}\n')}, "data": {"purpose": "fine-tune"}}
+    job = json.dumps({"model": "tiny-model0", "training_file": faq_upload.id})
+    for origin in ("http://evil.example", "null"):
+        for headers in ({}, auth):  # refused for its Origin, whether or not the key rides along
+            r = httpx.post(url + "/v1/files", headers={**headers, "Origin": origin}, **form)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin", r.text
+            r = httpx.post(url + "/v1/fine_tuning/jobs", content=job,
+                           headers={**headers, "Origin": origin, "Content-Type": "text/plain"})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin", r.text
+    r = httpx.post(url + "/v1/fine_tuning/jobs", content=job, headers={**auth, "Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    r = httpx.post(url + "/v1/fine_tuning/jobs", headers=auth, **form)  # a form on a JSON route
+    assert r.status_code == 415
+    r = httpx.post(url + "/v1/files", headers=auth, json={"purpose": "fine-tune"})  # JSON on the upload route
+    assert r.status_code == 415
+    assert (len(client.files.list().data), len(client.fine_tuning.jobs.list(limit=100).data)) == (files, jobs)
+    own = httpx.post(url + "/v1/files", headers={**auth, "Origin": url, "Sec-Fetch-Site": "same-origin"}, **form)
+    assert own.status_code == 200 and client.files.delete(own.json()["id"]).deleted  # the page's own upload
+
+
 def test_chunked_upload_over_the_cap_is_refused(server):
     def chunks():  # no Content-Length: the server counts while receiving
         yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n'
