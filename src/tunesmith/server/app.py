@@ -7,9 +7,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, AsyncIterator, Callable
+from typing import IO, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -26,15 +27,7 @@ from ..web.errors import EXCEPTION_HANDLERS, RequestError
 from ..web.guard import LOOPBACK_HOSTS, OPEN_PATHS, Guard, new_key
 from ..web.ids import new_id
 from .files import FILE_ID, PURPOSES, file_object, file_path, save_upload
-from .jobs import (
-    checkpoint_object,
-    event_object,
-    fine_tuned_name,
-    job_config,
-    job_object,
-    page,
-    parse_job_request,
-)
+from .jobs import checkpoint_object, event_object, fine_tuned_name, job_config, job_object, page, parse_job_request
 from .locks import hold_lock
 from .lookups import find_file, find_job
 from .models import ServedJobs

@@ -5,7 +5,8 @@ that counts an upload's bytes as they arrive."""
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 

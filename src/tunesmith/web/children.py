@@ -11,8 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Hashable, Iterator
 from pathlib import Path
-from typing import Generic, Hashable, Iterator, TypeVar
+from typing import Generic, TypeVar
 
 PARENT_POLL_S = 0.5
 """How often a child checks that the server is still its parent."""

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import RequestError
