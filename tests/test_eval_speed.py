@@ -1,13 +1,17 @@
 """Eval's faster paths give the numbers the slow ones gave: batched decoding = one prompt at a time,
 the merged adapter is restored exactly, and eval.json's figures are those of the one-at-a-time code
-(pinned from it on the tiny model), with or without the base side's cache."""
+(computed in the test, in fp32), with or without the base side's cache."""
 
+import contextlib
+import functools
 import time
 
 import pytest
 
+from tunesmith import evaluate as evaluate_module
 from tunesmith import load_config, train
 from tunesmith.evaluate import TASK_SIZES, TaskSizes, evaluate_run
+from tunesmith.forgetting import measure as measure_module
 from tunesmith.forgetting import probes as probe_module
 from tunesmith.forgetting.probes import ProbeSizes
 
@@ -23,7 +27,7 @@ def run(tmp_path_factory, tiny_model_dir):
     data = write_jsonl(root / "faq.jsonl", faq_rows("chat") * 3)
     config = load_config(None, {"data": str(data), "model": str(tiny_model_dir), "output": str(root / "run"),
                                 "max_steps": 6, "batch_size": 4, "lr": 3e-2, "val_fraction": 0.3,
-                                "forgetting": {"measure_during_training": False}})
+                                "precision": "fp32", "forgetting": {"measure_during_training": False}})
     train(config, show_progress=False)
     return root / "run"
 
@@ -43,34 +47,39 @@ def figures(result: dict) -> dict:
     return out
 
 
-# eval.json's figures from the code before batching, merging and the base cache (one prompt at a time,
-# adapters unmerged, every base pass computed), on this fixture. Loss and perplexity sums move in the
-# last digits when a pass is batched differently; answers and accuracies must not move at all.
-BEFORE = {
-    "task.loss.base": 5.998999865549915, "task.loss.tuned": 5.91918275941093,
-    "task.token_f1.base": 0.0, "task.token_f1.tuned": 0.0, "task.rouge_l.base": 0.0, "task.rouge_l.tuned": 0.0,
-    "general.wikipedia_ppl.base": 405.90887004669605, "general.wikipedia_ppl.tuned": 373.9306977168597,
-    "general.analogies.base": 0.07142857142857142, "general.analogies.tuned": 0.0,
-    "general.trivia.base": 0.0, "general.trivia.tuned": 0.0,
-    "general.kl_drift.base": 0.0, "general.kl_drift.tuned": 0.014576248514155546,
-    "samples": [["", "............"]] * 5,
-}
+def one_at_a_time(run) -> dict:
+    """eval.json's figures from the slow paths, computed here: every prompt decoded alone, the adapter
+    left unmerged, every base pass computed (no cache)."""
+    from tunesmith.inference.decode import generate_batch
+
+    alone = functools.partial(generate_batch, batch_size=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evaluate_module, "generate_batch", alone)
+        patch.setattr(measure_module, "generate_batch", alone)
+        patch.setattr(evaluate_module, "adapters_merged", contextlib.nullcontext)  # yields the model as it is
+        return figures(evaluate_run(run, use_cache=False))
 
 
-def assert_before(result: dict) -> None:
+def assert_same(result: dict, reference: dict) -> None:
+    """Answers and accuracies must not move at all. Loss and perplexity sums move in the last digits of
+    fp32 when a pass is batched differently (other shapes, other summation order): rel 1e-5 is a
+    hundred times that rounding and far below what a wrong mask or a wrong merge would change."""
     got = figures(result)
-    assert got["samples"] == BEFORE["samples"]
-    for key, value in BEFORE.items():
+    assert got["samples"] == reference["samples"]
+    for key, value in reference.items():
         if key != "samples":
-            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-9), key
 
 
+@pytest.mark.numerics
 def test_eval_gives_the_figures_of_the_one_at_a_time_code_with_and_without_the_cache(run):
+    reference = one_at_a_time(run)
+    assert reference["task.loss.tuned"] != reference["task.loss.base"]  # the run trained: the two sides differ
     first = evaluate_run(run)
-    assert_before(first)
+    assert_same(first, reference)
     second = evaluate_run(run)  # the base side from the cache this time
     assert second["base_cached"] and second["task"]["base_cached"] and not first["task"]["base_cached"]
-    assert_before(second)
+    assert_same(second, reference)
     assert figures(second) == figures(first)
 
 

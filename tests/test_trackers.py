@@ -4,8 +4,10 @@ package is missing is refused before anything is written; a failing tracker neve
 
 import io
 import json
+import os
 import sys
 import types
+import warnings
 
 import pytest
 from rich.console import Console
@@ -78,13 +80,22 @@ def test_tensorboard_event_files_hold_every_steps_figures_as_metrics_jsonl_does(
     assert [s for s, _ in tensorboard_scalars(run, "eval/val_loss")] == [0, 2, 4, 6]
 
 
-def test_an_mlflow_store_holds_the_params_each_steps_metrics_once_and_the_summary(faq_file, tiny_model_dir, tmp_path):
+def test_an_mlflow_store_holds_the_params_each_steps_metrics_once_and_the_summary(faq_file, tiny_model_dir, tmp_path,
+                                                                                  monkeypatch):
     pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    monkeypatch.chdir(tmp_path)
     run = tmp_path / "runs" / "faq-lora"
-    train(load_config(None, settings(faq_file(), tiny_model_dir, run, max_steps=4, report_to=["mlflow"],
-                                     forgetting={"measure_during_training": True})), show_progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(load_config(None, settings(faq_file(), tiny_model_dir, run, max_steps=4, report_to=["mlflow"],
+                                         forgetting={"measure_during_training": True})), show_progress=False)
+    # No announced break: MLflow's file store warns that it is in maintenance mode.
+    assert not [str(w.message) for w in caught if "maintenance mode" in str(w.message) or "FILE_STORE" in str(w.message)]
+    assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["faq-lora", "mlartifacts", "mlflow.db"]
     client, ids = mlflow_run(run)
-    assert ids["tracking_uri"] == (tmp_path / "runs" / "mlruns").resolve().as_uri()  # beside the run
+    assert ids["tracking_uri"] == f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}"  # beside the run
     got = client.get_run(ids["run_id"])
     assert got.info.run_name == "faq-lora" and got.info.status == "FINISHED"
     assert got.data.tags["method"] == "lora" and got.data.tags["model"] == str(tiny_model_dir)
@@ -102,6 +113,10 @@ def test_an_mlflow_store_holds_the_params_each_steps_metrics_once_and_the_summar
     assert got.data.metrics["summary/final_val_loss"] == summary["final_val_loss"]
     assert [a.path for a in client.list_artifacts(ids["run_id"])] == ["summary.json"]
     assert len(client.search_runs([got.info.experiment_id])) == 1
+    import mlflow  # read back the plain way, as a user would
+
+    mlflow.set_tracking_uri(ids["tracking_uri"])
+    assert list(mlflow.search_runs([got.info.experiment_id])["run_id"]) == [ids["run_id"]]
 
 
 @pytest.mark.parametrize("crash", [(CheckpointEvent, 4), (StepEvent, 5)], ids=["after-checkpoint-4", "at-step-5"])

@@ -33,9 +33,9 @@ from tunesmith.tuning.trials import TrialRecord, choose, figures
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 BUDGET_KL = 0.01373
-"""KL(base || tuned) limit of the test searches. The first four trials measure (seed 0, 6 steps, an
-evaluation at steps 3 and 6) KL 0.0131/0.0141, 0.0117/0.0123, 0.0130/0.0136 and 0.0139/0.0158: the fourth
-is over at both evaluations with the lowest held-out loss of all, the others within at some evaluation."""
+"""KL(base || tuned) limit of the test searches: near the KL that the tiny model's trials measure (about
+0.012-0.016 after 6 steps), so that a search is likely to have trials on both sides; the tests assert
+only what holds whichever side each trial falls on."""
 
 
 def write_search(folder: Path, model: Path, budget_kl: float = BUDGET_KL, **tune_section) -> Path:
@@ -61,17 +61,24 @@ def reference(tiny_model_dir, tmp_path_factory):
     return tune(config, settings, fixed, evaluate=False)
 
 
-def test_a_trial_over_the_budget_is_not_chosen_while_one_within_exists(reference):
+def test_the_search_chooses_by_the_budget_rule_and_writes_its_table(reference):
+    """What the search samples depends on the CPU's rounding and Optuna's version, so this asserts the
+    invariants of any search; the rule itself, with a lower loss over the budget losing, is tested on
+    trials built by hand (test_choose_prefers_the_budget_then_the_loss)."""
     complete = [r for r in reference.trials if r.state == "complete"]
-    over = [r for r in complete if not r.within_budget]
-    within = [r for r in complete if r.within_budget]
-    assert over and within, "the budget must put some completed trials over and some within"
+    assert complete
+    for r in complete:  # the verdict and the share agree, trial by trial
+        assert r.within_budget == (r.budget_share <= 1), (r.run_dir, r.budget_share)
     chosen = reference.chosen
-    assert chosen.within_budget and reference.within_budget
-    assert chosen.val_loss == min(r.val_loss for r in within)
-    assert min(r.val_loss for r in over) < chosen.val_loss  # a lower loss over the budget loses
-    assert all(r.budget_share > 1 for r in over) and chosen.budget_share <= 1
-    assert "within the forgetting budget" in reference.choice
+    assert (chosen, reference.choice) == choose(reference.trials)  # the rule, on what the search measured
+    within = [r for r in complete if r.within_budget]
+    if within:
+        assert chosen.within_budget and reference.within_budget
+        assert chosen.val_loss == min(r.val_loss for r in within)
+        assert "within the forgetting budget" in reference.choice
+    else:
+        assert not reference.within_budget and reference.choice.startswith("NO trial was within")
+        assert chosen.budget_share == min(r.budget_share for r in complete)
 
     table = json.loads((reference.output / "trials.json").read_text())
     assert table["chosen_run_dir"] == chosen.run_dir

@@ -10,7 +10,7 @@ from typing import Any
 # Public name -> the module that defines it. Imported on first use (PEP 562), so that
 # `import tunesmith` and `tunesmith --help` do not pay for torch and transformers.
 _EXPORTS = {
-    "CompareSettings": "config", "ConfigError": "errors", "LoraConfig": "config", "RetrievalSettings": "config",
+    "CompareSettings": "settings", "ConfigError": "errors", "LoraConfig": "config", "RetrievalSettings": "settings",
     "TrainConfig": "config", "TunesmithError": "errors", "load_config": "config",
     "DataError": "data", "prepare_data": "data", "read_records": "data",
     "Retriever": "retrieval", "compare_run": "compare", "evaluate_run": "evaluate",

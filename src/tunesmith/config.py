@@ -233,8 +233,8 @@ class TrainConfig:
     trust_remote_code: bool = False
     """Run model code shipped with a hub model; off unless you trust its author."""
     report_to: list[Tracker] = field(default_factory=list)
-    """Experiment trackers that log the run: tensorboard (RUN/tensorboard/), mlflow (mlruns/ beside the
-    run, or MLFLOW_TRACKING_URI), wandb, trackio; each needs its package. Empty: no files outside the run."""
+    """Experiment trackers that log the run: tensorboard (RUN/tensorboard/), mlflow (mlflow.db beside
+    the run, or MLFLOW_TRACKING_URI), wandb, trackio; each needs its package. Empty: no files outside the run."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """Adapter settings, used by the lora and dora methods."""
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)

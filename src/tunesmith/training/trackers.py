@@ -236,16 +236,21 @@ class MLflowBackend:
         self.client.set_terminated(self.run_id, "FINISHED")
 
 
+def local_mlflow_uri(run_path: Path) -> str:
+    """The SQLite store shared by the runs beside this one: `sqlite:////abs/runs/mlflow.db`."""
+    return f"sqlite:///{run_path.resolve().parent / 'mlflow.db'}"
+
+
 def open_mlflow(config: TrainConfig, run_path: Path, saved: dict[str, Any] | None,
                 resumed_step: int) -> tuple[Backend, dict[str, Any]]:
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
+    # The local default is a SQLite store beside the run directory, as MLflow 3 recommends: its file
+    # store (mlruns/) is in maintenance mode and refuses plain reads unless MLFLOW_ALLOW_FILE_STORE is set.
     uri = saved["tracking_uri"] if saved else \
-        os.environ.get("MLFLOW_TRACKING_URI") or (run_path.resolve().parent / "mlruns").as_uri()
-    if uri.startswith("file:"):
-        # MLflow 3 asks for this opt-in to use its file store, the one local store that the skinny
-        # client can write (its SQLite store needs SQLAlchemy and Alembic).
+        os.environ.get("MLFLOW_TRACKING_URI") or local_mlflow_uri(run_path)
+    if uri.startswith("file:"):  # a run made before the SQLite default resumes into its own file store
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     client = MlflowClient(tracking_uri=uri)
     if saved:
@@ -254,7 +259,11 @@ def open_mlflow(config: TrainConfig, run_path: Path, saved: dict[str, Any] | Non
     else:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or PROJECT
         experiment = client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
+        # A SQLite store keeps artifacts in ./mlartifacts of whatever folder the process runs in unless
+        # told otherwise: the local default keeps them beside the database.
+        where = (run_path.resolve().parent / "mlartifacts").as_uri() if uri == local_mlflow_uri(run_path) else None
+        experiment_id = experiment.experiment_id if experiment is not None else \
+            client.create_experiment(name, artifact_location=where)
         run_id = client.create_run(experiment_id, run_name=run_path.name, tags={
             "method": config.method, "model": config.model, "tunesmith.run_dir": str(run_path.resolve())}).info.run_id
         params = [Param(k, v[:MLFLOW_MAX_PARAM]) for k, v in flat_params(config.to_dict()).items()]
