@@ -10,7 +10,7 @@ goes to the sample's `errors`; it never stops the other samples.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 from .judge import Judge, JudgeError, ask_judge, judge_body, read_score
 from .limits import GraderLimits
@@ -180,7 +180,3 @@ def _schema_check(grader: JsonSchemaCheck, text: str) -> tuple[float, list[str]]
 def _threshold(grader: Grader) -> float | None:
     return getattr(grader, "pass_threshold", None)
 
-
-def mean_reward(results: Sequence[GradeResult]) -> float:
-    """The plain mean of the rewards (0 for samples that could not be graded)."""
-    return sum(r.reward for r in results) / len(results) if results else float("nan")

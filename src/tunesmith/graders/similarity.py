@@ -85,8 +85,12 @@ def rouge(n: str) -> Callable[[str, str], float]:
 
 @lru_cache(maxsize=8)
 def _rouge_scorer(key: str) -> Any:
+    import logging
+
     from rouge_score.rouge_scorer import RougeScorer
 
+    # rouge-score logs "Using default tokenizer." through absl at INFO on every scorer it builds
+    logging.getLogger("absl").setLevel(logging.WARNING)
     return RougeScorer([key])
 
 

@@ -1,0 +1,131 @@
+"""`tunesmith grade GRADER.json DATA`: score known answers with a grader before training on its rewards.
+
+The recipe: load and check the grader, read the rows (every bad line named, nothing graded), take
+each row's answer (its last assistant message, or with `run` the run's own answer to the row's
+prompt), grade them all, and summarise: the mean reward with its 95% bootstrap interval, the mean
+of each sub-score, the rows that could not be graded.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .data.issues import DataError, DataIssue
+from .evaluation.bootstrap import bootstrap_ci
+from .graders import GradeResult, GraderLimits, GradingSession, Judge, check_rows, load_grader, make_sample
+from .graders.rows import GradedRow, split_row
+from .settings import Sampling
+
+
+@dataclass(frozen=True)
+class GradedFile:
+    grader: str
+    data: str
+    lines: list[int]
+    """Each graded row's line in DATA (a CSV's data row)."""
+    results: list[GradeResult]
+    issues: list[DataIssue]
+    """Rows lacking a field the grader reads (each such row's grade also carries the error)."""
+    python_network: list[str]
+    """How the python graders' network was cut, where one ran."""
+
+    def summary(self) -> dict[str, Any]:
+        rewards = [r.reward for r in self.results]
+        n = len(rewards)
+        lo, hi = bootstrap_ci(rewards, [1.0] * n) if n else (math.nan, math.nan)
+        keys = list(dict.fromkeys(k for r in self.results for k in r.sub_scores))
+        passed = [r.passed for r in self.results if r.passed is not None]
+        return {
+            "mean": sum(rewards) / n if n else math.nan, "ci95": [lo, hi], "n": n,
+            "rows_with_errors": sum(1 for r in self.results if r.errors),
+            "sub_scores": {k: sum(r.sub_scores.get(k, 0.0) for r in self.results) / n for k in keys},
+            "pass_rate": sum(passed) / len(passed) if passed else None,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"grader": self.grader, "data": self.data, **self.summary(),
+                "rows": [{"line": line, **r.to_dict()} for line, r in zip(self.lines, self.results)],
+                "issues": [str(i) for i in self.issues], "python_network": self.python_network}
+
+
+def grade_file(grader_path: str | Path, data: str | Path, run: str | Path | None = None, judge: Judge | None = None,
+               limits: GraderLimits = GraderLimits(), sampling: Sampling = Sampling()) -> GradedFile:
+    """Grade DATA's answers (or, with `run`, the run's answers to DATA's prompts) with the grader."""
+    grader = load_grader(grader_path, limits)
+    rows = read_rows(data)
+    split = [split_row(row) for _, row in rows]
+    answers = run_answers(run, [s.prompt for s in split], sampling) if run is not None else [s.answer for s in split]
+    issues = check_rows(grader, ((str(data), line, s.item) for (line, _), s in zip(rows, split)))
+    results = []
+    with GradingSession(grader, judge, limits) as session:
+        for graded, answer in zip(split, answers):
+            results.append(_grade_row(session, graded, answer))
+        network = session.python_network
+    return GradedFile(str(grader_path), str(data), [line for line, _ in rows], results, issues, network)
+
+
+def _grade_row(session: GradingSession, graded: GradedRow, answer: str | None) -> GradeResult:
+    if answer is None:
+        return GradeResult(0.0, errors=("the row has no answer to grade: end its messages with an assistant "
+                                        "message (or give --run RUN to grade a run's answers)",))
+    return session.grade(make_sample(answer, graded.tool_calls), graded.item)
+
+
+def read_rows(data: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) of every row of a .jsonl/.json/.csv file; DataError naming every bad line."""
+    from .data.limits import CheckLimits
+    from .data.records import resolve_data_path
+    from .data.rows import iter_rows
+
+    path = resolve_data_path(data)
+    if not path.is_file():
+        raise FileNotFoundError(f"{data}: no such data file — grade reads one .jsonl, .json or .csv file")
+    issues: list[DataIssue] = []
+    rows = [(line, row) for line, row, _ in iter_rows(path, CheckLimits(), issues)]
+    if issues:
+        raise DataError(issues)
+    if not rows:
+        raise DataError([DataIssue(str(data), 0, "(file)", "has no rows to grade")])
+    return rows
+
+
+def run_answers(run: str | Path, prompts: list[list[dict[str, str]]], sampling: Sampling) -> list[str | None]:
+    """RUN's tuned model's answer to each prompt (its system prompt added as in training)."""
+    from .data.render import with_system_prompt
+    from .generate import generate, load_run, run_system_prompt
+
+    model, tokenizer = load_run(run)
+    system = run_system_prompt(run)
+    return [generate(model, tokenizer, with_system_prompt(p, system), sampling=sampling) if p else None
+            for p in prompts]
+
+
+def print_report(report: GradedFile, echo: Callable[[str], None], max_error_chars: int = 100) -> None:
+    """The per-row table, then the mean with its interval."""
+    keys = list(dict.fromkeys(k for r in report.results for k in r.sub_scores))
+    for issue in report.issues:
+        echo(f"warning: {issue}")
+    echo(f"{'line':>6}  {'reward':>8}  " + "".join(f"{k[:12]:>12}  " for k in keys) + "errors")
+    for line, result in zip(report.lines, report.results):
+        subs = "".join(f"{result.sub_scores.get(k, math.nan):>12.4f}  " for k in keys)
+        errors = "; ".join(_short(e, keys, max_error_chars) for e in result.errors)
+        echo(f"{line:>6}  {result.reward:>8.4f}  {subs}{errors}")
+    s = report.summary()
+    lo, hi = s["ci95"]
+    echo(f"mean reward {s['mean']:.4f} (95% CI {lo:.4f} to {hi:.4f}) over {s['n']} rows, "
+         f"{s['rows_with_errors']} with errors" + (f"; pass rate {s['pass_rate']:.1%}" if s["pass_rate"] is not None
+                                                   else ""))
+    for key, mean in s["sub_scores"].items():
+        echo(f"  {key}: mean {mean:.4f}")
+
+
+def _short(error: str, keys: list[str], chars: int) -> str:
+    """An error's last line (a traceback's exception), after its sub-grader's key, cut to `chars`."""
+    key = next((k for k in keys if error.startswith(f"{k}: ")), None)
+    rest = error[len(key) + 2:] if key else error
+    lines = [ln.strip() for ln in rest.splitlines() if ln.strip() and not ln.strip().startswith("(printed")]
+    text = (f"{key}: " if key else "") + (lines[-1] if lines else rest)
+    return text if len(text) <= chars else text[: chars - 3] + "..."
