@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -283,6 +284,7 @@ def test_documented_python_grader() -> None:
 
 MISBEHAVING = """
 import socket
+import sys
 
 def grade(sample, item):
     kind = item["kind"]
@@ -505,3 +507,29 @@ def test_cosine_uses_the_retrieval_embedder() -> None:
     other = reward(similarity("cosine"), "Bananas are yellow.", {"reference_answer": "The office opens at nine."})
     assert same == pytest.approx(1.0, abs=1e-5) and 0.0 <= other < 0.5
     assert math.isfinite(other)
+
+
+def test_grade_command_grades_a_runs_own_answers(tiny_run: Any, tmp_path: Any) -> None:
+    """--run: the rows' prompts answered by the run (their own answers ignored), then graded."""
+    from tunesmith.cli import main
+    from tunesmith.generate import generate, load_run
+
+    grader = tmp_path / "grader.json"
+    grader.write_text(json.dumps({"type": "python", "source": "def grade(sample, item):\n    return 1.0"}))
+    data = tmp_path / "data.jsonl"
+    prompts = ["How do I apply for a permit?", "Who inspects the site?"]
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p},
+                                                     {"role": "assistant", "content": "known"}]}) + "\n"
+                            for p in prompts))
+    out = CliRunner().invoke(main, ["grade", str(grader), str(data), "--run", str(tiny_run), "--json"])
+    assert out.exit_code == 0, out.output
+    model, tokenizer = load_run(tiny_run)
+    expected = [generate(model, tokenizer, [{"role": "user", "content": p}]) for p in prompts]
+    assert [r["answer"] for r in json.loads(out.output)["rows"]] == expected
+    assert expected != ["known", "known"]
+
+
+def test_a_missing_metric_package_stops_grading(monkeypatch: Any) -> None:
+    monkeypatch.setitem(sys.modules, "rapidfuzz", None)  # import rapidfuzz now raises ModuleNotFoundError
+    with pytest.raises(GraderError, match=r"fuzzy_match needs the rapidfuzz package: pip install 'tunesmith\[graders\]'"):
+        grade(parse_grader(similarity("fuzzy_match")), make_sample("a"), {"reference_answer": "b"})

@@ -25,7 +25,9 @@ class GradedFile:
     grader: str
     data: str
     lines: list[int]
-    """Each graded row's line in DATA (a CSV's data row)."""
+    """Each graded row's line in DATA."""
+    answers: list[str | None]
+    """The answer graded for each row: its last assistant message, or the run's (None: the row had none)."""
     results: list[GradeResult]
     issues: list[DataIssue]
     """Rows lacking a field the grader reads (each such row's grade also carries the error)."""
@@ -47,7 +49,8 @@ class GradedFile:
 
     def to_dict(self) -> dict[str, Any]:
         return {"grader": self.grader, "data": self.data, **self.summary(),
-                "rows": [{"line": line, **r.to_dict()} for line, r in zip(self.lines, self.results)],
+                "rows": [{"line": line, "answer": answer, **r.to_dict()}
+                         for line, answer, r in zip(self.lines, self.answers, self.results)],
                 "issues": [str(i) for i in self.issues], "python_network": self.python_network}
 
 
@@ -64,7 +67,7 @@ def grade_file(grader_path: str | Path, data: str | Path, run: str | Path | None
         for graded, answer in zip(split, answers):
             results.append(_grade_row(session, graded, answer))
         network = session.python_network
-    return GradedFile(str(grader_path), str(data), [line for line, _ in rows], results, issues, network)
+    return GradedFile(str(grader_path), str(data), [line for line, _ in rows], answers, results, issues, network)
 
 
 def _grade_row(session: GradingSession, graded: GradedRow, answer: str | None) -> GradeResult:

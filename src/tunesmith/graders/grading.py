@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from ..errors import GraderError
 from .judge import Judge, JudgeError, ask_judge, judge_body, read_score
 from .limits import GraderLimits
 from .sandbox import PythonSandbox
@@ -81,6 +82,8 @@ class GradingSession:
             return self._multi(grader, sample, item)
         try:
             reward, details = self._score(grader, sample, item)
+        except GraderError:
+            raise  # a missing package: no sample can be graded
         except (MissingField, JudgeError, ArithmeticError, ValueError) as exc:
             return GradeResult(0.0, errors=(str(exc),), passed=False if _threshold(grader) is not None else None)
         threshold = _threshold(grader)
@@ -125,8 +128,10 @@ class GradingSession:
                              "--judge-url http://127.0.0.1:8000/v1 for `tunesmith serve RUN`)")
         messages = [{"role": m.role, "content": render(m.content, sample, item)} for m in grader.input]
         if self._client is None:
-            import httpx
-
+            try:
+                import httpx
+            except ModuleNotFoundError:
+                raise GraderError("score_model needs the httpx package: pip install 'tunesmith[graders]'") from None
             self._client = httpx.Client(timeout=self.limits.judge_timeout_s)
         reply = ask_judge(self._client, self.judge, judge_body(grader, messages, self.judge.model))
         return read_score(reply, grader.range)

@@ -17,6 +17,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Callable
 
+from ..errors import GraderError
+
 
 def fuzzy_match(text: str, reference: str) -> float:
     from rapidfuzz import fuzz, utils
@@ -114,4 +116,8 @@ METRICS: dict[str, Callable[[str, str], float]] = {
 
 def similarity(metric: str, text: str, reference: str) -> float:
     """`metric`'s score of `text` against `reference`, in [0, 1]."""
-    return METRICS[metric](text, reference)
+    try:
+        return METRICS[metric](text, reference)
+    except ModuleNotFoundError as exc:
+        raise GraderError(f"text_similarity's {metric} needs the {exc.name} package: "
+                          f"pip install 'tunesmith[graders]'") from None

@@ -268,8 +268,11 @@ def _score_model(f: _Fields, limits: GraderLimits) -> ScoreModel:
 
 
 def _json_schema(f: _Fields, limits: GraderLimits) -> JsonSchemaCheck:
-    from jsonschema import SchemaError
-    from jsonschema.validators import validator_for
+    try:
+        from jsonschema import SchemaError
+        from jsonschema.validators import validator_for
+    except ModuleNotFoundError:
+        raise GraderError("a json_schema grader needs the jsonschema package: pip install 'tunesmith[graders]'") from None
 
     schema = f.spec.get("schema")
     if not isinstance(schema, dict):
