@@ -533,3 +533,25 @@ def test_a_missing_metric_package_stops_grading(monkeypatch: Any) -> None:
     monkeypatch.setitem(sys.modules, "rapidfuzz", None)  # import rapidfuzz now raises ModuleNotFoundError
     with pytest.raises(GraderError, match=r"fuzzy_match needs the rapidfuzz package: pip install 'tunesmith\[graders\]'"):
         grade(parse_grader(similarity("fuzzy_match")), make_sample("a"), {"reference_answer": "b"})
+
+
+def _doc_block(doc: str, opening: str) -> str:
+    start = doc.index(opening + "\n") + len(opening) + 1
+    return doc[start:doc.index("\n```", start)] + "\n"
+
+
+def test_the_docs_example_runs_as_shown(tmp_path: Any, monkeypatch: Any) -> None:
+    """docs/graders.md's example: its files, its command, its printed output; and its Python block."""
+    from pathlib import Path
+
+    from tunesmith.cli import main
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "graders.md").read_text(encoding="utf-8")
+    (tmp_path / "grader.json").write_text(_doc_block(doc, "```json grader.json"))
+    (tmp_path / "answers.jsonl").write_text(_doc_block(doc, "```jsonl answers.jsonl"))
+    monkeypatch.chdir(tmp_path)
+    shown = _doc_block(doc, "```console").splitlines()
+    assert shown[0] == "$ tunesmith grade grader.json answers.jsonl"
+    out = CliRunner().invoke(main, shown[0].split()[2:])  # after "$ tunesmith"
+    assert out.exit_code == 0 and out.output.splitlines() == shown[1:], out.output
+    exec(compile(_doc_block(doc, "```python"), "docs/graders.md", "exec"), {})  # noqa: S102 - our own doc

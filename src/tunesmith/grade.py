@@ -115,7 +115,7 @@ def print_report(report: GradedFile, echo: Callable[[str], None], max_error_char
     for line, result in zip(report.lines, report.results):
         subs = "".join(f"{result.sub_scores.get(k, math.nan):>12.4f}  " for k in keys)
         errors = "; ".join(_short(e, keys, max_error_chars) for e in result.errors)
-        echo(f"{line:>6}  {result.reward:>8.4f}  {subs}{errors}")
+        echo(f"{line:>6}  {result.reward:>8.4f}  {subs}{errors}".rstrip())
     s = report.summary()
     lo, hi = s["ci95"]
     echo(f"mean reward {s['mean']:.4f} (95% CI {lo:.4f} to {hi:.4f}) over {s['n']} rows, "
