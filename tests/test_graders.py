@@ -346,11 +346,21 @@ def test_python_grader_source_that_fails_to_load_fails_every_sample() -> None:
 
 class _Judge(BaseHTTPRequestHandler):
     seen: list[tuple[dict[str, Any], str | None]] = []
+    busy_left = 0
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Judge.seen.append((body, self.headers.get("Authorization")))
         said = body["messages"][-1]["content"]
+        if "SLOW" in said:  # answers with the number ending the prompt, late
+            time.sleep(0.4)
+            return self._reply(said.split()[-1])
+        if "BUSY" in said and _Judge.busy_left > 0:
+            _Judge.busy_left -= 1
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.end_headers()
+            return
         if "FAIL" in said:
             self.send_response(500)
             self.end_headers()
@@ -359,7 +369,10 @@ class _Judge(BaseHTTPRequestHandler):
         content = next(reply for key, reply in (
             ("JSON", json.dumps({"result": 0.9, "steps": [{"description": "d", "conclusion": "close enough"}]})),
             ("BIG", "7"), ("TEXT", "I think it is rather good"), ("RESULT", "Reasoning first. result: 0.25"),
-            ("", "0")) if key in said)
+            ("BUSY", "0.75"), ("", "0")) if key in said)
+        self._reply(content)
+
+    def _reply(self, content: str) -> None:
         data = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": content}}]}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -406,6 +419,25 @@ def test_score_model_against_a_local_judge(judge_url: str) -> None:
     assert [r.reward for r in results] == [1.0, 0.0, 0.25, 0.0]  # 7 clipped into [0, 1]; text without a score: 0
     assert "holds no score" in results[1].errors[0] and "answered 500: judge broke" in results[3].errors[0]
     assert _Judge.seen[-1][0]["model"] == "served-run" and _Judge.seen[-1][1] is None
+
+
+def test_score_model_rows_are_judged_concurrently_in_order(judge_url: str) -> None:
+    grader, answers = parse_grader(SCORE_MODEL), [f"SLOW 0.{i}" for i in range(1, 9)]
+    started = time.monotonic()
+    results = grade_rows(grader, [(make_sample(a), {"reference_answer": 1}) for a in answers], judge=Judge(judge_url),
+                         limits=GraderLimits(judge_concurrency=4))
+    assert [r.reward for r in results] == [i / 10 for i in range(1, 9)]
+    assert time.monotonic() - started < 8 * 0.4 / 2  # 8 answers of 0.4 s each, 4 at a time: ~0.8 s
+
+
+def test_a_busy_judge_is_asked_again(judge_url: str) -> None:
+    _Judge.busy_left = 2
+    result = grade(parse_grader(SCORE_MODEL), make_sample("BUSY"), {"reference_answer": 1}, judge=Judge(judge_url))
+    assert result.reward == 0.75 and len(_Judge.seen) == 3
+    _Judge.busy_left = 5
+    gave_up = grade(parse_grader(SCORE_MODEL), make_sample("BUSY"), {"reference_answer": 1}, judge=Judge(judge_url),
+                    limits=GraderLimits(judge_retries=1))
+    assert gave_up.reward == 0.0 and "answered 429" in gave_up.errors[0]
 
 
 def test_score_model_range_and_no_judge(judge_url: str) -> None:
@@ -555,3 +587,40 @@ def test_the_docs_example_runs_as_shown(tmp_path: Any, monkeypatch: Any) -> None
     out = CliRunner().invoke(main, shown[0].split()[2:])  # after "$ tunesmith"
     assert out.exit_code == 0 and out.output.splitlines() == shown[1:], out.output
     exec(compile(_doc_block(doc, "```python"), "docs/graders.md", "exec"), {})  # noqa: S102 - our own doc
+
+
+def test_score_model_with_tunesmith_serve_as_the_judge(tiny_run: Any) -> None:
+    """Our own server takes score_model's request as it is (response_format, developer role, the
+    token limit's name) and answers; a tiny random model's text holds no score: 0, said so."""
+    import asyncio
+
+    import uvicorn
+
+    from tunesmith.generate import load_run
+    from tunesmith.serve.app import build_app
+    from tunesmith.settings import ServeLimits
+
+    model, tokenizer = load_run(tiny_run)
+    app = build_app(model, tokenizer, "tiny-lora", ServeLimits(max_tokens=16, default_max_tokens=8), api_key="k")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        spec = {**SCORE_MODEL, "input": [{"role": "developer", "content": "Score it."}, *SCORE_MODEL["input"][1:]],
+                "sampling_params": {"max_completions_tokens": 8, "temperature": 0}}
+        judge = Judge(f"http://127.0.0.1:{port}/v1", "k", model="tiny-lora")
+        results = grade_rows(parse_grader(spec), [(make_sample(a), {"reference_answer": "yes"}) for a in ("yes", "no")],
+                             judge=judge)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+    for result in results:
+        assert not result.errors or "the judge's reply holds no score" in result.errors[0], result.errors

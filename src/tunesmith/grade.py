@@ -16,8 +16,12 @@ from typing import Any, Callable
 from .data.issues import DataError, DataIssue
 from .evaluation.bootstrap import bootstrap_ci
 from .graders import GradeResult, GraderLimits, GradingSession, Judge, check_rows, load_grader, make_sample
-from .graders.rows import GradedRow, split_row
+from .graders.rows import split_row
 from .settings import Sampling
+
+
+NO_ANSWER = GradeResult(0.0, errors=("the row has no answer to grade: end its messages with an assistant message "
+                                     "(or give --run RUN to grade a run's answers)",))
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,14 @@ def grade_file(grader_path: str | Path, data: str | Path, run: str | Path | None
     split = [split_row(row) for _, row in rows]
     answers = run_answers(run, [s.prompt for s in split], sampling) if run is not None else [s.answer for s in split]
     issues = check_rows(grader, ((str(data), line, s.item) for (line, _), s in zip(rows, split)))
-    results = []
+    answered = [i for i, answer in enumerate(answers) if answer is not None]
     with GradingSession(grader, judge, limits) as session:
-        for graded, answer in zip(split, answers):
-            results.append(_grade_row(session, graded, answer))
+        grades = session.grade_many((make_sample(answers[i], split[i].tool_calls), split[i].item) for i in answered)
         network = session.python_network
+    results = [NO_ANSWER] * len(split)
+    for i, result in zip(answered, grades):
+        results[i] = result
     return GradedFile(str(grader_path), str(data), [line for line, _ in rows], answers, results, issues, network)
-
-
-def _grade_row(session: GradingSession, graded: GradedRow, answer: str | None) -> GradeResult:
-    if answer is None:
-        return GradeResult(0.0, errors=("the row has no answer to grade: end its messages with an assistant "
-                                        "message (or give --run RUN to grade a run's answers)",))
-    return session.grade(make_sample(answer, graded.tool_calls), graded.item)
 
 
 def read_rows(data: str | Path) -> list[tuple[int, dict[str, Any]]]:

@@ -9,6 +9,8 @@ goes to the sample's `errors`; it never stops the other samples.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -54,6 +56,7 @@ class GradingSession:
         self.grader, self.judge, self.limits = grader, judge, limits
         self._sandboxes: dict[int, PythonSandbox] = {}  # id(PythonGrader) -> its worker
         self._client: Any = None
+        self._lock = threading.Lock()
 
     def __enter__(self) -> GradingSession:
         return self
@@ -76,6 +79,17 @@ class GradingSession:
 
     def grade(self, sample: dict[str, Any], item: dict[str, Any]) -> GradeResult:
         return self._grade(self.grader, sample, item)
+
+    def grade_many(self, rows: Iterable[tuple[dict[str, Any], dict[str, Any]]]) -> list[GradeResult]:
+        """The grade of each (sample, item), in order. A grader that asks a judge grades
+        `limits.judge_concurrency` rows at once (the judge's latency, not our CPU, is the cost),
+        unless it also holds a python grader, whose one process grades one row at a time."""
+        rows = list(rows)
+        kinds = {type(g) for g in _graders_in(self.grader)}
+        if ScoreModel not in kinds or PythonGrader in kinds or self.limits.judge_concurrency == 1 or len(rows) < 2:
+            return [self.grade(sample, item) for sample, item in rows]
+        with ThreadPoolExecutor(self.limits.judge_concurrency) as pool:
+            return list(pool.map(lambda row: self.grade(*row), rows))
 
     def _grade(self, grader: Grader, sample: dict[str, Any], item: dict[str, Any]) -> GradeResult:
         if isinstance(grader, MultiGrader):
@@ -127,13 +141,15 @@ class GradingSession:
             raise JudgeError("score_model needs a judge: give its OpenAI-compatible URL (tunesmith grade "
                              "--judge-url http://127.0.0.1:8000/v1 for `tunesmith serve RUN`)")
         messages = [{"role": m.role, "content": render(m.content, sample, item)} for m in grader.input]
-        if self._client is None:
-            try:
-                import httpx
-            except ModuleNotFoundError:
-                raise GraderError("score_model needs the httpx package: pip install 'tunesmith[graders]'") from None
-            self._client = httpx.Client(timeout=self.limits.judge_timeout_s)
-        reply = ask_judge(self._client, self.judge, judge_body(grader, messages, self.judge.model))
+        with self._lock:  # rows may be graded on several threads (grade_many)
+            if self._client is None:
+                try:
+                    import httpx
+                except ModuleNotFoundError:
+                    raise GraderError("score_model needs the httpx package: pip install 'tunesmith[graders]'") from None
+                self._client = httpx.Client(timeout=self.limits.judge_timeout_s)
+        reply = ask_judge(self._client, self.judge, judge_body(grader, messages, self.judge.model),
+                          self.limits.judge_retries)
         return read_score(reply, grader.range)
 
     def _sandbox(self, grader: PythonGrader) -> PythonSandbox:
@@ -153,7 +169,7 @@ def grade_rows(grader: Grader, rows: Iterable[tuple[dict[str, Any], dict[str, An
                limits: GraderLimits = GraderLimits()) -> list[GradeResult]:
     """The grade of each (sample, item), in order."""
     with GradingSession(grader, judge, limits) as session:
-        return [session.grade(sample, item) for sample, item in rows]
+        return session.grade_many(rows)
 
 
 def _string_check(operation: str, text: str, reference: str) -> float:
@@ -180,6 +196,11 @@ def _schema_check(grader: JsonSchemaCheck, text: str) -> tuple[float, list[str]]
     validator = validator_for(grader.schema)(grader.schema)
     problems = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     return (0.0, [f"{p.json_path}: {p.message}" for p in problems[:5]]) if problems else (1.0, [])
+
+
+def _graders_in(grader: Grader) -> list[Grader]:
+    """The grader and, for a multi grader, its sub-graders."""
+    return [grader, *(g for _, g in grader.graders)] if isinstance(grader, MultiGrader) else [grader]
 
 
 def _threshold(grader: Grader) -> float | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ RESPONSE_FORMAT = {
 # OpenAI's grader docs spell the token limit max_completions_tokens; chat completions call it
 # max_completion_tokens.
 _PARAM_NAMES = {"max_completions_tokens": "max_completion_tokens"}
+BUSY = (429, 503)
+"""Statuses that mean: ask again later."""
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RESULT = re.compile(rf"\"?result\"?\s*[:=]\s*({_NUMBER})", re.IGNORECASE)
 
@@ -58,16 +61,21 @@ def judge_body(grader: ScoreModel, messages: list[dict[str, str]], model: str | 
     return {"model": model or grader.model, "messages": messages, "response_format": RESPONSE_FORMAT, **params}
 
 
-def ask_judge(client: Any, judge: Judge, body: dict[str, Any]) -> str:
-    """The judge's reply text; JudgeError on a transport failure or an error status."""
+def ask_judge(client: Any, judge: Judge, body: dict[str, Any], retries: int = 0) -> str:
+    """The judge's reply text; JudgeError on a transport failure or an error status. A judge busy
+    (429, 503) is asked again up to `retries` times, after its Retry-After or 1, 2, 4 ... s."""
     import httpx
 
     headers = {"Authorization": f"Bearer {judge.api_key}"} if judge.api_key else {}
     url = judge.base_url.rstrip("/") + "/chat/completions"
-    try:
-        response = client.post(url, json=body, headers=headers)
-    except httpx.HTTPError as exc:
-        raise JudgeError(f"judge at {url} unreachable: {exc}") from None
+    for attempt in range(retries + 1):
+        try:
+            response = client.post(url, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise JudgeError(f"judge at {url} unreachable: {exc}") from None
+        if response.status_code not in BUSY or attempt == retries:
+            break
+        time.sleep(_retry_after(response.headers.get("Retry-After"), attempt))
     if response.status_code != 200:
         raise JudgeError(f"judge at {url} answered {response.status_code}: {response.text[:300]}")
     try:
@@ -77,6 +85,13 @@ def ask_judge(client: Any, judge: Judge, body: dict[str, Any]) -> str:
     if not isinstance(content, str):
         raise JudgeError(f"judge at {url} sent no text content (refusal or tool call): {response.text[:300]}")
     return content
+
+
+def _retry_after(header: str | None, attempt: int) -> float:
+    try:
+        return min(max(float(header), 0.0), 60.0) if header else float(2 ** attempt)
+    except ValueError:  # an HTTP date: not worth parsing for a wait this short
+        return float(2 ** attempt)
 
 
 def read_score(reply: str, bounds: tuple[float, float]) -> tuple[float, list[str]]:

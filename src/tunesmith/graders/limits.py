@@ -20,6 +20,11 @@ class GraderLimits:
     """Longest python grader source: OpenAI refuses uploads of 256 kB and more."""
     judge_timeout_s: float = 120.0
     """Seconds one score_model request may take (a reasoning judge can think for a minute)."""
+    judge_concurrency: int = 4
+    """score_model requests in flight at once (grade_rows); 4 stays within `tunesmith serve`'s default
+    queue of 8 and is gentle on a hosted API's rate limit."""
+    judge_retries: int = 3
+    """Retries of a request the judge refused as busy (429, 503), after its Retry-After or 1, 2, 4 s."""
     max_formula_chars: int = 1000
     """Longest calculate_output formula: bounds the parser's recursion on a pathological input."""
     max_captured_chars: int = 2000
@@ -31,3 +36,5 @@ class GraderLimits:
                 "(the interpreter itself needs ~30)")
         require(self.python_disk_bytes >= 0, "python_disk_bytes", "must be >= 0")
         require(self.judge_timeout_s > 0, "judge_timeout_s", "must be > 0")
+        require(self.judge_concurrency >= 1, "judge_concurrency", "must be >= 1")
+        require(self.judge_retries >= 0, "judge_retries", "must be >= 0")

@@ -14,6 +14,7 @@ The libraries load on first use, so that parsing a grader stays light.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -101,8 +102,16 @@ def cosine(text: str, reference: str) -> float:
     return float(max(0.0, min(1.0, float(vectors[0] @ vectors[1]))))
 
 
-@lru_cache(maxsize=1)
+_EMBEDDER_LOCK = threading.Lock()
+
+
 def _embedder() -> Any:
+    with _EMBEDDER_LOCK:  # lru_cache alone lets two threads (grade_many) load the model at once
+        return _load_embedder()
+
+
+@lru_cache(maxsize=1)
+def _load_embedder() -> Any:
     from ..retrieval.embed import Embedder
 
     return Embedder.load()
