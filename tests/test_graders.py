@@ -172,6 +172,8 @@ def test_formula_values(formula: str, expected: float) -> None:
     ("a % b", "uses an operator other than"),
     ("(a + b", "does not parse"),
     ("lambda: 1", "holds a Lambda"),
+    ("-" * 500 + "a", "nests deeper than 100 levels"),
+    ("+".join(["a"] * 400), "nests deeper than 100 levels"),
 ])
 def test_formula_refuses_everything_else(formula: str, message: str) -> None:
     with pytest.raises(FormulaError, match=message.replace("(", r"\(")):
@@ -306,6 +308,8 @@ def grade(sample, item):
         os._exit(3)
     if kind == "text":
         return "1.0"
+    if kind == "huge":
+        return 10 ** 400
     return len(sample["output_text"]) / 10
 """
 
@@ -317,7 +321,7 @@ def listening_port() -> Iterator[int]:
 
 
 def test_python_grader_failures_are_reported_per_sample(listening_port: int) -> None:
-    kinds = ["ok", "loop", "ok", "crash", "memory", "ok", "network", "exit", "text", "ok"]
+    kinds = ["ok", "loop", "ok", "crash", "memory", "ok", "network", "exit", "text", "huge", "ok"]
     rows = [(make_sample("abcde"), {"kind": k, "port": listening_port}) for k in kinds]
     started = time.monotonic()
     results = grade_rows(parse_grader({"type": "python", "source": MISBEHAVING}), rows,
@@ -333,13 +337,21 @@ def test_python_grader_failures_are_reported_per_sample(listening_port: int) -> 
     assert "OSError: network access is disabled in python graders" in by_kind["network"].errors[0]
     assert "process died (exit code 3)" in by_kind["exit"].errors[0]
     assert "grade returned '1.0', not a finite number" in by_kind["text"].errors[0]
+    assert "not a finite number" in by_kind["huge"].errors[0]
     assert all(r.reward == 0.0 for k, r in zip(kinds, results) if k != "ok")
 
 
-def test_python_grader_source_that_fails_to_load_fails_every_sample() -> None:
-    spec = {"type": "python", "source": "import no_such_module_here\n\ndef grade(sample, item):\n    return 1.0"}
-    results = grade_rows(parse_grader(spec), [(make_sample("a"), {}), (make_sample("b"), {})], limits=FAST)
-    assert all(r.reward == 0.0 and "No module named 'no_such_module_here'" in r.errors[0] for r in results)
+@pytest.mark.parametrize("top_level, error", [
+    ("import no_such_module_here", "No module named 'no_such_module_here'"),
+    ("while True:\n    pass", "loading the grader's source: timed out"),
+])
+def test_python_grader_source_that_fails_to_load_fails_every_sample(top_level: str, error: str) -> None:
+    spec = {"type": "python", "source": top_level + "\n\ndef grade(sample, item):\n    return 1.0"}
+    started = time.monotonic()
+    results = grade_rows(parse_grader(spec), [(make_sample("a"), {}), (make_sample("b"), {})],
+                         limits=GraderLimits(python_timeout_s=1.0))
+    assert all(r.reward == 0.0 and error in r.errors[0] for r in results), results
+    assert time.monotonic() - started < 1.9  # loaded (or timed out) once, not once per sample
 
 
 # --- score_model against a fake OpenAI-compatible judge ---------------------------------------

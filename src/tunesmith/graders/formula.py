@@ -26,6 +26,10 @@ _OPERATORS: dict[type, Callable[[float, float], float]] = {
 }
 
 
+MAX_DEPTH = 100
+"""Deepest formula tree: evaluation recurses once per level, and no real formula comes close."""
+
+
 class FormulaError(ValueError):
     """A formula that does not parse, or names something that is not a sub-grader."""
 
@@ -54,11 +58,25 @@ def parse_formula(text: str, variables: frozenset[str] | set[str], max_chars: in
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
         raise FormulaError(f"does not parse at character {exc.offset}: {exc.msg} — e.g. \"0.5 * a + 0.5 * b\"") from None
+    except RecursionError:
+        raise FormulaError(f"nests deeper than {MAX_DEPTH} levels: write it flatter") from None
+    if _depth(tree) > MAX_DEPTH:
+        raise FormulaError(f"nests deeper than {MAX_DEPTH} levels: write it flatter")
     names: set[str] = set()
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     for node in ast.walk(tree):
         _check_node(node, variables, names, called)
     return Formula(text, tree, frozenset(names))
+
+
+def _depth(tree: ast.AST) -> int:
+    """The tree's depth, counted without recursion (a deep tree is what is being guarded against)."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
 
 
 def _check_node(node: ast.AST, variables: frozenset[str] | set[str], names: set[str], called: set[int]) -> None:

@@ -63,13 +63,11 @@ class PythonSandbox:
             request = (json.dumps({"sample": sample, "item": item}, ensure_ascii=False) + "\n").encode()
         except (TypeError, ValueError) as exc:
             return SandboxAnswer(None, f"the sample or row is not JSON-serialisable: {exc}")
-        started = time.monotonic()
-        if self.process is None and (error := self._start()) is not None:
-            return SandboxAnswer(None, error)
+        if self.process is None and self._load_error is None:
+            self._start()
         if self._load_error is not None:
             return SandboxAnswer(None, self._load_error)
-        remaining = self.limits.python_timeout_s - (time.monotonic() - started)
-        reply = self._exchange(request, max(remaining, 0.1))
+        reply = self._exchange(request, self.limits.python_timeout_s)
         if "reward" in reply:
             return SandboxAnswer(float(reply["reward"]))
         error = reply["error"]
@@ -77,8 +75,8 @@ class PythonSandbox:
             error += f"\n(printed: {reply['printed'].strip()})"
         return SandboxAnswer(None, error)
 
-    def _start(self) -> str | None:
-        """Start the worker and load the source; an error message when it could not even start."""
+    def _start(self) -> None:
+        """Start the worker and load the source; when that fails, `_load_error` says why, for every sample."""
         setup = {"source": self.source, "memory_bytes": self.limits.python_memory_bytes,
                  "disk_bytes": self.limits.python_disk_bytes, "captured_chars": self.limits.max_captured_chars}
         self.process = subprocess.Popen(
@@ -88,9 +86,10 @@ class PythonSandbox:
         reply = self._exchange((json.dumps(setup) + "\n").encode(), self.limits.python_timeout_s)
         if reply.get("ready"):
             self.network = reply.get("network")
-            return None
-        self._load_error = reply["error"]
-        return None
+            return
+        self._stop()
+        error = reply["error"]
+        self._load_error = error if error.startswith("the grader's source") else f"loading the grader's source: {error}"
 
     def _exchange(self, request: bytes, timeout_s: float) -> dict[str, Any]:
         """Send one line, wait for one line; on a timeout or a dead worker, stop it and say why."""

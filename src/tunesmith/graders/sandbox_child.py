@@ -80,9 +80,13 @@ def grade_one(grade, request, chars):
         return {"error": tail(trace.strip(), chars), "printed": tail(printed.getvalue(), chars)}
     finally:
         sys.stdout = sys.stderr = sys.__stderr__
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+    try:
+        reward = float(value) if isinstance(value, numbers.Real) and not isinstance(value, bool) else math.nan
+    except (OverflowError, ValueError):  # an int past float's range
+        reward = math.nan
+    if not math.isfinite(reward):
         return {"error": f"grade returned {tail(repr(value), 200)}, not a finite number", "printed": ""}
-    return {"reward": float(value)}
+    return {"reward": reward}
 
 
 def main():
