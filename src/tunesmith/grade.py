@@ -20,8 +20,8 @@ from .graders.rows import split_row
 from .settings import Sampling
 
 
-NO_ANSWER = GradeResult(0.0, errors=("the row has no answer to grade: end its messages with an assistant message "
-                                     "(or give --run RUN to grade a run's answers)",))
+NO_ANSWER = "the row has no answer to grade: end its messages with an assistant message (or give --run RUN)"
+NO_PROMPT = "the row has no prompt for the run to answer: give it messages (or a prompt)"
 
 
 @dataclass(frozen=True)
@@ -67,10 +67,11 @@ def grade_file(grader_path: str | Path, data: str | Path, run: str | Path | None
     answers = run_answers(run, [s.prompt for s in split], sampling) if run is not None else [s.answer for s in split]
     issues = check_rows(grader, ((str(data), line, s.item) for (line, _), s in zip(rows, split)))
     answered = [i for i, answer in enumerate(answers) if answer is not None]
-    with GradingSession(grader, judge, limits) as session:
-        grades = session.grade_many((make_sample(answers[i], split[i].tool_calls), split[i].item) for i in answered)
+    with GradingSession(grader, judge, limits) as session:  # a run's answers make no tool calls
+        grades = session.grade_many((make_sample(answers[i], None if run else split[i].tool_calls), split[i].item)
+                                    for i in answered)
         network = session.python_network
-    results = [NO_ANSWER] * len(split)
+    results = [GradeResult(0.0, errors=(NO_PROMPT if run else NO_ANSWER,))] * len(split)
     for i, result in zip(answered, grades):
         results[i] = result
     return GradedFile(str(grader_path), str(data), [line for line, _ in rows], answers, results, issues, network)

@@ -119,7 +119,8 @@ def parse_grader(spec: Any, source: str = "grader", limits: GraderLimits = Grade
     return grader
 
 
-def _parse(spec: Any, at: str, problems: list[str], limits: GraderLimits, nested: bool) -> Grader | None:
+def _parse(spec: Any, at: str, problems: list[str], limits: GraderLimits, nested: bool,
+           default_name: str | None = None) -> Grader | None:
     if not isinstance(spec, dict):
         problems.append(f"{at}: is a JSON {type(spec).__name__}, not an object — write {{\"type\": ..., ...}}")
         return None
@@ -136,15 +137,16 @@ def _parse(spec: Any, at: str, problems: list[str], limits: GraderLimits, nested
                         "put its graders in the outer one's graders and its formula in the outer formula")
         return None
     before = len(problems)
-    grader = _PARSERS[kind](_Fields(spec, at, problems, _KNOWN[kind]), limits)
+    grader = _PARSERS[kind](_Fields(spec, at, problems, _KNOWN[kind], default_name or kind), limits)
     return grader if len(problems) == before else None
 
 
 class _Fields:
     """Typed reads of one grader object, each problem recorded at its JSON path."""
 
-    def __init__(self, spec: dict[str, Any], at: str, problems: list[str], known: tuple[str, ...]) -> None:
-        self.spec, self.at, self.problems = spec, at, problems
+    def __init__(self, spec: dict[str, Any], at: str, problems: list[str], known: tuple[str, ...],
+                 default_name: str) -> None:
+        self.spec, self.at, self.problems, self.default_name = spec, at, problems, default_name
         for key in spec:
             if key not in known and key != "type":
                 problems.append(f"{at}.{key}: is not a field of a {spec['type']} grader — remove it "
@@ -183,7 +185,8 @@ class _Fields:
         return None if value is None else float(value)
 
     def name(self) -> str:
-        return self.text("name", self.spec["type"], template=False)
+        """The grader's name; without one, its key in a multi grader, else its type."""
+        return self.text("name", self.default_name, template=False)
 
 
 def _string_check(f: _Fields, limits: GraderLimits) -> StringCheck:
@@ -293,7 +296,8 @@ def _multi(f: _Fields, limits: GraderLimits) -> MultiGrader:
                              "names are calculate_output's variables" + (" (a list has no names)" if
                                                                          isinstance(graders, list) else ""))
         graders = {}
-    parsed = [(key, _parse(g, f"{f.at}.graders.{key}", f.problems, limits, nested=True)) for key, g in graders.items()]
+    parsed = [(key, _parse(g, f"{f.at}.graders.{key}", f.problems, limits, nested=True, default_name=key))
+              for key, g in graders.items()]
     formula_text = f.text("calculate_output", template=False)
     formula = None
     if formula_text:
