@@ -284,6 +284,48 @@ def test_documented_python_grader() -> None:
                   "x", {}, limits=FAST) == 1.0
 
 
+COUNTDOWN = """import json
+import re
+
+def extract_numbers_from_expression(expression: str):
+    return [int(num) for num in re.findall(r'-?\\d+', expression)]
+
+def grade(sample, item) -> float:
+    expression_str = sample['output_json']['expression']
+    try:
+        math_expr_eval = eval(expression_str)
+    except Exception:
+        return 0
+    expr_nums_list = extract_numbers_from_expression(expression_str)
+    input_nums_list = [int(x) for x in json.loads(item['nums'])]
+    if sorted(expr_nums_list) != sorted(input_nums_list):
+        return 0
+    sample_result_int = int(sample['output_json']['result'])
+    item_result_int = int(item['target'])
+    if math_expr_eval != sample_result_int:
+        return 1
+    if sample_result_int == item_result_int:
+        return 5
+    if abs(sample_result_int - item_result_int) <= 1:
+        return 4
+    if abs(sample_result_int - item_result_int) <= 5:
+        return 3
+    return 2
+"""
+
+
+@pytest.mark.parametrize("answer, target, expected", [
+    ({"expression": "1+2*3", "result": 7}, 7, 5.0),  # right
+    ({"expression": "1+2*3", "result": 7}, 9, 3.0),  # off by 2
+    ({"expression": "1+2*3", "result": 8}, 8, 1.0),  # the expression does not give its result
+    ({"expression": "1+2*4", "result": 9}, 9, 0.0),  # uses a number it was not given
+])
+def test_documented_countdown_python_grader(answer: dict[str, Any], target: int, expected: float) -> None:
+    """Azure OpenAI's RFT guide's python grader, reading sample.output_json and string-encoded item fields."""
+    assert reward({"type": "python", "source": COUNTDOWN}, json.dumps(answer), {"nums": "[1, 2, 3]", "target": target},
+                  limits=FAST) == expected
+
+
 MISBEHAVING = """
 import socket
 import sys
