@@ -59,12 +59,13 @@ class GradedFile:
 
 
 def grade_file(grader_path: str | Path, data: str | Path, run: str | Path | None = None, judge: Judge | None = None,
-               limits: GraderLimits = GraderLimits(), sampling: Sampling = Sampling()) -> GradedFile:
+               limits: GraderLimits = GraderLimits(), max_new_tokens: int = Sampling.max_new_tokens) -> GradedFile:
     """Grade DATA's answers (or, with `run`, the run's answers to DATA's prompts) with the grader."""
     grader = load_grader(grader_path, limits)
     rows = read_rows(data)
     split = [split_row(row) for _, row in rows]
-    answers = run_answers(run, [s.prompt for s in split], sampling) if run is not None else [s.answer for s in split]
+    answers = (run_answers(run, [s.prompt for s in split], max_new_tokens) if run is not None
+               else [s.answer for s in split])
     issues = check_rows(grader, ((str(data), line, s.item) for (line, _), s in zip(rows, split)))
     answered = [i for i, answer in enumerate(answers) if answer is not None]
     with GradingSession(grader, judge, limits) as session:  # a run's answers make no tool calls
@@ -95,15 +96,24 @@ def read_rows(data: str | Path) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def run_answers(run: str | Path, prompts: list[list[dict[str, str]]], sampling: Sampling) -> list[str | None]:
-    """RUN's tuned model's answer to each prompt (its system prompt added as in training)."""
-    from .data.render import with_system_prompt
-    from .generate import generate, load_run, run_system_prompt
+def run_answers(run: str | Path, prompts: list[list[dict[str, str]]],
+                max_new_tokens: int = Sampling.max_new_tokens) -> list[str | None]:
+    """RUN's tuned model's greedy answer to each prompt (its system prompt added, as in training),
+    decoded in batches as eval and compare decode; None where a prompt is empty."""
+    from .data.render import encode_prompt, end_of_turn_ids, pad_id, with_system_prompt
+    from .generate import load_run, run_system_prompt
+    from .inference.decode import adapters_merged, generate_batch
 
     model, tokenizer = load_run(run)
     system = run_system_prompt(run)
-    return [generate(model, tokenizer, with_system_prompt(p, system), sampling=sampling) if p else None
-            for p in prompts]
+    asked = [i for i, prompt in enumerate(prompts) if prompt]
+    ids = [encode_prompt(with_system_prompt(prompts[i], system), tokenizer) for i in asked]
+    with adapters_merged(model) as decoding:
+        out = generate_batch(decoding, ids, max_new_tokens, sorted(end_of_turn_ids(tokenizer)), pad_id(tokenizer))
+    answers: list[str | None] = [None] * len(prompts)
+    for i, answer_ids in zip(asked, out):
+        answers[i] = tokenizer.decode(answer_ids, skip_special_tokens=True).strip()
+    return answers
 
 
 def print_report(report: GradedFile, echo: Callable[[str], None], max_error_chars: int = 100) -> None:
