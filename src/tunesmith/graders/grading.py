@@ -138,8 +138,9 @@ class GradingSession:
 
     def _judge(self, grader: ScoreModel, sample: dict[str, Any], item: dict[str, Any]) -> tuple[float, list[str]]:
         if self.judge is None:
-            raise JudgeError("score_model needs a judge: give its OpenAI-compatible URL (tunesmith grade "
-                             "--judge-url http://127.0.0.1:8000/v1 for `tunesmith serve RUN`)")
+            raise JudgeError("score_model needs a judge: give its OpenAI-compatible URL with --judge-url "
+                             "(`tunesmith grade` or `tunesmith server`; http://127.0.0.1:8000/v1 for "
+                             "`tunesmith serve RUN`)")
         messages = [{"role": m.role, "content": render(m.content, sample, item)} for m in grader.input]
         with self._lock:  # rows may be graded on several threads (grade_many)
             if self._client is None:
