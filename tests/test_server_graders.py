@@ -131,8 +131,9 @@ def test_score_model_asks_only_the_servers_judge(servers):
 def test_the_guard_refuses_a_cross_origin_or_keyless_grader_run(servers):
     url = servers["python"] + "/v1/fine_tuning/alpha/graders/run"
     body = {"grader": LENGTH, "model_sample": "x", "item": {"scale": 1}}
-    for headers in ({"Origin": "http://evil.example"}, {"Origin": "http://evil.example", "Authorization": f"Bearer {KEY}"},
-                    {"Sec-Fetch-Site": "cross-site", "Authorization": f"Bearer {KEY}"}):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "http://evil.example", **auth},
+                    {"Sec-Fetch-Site": "cross-site", **auth}):
         r = httpx.post(url, json=body, headers=headers)
         assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin", r.text
     r = httpx.post(url, json=body)

@@ -1,4 +1,5 @@
-"""The `tunesmith grade` command: flags in, grade.py's recipe, its table or JSON out.
+"""The `tunesmith grade` command: flags in, grade.py's recipe, its table or JSON out; and `data check
+--grader`, where the data check and the graders meet (the data package imports no grader).
 
 Only click at the top: `tunesmith --help` must not import the graders (numpy, the data package).
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -17,6 +19,8 @@ from .settings import Sampling
 # tests/test_graders.py holds these texts to the fields.
 TIMEOUT_HELP = "Seconds a python grader may take per sample before its process is killed (default 120)."
 MEMORY_HELP = "Memory cap of a python grader's process in MiB (default 2048)."
+GRADER_CHECK_HELP = ("An OpenAI-format grader (JSON): check it, name every row lacking a field it reads, and take "
+                     "RFT prompts (messages ending with a user turn) as its data.")
 
 
 @click.command("grade")
@@ -53,3 +57,19 @@ def grade_command(grader: str, data: str, run: str | None, max_new_tokens: int, 
     else:
         print_report(report, click.echo)
     sys.exit(EXIT_ERROR if report.summary()["rows_with_errors"] else EXIT_OK)
+
+
+def check_files_with_grader(config: Any, tokenizer: Any, limits: Any, show: int, options: dict[str, Any],
+                            grader: str | None) -> Any:
+    """`data check`'s report (data.check.check_files); with `grader`, RFT prompts are what the data should
+    hold, and the grader's problems and every row lacking a field it reads are errors too."""
+    from .data.check import check_files
+
+    report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens, limits, show=show,
+                         val_fraction=None if config.eval else config.val_fraction, reinforcement=grader is not None,
+                         **options)
+    if grader is not None:
+        from .grade import grader_field_issues
+
+        report.errors.extend(grader_field_issues(grader, [p for p in (config.data, config.eval) if p]))
+    return report
