@@ -88,6 +88,22 @@ def test_no_import_cycles() -> None:
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
+def test_the_web_layer_sits_under_serve_server_and_ui() -> None:
+    """serve, server and ui share one web layer that imports none of them; ui sits on server, never the
+    reverse."""
+    graph = import_graph()
+
+    def imports(package: str, other: str) -> list[str]:
+        return sorted(f"{m} -> {t}" for m, targets in graph.items() if m == package or m.startswith(package + ".")
+                      for t in targets if t == other or t.startswith(other + "."))
+
+    for package in ("tunesmith.serve", "tunesmith.server", "tunesmith.ui"):
+        assert imports(package, "tunesmith.web"), f"{package} does not use the web layer"
+        assert not imports("tunesmith.web", package), imports("tunesmith.web", package)
+    assert imports("tunesmith.ui", "tunesmith.server")  # the check below would pass on a broken graph otherwise
+    assert not imports("tunesmith.server", "tunesmith.ui"), imports("tunesmith.server", "tunesmith.ui")
+
+
 def test_no_long_functions_or_modules() -> None:
     long_functions, long_modules = [], []
     for name, path in _modules().items():

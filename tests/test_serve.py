@@ -20,9 +20,11 @@ import pytest
 from tunesmith.config import ConfigError
 from tunesmith.data.render import encode_prompt
 from tunesmith.generate import generate, load_run
-from tunesmith.serve.app import build_app, host_name
-from tunesmith.serve.protocol import RequestError, parse_chat_request, parse_completion_request
+from tunesmith.serve.app import build_app
+from tunesmith.serve.protocol import parse_chat_request, parse_completion_request
 from tunesmith.settings import Sampling, ServeLimits
+from tunesmith.web.errors import RequestError
+from tunesmith.web.guard import host_name
 
 KEY = "sk-test-key"
 MODEL_ID = "tiny-lora"

@@ -23,8 +23,8 @@ from tunesmith.generate import generate, load_run
 from tunesmith.server.app import ServerSettings, build_server_app, load_base, open_home
 from tunesmith.server.jobs import method_hyperparameters
 from tunesmith.server.locks import HomeInUse
-from tunesmith.server.store import Store
-from tunesmith.server.worker import DB_NAME, JobEvents
+from tunesmith.server.store import DB_NAME, Store
+from tunesmith.server.worker import JobEvents
 from tunesmith.settings import ServeLimits, ServerLimits
 from tunesmith.training.events import CheckpointEvent, EvaluationEvent, FinishedEvent, ProbesEvent, StepEvent
 
@@ -222,7 +222,7 @@ def test_cancel_stops_a_running_job_with_a_checkpoint(client, faq_upload, two_jo
     ({"model": "gpt-4o-mini", "training_file": "file-x"}, 400, "model"),
     ({"model": "tiny-model0", "training_file": "file-000000000000000000000000"}, 400, "training_file"),
     ({"model": "tiny-model0", "training_file": "../../tunesmith.db"}, 400, "training_file"),
-    ({"model": "tiny-model0", "training_file": "f", "method": {"type": "reinforcement"}}, 400, "method.type"),
+    ({"model": "tiny-model0", "training_file": "f", "method": {"type": "ppo"}}, 400, "method.type"),
     ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"n_epochs": 0}}, 400,
      "hyperparameters.n_epochs"),
     ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"beta": 1}}, 400, "hyperparameters.beta"),
@@ -241,16 +241,16 @@ def test_method_maps_supervised_and_dpo():
     assert method_hyperparameters({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}}) == (
         "dpo", {"beta": 0.2})
     from tunesmith.config import TrainConfig, default_lr
-    from tunesmith.serve.protocol import RequestError
     from tunesmith.server.jobs import train_overrides
+    from tunesmith.web.errors import RequestError
 
     overrides = train_overrides({"beta": 0.2, "learning_rate_multiplier": 2}, TrainConfig(data="x"), "dpo")
     assert overrides["objective"] == "dpo" and overrides["preference"].beta == 0.2
     assert overrides["lr"] == 2 * default_lr("lora", "dpo")
     with pytest.raises(RequestError, match="'beta' is not supported by method 'supervised'"):
         method_hyperparameters({"method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}})
-    with pytest.raises(RequestError, match="'supervised' or 'dpo'") as refused:
-        method_hyperparameters({"method": {"type": "reinforcement"}})
+    with pytest.raises(RequestError, match="'supervised', 'dpo' or 'reinforcement'") as refused:
+        method_hyperparameters({"method": {"type": "ppo"}})
     assert refused.value.code == "unsupported_method"
 
 
@@ -288,6 +288,32 @@ def test_guards_refuse_with_openai_errors(server):
                  "/v1/fine_tuning/jobs/..%2Fx", "/v1/fine_tuning/jobs/ftjob-abc/events"):
         r = httpx.get(url + path, headers=auth)
         assert r.status_code == 404 and "error" in r.json(), path
+
+
+def test_another_sites_page_cannot_upload_or_post_json_as_text(server, client, faq_upload):
+    """What an attacker's page can send without a preflight: a plain HTML form's multipart upload, and
+    JSON declared as text/plain. Refused by the guard (its Origin) before any route reads them, and by
+    the JSON routes (their Content-Type) even from a client that is not a browser."""
+    url, auth = server[0], {"Authorization": f"Bearer {KEY}"}
+    files, jobs = len(client.files.list().data), len(client.fine_tuning.jobs.list(limit=100).data)
+    form = {"files": {"file": ("a.jsonl", b'{"text": "x"}\n')}, "data": {"purpose": "fine-tune"}}
+    job = json.dumps({"model": "tiny-model0", "training_file": faq_upload.id})
+    for origin in ("http://evil.example", "null"):
+        for headers in ({}, auth):  # refused for its Origin, whether or not the key rides along
+            r = httpx.post(url + "/v1/files", headers={**headers, "Origin": origin}, **form)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin", r.text
+            r = httpx.post(url + "/v1/fine_tuning/jobs", content=job,
+                           headers={**headers, "Origin": origin, "Content-Type": "text/plain"})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin", r.text
+    r = httpx.post(url + "/v1/fine_tuning/jobs", content=job, headers={**auth, "Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    r = httpx.post(url + "/v1/fine_tuning/jobs", headers=auth, **form)  # a form on a JSON route
+    assert r.status_code == 415
+    r = httpx.post(url + "/v1/files", headers=auth, json={"purpose": "fine-tune"})  # JSON on the upload route
+    assert r.status_code == 415
+    assert (len(client.files.list().data), len(client.fine_tuning.jobs.list(limit=100).data)) == (files, jobs)
+    own = httpx.post(url + "/v1/files", headers={**auth, "Origin": url, "Sec-Fetch-Site": "same-origin"}, **form)
+    assert own.status_code == 200 and client.files.delete(own.json()["id"]).deleted  # the page's own upload
 
 
 def test_chunked_upload_over_the_cap_is_refused(server):
@@ -338,7 +364,8 @@ def test_job_events_subscriber_writes_each_kind(tmp_path):
 def start_server(home: Path, port: int, tiny_model_dir, base_config) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "server", "--home", str(home), "--port", str(port),
-                             "--model", str(tiny_model_dir), "--config", str(base_config), "--no-eval"],
+                             "--model", str(tiny_model_dir), "--config", str(base_config), "--no-eval",
+                             "--api-key", KEY],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: _up(port) or proc.poll() is not None, timeout=60)
     assert proc.poll() is None, "the server did not start"
@@ -359,7 +386,7 @@ def test_kill_9_of_the_server_mid_job_resumes_with_the_same_losses(client, two_j
     reference = step_losses(client, two_jobs[1].id)  # the uninterrupted long job
     home, port = tmp_path / "home", free_port()
     proc = start_server(home, port, tiny_model_dir, base_config)
-    killed = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+    killed = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
     upload = killed.files.create(file=write_jsonl(tmp_path / "faq.jsonl", faq_rows("chat")).open("rb"),
                                  purpose="fine-tune")
     job = killed.fine_tuning.jobs.create(model="tiny-model0", training_file=upload.id, hyperparameters=LONG_JOB)

@@ -3,10 +3,14 @@ a bad file's line named, a job started from the form with its steps arriving liv
 chat with base and tuned side by side, its adapter downloaded, and a kill -9 of the server mid-job that the
 page rides out; then fine-tuning vs RAG run in the background from the Compare page, two runs side by
 side, retrieval in the playground, merged and GGUF exports with their parity figures, and the first load.
-No console errors on any page; each page's screenshot goes to docs/img/ui-*.png."""
+No console errors on any page; each page's screenshot goes to docs/img/ui-*.png. Last, a page of another
+site tries to upload and to start a job, and is refused."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import io
 import json
 import os
@@ -16,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -26,8 +31,7 @@ from conftest import FAQ, faq_rows, write_jsonl
 from test_serve import free_port
 from test_server import BASE_CONFIG, wait_for
 from tunesmith.data.preview import length_histogram
-from tunesmith.server.store import Store
-from tunesmith.server.worker import DB_NAME
+from tunesmith.server.store import DB_NAME, Store
 from tunesmith.ui.api import field_docs, settings_differ, train_form
 from tunesmith.ui.tasks import TaskRunner, read_task, run_task, write_task
 
@@ -421,3 +425,72 @@ def test_first_load_is_correct_and_timed(browser, ui):
         context.close()
     print(f"first load, ms to the page drawn: {times}")
     (Path(tempfile.gettempdir()) / "tunesmith-ui-first-load.json").write_text(json.dumps(times))
+
+
+ANOTHER_SITE = """<!doctype html><title>any site the user visits</title>
+<form id="upload" action="{target}/v1/files" method="post" enctype="multipart/form-data">
+  <input type="hidden" name="purpose" value="fine-tune"><input type="file" name="file" id="file">
+</form>"""
+"""An attacker's page: a plain HTML form (no preflight) that uploads to the server; its script posts JSON as text/plain."""
+
+
+class QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def another_site(folder: Path):
+    """`folder` served from another origin (another port of this host), as any site could serve its page."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFiles, directory=str(folder))) as site:
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        try:
+            yield f"http://127.0.0.1:{site.server_address[1]}"
+        finally:
+            site.shutdown()
+
+
+def test_another_sites_page_cannot_drive_the_server_and_the_own_page_still_works(browser, ui, tmp_path):
+    target = f"http://127.0.0.1:{ui.port}"
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text(ANOTHER_SITE.format(target=target))
+    data = write_jsonl(tmp_path / "faq.jsonl", faq_rows("chat"))
+    files, jobs = ui.api("GET", "/v1/files")["data"], ui.api("GET", "/v1/fine_tuning/jobs?limit=100")["data"]
+    job = json.dumps({"model": "tiny-model0", "training_file": files[0]["id"] if files else "file-" + "0" * 24})
+    context = browser.new_context()
+    tab = context.new_page()
+
+    def sent(method: str, path: str):
+        return tab.expect_response(lambda r: r.url == target + path and r.request.method == method)
+
+    with another_site(tmp_path / "site") as site:
+        tab.goto(site + "/index.html")
+        tab.set_input_files("#file", str(data))
+        with sent("POST", "/v1/files") as upload:
+            tab.evaluate("setTimeout(() => document.getElementById('upload').submit())")  # it navigates
+        tab.wait_for_url(target + "/v1/files")
+        shown = tab.evaluate("document.body.innerText")  # the answer the form navigated to
+        tab.goto(site + "/index.html")
+        with sent("POST", "/v1/fine_tuning/jobs") as post:  # its answer is opaque to the page: its status only
+            tab.evaluate("([url, body]) => fetch(url, {method: 'POST', mode: 'no-cors', body, headers: "
+                         "{'Content-Type': 'text/plain'}}).catch(() => null)", [target + "/v1/fine_tuning/jobs", job])
+        with sent("GET", "/v1/files") as read:
+            tab.evaluate("(url) => fetch(url, {mode: 'no-cors'}).catch(() => null)", target + "/v1/files")
+    error = json.loads(shown[shown.index("{"):])["error"]  # refused for the page's origin, before any route ran
+    assert upload.value.status == 403 and error["code"] == "cross_origin" and f"({site})" in error["message"], error
+    assert post.value.status == 403  # not 401 (it has no key): the guard refused its origin first
+    assert read.value.status == 401  # and no route answers that page without the key
+    context.close()
+    assert [f["id"] for f in ui.api("GET", "/v1/files")["data"]] == [f["id"] for f in files]
+    assert [j["id"] for j in ui.api("GET", "/v1/fine_tuning/jobs?limit=100")["data"]] == [j["id"] for j in jobs]
+
+    own = browser.new_context()  # the server's own page, in the same browser: its upload and check work
+    page = own.new_page()
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(ui.url)
+    page.get_by_label("Training file").set_input_files(str(data))
+    page.get_by_text("Data check passed").wait_for()
+    own.close()
+    assert errors == []
+    assert len(ui.api("GET", "/v1/files")["data"]) == len(files) + 1

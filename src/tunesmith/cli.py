@@ -25,6 +25,7 @@ from .cli_options import (
 
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
+from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
 from .cli_server import jobs_group, server_command, ui_command
 from .config import DEFAULT_MODEL, METHODS, TrainConfig, load_config
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
@@ -246,15 +247,15 @@ def data_group() -> None:
               help="Print N rendered examples, trained tokens highlighted.")
 @click.option("--columns", callback=columns_flag, help=COLUMNS_HELP)
 @click.option("--system-prompt", help=SYSTEM_PROMPT_HELP)
+@click.option("--grader", type=click.Path(exists=True, dir_okay=False), help=GRADER_CHECK_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
 def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
                        max_line_bytes: int | None, show: int, columns: dict[str, str] | None,
-                       system_prompt: str | None, as_json: bool) -> None:
+                       system_prompt: str | None, grader: str | None, as_json: bool) -> None:
     """Check DATA (a data file, a folder of them, or a CONFIG.yaml): exit 0 clean, 1 errors, 2 usage errors."""
     import json
 
     from .data import data_options, resolve_data_path
-    from .data.check import check_files
     from .data.limits import CheckLimits
     from .data.preview import render_preview
     from .model.tokenizer import load_tokenizer
@@ -270,8 +271,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
         tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     except (TunesmithError, FileNotFoundError, ValueError) as exc:  # ValueError: CheckLimits' checks
         raise _UsageError(str(exc)) from exc
-    report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens, limits, show=show,
-                         val_fraction=None if config.eval else config.val_fraction, **options)
+    report = check_files_with_grader(config, tokenizer, limits, show, options, grader)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
@@ -491,9 +491,9 @@ def tune_command(source: str, trials: int | None, minutes: float | None, eval_da
         Console(highlight=False, soft_wrap=True).print("\n".join(result_lines(result)))
 
 
-main.add_command(server_command)  # the service commands live in cli_server.py (this file's size cap)
-main.add_command(jobs_group)
-main.add_command(ui_command)
+# the service commands live in cli_server.py, grade in cli_grade.py (each its own flags and output)
+for command in (server_command, jobs_group, ui_command, grade_command):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,8 @@ def _server_options(command: Any) -> Any:
         click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default."),
         click.option("--port", type=int, default=8000, show_default=True),
         click.option("--api-key", envvar="TUNESMITH_API_KEY",
-                     help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY)."),
+                     help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY); default: a random key "
+                          "made and printed at each start."),
         click.option("--home", default="tunesmith-home", show_default=True, type=click.Path(file_okay=False),
                      help="Folder of the database, uploaded files, run directories and logs."),
         click.option("--model", help="Base model every job trains (default: --config's, else tunesmith's default)."),
@@ -35,18 +36,37 @@ def _server_options(command: Any) -> Any:
         click.option("--max-upload-bytes", type=int,
                      help=f"Largest uploaded file (default {ServerLimits.max_upload_bytes})."),
         click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` after a job (no report.html in result_files)."),
+        click.option("--allow-python-graders", is_flag=True,
+                     help="Run python graders sent to graders/run and reinforcement jobs: code run on this machine "
+                          "as you, not sandboxed against reading your files (off: refused with a 400)."),
+        click.option("--judge-url", envvar="TUNESMITH_JUDGE_URL",
+                     help="OpenAI-compatible base URL that score_model graders ask (the only one they may; or set "
+                          "TUNESMITH_JUDGE_URL)."),
+        click.option("--judge-api-key", envvar="TUNESMITH_JUDGE_API_KEY",
+                     help="The judge's API key (or set TUNESMITH_JUDGE_API_KEY)."),
+        click.option("--judge-model", help="Model id sent to the judge instead of each grader's `model`."),
     )):
         command = option(command)
     return command
 
 
 def _settings(host: str, port: int, api_key: str | None, home: str, model: str | None, config: str | None,
-              allowed_hosts: tuple[str, ...], max_upload_bytes: int | None, no_eval: bool) -> Any:
+              allowed_hosts: tuple[str, ...], max_upload_bytes: int | None, no_eval: bool,
+              allow_python_graders: bool, judge_url: str | None, judge_api_key: str | None,
+              judge_model: str | None) -> Any:
+    """The server's settings; without --api-key, a random key for this start (as Jupyter's token)."""
     from .server.app import ServerSettings
+    from .web.guard import new_key
 
     limits = ServerLimits(**({"max_upload_bytes": max_upload_bytes} if max_upload_bytes else {}))
-    return ServerSettings(Path(home), host, port, model, Path(config) if config else None, api_key, allowed_hosts,
-                          not no_eval, limits)
+    return ServerSettings(Path(home), host, port, model, Path(config) if config else None, api_key or new_key(),
+                          allowed_hosts, not no_eval, limits=limits, allow_python_graders=allow_python_graders,
+                          judge_url=judge_url, judge_api_key=judge_api_key, judge_model=judge_model)
+
+
+def _base_url(settings: Any) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return f"http://{host}:{settings.port}/"
 
 
 @click.command("server")
@@ -54,8 +74,12 @@ def _settings(host: str, port: int, api_key: str | None, home: str, model: str |
 def server_command(**options: Any) -> None:
     """OpenAI's fine-tuning API on this machine: files, jobs, events, checkpoints, and chat with every tuned model."""
     from .server.app import run_server
+    from .ui.app import build_ui_app
 
-    run_server(_settings(**options))
+    settings = _settings(**options)
+    made = "" if options["api_key"] else f"  API key {settings.api_key} (made for this start: --api-key sets one)"
+    click.echo(f"tunesmith server: {_base_url(settings)}v1{made}")
+    run_server(settings, build_ui_app)
 
 
 @click.command("ui")
@@ -67,16 +91,16 @@ def ui_command(no_open: bool, **options: Any) -> None:
     import threading
 
     from .server.app import run_server
+    from .ui.app import build_ui_app
 
-    settings = _settings(**options)
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
-    url = f"http://{host}:{settings.port}/"
+    settings = _settings(**options)  # a key made for this start when none is given, as Jupyter's token
+    url = _base_url(settings)
     # The key rides in the fragment, which the browser keeps to itself; the page stores it for the tab.
-    page = url + (f"#key={urllib.parse.quote(settings.api_key)}" if settings.api_key else "")
+    page = f"{url}#key={urllib.parse.quote(settings.api_key)}"
     click.echo(f"tunesmith ui: {page}  (the page answers once the base model has loaded)")
     if not no_open:
         threading.Thread(target=_open_when_up, args=(url, page), daemon=True).start()
-    run_server(settings)
+    run_server(settings, build_ui_app)
 
 
 def _open_when_up(url: str, page: str, timeout_s: float = 600.0) -> None:
@@ -168,8 +192,7 @@ def jobs_cancel(job_id: str, url: str, api_key: str | None, home: str | None, as
 
 
 def _store(home: str) -> Any:
-    from .server.store import Store
-    from .server.worker import DB_NAME
+    from .server.store import DB_NAME, Store
 
     path = Path(home) / DB_NAME
     if not path.exists():

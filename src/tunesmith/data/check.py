@@ -17,6 +17,7 @@ from typing import Any
 from rich.markup import escape
 
 from .columns import ColumnMap, check_columns
+from .formats import GRADED_FORMATS, RFT_NOT_SUPERVISED
 from .limits import CheckLimits
 from .pii import find_pii
 from .preference import check_pairs, is_preference_data
@@ -149,10 +150,12 @@ class CheckReport:
 
 def check_files(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
                 limits: CheckLimits | None = None, show: int = 0, *, columns: ColumnMap | None = None,
-                system_prompt: str | None = None, val_fraction: float | None = None) -> CheckReport:
+                system_prompt: str | None = None, val_fraction: float | None = None,
+                reinforcement: bool = False) -> CheckReport:
     """Check the training file (or folder) and, when given, the evaluation file and leakage between
     them. `columns` and `system_prompt` as in `read_records`; `val_fraction` (without an eval file)
-    lets the check say whether the held-out share is big enough to judge a run."""
+    lets the check say whether the held-out share is big enough to judge a run; `reinforcement`: RFT
+    prompts are expected (`data check --grader`)."""
     limits = limits or CheckLimits()
     if is_preference_data(data, columns):  # pairs have their own checks (data/preference.py)
         return CheckReport(*check_pairs(data, eval_data, tokenizer, max_seq_tokens, limits, columns=columns,
@@ -165,6 +168,9 @@ def check_files(data: str | Path, eval_data: str | Path | None, tokenizer: Any, 
         eval_index = DuplicateIndex(limits.near_duplicate_jaccard)
         splits["eval"] = checker.check_file(eval_data, "eval", eval_index, train_index)
     _warn_small_data(checker, splits, val_fraction)
+    for split in splits.values():
+        if split.format in GRADED_FORMATS and not reinforcement:
+            checker.error(split.file, 0, "(file)", "format", RFT_NOT_SUPERVISED)
     train_file = str(resolve_data_path(data))
     for issues in (report.errors, report.warnings):
         issues.sort(key=lambda i: (not _inside(i.file, train_file), i.file, i.line))
@@ -341,12 +347,12 @@ class _Checker:
         stats.lengths.append(length)
         stats.trained_tokens += kept
         field_name = _turns_field(fmt)
-        if not trained:
+        if not trained and fmt not in GRADED_FORMATS:  # an RFT prompt has no answer to train, by design
             stats.no_trained_tokens += 1
             self.warn(file, line, field_name, "no trained tokens",
                       "has no trained tokens (every assistant turn has weight 0) — it costs compute and teaches "
                       "nothing; give an assistant turn weight 1 or drop the row")
-        elif length > n:
+        elif length > n and trained:
             stats.over_max_seq_tokens += 1
             stats.cut_trained_tokens += len(trained) - kept
             if kept == 0:
@@ -474,13 +480,13 @@ def _where(source: str) -> tuple[str, int]:
 
 
 def _turns_field(fmt: str) -> str:
-    return {"chat": "messages", "sharegpt": "conversations", "instruction": "output",
+    return {"chat": "messages", "rft": "messages", "sharegpt": "conversations", "instruction": "output",
             "prompt_completion": "completion"}.get(fmt, "text")
 
 
 def _message_field(fmt: str, i: int, role: str) -> str:
     """The user's own name for message i: messages[1].content, output, completion, ..."""
-    if fmt == "chat":
+    if fmt in ("chat", "rft"):
         return f"messages[{i}].content"
     if fmt == "sharegpt":
         return f"conversations[{i}].value"

@@ -257,10 +257,14 @@ def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue], *, co
                                     + mapping_hint(list(row)), row=data_row))
             continue
         if file_format is None:
-            file_format = fmt
+            file_format, first_line = fmt, line_no
+        elif fmt == "rft" and file_format == "chat":  # an answer missing from a chat file, most likely
+            issues.append(DataIssue(str(path), line_no, "messages", "has no assistant turn — add the answer the "
+                                    f"model should learn (line {first_line} and the rows before are chat rows with "
+                                    "answers; a file of RFT prompts ends every row with a user turn)", row=data_row))
+            continue
         elif fmt != file_format:
-            issues.append(DataIssue(str(path), line_no, "(row)", f"is in {fmt} format but earlier rows are {file_format} "
-                                    "— keep one format per file", row=data_row))
+            issues.append(DataIssue(str(path), line_no, "(row)", _mixed(fmt, file_format, first_line), row=data_row))
             continue
         before = len(issues)
         record = _to_record(row, fmt, str(path), line_no, issues, data_row)
@@ -268,6 +272,14 @@ def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue], *, co
             issues[before:] = [replace(i, field=columns.get(i.field, i.field)) for i in issues[before:]]
         if record is not None:
             yield fmt, record
+
+
+def _mixed(fmt: str, file_format: str, first_line: int) -> str:
+    """A row in another format than the file's."""
+    if (fmt, file_format) == ("chat", "rft"):
+        return (f"has an assistant answer, but line {first_line} is an RFT prompt (its messages end with a user "
+                f"turn, no answer) — keep one format per file: if line {first_line} lacks its answer, add it")
+    return f"is in {fmt} format but earlier rows are {file_format} — keep one format per file"
 
 
 def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list[DataIssue],
@@ -320,7 +332,8 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
         messages = (Message("user", prompt), Message("assistant", completion))
         return Conversation(messages, source) if len(issues) == before else None
 
-    key, role_key, text_key = ("messages", "role", "content") if fmt == "chat" else ("conversations", "from", "value")
+    chat = fmt in ("chat", "rft")  # an rft row is chat turns ending with the user's: the prompt, no answer
+    key, role_key, text_key = ("messages", "role", "content") if chat else ("conversations", "from", "value")
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
         issues.append(at(key, "must be a non-empty list of turns"))
@@ -332,11 +345,11 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
             issues.append(at(where, f"must be an object with '{role_key}' and '{text_key}'"))
             continue
         raw_role = turn.get(role_key)
-        roles = CHAT_ROLES if fmt == "chat" else tuple(SHAREGPT_ROLES)
+        roles = CHAT_ROLES if chat else tuple(SHAREGPT_ROLES)
         if raw_role not in roles:
             issues.append(at(f"{where}.{role_key}", f"{_unknown(raw_role, 'role')} — use one of {', '.join(roles)}"))
             continue
-        role = raw_role if fmt == "chat" else SHAREGPT_ROLES[raw_role]
+        role = raw_role if chat else SHAREGPT_ROLES[raw_role]
         content = need_text(turn.get(text_key), f"{where}.{text_key}", allow_empty=role != "assistant")
         weight = turn.get("weight", 1)
         if weight not in (0, 1) or isinstance(weight, bool):
@@ -346,7 +359,7 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
             issues.append(at(f"{where}.weight", "only assistant turns take a weight"))
             continue
         messages.append(Message(role, content, trained=weight == 1))
-    if len(issues) == before and not any(m.role == "assistant" for m in messages):
+    if len(issues) == before and fmt != "rft" and not any(m.role == "assistant" for m in messages):
         issues.append(at(key, "has no assistant turn — add the answer the model should learn"))
     return Conversation(tuple(messages), source) if len(issues) == before else None
 

@@ -1,7 +1,8 @@
 """`tunesmith serve`: an OpenAI-compatible HTTP server for a run's tuned model (starlette + uvicorn).
 
-Safe by default: binds 127.0.0.1, checks the Host header (DNS rebinding), takes an optional API
-key (constant-time compare), caps bodies while they arrive, caps max_tokens and n, decodes up to
+Safe by default: binds 127.0.0.1, behind the web layer's guard (web/guard.py: the Host header
+against DNS rebinding, no state change from another site's page, an optional API key compared in
+constant time), caps bodies while they arrive, caps max_tokens and n, decodes up to
 `max_batch` requests together (inference/batching.py) with a bounded queue behind them (429 past
 it), and shuts down cleanly on SIGTERM.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -19,7 +19,6 @@ from typing import Any, AsyncIterator, Iterable
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -29,21 +28,21 @@ from ..inference.batching import BatchDecoder, EngineDecoder
 from ..inference.engines import DEFAULT_ENGINE
 from ..inference.streaming import Completion
 from ..settings import Sampling, ServeLimits
+from ..web.bodies import read_json
+from ..web.errors import EXCEPTION_HANDLERS, RequestError
+from ..web.guard import LOOPBACK_HOSTS, Guard
+from ..web.ids import new_id
 from .protocol import (
     GenerationRequest,
-    RequestError,
     chat_chunk,
     chat_response,
     completion_chunk,
     completion_response,
-    new_id,
     parse_chat_request,
     parse_completion_request,
     usage_chunk,
 )
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-OPEN_PATHS = ("/health",)  # liveness checks need no key (they reveal nothing but "up")
 log = logging.getLogger("tunesmith.serve")
 
 
@@ -126,9 +125,9 @@ class Served:
 def build_app(model: Any, tokenizer: Any, model_id: str, limits: ServeLimits = ServeLimits(),
               api_key: str | None = None, allowed_hosts: Iterable[str] = LOOPBACK_HOSTS, retriever: Any = None,
               base: tuple[str, Any] | None = None, system_prompt: str | None = None, engine: Any = None) -> Any:
-    """The ASGI app: routes behind the Host and API-key guard; chat answers use `retriever` when given;
-    `base` is (its model id, a base view) to serve the base model beside the tuned one; `engine`
-    decodes instead of `model`, which then gives only its tokenizer's context length."""
+    """The ASGI app: routes behind the web layer's guard (Host, Origin, API key); chat answers use
+    `retriever` when given; `base` is (its model id, a base view) to serve the base model beside the
+    tuned one; `engine` decodes instead of `model`, which then gives only its tokenizer's context length."""
     served = Served(model, tokenizer, model_id, limits, GenerationGate(limits.max_queued, limits.max_batch),
                     int(getattr(model.config, "max_position_embeddings", 0) or limits.max_prompt_tokens), retriever,
                     *(base or (None, None)), system_prompt, engine)
@@ -179,28 +178,6 @@ def inference_routes(served: Served) -> list[Route]:
 
 def _model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "tunesmith"}
-
-
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object, refused with 413 as soon as it passes `max_bytes` (chunked too)."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise RequestError(400, "the Content-Length header is not a number")
-        if int(declared) > max_bytes:
-            raise RequestError(413, f"request body of {declared} bytes is over the limit of {max_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:  # counted as it arrives: chunked bodies declare no length
-            raise RequestError(413, f"request body is over the limit of {max_bytes} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise RequestError(400, "the request body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise RequestError(400, "the request body must be a JSON object")
-    return data
 
 
 async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[int], chat: bool) -> Response:
@@ -303,67 +280,6 @@ class LeaveAfter:
             await self.response(scope, receive, send)
         finally:
             self.gate.leave()
-
-
-class Guard:
-    """ASGI middleware: Host header allow-list (403) and API key (401) before any route runs."""
-
-    def __init__(self, app: Any, api_key: str | None, allowed_hosts: Iterable[str]) -> None:
-        self.app = app
-        self.api_key = api_key.encode() if api_key else None
-        self.allowed_hosts = {h.lower().strip("[]") for h in allowed_hosts}
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        error = None
-        if host_name(headers.get("host", "")) not in self.allowed_hosts:
-            # A page on evil.example whose name re-resolves to 127.0.0.1 still sends its own Host.
-            error = RequestError(403, f"Host '{headers.get('host', '')}' is not allowed; start the server with "
-                                      "--allowed-host NAME to accept it", code="host_not_allowed")
-        elif self.api_key is not None and scope["path"] not in OPEN_PATHS and not self._key_ok(headers):
-            error = RequestError(401, "Incorrect API key provided: send 'Authorization: Bearer KEY'",
-                                 code="invalid_api_key")
-        if error is not None:
-            await JSONResponse(error.body(), status_code=error.status)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-    def _key_ok(self, headers: dict[str, str]) -> bool:
-        given = headers.get("authorization", "")
-        token = given[7:].strip() if given[:7].lower() == "bearer " else ""
-        assert self.api_key is not None
-        return hmac.compare_digest(token.encode(), self.api_key)
-
-
-def host_name(host: str) -> str:
-    """The name part of a Host header, lower-cased: 'LocalHost:8000' -> 'localhost', '[::1]:80' -> '::1'."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-async def _request_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RequestError)
-    return JSONResponse(exc.body(), status_code=exc.status)
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    return JSONResponse(RequestError(exc.status_code, str(exc.detail)).body(), status_code=exc.status_code,
-                        headers=exc.headers)
-
-
-async def _server_error(request: Request, exc: Exception) -> Response:
-    log.exception("request failed")
-    return JSONResponse(RequestError(500, f"internal error: {type(exc).__name__}").body(), status_code=500)
-
-
-EXCEPTION_HANDLERS = {RequestError: _request_error, HTTPException: _http_error, Exception: _server_error}
-"""Every error as OpenAI's error JSON: refusals with their status, anything unexpected as a 500."""
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,

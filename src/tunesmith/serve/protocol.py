@@ -7,31 +7,16 @@ field (`param`) and the allowed range, so a client sees what to fix and the serv
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 from ..inference.streaming import Completion
 from ..settings import Sampling, ServeLimits
+from ..web.errors import RequestError
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # OpenAI finish reasons; a generation cut by a disconnect or shutdown reports a plain stop.
 FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
-
-
-class RequestError(Exception):
-    """A request the server refuses; becomes OpenAI-style error JSON with `status`."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def body(self) -> dict[str, Any]:
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                413: "invalid_request_error", 429: "rate_limit_error"}.get(self.status, "invalid_request_error")
-        if self.status >= 500:
-            kind = "server_error"
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 @dataclass(frozen=True)
@@ -168,10 +153,6 @@ def _stops(value: Any, max_stop: int) -> tuple[str, ...]:
 
 
 # --- responses ----------------------------------------------------------------------------------
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def usage(completions: list[Completion]) -> dict[str, int]:

@@ -1,13 +1,16 @@
 """The routes of `tunesmith server`: OpenAI's files and fine-tuning jobs over the store, and the chat
-and completion routes of `tunesmith serve` over every tuned model, behind serve's Host and API-key guard."""
+and completion routes of `tunesmith serve` over every tuned model, behind the web layer's guard (Host,
+Origin, API key). A layer above (the page, ui/app.py) adds its routes as `AppExtras`."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, AsyncIterator
+from typing import IO, Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -17,28 +20,23 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import ConfigError
-from ..serve.app import EXCEPTION_HANDLERS, LOOPBACK_HOSTS, GenerationGate, Guard, inference_routes, read_json
-from ..serve.protocol import RequestError
+from ..graders import Judge
+from ..serve.app import GenerationGate, inference_routes
 from ..settings import ServeLimits, ServerLimits
-from ..ui.api import ui_routes
-from ..ui.pages import WithPages
-from ..ui.tasks import TaskRunner
-from .files import FILE_ID, PURPOSES, counting_receive, file_object, file_path, new_id, save_upload
-from .jobs import (
-    JOB_ID,
-    checkpoint_object,
-    event_object,
-    fine_tuned_name,
-    job_config,
-    job_object,
-    page,
-    parse_job_request,
-)
+from ..web.bodies import MULTIPART_TYPE, counting_receive, read_json, require_media_type
+from ..web.errors import EXCEPTION_HANDLERS, RequestError
+from ..web.guard import LOOPBACK_HOSTS, OPEN_PATHS, Guard, new_key
+from ..web.ids import new_id
+from .files import FILE_ID, PURPOSES, file_object, file_path, save_upload
+from .graders import grader_routes
+from .jobs import checkpoint_object, event_object, fine_tuned_name, job_config, job_object, page, parse_job_request
 from .locks import hold_lock
+from .lookups import find_file, find_job
 from .models import ServedJobs
+from .reinforcement import refuse_reinforcement
 from .scheduler import Scheduler
-from .store import ACTIVE, Store
-from .worker import DB_NAME, runs_dir
+from .store import ACTIVE, DB_NAME, Store
+from .worker import runs_dir
 
 log = logging.getLogger("tunesmith.server")
 MULTIPART_SLACK_BYTES = 64 * 1024
@@ -59,14 +57,36 @@ class ServerSettings:
     config: Path | None = None
     """A YAML of TrainConfig keys (method, lora, forgetting, precision, ...) under every job."""
     api_key: str | None = None
-    """Required as 'Authorization: Bearer KEY' on every route but /health."""
+    """Required as 'Authorization: Bearer KEY' on every route but /health; None: `run_server` makes a
+    random one for the start (the command line makes and prints it first)."""
     allowed_hosts: tuple[str, ...] = ()
     """Host header names accepted besides loopback's and --host's (a reverse proxy's name)."""
     evaluate: bool = True
     """After training, run `tunesmith eval` on the job and list its report.html in `result_files`."""
+    allow_python_graders: bool = False
+    """Run python graders sent to graders/run, graders/validate and reinforcement jobs; off by default,
+    since a python grader is code run on this machine as the server's user (not a security boundary)."""
+    judge_url: str | None = None
+    """The OpenAI-compatible base URL every score_model grader asks (a request cannot name another);
+    None: score_model graders score 0 with an error saying no judge is set."""
+    judge_api_key: str | None = None
+    """Sent to the judge as `Authorization: Bearer KEY`."""
+    judge_model: str | None = None
+    """Model id sent to the judge instead of each grader's `model` (tunesmith serve names its model after the run)."""
     limits: ServerLimits = ServerLimits()
     serve_limits: ServeLimits = ServeLimits()
     """The chat routes' limits, as `tunesmith serve` has them (and the JSON body cap of every route)."""
+
+
+@dataclass(frozen=True)
+class AppExtras:
+    """What a layer above the server adds to its app: the web page's routes (ui/app.py)."""
+
+    routes: tuple[Route, ...] = ()
+    open_paths: tuple[str, ...] = ()
+    """Paths the guard serves without the key (the page's own files: they hold no data)."""
+    on_stop: tuple[Callable[[], None], ...] = ()
+    """Called when the app stops, after the scheduler (the page's task processes)."""
 
 
 @dataclass
@@ -86,13 +106,13 @@ def open_home(path: Path) -> Home:
 
 
 def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer: Any, base_id: str,
-                     system_prompt: str | None = None) -> Any:
+                     system_prompt: str | None = None, extras: AppExtras = AppExtras()) -> Any:
     """The ASGI app: the scheduler runs while the app does (started and stopped by its lifespan)."""
     limits, store, chat = settings.limits, home.store, settings.serve_limits
     served = ServedJobs(model, tokenizer, base_id, chat, GenerationGate(chat.max_queued, chat.max_batch),
                         int(getattr(model.config, "max_position_embeddings", 0) or chat.max_prompt_tokens),
                         system_prompt=system_prompt, store=store, home=home.path)
-    scheduler, tasks = Scheduler(store, home.path, tokenizer, limits), TaskRunner()
+    scheduler = Scheduler(store, home.path, tokenizer, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -101,7 +121,8 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
             yield
         finally:
             await run_in_threadpool(scheduler.stop)
-            await run_in_threadpool(tasks.stop)
+            for stop in extras.on_stop:
+                await run_in_threadpool(stop)
             home.lock.close()
 
     async def health(request: Request) -> Response:
@@ -109,18 +130,25 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
                              "queued": store.count_jobs(("validating_files", "queued"))})
 
     routes = [Route("/health", health, methods=["GET"]), *file_routes(home, limits),
-              *job_routes(home, settings, base_id), *inference_routes(served),
-              *ui_routes(home.path, store, settings.config, settings.model, model, tokenizer, tasks)]
+              *job_routes(home, settings, base_id), *server_grader_routes(settings), *inference_routes(served),
+              *extras.routes]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.served, app.state.scheduler = served, scheduler
     hosts = (*LOOPBACK_HOSTS, settings.host, *settings.allowed_hosts)
-    return WithPages(Guard(app, settings.api_key, hosts), hosts)
+    return Guard(app, settings.api_key, hosts, (*OPEN_PATHS, *extras.open_paths))
+
+
+def server_grader_routes(settings: ServerSettings) -> list[Route]:
+    """graders/run and graders/validate with the server's flag and judge (server/graders.py)."""
+    judge = Judge(settings.judge_url, settings.judge_api_key, settings.judge_model) if settings.judge_url else None
+    return grader_routes(settings.allow_python_graders, judge, settings.serve_limits.max_body_bytes)
 
 
 def file_routes(home: Home, limits: ServerLimits) -> list[Route]:
     store = home.store
 
     async def upload(request: Request) -> Response:
+        require_media_type(request, MULTIPART_TYPE)
         cap = limits.max_upload_bytes + MULTIPART_SLACK_BYTES
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cap:
@@ -142,14 +170,14 @@ def file_routes(home: Home, limits: ServerLimits) -> list[Route]:
         return JSONResponse({"object": "list", "data": [file_object(r) for r in rows], "has_more": False})
 
     async def detail(request: Request) -> Response:
-        return JSONResponse(file_object(_file(store, request)))
+        return JSONResponse(file_object(find_file(store, request.path_params["file_id"])))
 
     async def content(request: Request) -> Response:
-        row = _file(store, request)
+        row = find_file(store, request.path_params["file_id"])
         return FileResponse(file_path(home.path, row["id"], row["stored"]), media_type="application/octet-stream")
 
     async def delete(request: Request) -> Response:
-        row = _file(store, request)
+        row = find_file(store, request.path_params["file_id"])
         users = [j["id"] for j in store.jobs() if j["status"] in ACTIVE
                  and row["id"] in (j["request"]["training_file"], j["request"]["validation_file"])]
         if users:
@@ -167,19 +195,12 @@ def file_routes(home: Home, limits: ServerLimits) -> list[Route]:
     ]
 
 
-def _file(store: Store, request: Request) -> dict[str, Any]:
-    file_id = request.path_params["file_id"]
-    row = store.file(file_id) if FILE_ID.fullmatch(file_id) else None
-    if row is None:
-        raise RequestError(404, f"No such File object: {file_id}", "file_id", "file_not_found")
-    return row
-
-
 def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route]:
     store, limits = home.store, settings.limits
 
     async def create(request: Request) -> Response:
-        parsed = parse_job_request(await read_json(request, settings.serve_limits.max_body_bytes), (base_id,))
+        body = await read_json(request, settings.serve_limits.max_body_bytes)
+        parsed = parse_job_request(body, (base_id,))
         if store.count_jobs(("validating_files", "queued")) >= limits.max_queued_jobs:
             raise RequestError(429, f"{limits.max_queued_jobs} jobs are already waiting; retry when one has started",
                                code="queue_full")
@@ -191,6 +212,8 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
                 raise RequestError(400, f"invalid {key} {file_id!r}: upload it with purpose 'fine-tune' first", key,
                                    "invalid_file")
             paths[key] = file_path(home.path, row["id"], row["stored"]) if row else None
+        if parsed.method == "reinforcement":  # every field checked above and here, then a 400: no GRPO yet
+            refuse_reinforcement(body["method"], settings.allow_python_graders)
         job_id = new_id("ftjob")
         try:
             config = job_config(parsed.to_dict(), settings.config, settings.model, paths["training_file"],
@@ -199,7 +222,7 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
             raise RequestError(400, str(exc), "hyperparameters") from None
         store.add_job(job_id, parsed.to_dict(), {"train": config.to_dict(), "evaluate": settings.evaluate})
         store.add_event(job_id, new_id("ftevent"), "created", "info", f"Created fine-tuning job: {job_id}")
-        return JSONResponse(job_object(_job(store, job_id)))
+        return JSONResponse(job_object(find_job(store, job_id)))
 
     async def listing(request: Request) -> Response:
         limit = _limit(request, limits)
@@ -207,21 +230,21 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
                                  limit))
 
     async def detail(request: Request) -> Response:
-        return JSONResponse(job_object(_job(store, request.path_params["job_id"])))
+        return JSONResponse(job_object(find_job(store, request.path_params["job_id"])))
 
     async def cancel(request: Request) -> Response:
-        job = _job(store, request.path_params["job_id"])
+        job = find_job(store, request.path_params["job_id"])
         if store.cancel(job["id"]) is None:
             raise RequestError(400, f"job {job['id']} is already {job['status']}", "job_id")
-        return JSONResponse(job_object(_job(store, job["id"])))
+        return JSONResponse(job_object(find_job(store, job["id"])))
 
     async def events(request: Request) -> Response:
-        job, limit = _job(store, request.path_params["job_id"]), _limit(request, limits)
+        job, limit = find_job(store, request.path_params["job_id"]), _limit(request, limits)
         rows = store.events(job["id"], request.query_params.get("after"), limit + 1)
         return JSONResponse(page([event_object(r) for r in rows], limit))
 
     async def checkpoints(request: Request) -> Response:
-        job, limit = _job(store, request.path_params["job_id"]), _limit(request, limits)
+        job, limit = find_job(store, request.path_params["job_id"]), _limit(request, limits)
         rows = store.checkpoints(job["id"], request.query_params.get("after"), limit + 1)
         return JSONResponse(page([checkpoint_object(r, fine_tuned_name(job)) for r in rows], limit))
 
@@ -234,13 +257,6 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
         Route(base + "/{job_id}/events", events, methods=["GET"]),
         Route(base + "/{job_id}/checkpoints", checkpoints, methods=["GET"]),
     ]
-
-
-def _job(store: Store, job_id: str) -> dict[str, Any]:
-    job = store.job(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None:
-        raise RequestError(404, f"No fine-tuning job found with id {job_id!r}", "job_id", "job_not_found")
-    return job
 
 
 def _limit(request: Request, limits: ServerLimits) -> int:
@@ -269,15 +285,20 @@ def load_base(settings: ServerSettings) -> tuple[Any, Any, str, str | None]:
     return model, tokenizer, base_model_id(config, ""), data_options(config)["system_prompt"]
 
 
-def run_server(settings: ServerSettings) -> None:
-    """Lock --home, load the base model, and serve until SIGTERM/SIGINT (a running job saves a
-    checkpoint and is queued again for the next start)."""
+def run_server(settings: ServerSettings, build: Callable[..., Any] = build_server_app) -> None:
+    """Lock --home, load the base model, and serve the app `build` makes (build_server_app's
+    arguments; the page's is ui.app.build_ui_app) until SIGTERM/SIGINT (a running job saves a
+    checkpoint and is queued again for the next start). Without an API key, one is made for this
+    start and logged, as Jupyter makes its token."""
     import uvicorn
 
+    if settings.api_key is None:
+        settings = dataclasses.replace(settings, api_key=new_key())
+        log.warning("no API key given: this start's is %s", settings.api_key)
     home = open_home(settings.home)  # before the model loads: a second server is refused in a second
     model, tokenizer, base_id, system_prompt = load_base(settings)
-    app = build_server_app(home, settings, model, tokenizer, base_id, system_prompt)
-    log.info("tunesmith server: training and serving %s on http://%s:%d/v1, home %s (%s)", base_id, settings.host,
-             settings.port, settings.home, "API key required" if settings.api_key else "no API key")
+    app = build(home, settings, model, tokenizer, base_id, system_prompt)
+    log.info("tunesmith server: training and serving %s on http://%s:%d/v1, home %s (API key required)", base_id,
+             settings.host, settings.port, settings.home)
     uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
                                   timeout_graceful_shutdown=settings.serve_limits.shutdown_grace_s)).run()

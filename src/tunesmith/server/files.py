@@ -4,26 +4,20 @@ mapping that never leaves --home. Files are data: read by the data package, neve
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ..serve.protocol import RequestError
+from ..web.errors import RequestError
+from ..web.ids import id_pattern, new_id
 
-FILE_ID = re.compile(r"file-[0-9a-f]{24}")
+FILE_ID = id_pattern("file")
 EXTENSIONS = (".jsonl", ".json", ".csv", ".txt", ".md")
 """Kept from the uploaded name, since the data package reads a file by its extension; others become .jsonl."""
 PURPOSES = ("fine-tune",)
 RESULTS_PURPOSE = "fine-tune-results"
 """A job's own outputs (its metrics CSV, the eval report), listed in `result_files`."""
 CHUNK_BYTES = 1 << 20
-
-
-def new_id(prefix: str) -> str:
-    """An unguessable id: 96 random bits, hex (OpenAI's ids look alike)."""
-    return f"{prefix}-{secrets.token_hex(12)}"
 
 
 def files_dir(home: Path) -> Path:
@@ -80,20 +74,3 @@ async def save_upload(upload: Any, home: Path, filename: str, purpose: str, max_
         staging.unlink(missing_ok=True)
     return {"id": file_id, "created_at": int(time.time()), "filename": Path(filename).name or stored,
             "stored": stored, "purpose": purpose, "bytes": size}
-
-
-def counting_receive(receive: Callable[[], Any], max_bytes: int) -> Callable[[], Any]:
-    """An ASGI receive that refuses a body once more than `max_bytes` have arrived (a chunked upload
-    declares no length, so the multipart parser would otherwise spool any amount to disk)."""
-    seen = 0
-
-    async def counted() -> Any:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > max_bytes:
-                raise RequestError(413, f"the upload is over the limit of {max_bytes} bytes", "file", "file_too_large")
-        return message
-
-    return counted

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 from ..forgetting.measure import base_view
 from ..serve.app import Served
-from ..serve.protocol import RequestError
+from ..web.errors import RequestError
 from .jobs import JOB_ID
 from .store import Store
 from .worker import runs_dir

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from ..settings import ServerLimits
-from .files import file_path, new_id
+from ..web.children import Children, log_tail
+from ..web.ids import new_id
+from .files import file_path
 from .store import Store
 from .worker import fail, log_path
 
@@ -30,7 +28,8 @@ class Scheduler:
 
     def __init__(self, store: Store, home: Path, tokenizer: Any, limits: ServerLimits) -> None:
         self.store, self.home, self.tokenizer, self.limits = store, home, tokenizer, limits
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.workers: Children[str] = Children(STOP_WAIT_S)
+        """At most one: the running job's, keyed by its id."""
         self.job_id: str | None = None
         self.signalled = False
         self.stopping = threading.Event()
@@ -45,14 +44,9 @@ class Scheduler:
         """Stop taking jobs; a running worker saves a checkpoint and its job goes back to the queue."""
         self.stopping.set()
         self.thread.join()
-        if self.worker is not None:
-            self.worker.send_signal(signal.SIGTERM)
-            try:
-                self.worker.wait(timeout=STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.worker.kill()
-                self.worker.wait()
-            self._finish()
+        codes = self.workers.stop()
+        if self.job_id is not None:
+            self._finish(codes[self.job_id])
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
@@ -65,13 +59,13 @@ class Scheduler:
     def _tick(self) -> None:
         for job in self.store.jobs(status="validating_files", oldest_first=True, limit=1):
             self._validate(job)
-        if self.worker is not None:
-            if self.worker.poll() is None:
+        if self.job_id is not None:
+            if self.workers.alive(self.job_id):
                 if not self.signalled and self.store.job(self.job_id)["cancel_requested"]:
-                    self.worker.send_signal(signal.SIGTERM)  # stops at the next step, with a checkpoint
+                    self.workers.signal(self.job_id)  # SIGTERM: stops at the next step, with a checkpoint
                     self.signalled = True
                 return
-            self._finish()
+            self._finish(self.workers.reap()[self.job_id])
         for job in self.store.jobs(status="queued", oldest_first=True, limit=1):
             self._launch(job["id"])
 
@@ -90,20 +84,14 @@ class Scheduler:
         if not self.store.move_job(job_id, ("queued",), status="running"):
             return  # cancelled meanwhile
         self._event(job_id, "Fine-tuning job started")
-        path = log_path(self.home, job_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as out:  # the child has its own copy of the descriptor
-            self.worker = subprocess.Popen(
-                [sys.executable, "-m", "tunesmith.server.worker", str(self.home), job_id, str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        self.workers.start(job_id, "tunesmith.server.worker", [str(self.home), job_id], log_path(self.home, job_id))
         self.job_id, self.signalled = job_id, False
 
-    def _finish(self) -> None:
-        """The worker has exited: a job it left running was stopped (back to the queue when the server
-        is stopping, cancelled when asked) or its worker died (failed, with the log's last lines)."""
-        assert self.worker is not None and self.job_id is not None
-        code, job_id = self.worker.returncode, self.job_id
-        self.worker = self.job_id = None
+    def _finish(self, code: int) -> None:
+        """The worker has exited with `code`: a job it left running was stopped (back to the queue when
+        the server is stopping, cancelled when asked) or its worker died (failed, with the log's last lines)."""
+        assert self.job_id is not None
+        job_id, self.job_id = self.job_id, None
         job = self.store.job(job_id)
         if job["status"] != "running":
             self._event(job_id, f"The job {job['status']}", level="error" if job["status"] == "failed" else "info")
@@ -114,9 +102,8 @@ class Scheduler:
             self.store.update_job(job_id, status="queued")
             self._event(job_id, "The server stopped: the job is queued again and continues at the next start")
         else:
-            tail = log_path(self.home, job_id).read_text(errors="replace").strip().splitlines()[-5:]
             fail(self.store, job_id, "worker_died", f"the training worker exited with status {code}: "
-                                                    + " | ".join(tail))
+                                                    + log_tail(log_path(self.home, job_id)))
 
     def _event(self, job_id: str, message: str, level: str = "info") -> None:
         event_id = new_id("ftevent")
@@ -131,8 +118,8 @@ def check_job_files(job: dict[str, Any], home: Path, tokenizer: Any) -> dict[str
     from ..config import config_from_dict
     from ..data.issues import DataError
     from ..errors import TunesmithError
-    from ..serve.protocol import RequestError
     from ..train import check_data
+    from ..web.errors import RequestError
 
     config = config_from_dict(job["config"]["train"])
     names = {config.data: job["request"]["training_file"]}

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 from ..errors import TunesmithError
 
+DB_NAME = "tunesmith.db"
+"""The database's file name in --home."""
 SCHEMA_VERSION = 1
 """PRAGMA user_version of a database this code writes; another version is refused, not guessed at."""
 SCHEMA = """

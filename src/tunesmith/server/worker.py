@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,13 +26,12 @@ from ..training.events import (
     StopEvent,
     TrainingEvent,
 )
-from .files import RESULTS_PURPOSE, files_dir, new_id
+from ..web.children import exit_with_parent
+from ..web.ids import new_id
+from .files import RESULTS_PURPOSE, files_dir
 from .jobs import fine_tuned_name
 from .locks import hold_lock
-from .store import Store
-
-PARENT_POLL_S = 0.5
-DB_NAME = "tunesmith.db"
+from .store import DB_NAME, Store
 
 
 def runs_dir(home: Path) -> Path:
@@ -163,17 +160,6 @@ def register_result(store: Store, home: Path, source: Path, filename: str) -> st
     store.add_file({"id": file_id, "created_at": int(time.time()), "filename": filename, "stored": stored,
                     "purpose": RESULTS_PURPOSE, "bytes": source.stat().st_size})
     return file_id
-
-
-def exit_with_parent(parent: int) -> None:
-    """Exit at once when the server process is gone (re-parented: getppid changes), checked twice a
-    second in a daemon thread; a kill -9 of the server thus ends its training too."""
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:

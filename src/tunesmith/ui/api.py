@@ -20,11 +20,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import TrainConfig, default_lr, dotted, load_config
-from ..serve.protocol import RequestError
-from ..server.files import FILE_ID, file_path
-from ..server.jobs import JOB_ID
+from ..server.files import file_path
+from ..server.lookups import find_file, find_job
 from ..server.store import Store
 from ..server.worker import runs_dir
+from ..web.errors import RequestError
 from .api_tasks import task_routes
 from .knowledge import Retrievers
 from .tasks import TaskRunner
@@ -113,17 +113,11 @@ def ui_routes(home: Path, store: Store, base_config: Path | None, model_name: st
     def config() -> TrainConfig:
         return load_config(base_config, {"data": "-", "model": model_name})
 
-    def job_of(job_id: str) -> dict[str, Any]:
-        job = store.job(job_id) if JOB_ID.fullmatch(job_id) else None
-        if job is None:
-            raise RequestError(404, f"No fine-tuning job found with id {job_id!r}", "job_id", "job_not_found")
-        return job
-
     def job_run(request: Request) -> Path:
-        return runs_dir(home) / job_of(request.path_params["job_id"])["id"]
+        return runs_dir(home) / find_job(store, request.path_params["job_id"])["id"]
 
     def succeeded_run(request: Request) -> Path:
-        job = job_of(request.path_params["job_id"])
+        job = find_job(store, request.path_params["job_id"])
         if job["status"] != "succeeded":
             raise RequestError(400, f"job {job['id']} is {job['status']}: only a succeeded job's run can be "
                                     "compared or exported", "job_id", "job_not_succeeded")
@@ -136,10 +130,7 @@ def ui_routes(home: Path, store: Store, base_config: Path | None, model_name: st
         return JSONResponse(train_form(config()))
 
     async def check(request: Request) -> Response:
-        file_id = request.path_params["file_id"]
-        row = store.file(file_id) if FILE_ID.fullmatch(file_id) else None
-        if row is None:
-            raise RequestError(404, f"No such File object: {file_id}", "file_id", "file_not_found")
+        row = find_file(store, request.path_params["file_id"])
         path = file_path(home, row["id"], row["stored"])
         return JSONResponse(await run_in_threadpool(check_report, path, row["filename"], config(), tokenizer))
 
@@ -147,10 +138,10 @@ def ui_routes(home: Path, store: Store, base_config: Path | None, model_name: st
         return JSONResponse({j["id"]: view(j) for j in store.jobs()})
 
     async def run(request: Request) -> Response:
-        return JSONResponse(view(job_of(request.path_params["job_id"])))
+        return JSONResponse(view(find_job(store, request.path_params["job_id"])))
 
     async def side_by_side(request: Request) -> Response:
-        a, b = (job_of(request.query_params.get(k, "")) for k in ("a", "b"))
+        a, b = (find_job(store, request.query_params.get(k, "")) for k in ("a", "b"))
         return JSONResponse({"a": {"id": a["id"], **view(a)}, "b": {"id": b["id"], **view(b)},
                              "differ": settings_differ(a["config"]["train"], b["config"]["train"])})
 

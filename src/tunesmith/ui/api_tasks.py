@@ -13,10 +13,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from ..serve.app import read_json
-from ..serve.protocol import RequestError
 from ..server.store import Store
 from ..settings import GGUF_TYPES, CompareSettings, RetrievalSettings
+from ..web.bodies import read_json
+from ..web.errors import RequestError
 from .knowledge import Retrievers, knowledge_path
 from .tasks import TaskRunner
 

@@ -8,10 +8,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..serve.protocol import RequestError
 from ..server.files import FILE_ID, file_path
 from ..server.jobs import JOB_ID
 from ..server.store import Store
+from ..web.errors import RequestError
 
 
 def knowledge_path(home: Path, store: Store, source: Any) -> Path:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..training.rundir import write_atomic
+from ..web.children import Children, exit_with_parent, log_tail
 
 KINDS = ("compare", "export-merged", "export-gguf")
 LOG_LINES_KEPT = 40
@@ -44,18 +44,15 @@ class TaskRunner:
     """The server's task processes, one per (run, kind); their state is read from the run directory."""
 
     def __init__(self) -> None:
-        self.live: dict[tuple[Path, str], subprocess.Popen[bytes]] = {}
+        self.children: Children[tuple[Path, str]] = Children(STOP_WAIT_S)
 
     def start(self, run: Path, kind: str, args: dict[str, Any]) -> dict[str, Any]:
         self.reap()
         state = {"kind": kind, "state": "running", "args": args, "started": time.time(), "finished": None,
                  "log": [], "result": None, "error": None}
         write_task(run, kind, state)
-        log = task_path(run, kind).with_suffix(".log")
-        with open(log, "wb") as out:  # the child has its own copy of the descriptor
-            self.live[(run, kind)] = subprocess.Popen(
-                [sys.executable, "-m", "tunesmith.ui.tasks", str(run), kind, json.dumps(args), str(os.getpid())],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        self.children.start((run, kind), "tunesmith.ui.tasks", [str(run), kind, json.dumps(args)],
+                        task_path(run, kind).with_suffix(".log"), append=False)
         return state
 
     def running(self, run: Path, kind: str) -> bool:
@@ -63,17 +60,17 @@ class TaskRunner:
         lingers a moment after that, tearing torch down; it does not hold the next task back)."""
         self.reap()
         state = read_task(run, kind)
-        return (run, kind) in self.live and state is not None and state["state"] == "running"
+        return (run, kind) in self.children and state is not None and state["state"] == "running"
 
     def busy(self) -> bool:
         """Whether any task runs now: one at a time, beside training, on a small machine."""
-        return any(self.running(run, kind) for run, kind in list(self.live))
+        return any(self.running(run, kind) for run, kind in list(self.children))
 
     def state(self, run: Path, kind: str) -> dict[str, Any] | None:
         """The task's state; `running` with no process of this server behind it is `interrupted`."""
         self.reap()
         state = read_task(run, kind)
-        if state is not None and state["state"] == "running" and (run, kind) not in self.live:
+        if state is not None and state["state"] == "running" and (run, kind) not in self.children:
             state = {**state, "state": "interrupted",
                      "error": "the server stopped while this ran: start it again"}
         return state
@@ -81,27 +78,15 @@ class TaskRunner:
     def reap(self) -> None:
         """Forget finished processes; one that died without saying how (killed, crashed) is failed,
         with the last lines of its output."""
-        for key, proc in list(self.live.items()):
-            if proc.poll() is None:
-                continue
-            del self.live[key]
-            run, kind = key
+        for (run, kind), code in self.children.reap().items():
             state = read_task(run, kind)
             if state is not None and state["state"] == "running":
-                tail = task_path(run, kind).with_suffix(".log").read_text(errors="replace").strip().splitlines()[-5:]
                 write_task(run, kind, {**state, "state": "failed", "finished": time.time(),
-                                       "error": f"the task exited with status {proc.returncode}: " + " | ".join(tail)})
+                                       "error": f"the task exited with status {code}: "
+                                                + log_tail(task_path(run, kind).with_suffix(".log"))})
 
     def stop(self) -> None:
-        for proc in self.live.values():
-            proc.send_signal(signal.SIGTERM)
-        for proc in self.live.values():
-            try:
-                proc.wait(timeout=STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.live.clear()
+        self.children.stop()
 
 
 def run_task(run: Path, kind: str, args: dict[str, Any]) -> None:
@@ -141,8 +126,6 @@ def _export(run: Path, fmt: str, args: dict[str, Any], log: Any) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ..server.worker import exit_with_parent
-
     run, kind, args, parent = (argv or sys.argv[1:])[:4]
     exit_with_parent(int(parent))
     signal.signal(signal.SIGTERM, lambda *_: os._exit(1))  # the server stopping: the state reads `interrupted`
