@@ -256,7 +256,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
     from .data import data_options, resolve_data_path
     from .data.check import check_files
     from .data.limits import CheckLimits
-    from .data.preview import render_preview
+    from .data.preview import render_preview, split_lines
     from .model.tokenizer import load_tokenizer
 
     try:
@@ -282,11 +282,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
         if len(issues) > limits.max_issues_shown:
             out.print(f"[{color}]... and {len(issues) - limits.max_issues_shown} more {title}(s)[/] (all with --json)")
     for name, split in report.stats["splits"].items():
-        tokens = split["tokens"]
-        out.print(f"[bold]{name}[/] {escape(split['file'])}: {split['rows']} rows ({split['format']}), tokens "
-                  f"min {tokens['min']} / median {tokens['median']} / p95 {tokens['p95']} / max {tokens['max']}, "
-                  f"{split['trained_tokens']:,} trained; {split['over_max_seq_tokens']} over max_seq_tokens="
-                  f"{config.max_seq_tokens}; end-of-turn trained in {split['end_of_turn_trained']}")
+        out.print("\n".join(split_lines(name, split, config.max_seq_tokens)))
     for i, example in enumerate(report.previews):
         out.rule(f"{escape(example.source)} — trained tokens highlighted")
         out.print(render_preview(example, tokenizer, config.max_seq_tokens, color=out.is_terminal))

@@ -57,6 +57,10 @@ class Sampling:
         return picked
 
 
+UnreadablePolicy = Literal["refuse", "skip"]
+UNREADABLE_POLICIES: tuple[str, ...] = get_args(UnreadablePolicy)
+
+
 @dataclass(frozen=True)
 class RetrievalSettings:
     """How the knowledge source is cut, searched and put into prompts (`--knowledge`)."""
@@ -73,8 +77,13 @@ class RetrievalSettings:
     fit are cut or dropped. Prefill cost on a CPU grows with it; the model's context also caps it."""
     min_passage_tokens: int = 16
     """A passage cut to fewer tokens than this is dropped instead: a fragment helps less than it costs."""
+    unreadable_documents: UnreadablePolicy = "refuse"
+    """A knowledge document that cannot be read whole (corrupt, encrypted, a scan without text):
+    `refuse` stops with every such file named; `skip` leaves them out, naming each in the log."""
 
     def __post_init__(self) -> None:
+        require(self.unreadable_documents in UNREADABLE_POLICIES, "retrieval.unreadable_documents",
+                f"must be one of {', '.join(UNREADABLE_POLICIES)}, got {self.unreadable_documents!r}")
         for key in ("top_k", "chunk_words", "max_prompt_tokens", "min_passage_tokens"):
             require(getattr(self, key) >= 1, f"retrieval.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(0 <= self.overlap_words < self.chunk_words, "retrieval.overlap_words",

@@ -61,7 +61,9 @@ class SplitStats:
     rows: int = 0
     examples: int = 0
     documents: int = 0
-    """Whole .txt/.md files among the rows (a folder's documents)."""
+    """Whole .txt/.md/.pdf/.docx/.html files among the rows (a folder's documents)."""
+    document_files: list[dict[str, Any]] = field(default_factory=list)
+    """Per PDF, DOCX or HTML file: its file, kind, pages (or sections), characters and empty pages."""
     document_examples: int = 0
     """Chunks of those documents."""
     system_prompt_added: int = 0
@@ -95,7 +97,8 @@ class SplitStats:
                       "total": sum(ordered)}
         return {
             "file": self.file, "format": self.format or "unknown", "rows": self.rows, "examples": self.examples,
-            "documents": self.documents, "system_prompt_added": self.system_prompt_added,
+            "documents": self.documents, "document_files": self.document_files,
+            "system_prompt_added": self.system_prompt_added,
             "tokens": tokens, "trained_tokens": self.trained_tokens,
             "over_max_seq_tokens": self.over_max_seq_tokens, "cut_trained_tokens": self.cut_trained_tokens,
             "no_trained_tokens": self.no_trained_tokens, "end_of_turn_trained": self.end_of_turn_trained,
@@ -103,7 +106,6 @@ class SplitStats:
             "control_token_strings": self.control_token_strings, "short_answers": self.short_answers,
             "long_answers": self.long_answers, "pii": dict(self.pii), "histogram": length_histogram(ordered),
         }
-
 
 
 @dataclass
@@ -271,7 +273,7 @@ class _Checker:
         if batch:
             self._check_batch(batch, stats, split, index, reference)
         for issue in issues:
-            self.report.errors.append(replace(issue, kind="format"))
+            self.report.errors.append(replace(issue, kind=issue.kind or "format"))
         self.report.warnings.extend(notes)
         if stats.rows == 0 and not issues:
             self.error(str(resolved), 1, "(file)", "empty", "has no rows — add one JSON object per line")
@@ -298,6 +300,10 @@ class _Checker:
                 if record.whole_file:
                     stats.documents += 1
                     stats.document_examples += len(examples)
+                if record.extracted is not None:
+                    stats.document_files.append({"file": file, **record.extracted.summary()})
+                    if record.extracted.empty_pages:
+                        self.warn(file, 0, "document", "empty pages", record.extracted.empty_pages_message())
                 stats.lengths.append(sum(len(e.input_ids) for e in examples))
                 stats.trained_tokens += sum(e.n_trained for e in examples)
                 self._keep_preview(examples[:1], split)
@@ -470,7 +476,7 @@ _PII_NAMES = {"email": "an e-mail address", "phone": "a phone number", "card": "
 
 def _where(source: str) -> tuple[str, int]:
     file, _, line = source.rpartition(":")
-    return file, int(line)
+    return file, int(line) if line.isdigit() else 0  # file:p12 or file:§heading: the file as a whole
 
 
 def _turns_field(fmt: str) -> str:

@@ -15,14 +15,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..settings import UnreadablePolicy
 from .columns import ColumnMap, check_columns, mapping_hint
+from .documents import (
+    DOCUMENT_SUFFIXES,
+    UNREADABLE_KIND,
+    ExtractedDocument,
+    extract_document,
+    is_document,
+)
 from .formats import PREFERENCE_FORMATS, detect_format
 from .issues import DataError, DataIssue
 from .limits import CheckLimits
 from .rows import CSV_SUFFIXES, JSON_SUFFIXES, iter_rows
 
 TEXT_SUFFIXES = (".txt", ".md")
-DATA_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", *JSON_SUFFIXES, *CSV_SUFFIXES)
+DATA_SUFFIXES = (*TEXT_SUFFIXES, *DOCUMENT_SUFFIXES, ".jsonl", *JSON_SUFFIXES, *CSV_SUFFIXES)
 """The files a folder's data is read from; others are skipped (and counted)."""
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 CHAT_ROLES = ("system", "user", "assistant")
@@ -55,8 +63,10 @@ class Document:
     text: str
     source: str
     whole_file: bool = False
-    """A whole .txt/.md file (not one row's text): each chunk names the line it starts on, and a
-    validation split over several such documents holds each one out whole."""
+    """A whole file (not one row's text): each chunk names the line (or page, or section) it starts
+    on, and a validation split over several such documents holds each one out whole."""
+    extracted: ExtractedDocument | None = None
+    """A PDF, DOCX or HTML file's pages or sections (`text` is their text joined); None for text files."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +123,7 @@ class FolderFiles:
     """The data files of a folder, and what was left out."""
 
     files: list[Path]
-    """Every .txt/.md/.jsonl/.json/.csv file under the folder, sorted by relative path."""
+    """Every .txt/.md/.pdf/.docx/.html/.jsonl/.json/.csv file under the folder, sorted by relative path."""
     hidden: int
     """Files skipped because they or a folder above them start with a dot."""
     other: list[str]
@@ -143,24 +153,28 @@ class ReadResult:
 
 
 def read_records(path: str | Path, limits: CheckLimits | None = None, *, columns: ColumnMap | None = None,
-                 system_prompt: str | None = None) -> list[Record]:
-    """All records of a data file (.jsonl, .json array, .csv, .txt, .md) or a folder of them, or a
-    DataError naming every bad row; `columns` renames the file's columns to our fields, and
-    `system_prompt` becomes the system turn of every conversation that has none."""
-    return read_data(path, limits, columns=columns, system_prompt=system_prompt).records
+                 system_prompt: str | None = None, unreadable_documents: UnreadablePolicy = "refuse") -> list[Record]:
+    """All records of a data file (.jsonl, .json array, .csv, .txt, .md, .pdf, .docx, .html) or a folder
+    of them, or a DataError naming every bad row; `columns` renames the file's columns to our fields,
+    `system_prompt` becomes the system turn of every conversation that has none, and a document that
+    cannot be read whole is an error, or with `unreadable_documents="skip"` a note and left out."""
+    return read_data(path, limits, columns=columns, system_prompt=system_prompt,
+                     unreadable_documents=unreadable_documents).records
 
 
 def read_data(path: str | Path, limits: CheckLimits | None = None, *, columns: ColumnMap | None = None,
-              system_prompt: str | None = None) -> ReadResult:
-    """`read_records`, with the notes about the input as a whole."""
+              system_prompt: str | None = None, unreadable_documents: UnreadablePolicy = "refuse") -> ReadResult:
+    """`read_records`, with the notes about the input as a whole (skipped documents among them)."""
     path = resolve_data_path(path)
     check_readable(path)
     issues: list[DataIssue] = []
     notes: list[DataIssue] = []
     records = [record for _, record in iter_source(path, limits or CheckLimits(), issues, notes,
-                                                   columns=check_columns(columns or {}))]
-    if not records and not issues:
-        issues.append(DataIssue(str(path), 1, "(file)", "has no rows — add one JSON object per line"))
+                                                   columns=check_columns(columns or {}),
+                                                   unreadable_documents=unreadable_documents)]
+    if not records and not issues:  # every document skipped is still nothing to read
+        issues.extend([n for n in notes if n.kind == UNREADABLE_KIND]
+                      or [DataIssue(str(path), 1, "(file)", "has no rows — add one JSON object per line")])
     if issues:
         raise DataError(issues)
     return ReadResult([with_system_prompt(r, system_prompt) for r in records], notes)
@@ -195,8 +209,8 @@ def check_readable(path: Path) -> None:
     if not path.exists():
         raise DataError([DataIssue(str(path), 0, "file", "does not exist — check the path")])
     if path.is_dir() and not data_files(path).files:
-        raise DataError([DataIssue(str(path), 0, "file", "is a folder with no .txt, .md, .jsonl, .json or .csv "
-                                   "file in it — add the documents or rows to train on")])
+        raise DataError([DataIssue(str(path), 0, "file", "is a folder with no .txt, .md, .pdf, .docx, .html, "
+                                   ".jsonl, .json or .csv file in it — add the documents or rows to train on")])
 
 
 def read_text_file(path: Path) -> list[Record]:
@@ -217,12 +231,21 @@ def read_text_file(path: Path) -> list[Record]:
     return [Document(text=text, source=f"{path}:1", whole_file=True)]
 
 
+def read_document_file(path: Path) -> list[Record]:
+    """A PDF, DOCX or HTML file as one document, its pages or sections kept; a DataError (kind
+    `unreadable document`) when it cannot be read whole."""
+    extracted = extract_document(path)
+    return [Document(extracted.text, f"{path}:{extracted.parts[0].label}", whole_file=True, extracted=extracted)]
+
+
 def iter_source(path: Path, limits: CheckLimits, issues: list[DataIssue], notes: list[DataIssue], *,
-                columns: ColumnMap | None = None) -> Iterator[tuple[str, Record]]:
+                columns: ColumnMap | None = None,
+                unreadable_documents: UnreadablePolicy = "refuse") -> Iterator[tuple[str, Record]]:
     """(format, record) for every good record of a data file or of every file in a folder, streamed;
-    bad rows go to `issues`, remarks about the input as a whole to `notes`."""
+    bad rows go to `issues`, remarks about the input as a whole to `notes`; a document that cannot be
+    read whole goes to `issues`, or to `notes` when `unreadable_documents` is "skip"."""
     if not path.is_dir():
-        yield from _iter_file(path, limits, issues, notes, columns)
+        yield from _iter_file(path, limits, issues, notes, columns, unreadable_documents)
         return
     found = data_files(path)
     skipped = found.other[:5] + ([f"+{len(found.other) - 5} more"] if len(found.other) > 5 else [])
@@ -230,13 +253,22 @@ def iter_source(path: Path, limits: CheckLimits, issues: list[DataIssue], notes:
         what = ([f"{found.hidden} hidden"] if found.hidden else []) + \
                ([f"{len(found.other)} of other types ({', '.join(skipped)})"] if found.other else [])
         notes.append(DataIssue(str(path), 0, "(folder)", f"skipped {' and '.join(what)} file(s) — tunesmith reads "
-                               ".txt, .md, .jsonl, .json and .csv", "skipped files"))
+                               ".txt, .md, .pdf, .docx, .html, .jsonl, .json and .csv", "skipped files"))
     for file in found.files:
-        yield from _iter_file(file, limits, issues, notes, columns)
+        yield from _iter_file(file, limits, issues, notes, columns, unreadable_documents)
 
 
 def _iter_file(path: Path, limits: CheckLimits, issues: list[DataIssue], notes: list[DataIssue],
-               columns: ColumnMap | None) -> Iterator[tuple[str, Record]]:
+               columns: ColumnMap | None, unreadable_documents: UnreadablePolicy) -> Iterator[tuple[str, Record]]:
+    if is_document(path):
+        try:
+            yield from (("text", r) for r in read_document_file(path))
+        except DataError as exc:
+            if unreadable_documents == "skip":
+                notes.extend(replace(i, message=f"{i.message} (skipped)") for i in exc.issues)
+            else:
+                issues.extend(exc.issues)
+        return
     if path.suffix.lower() in TEXT_SUFFIXES:
         try:
             yield from (("text", r) for r in read_text_file(path))

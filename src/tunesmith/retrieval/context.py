@@ -65,7 +65,8 @@ class Retriever:
     def load(cls, knowledge: str | Path, settings: RetrievalSettings = RetrievalSettings(),
              log: Callable[[str], None] = lambda m: None, embedder: Embedder | None = None) -> Retriever:
         embedder = embedder or Embedder.load()
-        index = load_or_build_index(knowledge, embedder, settings.chunk_words, settings.overlap_words, log)
+        index = load_or_build_index(knowledge, embedder, settings.chunk_words, settings.overlap_words, log,
+                                    unreadable_documents=settings.unreadable_documents)
         return cls(index, embedder, settings)
 
     def retrieve(self, queries: Sequence[str]) -> list[list[Passage]]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..config import cache_dir
 from ..data.knowledge import knowledge_sha256, read_knowledge
+from ..settings import UnreadablePolicy
 from ..training.rundir import write_atomic, write_atomic_bytes
 from .chunking import Passage, chunk_texts
 from .embed import Embedder
@@ -54,17 +55,20 @@ class VectorIndex:
         return cls(passages, vectors)
 
 
-def index_key(source_sha256: str, embedder_name: str, chunk_words: int, overlap_words: int) -> str:
-    """Cache key of an index: what it was built from and how."""
-    text = f"v{INDEX_VERSION}|{source_sha256}|{embedder_name}|{chunk_words}|{overlap_words}"
+def index_key(source_sha256: str, embedder_name: str, chunk_words: int, overlap_words: int,
+              unreadable_documents: str = "refuse") -> str:
+    """Cache key of an index: what it was built from and how (an index built skipping unreadable
+    documents must not answer for a source that refuses them)."""
+    text = f"v{INDEX_VERSION}|{source_sha256}|{embedder_name}|{chunk_words}|{overlap_words}|{unreadable_documents}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def load_or_build_index(knowledge: str | Path, embedder: Embedder, chunk_words: int, overlap_words: int,
-                        log: Callable[[str], None] = lambda m: None) -> VectorIndex:
+                        log: Callable[[str], None] = lambda m: None, *,
+                        unreadable_documents: UnreadablePolicy = "refuse") -> VectorIndex:
     """The index of a knowledge source, read from the cache when the same files were indexed the
-    same way before, else built (chunked, embedded) and cached."""
-    key = index_key(knowledge_sha256(knowledge), embedder.name, chunk_words, overlap_words)
+    same way before, else built (read, chunked, embedded) and cached."""
+    key = index_key(knowledge_sha256(knowledge), embedder.name, chunk_words, overlap_words, unreadable_documents)
     folder = cache_dir() / "indexes" / key
     if (folder / "passages.json").exists():
         try:
@@ -73,7 +77,7 @@ def load_or_build_index(knowledge: str | Path, embedder: Embedder, chunk_words: 
             return index
         except (OSError, ValueError) as exc:
             log(f"retrieval: rebuilding the cached index ({exc})")
-    passages = chunk_texts(read_knowledge(knowledge), chunk_words, overlap_words)
+    passages = chunk_texts(read_knowledge(knowledge, unreadable_documents, log), chunk_words, overlap_words)
     log(f"retrieval: embedding {len(passages)} passages of {knowledge}")
     index = VectorIndex(passages, embedder.encode([p.text for p in passages]))
     index.save(folder)
