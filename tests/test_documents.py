@@ -1,5 +1,6 @@
 """Documents as people have them: PDF, DOCX and HTML read by page or section into knowledge passages,
-training chunks and the data check; unreadable files named and nothing of them used.
+training chunks and the data check; unreadable files named and nothing of them used; BM25, rank
+fusion and recall@k.
 
 Fixtures are written here: python-docx writes the DOCX, fpdf2 (a test-only dependency) the PDFs
 with a text layer and the image-only one, pypdf encrypts one, and the corrupt one is a PDF cut short.
@@ -16,7 +17,13 @@ from tunesmith.data.check import check_files
 from tunesmith.data.documents import UNREADABLE_KIND, extract_document
 from tunesmith.data.knowledge import read_knowledge
 from tunesmith.data.render import encode_document
-from tunesmith.retrieval import chunk_texts
+from tunesmith.retrieval import (
+    RetrievalSettings,
+    Retriever,
+    chunk_texts,
+    fuse_rankings,
+    recall_at_k,
+)
 
 PAGES = [
     "Building permits. A bygglov from the municipality is needed for new houses and extensions.",
@@ -125,6 +132,9 @@ def test_pdf_docx_and_html_round_trip_into_passages_with_their_sources(library):
     passages = chunk_texts(texts, size=8, overlap=2)  # long sections are cut: each piece keeps its source
     assert {p.source.rpartition("#")[0] or p.source for p in passages} == {t.source for t in texts}
     assert any(p.source.endswith("manual.pdf:p3#1") for p in passages)
+    retriever = Retriever.load(library, RetrievalSettings(retriever="bm25", top_k=1))
+    (hit,), = retriever.retrieve(["How much of the labour does the ROT deduction cover?"])
+    assert hit.source == f"{library / 'manual.pdf'}:p3" and "30 percent" in hit.text
 
 
 @pytest.mark.parametrize("name, message", [
@@ -138,10 +148,14 @@ def test_an_unreadable_pdf_is_named_and_nothing_of_it_is_indexed(broken, name, m
         read_knowledge(pdf.parent)
     assert [i.file for i in refused.value.issues] == [str(pdf)] and message in str(refused.value)
     assert refused.value.issues[0].kind == UNREADABLE_KIND
+    with pytest.raises(DataError, match=message):
+        Retriever.load(pdf.parent, RetrievalSettings(retriever="bm25"))
     logged: list[str] = []
     texts = read_knowledge(pdf.parent, "skip", logged.append)
     assert [Path(t.source).name for t in texts] == ["good.txt:1"]
     assert len(logged) == 1 and str(pdf) in logged[0] and message in logged[0]
+    retriever = Retriever.load(pdf.parent, RetrievalSettings(retriever="bm25", unreadable_documents="skip"))
+    assert [Path(p.source).name for p in retriever.passages] == ["good.txt:1"]
 
 
 def test_an_owner_password_alone_does_not_stop_reading(tmp_path):
@@ -203,3 +217,27 @@ def test_data_check_reports_pages_characters_and_empty_pages(library, broken, ti
 def test_training_refuses_a_folder_with_an_unreadable_document(broken, tiny_tokenizer):
     with pytest.raises(DataError, match="has no text layer"):
         prepare_data(str(broken["scanned"].parent), None, tiny_tokenizer, 16, 0.3, seed=0)
+
+
+def test_recall_at_k_on_known_answers():
+    relevant = [[True, False, False], [False, False, True], [False, False, False], [False, True]]
+    assert recall_at_k(relevant, (1, 2, 3)) == {1: 0.25, 2: 0.5, 3: 0.75}
+    assert recall_at_k([], (1,)) == {1: 0.0}
+
+
+def test_reciprocal_rank_fusion_prefers_agreement():
+    # With rrf_k = 1: passage 2 scores 1/(1+3) + 1/(1+1) = 0.75, passage 5 1/3 + 1/3 = 0.67, and
+    # passage 0, first in one ranking but absent from the other, 1/2 = 0.5.
+    assert fuse_rankings([[0, 5, 2], [2, 5]], rrf_k=1) == [2, 5, 0]
+    assert fuse_rankings([[3, 1], []], rrf_k=60) == [3, 1]  # a ranking with no matches changes nothing
+
+
+def test_retrievers_find_the_jargon_passage(library, embedder):
+    question = "Do I need a bygglov for an extension?"
+    found = {}
+    for kind in ("dense", "bm25", "hybrid"):
+        retriever = Retriever.load(library, RetrievalSettings(retriever=kind, top_k=2), embedder=embedder)
+        assert (retriever.index is None) == (kind == "bm25") and (retriever.lexical is None) == (kind == "dense")
+        found[kind] = [Path(p.source).name for p in retriever.retrieve([question])[0]]
+    assert "guide.docx:§Permits when" in found["bm25"] and "guide.docx:§Permits when" in found["hybrid"]
+    assert all(len(hits) == 2 for hits in found.values())

@@ -32,9 +32,13 @@ class VectorIndex:
     vectors: np.ndarray
     """(n, d) float32, one unit vector per passage."""
 
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """(q, n) cosine similarities of the (q, d) unit query vectors with every passage."""
+        return queries @ self.vectors.T  # unit vectors: the dot product is the cosine
+
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
         """For each (d,) unit query vector of `queries` (q, d): the k best (passage index, cosine), best first."""
-        scores = queries @ self.vectors.T  # (q, n) cosine similarities, as all vectors are unit length
+        scores = self.scores(queries)  # (q, n)
         k = min(k, scores.shape[1])
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (q, k)
         return [[(int(j), float(scores[i, j])) for j in row] for i, row in enumerate(top)]

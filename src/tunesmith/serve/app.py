@@ -28,7 +28,7 @@ from ..data.render import encode_prompt, encode_text, with_system_prompt
 from ..inference.batching import BatchDecoder, EngineDecoder
 from ..inference.engines import DEFAULT_ENGINE
 from ..inference.streaming import Completion
-from ..settings import Sampling, ServeLimits
+from ..settings import RetrievalSettings, Sampling, ServeLimits
 from .protocol import (
     GenerationRequest,
     RequestError,
@@ -368,10 +368,12 @@ EXCEPTION_HANDLERS = {RequestError: _request_error, HTTPException: _http_error, 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           limits: ServeLimits = ServeLimits(), allowed_hosts: Iterable[str] = (), model_id: str | None = None,
-          knowledge: str | Path | None = None, engine: str = DEFAULT_ENGINE) -> None:
+          knowledge: str | Path | None = None, engine: str = DEFAULT_ENGINE,
+          retrieval: RetrievalSettings = RetrievalSettings()) -> None:
     """Load RUN and serve it until SIGTERM/SIGINT (uvicorn lets running requests finish, up to a grace);
-    with `knowledge`, chat completions answer with passages retrieved from it. Another `engine` than
-    transformers decodes the tuned model alone (the base is served by transformers only)."""
+    with `knowledge`, chat completions answer with passages retrieved from it as `retrieval` says.
+    Another `engine` than transformers decodes the tuned model alone (the base is served by
+    transformers only)."""
     import uvicorn
 
     from ..generate import base_model_id, base_of, load_run, run_system_prompt
@@ -383,7 +385,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     if knowledge is not None:
         from ..retrieval import Retriever
 
-        retriever = Retriever.load(knowledge, log=log.info)
+        retriever = Retriever.load(knowledge, retrieval, log=log.info)
     name = model_id or Path(run).resolve().name
     hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts]
     decoding = None
