@@ -82,9 +82,10 @@ class RetrievalSettings:
     retriever: RetrieverKind = "dense"
     """How passages are found: `dense` (MiniLM embeddings, cosine), `bm25` (words in common, weighted
     by rarity) or `hybrid` (both rankings fused by reciprocal rank). Dense is the default because it
-    found the most answers on the FAQ, jargon questions included: recall@1/3/5 0.56/0.74/0.81 against
-    bm25's 0.36/0.57/0.64 and hybrid's 0.52/0.68/0.73 (bench/bench_retrieval.py, docs/compare.md):
-    its answers rarely repeat the question's words. Documents that do (manuals, rules) may favour bm25."""
+    found the most answers on the FAQ: recall@1/3/5 0.56/0.74/0.81 against hybrid's 0.52/0.68/0.73
+    and bm25's 0.36/0.57/0.64 (docs/compare.md); on the questions with jargon (bygglov, ROT, BBR)
+    hybrid is level at k = 1 and behind at 3 and 5. FAQ answers share under half of their question's
+    words, which is what BM25 scores; documents that share more (manuals, rules) may favour hybrid."""
     rrf_k: int = 60
     """Reciprocal rank fusion's constant: a passage scores the sum of 1 / (rrf_k + rank) over the
     rankings it is in, so a passage near the top of both beats one at the top of one. 60 is Cormack,
