@@ -106,14 +106,20 @@ def library(tmp_path) -> Path:
 
 @pytest.fixture
 def broken(tmp_path) -> dict[str, Path]:
-    """A corrupt, an encrypted and an image-only PDF, each in its own folder beside a good text file."""
+    """A PDF cut short, one damaged inside, an encrypted and an image-only one, each in its own folder
+    beside a good text file."""
     made = {}
-    for name in ("corrupt", "encrypted", "scanned"):
+    for name in ("corrupt", "damaged", "encrypted", "scanned"):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "good.txt").write_text("Roof tiles last thirty to forty years.", encoding="utf-8")
         made[name] = folder / f"{name}.pdf"
-    made["corrupt"].write_bytes(write_pdf(tmp_path / "whole.pdf", PAGES).read_bytes()[:400])  # cut short
+    whole = write_pdf(tmp_path / "whole.pdf", PAGES).read_bytes()
+    made["corrupt"].write_bytes(whole[:400])  # cut short
+    damaged = bytearray(whole)
+    at = whole.index(b"endstream") + len(b"endstream")  # after the first page's text: the second page's object
+    damaged[at + 10 : at + 60] = b"x" * 50  # overwritten in place: header and end marker intact
+    made["damaged"].write_bytes(bytes(damaged))
     write_encrypted_pdf(made["encrypted"], tmp_path)
     write_scanned_pdf(made["scanned"], tmp_path)
     return made
@@ -139,6 +145,7 @@ def test_pdf_docx_and_html_round_trip_into_passages_with_their_sources(library):
 
 @pytest.mark.parametrize("name, message", [
     ("corrupt", "is not a whole PDF"),
+    ("damaged", "is damaged: pypdf could not read all of it"),
     ("encrypted", "is encrypted with a password"),
     ("scanned", "has no text layer"),
 ])

@@ -8,11 +8,13 @@ returned. Whether a caller skips such a file instead of refusing is its `unreada
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from .issues import DataError, DataIssue
 
@@ -27,6 +29,10 @@ MAX_LABEL_CHARS = 60
 """A section's heading is cut to this many characters in its label: enough to recognise it."""
 PART_SEPARATOR = "\n\n"
 """Between the pages or sections of a document's whole text."""
+# pypdf's notes when it had to leave part of a file out: an object it could not find or parse, a
+# stream it could not inflate. ("Ignoring wrong pointing object" and "... invalid but object found"
+# alone are offsets it repaired: the text is all there.)
+_PDF_LOSS = re.compile(r"not defined|PdfReadError|decompress|Invalid|Cannot find")
 _HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
 _HTML_SKIPPED = ("script", "style", "noscript", "template", "head", "svg")
 # Elements that end a line of text; inline ones (<b>, <a>, <span>) run on within it.
@@ -102,22 +108,29 @@ def unreadable(path: Path, message: str) -> DataError:
 
 def _extract_pdf(path: Path) -> ExtractedDocument:
     import pypdf
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import DependencyError
 
     raw = path.read_bytes()
     # pypdf rebuilds a damaged file where it can; a missing end marker means the file was cut
-    # short, and what it would rebuild is part of a document.
-    if not raw.lstrip().startswith(b"%PDF-") or b"%%EOF" not in raw[-2048:]:
+    # short, and what it would rebuild is part of a document. (Readers accept a header within the
+    # first 1,024 bytes; 8 KiB after the last end marker is more than any writer leaves.)
+    if b"%PDF-" not in raw[:1024] or b"%%EOF" not in raw[-8192:]:
         raise unreadable(path, "is not a whole PDF (no PDF header or end marker: corrupt or cut short)")
-    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its repair notes would read as our errors
     try:
-        reader = pypdf.PdfReader(path, strict=False)
-        locked = reader.is_encrypted and not reader.decrypt("")  # an owner password alone still lets anyone read
-        texts = [] if locked else [(page.extract_text() or "").strip() for page in reader.pages]
-    except (PdfReadError, ValueError, KeyError, TypeError, AttributeError, IndexError, OSError) as exc:
-        # pypdf's DependencyError (AES without the cryptography package) is a PdfReadError too.
+        with _pypdf_notes() as notes:
+            reader = pypdf.PdfReader(path, strict=False)
+            locked = reader.is_encrypted and not reader.decrypt("")  # an owner password alone still lets anyone read
+            texts = [] if locked else [(page.extract_text() or "").strip() for page in reader.pages]
+    except DependencyError as exc:  # AES encryption without the `cryptography` package
+        raise unreadable(path, f"could not be decrypted ({exc}) — pip install cryptography, or save a copy "
+                         "without encryption and pass that") from None
+    except Exception as exc:  # noqa: BLE001 — a damaged file fails in pypdf in many ways; each means "unreadable"
         raise unreadable(path, f"could not be read ({type(exc).__name__}: {exc}) — the file is corrupt or uses "
                          "a feature pypdf cannot read; re-save it as PDF and try again") from None
+    lost = [note for note in notes if _PDF_LOSS.search(note)]
+    if lost:
+        raise unreadable(path, f"is damaged: pypdf could not read all of it ({lost[0][:80]}) — re-save it as PDF "
+                         "(or print it to PDF) and pass that")
     if locked:
         raise unreadable(path, "is encrypted with a password — save a copy without the password (or print it to "
                          "PDF) and pass that")
@@ -127,6 +140,24 @@ def _extract_pdf(path: Path) -> ExtractedDocument:
                          "— run OCR on it (e.g. `ocrmypdf in.pdf out.pdf`) and pass the result")
     parts = tuple(DocumentPart(f"p{i}", text) for i, text in enumerate(texts, start=1) if text)
     return ExtractedDocument("pdf", parts, len(texts), empty)
+
+
+@contextlib.contextmanager
+def _pypdf_notes() -> Iterator[list[str]]:
+    """The warnings pypdf logs meanwhile (its repairs of a damaged file), kept from the console."""
+    notes: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: notes.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("pypdf")
+    propagate, level = logger.propagate, logger.level
+    logger.propagate = False
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield notes
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate, logger.level = propagate, level
 
 
 def _extract_docx(path: Path) -> ExtractedDocument:
