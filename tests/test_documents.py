@@ -248,3 +248,13 @@ def test_retrievers_find_the_jargon_passage(library, embedder):
         found[kind] = [Path(p.source).name for p in retriever.retrieve([question])[0]]
     assert "guide.docx:§Permits when" in found["bm25"] and "guide.docx:§Permits when" in found["hybrid"]
     assert all(len(hits) == 2 for hits in found.values())
+
+
+def test_bm25_passages_are_cached_until_a_file_changes(library, monkeypatch):
+    settings = RetrievalSettings(retriever="bm25")
+    first = Retriever.load(library, settings)
+    with monkeypatch.context() as patched:
+        patched.setattr("tunesmith.data.records.extract_document", lambda path: pytest.fail(f"{path} read again"))
+        assert Retriever.load(library, settings).passages == first.passages
+    (library / "rules.html").write_text(HTML.replace("BBR", "Boverket's rules"), encoding="utf-8")
+    assert any("Boverket" in p.text for p in Retriever.load(library, settings).passages)

@@ -8,10 +8,9 @@ from typing import Any, Callable, Sequence
 
 from ..data.render import encode_prompt, encode_text
 from ..settings import RetrievalSettings
-from ..data.knowledge import read_knowledge
-from .chunking import Passage, chunk_texts
+from .chunking import Passage
 from .embed import Embedder
-from .index import VectorIndex, load_or_build_index
+from .index import VectorIndex, load_or_build_index, load_or_read_passages
 from .lexical import LexicalIndex, fuse_rankings, rankings
 
 CONTEXT_HEADER = "Answer the question. These passages may help:"
@@ -69,12 +68,12 @@ class Retriever:
     @classmethod
     def load(cls, knowledge: str | Path, settings: RetrievalSettings = RetrievalSettings(),
              log: Callable[[str], None] = lambda m: None, embedder: Embedder | None = None) -> Retriever:
-        """The retriever of a knowledge source; the vector index from the cache where it was built
-        before, the embedding model loaded only when the retriever uses it."""
+        """The retriever of a knowledge source; its passages (and vectors) from the cache where the
+        same files were read before, the embedding model loaded only when the retriever uses it."""
         index = None
         if settings.retriever == "bm25":
-            passages = chunk_texts(read_knowledge(knowledge, settings.unreadable_documents, log), settings.chunk_words,
-                                   settings.overlap_words)
+            passages = load_or_read_passages(knowledge, settings.chunk_words, settings.overlap_words, log,
+                                             unreadable_documents=settings.unreadable_documents)
         else:
             embedder = embedder or Embedder.load()
             index = load_or_build_index(knowledge, embedder, settings.chunk_words, settings.overlap_words, log,

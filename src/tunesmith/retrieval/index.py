@@ -63,7 +63,8 @@ def index_key(source_sha256: str, embedder_name: str, chunk_words: int, overlap_
               unreadable_documents: str = "refuse") -> str:
     """Cache key of an index: what it was built from and how (an index built skipping unreadable
     documents must not answer for a source that refuses them)."""
-    text = f"v{INDEX_VERSION}|{source_sha256}|{embedder_name}|{chunk_words}|{overlap_words}|{unreadable_documents}"
+    skipping = "" if unreadable_documents == "refuse" else f"|{unreadable_documents}"  # refuse: the keys of before
+    text = f"v{INDEX_VERSION}|{source_sha256}|{embedder_name}|{chunk_words}|{overlap_words}{skipping}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -86,3 +87,22 @@ def load_or_build_index(knowledge: str | Path, embedder: Embedder, chunk_words: 
     index = VectorIndex(passages, embedder.encode([p.text for p in passages]))
     index.save(folder)
     return index
+
+
+def load_or_read_passages(knowledge: str | Path, chunk_words: int, overlap_words: int,
+                          log: Callable[[str], None] = lambda m: None, *,
+                          unreadable_documents: UnreadablePolicy = "refuse") -> list[Passage]:
+    """The passages of a knowledge source without embeddings (bm25), cached like an index so that
+    PDFs are not read again at every start."""
+    key = index_key(knowledge_sha256(knowledge), "no embedder", chunk_words, overlap_words, unreadable_documents)
+    path = cache_dir() / "indexes" / key / "passages.json"
+    if path.exists():
+        try:
+            passages = [Passage(**p) for p in json.loads(path.read_text(encoding="utf-8"))]
+            log(f"retrieval: {len(passages)} passages from the cache {path.parent}")
+            return passages
+        except (OSError, ValueError, TypeError) as exc:
+            log(f"retrieval: reading the source again ({exc})")
+    passages = chunk_texts(read_knowledge(knowledge, unreadable_documents, log), chunk_words, overlap_words)
+    write_atomic(path, json.dumps([asdict(p) for p in passages], ensure_ascii=False))
+    return passages
