@@ -15,15 +15,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..settings import UnreadablePolicy
 from .columns import ColumnMap, check_columns, mapping_hint
-from .documents import (
-    DOCUMENT_SUFFIXES,
-    UNREADABLE_KIND,
-    ExtractedDocument,
-    extract_document,
-    is_document,
-)
+from .documents import DOCUMENT_SUFFIXES, ExtractedDocument, extract_document, is_document
 from .formats import PREFERENCE_FORMATS, detect_format
 from .issues import DataError, DataIssue
 from .limits import CheckLimits
@@ -153,28 +146,25 @@ class ReadResult:
 
 
 def read_records(path: str | Path, limits: CheckLimits | None = None, *, columns: ColumnMap | None = None,
-                 system_prompt: str | None = None, unreadable_documents: UnreadablePolicy = "refuse") -> list[Record]:
+                 system_prompt: str | None = None) -> list[Record]:
     """All records of a data file (.jsonl, .json array, .csv, .txt, .md, .pdf, .docx, .html) or a folder
-    of them, or a DataError naming every bad row; `columns` renames the file's columns to our fields,
-    `system_prompt` becomes the system turn of every conversation that has none, and a document that
-    cannot be read whole is an error, or with `unreadable_documents="skip"` a note and left out."""
-    return read_data(path, limits, columns=columns, system_prompt=system_prompt,
-                     unreadable_documents=unreadable_documents).records
+    of them, or a DataError naming every bad row and every document that cannot be read whole;
+    `columns` renames the file's columns to our fields, and `system_prompt` becomes the system turn
+    of every conversation that has none."""
+    return read_data(path, limits, columns=columns, system_prompt=system_prompt).records
 
 
 def read_data(path: str | Path, limits: CheckLimits | None = None, *, columns: ColumnMap | None = None,
-              system_prompt: str | None = None, unreadable_documents: UnreadablePolicy = "refuse") -> ReadResult:
-    """`read_records`, with the notes about the input as a whole (skipped documents among them)."""
+              system_prompt: str | None = None) -> ReadResult:
+    """`read_records`, with the notes about the input as a whole."""
     path = resolve_data_path(path)
     check_readable(path)
     issues: list[DataIssue] = []
     notes: list[DataIssue] = []
     records = [record for _, record in iter_source(path, limits or CheckLimits(), issues, notes,
-                                                   columns=check_columns(columns or {}),
-                                                   unreadable_documents=unreadable_documents)]
-    if not records and not issues:  # every document skipped is still nothing to read
-        issues.extend([n for n in notes if n.kind == UNREADABLE_KIND]
-                      or [DataIssue(str(path), 1, "(file)", "has no rows — add one JSON object per line")])
+                                                   columns=check_columns(columns or {}))]
+    if not records and not issues:
+        issues.append(DataIssue(str(path), 1, "(file)", "has no rows — add one JSON object per line"))
     if issues:
         raise DataError(issues)
     return ReadResult([with_system_prompt(r, system_prompt) for r in records], notes)
@@ -239,13 +229,12 @@ def read_document_file(path: Path) -> list[Record]:
 
 
 def iter_source(path: Path, limits: CheckLimits, issues: list[DataIssue], notes: list[DataIssue], *,
-                columns: ColumnMap | None = None,
-                unreadable_documents: UnreadablePolicy = "refuse") -> Iterator[tuple[str, Record]]:
+                columns: ColumnMap | None = None) -> Iterator[tuple[str, Record]]:
     """(format, record) for every good record of a data file or of every file in a folder, streamed;
-    bad rows go to `issues`, remarks about the input as a whole to `notes`; a document that cannot be
-    read whole goes to `issues`, or to `notes` when `unreadable_documents` is "skip"."""
+    bad rows and documents that cannot be read whole go to `issues`, remarks about the input as a
+    whole to `notes`."""
     if not path.is_dir():
-        yield from _iter_file(path, limits, issues, notes, columns, unreadable_documents)
+        yield from _iter_file(path, limits, issues, notes, columns)
         return
     found = data_files(path)
     skipped = found.other[:5] + ([f"+{len(found.other) - 5} more"] if len(found.other) > 5 else [])
@@ -255,23 +244,14 @@ def iter_source(path: Path, limits: CheckLimits, issues: list[DataIssue], notes:
         notes.append(DataIssue(str(path), 0, "(folder)", f"skipped {' and '.join(what)} file(s) — tunesmith reads "
                                ".txt, .md, .pdf, .docx, .html, .jsonl, .json and .csv", "skipped files"))
     for file in found.files:
-        yield from _iter_file(file, limits, issues, notes, columns, unreadable_documents)
+        yield from _iter_file(file, limits, issues, notes, columns)
 
 
 def _iter_file(path: Path, limits: CheckLimits, issues: list[DataIssue], notes: list[DataIssue],
-               columns: ColumnMap | None, unreadable_documents: UnreadablePolicy) -> Iterator[tuple[str, Record]]:
-    if is_document(path):
+               columns: ColumnMap | None) -> Iterator[tuple[str, Record]]:
+    if is_document(path) or path.suffix.lower() in TEXT_SUFFIXES:
         try:
-            yield from (("text", r) for r in read_document_file(path))
-        except DataError as exc:
-            if unreadable_documents == "skip":
-                notes.extend(replace(i, message=f"{i.message} (skipped)") for i in exc.issues)
-            else:
-                issues.extend(exc.issues)
-        return
-    if path.suffix.lower() in TEXT_SUFFIXES:
-        try:
-            yield from (("text", r) for r in read_text_file(path))
+            yield from (("text", r) for r in (read_document_file if is_document(path) else read_text_file)(path))
         except DataError as exc:
             issues.extend(exc.issues)
         return
