@@ -15,11 +15,13 @@ from rich.markup import escape
 
 from .cli_options import (
     COLUMNS_HELP,
+    KNOWLEDGE_HELP,
     SYSTEM_PROMPT_HELP,
     columns_flag,
     engine_option,
     repetition_options,
     report_to_flag,
+    retrieval_options,
     run_options,
 )
 
@@ -257,7 +259,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
 
     from .data import data_options, resolve_data_path
     from .data.limits import CheckLimits
-    from .data.preview import render_preview
+    from .data.preview import render_preview, split_lines
     from .model.tokenizer import load_tokenizer
 
     try:
@@ -282,11 +284,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
         if len(issues) > limits.max_issues_shown:
             out.print(f"[{color}]... and {len(issues) - limits.max_issues_shown} more {title}(s)[/] (all with --json)")
     for name, split in report.stats["splits"].items():
-        tokens = split["tokens"]
-        out.print(f"[bold]{name}[/] {escape(split['file'])}: {split['rows']} rows ({split['format']}), tokens "
-                  f"min {tokens['min']} / median {tokens['median']} / p95 {tokens['p95']} / max {tokens['max']}, "
-                  f"{split['trained_tokens']:,} trained; {split['over_max_seq_tokens']} over max_seq_tokens="
-                  f"{config.max_seq_tokens}; end-of-turn trained in {split['end_of_turn_trained']}")
+        out.print("\n".join(split_lines(name, split, config.max_seq_tokens)))
     for i, example in enumerate(report.previews):
         out.rule(f"{escape(example.source)} — trained tokens highlighted")
         out.print(render_preview(example, tokenizer, config.max_seq_tokens, color=out.is_terminal))
@@ -307,10 +305,12 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
               help="Nucleus sampling mass (temperature > 0).")
 @click.option("--seed", type=int, help="Seed for sampled answers.")
 @repetition_options
-@click.option("--knowledge", help="Answer with passages retrieved from this folder or .txt/.md/.jsonl file.")
+@click.option("--knowledge", help=f"Answer with passages retrieved from this {KNOWLEDGE_HELP}.")
+@retrieval_options
 @engine_option
 def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
-                 repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None, engine: str) -> None:
+                 repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None, engine: str,
+                 retrieval: RetrievalSettings) -> None:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
     from .chat import chat_loop, engine_decoder
     from .generate import base_of, load_run, run_system_prompt
@@ -321,7 +321,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
     if knowledge is not None:
         from .retrieval import Retriever
 
-        retriever = Retriever.load(knowledge, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+        retriever = Retriever.load(knowledge, retrieval, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
         budget = retriever.prompt_budget(model, max_new_tokens)
         augment = lambda messages: retriever.augment(messages, tokenizer, budget)  # noqa: E731
 
@@ -365,43 +365,44 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
               help=f"Largest max_tokens a request may ask for (default {ServeLimits.max_tokens}).")
 @click.option("--max-queued", type=int,
               help=f"Requests that may wait for the model before 429 (default {ServeLimits.max_queued}).")
-@click.option("--knowledge", help="Chat answers use passages retrieved from this folder or .txt/.md/.jsonl file.")
+@click.option("--knowledge", help=f"Chat answers use passages retrieved from this {KNOWLEDGE_HELP}.")
+@retrieval_options
 @engine_option
 def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...], model_name: str | None,
-                  max_tokens: int | None, max_queued: int | None, knowledge: str | None, engine: str) -> None:
+                  max_tokens: int | None, max_queued: int | None, knowledge: str | None, engine: str,
+                  retrieval: RetrievalSettings) -> None:
     """Serve RUN over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from .serve.app import serve
 
     overrides = {k: v for k, v in (("max_tokens", max_tokens), ("max_queued", max_queued)) if v is not None}
     if max_tokens is not None:
         overrides["default_max_tokens"] = min(ServeLimits.default_max_tokens, max_tokens)
-    serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge, engine)
+    serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge, engine, retrieval)
 
 
 @main.command("compare")
 @click.option("--run", "run", required=True, type=click.Path(exists=True, file_okay=False), help="A finished run.")
-@click.option("--knowledge", required=True, help="Folder or .txt/.md/.jsonl file to retrieve from; a training-format "
-                                                 "file gives its answers (pkg:PACKAGE/path for packaged data).")
+@click.option("--knowledge", required=True, help=f"The {KNOWLEDGE_HELP} to retrieve from; a training-format file "
+                                                 "gives its answers (pkg:PACKAGE/path for packaged data).")
 @click.option("--eval", "eval_data", help="Held-out questions (default: the run's own validation split).")
 @click.option("--limit", type=click.IntRange(min=1), default=CompareSettings.limit, show_default=True,
               help="Held-out questions answered.")
 @click.option("--seen", type=click.IntRange(min=0), default=CompareSettings.seen, show_default=True,
               help="Training questions answered (the 'facts seen in training' split).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=CompareSettings.max_new_tokens, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=RetrievalSettings.top_k, show_default=True,
-              help="Passages retrieved per question.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=CompareSettings.batch_size, show_default=True,
               help="Prompts decoded together (1: one unpadded prompt at a time).")
 @click.option("--no-cache", is_flag=True, help="Recompute the base model's answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print compare.json to stdout instead of the tables.")
+@retrieval_options
 @engine_option
 def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
-                    top_k: int, batch_size: int, no_cache: bool, as_json: bool, engine: str) -> None:
+                    batch_size: int, no_cache: bool, as_json: bool, engine: str, retrieval: RetrievalSettings) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
     from .compare import compare_run, format_table
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               retrieval=RetrievalSettings(top_k=top_k))
+                               retrieval=retrieval)
     result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
                          use_cache=not no_cache, engine=engine)
     if _print_json(result, as_json):
