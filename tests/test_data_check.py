@@ -276,7 +276,7 @@ def test_a_50_mb_line_is_rejected_fast_in_bounded_memory(tiny_tokenizer, tmp_pat
     assert "52,428,812+ bytes" in report.errors[0].message
     assert report.stats["splits"]["train"]["rows"] == 1  # the row after it is still read
     assert peak < 4 * (1 << 20), f"peak {peak:,} bytes"  # a 50 MB line, at most ~2 MiB held
-    assert elapsed < 5.0
+    assert elapsed < 30.0  # about a second on a quiet machine; a scan that restarts per chunk takes minutes
 
 
 def test_usage_errors_exit_2(tiny_model_dir, tmp_path):

@@ -368,7 +368,8 @@ def test_python_grader_failures_are_reported_per_sample(listening_port: int) -> 
     started = time.monotonic()
     results = grade_rows(parse_grader({"type": "python", "source": MISBEHAVING}), rows,
                          limits=GraderLimits(python_timeout_s=1.5, python_memory_bytes=256 << 20))
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 60  # the loop is stopped at its limit, not waited out (a busy machine
+    # spawns eleven children slowly: this bounds hanging, not speed)
     by_kind = dict(zip(kinds, results))
     assert [r.reward for k, r in zip(kinds, results) if k == "ok"] == [0.5] * 4  # the others still graded
     assert all(not r.errors for k, r in zip(kinds, results) if k == "ok")
@@ -390,10 +391,10 @@ def test_python_grader_failures_are_reported_per_sample(listening_port: int) -> 
 def test_python_grader_source_that_fails_to_load_fails_every_sample(top_level: str, error: str) -> None:
     spec = {"type": "python", "source": top_level + "\n\ndef grade(sample, item):\n    return 1.0"}
     started = time.monotonic()
-    results = grade_rows(parse_grader(spec), [(make_sample("a"), {}), (make_sample("b"), {})],
+    results = grade_rows(parse_grader(spec), [(make_sample(name), {}) for name in "abcdef"],
                          limits=GraderLimits(python_timeout_s=1.0))
-    assert all(r.reward == 0.0 and error in r.errors[0] for r in results), results
-    assert time.monotonic() - started < 1.9  # loaded (or timed out) once, not once per sample
+    assert len(results) == 6 and all(r.reward == 0.0 and error in r.errors[0] for r in results), results
+    assert time.monotonic() - started < 4.5  # loaded (or timed out) once, not once per sample (>= 6 s)
 
 
 # --- score_model against a fake OpenAI-compatible judge ---------------------------------------
@@ -481,7 +482,7 @@ def test_score_model_rows_are_judged_concurrently_in_order(judge_url: str) -> No
     results = grade_rows(grader, [(make_sample(a), {"reference_answer": 1}) for a in answers], judge=Judge(judge_url),
                          limits=GraderLimits(judge_concurrency=4))
     assert [r.reward for r in results] == [i / 10 for i in range(1, 9)]
-    assert time.monotonic() - started < 8 * 0.4 / 2  # 8 answers of 0.4 s each, 4 at a time: ~0.8 s
+    assert time.monotonic() - started < 8 * 0.4 * 0.75  # 8 answers of 0.4 s each: 3.2 s one at a time, ~0.8 s 4 at a time
 
 
 def test_a_busy_judge_is_asked_again(judge_url: str) -> None:
