@@ -19,9 +19,10 @@ that others own and that take appended text only (server.md, ui.md) have their s
 OWNED_ELSEWHERE instead, with the same reasons.
 
 The work folder stands in for the user's: the names a block uses exist there, tiny.
-SUBSTITUTIONS rewrite the real model and the bundled FAQ to the tiny model and a ten-row FAQ;
+`substitute` rewrites the real model and the bundled FAQ to the tiny model and a ten-row FAQ;
 examples/faq-demo.yaml and compare-demo.yaml are tiny configs of the same names
-(the tiny model, that FAQ, forgetting probes off where the real ones measure them during training);
+(the tiny model, that FAQ, no forgetting probes during training and no KL-to-base term: on the
+tiny model they would take most of the time and prove nothing a page shows);
 shell blocks find runs/faq-demo, a finished run of the tiny model, where `make demo` leaves it
 (Python blocks train their own).
 """
@@ -106,6 +107,29 @@ def test_every_block_has_a_known_kind():
     assert not unknown, f"add the info string to the test's kinds, or use one it knows: {unknown}"
 
 
+def anchors(path: Path) -> set[str]:
+    """The heading anchors GitHub makes for a page: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)  # no `# comments` of blocks
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_links_lead_somewhere(page):
+    """Every relative link of a page names a file that exists, and a heading of it when it has #anchor."""
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        file, _, anchor = target.partition("#")
+        linked = (page.parent / file).resolve() if file else page
+        if not linked.exists():
+            broken.append(target)
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+            broken.append(target)
+    assert not broken, f"{page.name}: links that lead nowhere: {broken}"
+
+
 # --- the work folder -----------------------------------------------------------------------------
 
 TICKETS = [  # what docs/data.md's transcript shows: line 2 empty, 3 a duplicate of 1, 4 an e-mail, 5 a bad role
@@ -135,7 +159,7 @@ def work_template(tiny_model_dir, tmp_path_factory) -> Path:
                                          for r in faq_rows("instruction")])
     examples = folder / "examples"
     examples.mkdir()
-    no_probes = {"forgetting": {"measure_during_training": False}}
+    no_probes = {"forgetting": {"measure_during_training": False, "kl_weight": 0.0}}  # what the probes and the KL term cost
     (examples / "faq-demo.yaml").write_text(tiny_config(tiny_model_dir, "runs/faq-demo", **no_probes))
     (examples / "compare-demo.yaml").write_text(
         tiny_config(tiny_model_dir, "runs/compare-demo", val_fraction=0.2, max_steps=4, **no_probes))
