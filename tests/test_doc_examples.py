@@ -9,26 +9,27 @@ What a block is, by its fence's info string:
   the next line, and every `error:` / `warning:` line shown must start a line of the real output.
 - `yaml`: parsed; then, as a tunesmith config, through `tunesmith.load_config` (a fragment without
   `data` gets one added, so its keys and values are checked all the same).
-- `json`: parsed, after the abridged parts (`{...}`, `[...]`, a bare `...`) are read as empty.
+- `json`: parsed, after the abridged parts (`{...}`, `[...]`, `, ...` before a closing bracket)
+  are read as empty.
 - `text` (output, folder trees, a command's synopsis), `nginx`: not code; nothing to run.
 
 A block that cannot run here has `<!-- doc-test: skip (REASON) -->` on the line right before its
 fence (a GPU, the real model for minutes, a server that runs until stopped, a program not
-installed). A skipped block is still parsed: Python compiled, YAML and JSON loaded. The pages
-that others own and that take appended text only (server.md, ui.md) have their skips in
-OWNED_ELSEWHERE instead, with the same reasons.
+installed). A skipped block is still read: Python compiled and its imports run, YAML and JSON
+loaded. The pages that others own and that take appended text only (server.md, ui.md) have their
+skips in OWNED_ELSEWHERE instead, with the same reasons.
 
 The work folder stands in for the user's: the names a block uses exist there, tiny.
 `substitute` rewrites the real model and the bundled FAQ to the tiny model and a ten-row FAQ;
-examples/faq-demo.yaml and compare-demo.yaml are tiny configs of the same names
-(the tiny model, that FAQ, no forgetting probes during training and no KL-to-base term: on the
-tiny model they would take most of the time and prove nothing a page shows);
-shell blocks find runs/faq-demo, a finished run of the tiny model, where `make demo` leaves it
-(Python blocks train their own).
+examples/faq-demo.yaml and compare-demo.yaml are tiny configs of the same names (the tiny model,
+that FAQ, no forgetting probes during training and no KL-to-base term: on the tiny model they would
+take most of the time and prove nothing a page shows). Shell blocks find runs/faq-demo, a finished
+run of the tiny model, where `make demo` leaves it; Python blocks train their own.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -109,8 +110,8 @@ def test_every_block_has_a_known_kind():
 
 def anchors(path: Path) -> set[str]:
     """The heading anchors GitHub makes for a page: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)  # no `# comments` of blocks
-    headings = re.findall(r"^#+ (.+)$", text, flags=re.M)
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL)  # no `# comments` of blocks
+    headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 
@@ -123,9 +124,7 @@ def test_links_lead_somewhere(page):
             continue
         file, _, anchor = target.partition("#")
         linked = (page.parent / file).resolve() if file else page
-        if not linked.exists():
-            broken.append(target)
-        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in anchors(linked)):
             broken.append(target)
     assert not broken, f"{page.name}: links that lead nowhere: {broken}"
 
@@ -231,7 +230,7 @@ def run_shell(text: str) -> None:
 
 
 def read_json(text: str):
-    """The block's JSON, its abridged parts (`{...}`, `[...]`, a bare `...` value or member) read as empty."""
+    """The block's JSON, its abridged parts (`{...}`, `[...]`, `, ...` before a closing bracket) read as empty."""
     text = text.replace("{...}", "{}").replace("[...]", "[]")
     text = re.sub(r',\s*\.\.\.(?=\s*[}\]])', "", text)  # `, ...}`: further members left out
     return json.loads(text)
@@ -250,8 +249,12 @@ def check_yaml(text: str, work: Path) -> None:
 
 
 def parse_only(block: Block) -> None:
+    """A skipped block is still read: Python compiled and its imports run (a module that moved is
+    caught where the block cannot run), YAML and JSON loaded."""
     if block.lang == "python":
-        compile(block.text, block.id, "exec")
+        tree = ast.parse(block.text, block.id)
+        imports = ast.Module([node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))], [])
+        exec(compile(imports, block.id, "exec"), {})  # noqa: S102 - the page's own imports
     elif block.lang == "yaml":
         yaml.safe_load(block.text)
     elif block.lang == "json":
