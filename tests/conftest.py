@@ -4,6 +4,9 @@ built from a config in a temporary directory (offline, ~1 s)."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +165,31 @@ def embedder():
     from tunesmith.retrieval import Embedder
 
     return Embedder.load()
+
+
+LLAMA_CPP_GREEDY = """
+import json, sys
+import llama_cpp
+path, prompt, n_tokens, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = llama_cpp.Llama(model_path=path, n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+out = []
+for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+    out.append(int(token))
+    if len(out) == n_tokens or token == llm.token_eos():
+        break
+print(json.dumps(out))
+"""
+
+
+def llama_cpp_greedy(path: Path, prompt: list[int], n_tokens: int, threads: int = 1) -> list[int]:
+    """Greedy tokens from llama.cpp itself (llama-cpp-python) on the CPU, in a child process: a build
+    that executes an instruction this CPU lacks dies with SIGILL, which fails the test by name
+    instead of killing pytest."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[llama-cpp]')")
+    done = subprocess.run([sys.executable, "-c", LLAMA_CPP_GREEDY, str(path), json.dumps(prompt), str(n_tokens),
+                           str(threads)], capture_output=True, text=True, timeout=300)
+    if done.returncode < 0:
+        pytest.fail(f"llama.cpp died with {signal.Signals(-done.returncode).name} on {path.name} at {threads} "
+                    f"thread(s): its build does not run on this CPU\n{done.stderr[-2000:]}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import FAQ
 
 from tunesmith import compare as compare_module
 from tunesmith.cli import main
@@ -126,6 +127,10 @@ def test_compare_json_end_to_end(tiny_run, embedder, monkeypatch):
                 assert lo - 1e-9 <= system[metric]["value"] <= hi + 1e-9
     assert result["choice"] in ("both", "rag", "fine-tune", "undecided") and "Recommendation:" in result["recommendation"]
     assert result["retrieval"]["passages"] == 10 and result["retrieval"]["answer_found_rate"] >= 0.5
+    # The held-out question's own answer is among the 10 passages: the retriever must rank it in the top 5.
+    retrieval = result["retrieval"]
+    assert retrieval["retriever"] == RetrievalSettings.retriever and retrieval["recall_questions"] == 1
+    assert set(retrieval["recall_at_k"]) == {"1", "3", "5"} and retrieval["recall_at_k"]["5"] == 1.0
     sample = result["samples"][0]
     assert set(SYSTEMS) <= set(sample) and sample["tuned"] != sample["base"]
     table = format_table(result["systems"])
@@ -187,6 +192,31 @@ def test_serve_with_knowledge_answers_from_retrieved_passages(tuned, retriever):
     augmented = retriever.augment(messages, tokenizer, room)
     assert "The municipality's building committee." in augmented[-1]["content"]
     assert reply.json()["choices"][0]["message"]["content"] == generate(model, tokenizer, augmented, max_new_tokens=8)
+
+
+def test_cli_chat_and_compare_take_a_folder_of_pdfs_and_a_retriever(tiny_run, tmp_path, monkeypatch):
+    from fpdf import FPDF
+
+    monkeypatch.setattr("tunesmith.retrieval.Embedder.load", classmethod(lambda cls: pytest.fail("bm25 needs no model")))
+    pdf = FPDF()
+    pdf.set_font("helvetica", size=12)
+    for _, answer in FAQ:
+        pdf.add_page()
+        pdf.multi_cell(0, 10, answer)
+    (tmp_path / "kb").mkdir()
+    pdf.output(str(tmp_path / "kb" / "faq.pdf"))
+    (tmp_path / "kb" / "broken.pdf").write_bytes(b"%PDF-1.4 cut short")
+    args = ["--knowledge", str(tmp_path / "kb"), "--retriever", "bm25", "--max-new-tokens", "4"]
+    refused = CliRunner().invoke(main, ["chat", str(tiny_run), *args], input="/exit\n")
+    assert refused.exit_code == 1 and "broken.pdf" in refused.output and "is not a whole PDF" in refused.output
+    args += ["--unreadable-documents", "skip"]
+    out = CliRunner().invoke(main, ["chat", str(tiny_run), *args], input="Who decides on permits?\n/exit\n")
+    assert out.exit_code == 0, out.output
+    assert "skipped" in out.output and "broken.pdf" in out.output and "bot> " in out.output
+    out = CliRunner().invoke(main, ["compare", "--run", str(tiny_run), *args, "--limit", "2", "--seen", "0", "--json"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert result["retrieval"]["retriever"] == "bm25" and result["retrieval"]["passages"] == len(FAQ)
 
 
 def test_cli_chat_with_knowledge(tiny_run, embedder, monkeypatch):

@@ -130,7 +130,7 @@ def docs_folder(tmp_path: Path) -> Path:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text, encoding="utf-8")
     (folder / ".notes.txt").write_text("a hidden file", encoding="utf-8")
-    (folder / "scan.pdf").write_bytes(b"%PDF-1.4")
+    (folder / "photo.jpg").write_bytes(b"\xff\xd8\xff")  # not a document: skipped, and counted
     return folder
 
 
@@ -149,7 +149,7 @@ def test_a_folder_of_three_documents_holds_one_out_whole(tmp_path, tiny_tokenize
     lines = [int(e.source.rpartition(":")[2]) for e in data.train + data.val if e.document.endswith("three.txt")]
     assert lines[0] == 1 and lines == sorted(lines) and lines[-1] > 1
     assert any(w.startswith("held out for validation, whole: 1 document(s)") for w in data.warnings)
-    assert any("skipped 1 hidden and 1 of other types (scan.pdf) file(s)" in w for w in data.warnings)
+    assert any("skipped 1 hidden and 1 of other types (photo.jpg) file(s)" in w for w in data.warnings)
 
 
 def test_a_folder_is_checked_and_hashed(tmp_path, tiny_tokenizer):
@@ -169,7 +169,7 @@ def test_a_folder_is_checked_and_hashed(tmp_path, tiny_tokenizer):
 
 def test_an_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="is a folder with no .txt, .md, .jsonl, .json or .csv file in it"):
+    with pytest.raises(DataError, match="is a folder with no .txt, .md, .pdf, .docx, .html, .jsonl, .json or .csv file in it"):
         read_records(tmp_path / "empty")
 
 

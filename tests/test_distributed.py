@@ -43,6 +43,12 @@ def update_config(config_file: Path, **settings) -> None:
     config_file.write_text(yaml.safe_dump({**yaml.safe_load(config_file.read_text()), **settings}))
 
 
+WEIGHTS_ATOL = 1e-5
+"""Two processes sum the gradients in another order than one: fp32 rounding that 6 AdamW steps carry into
+the weights, seen up to 1.1e-6 on AVX2 kernels and below 1e-6 on AVX-512 ones. A wrong batch, step or
+shard moves a weight by about the learning rate (1e-2 here), a thousand times more."""
+
+
 def max_difference(a: Path, b: Path) -> float:
     """Largest absolute difference between two safetensors files with the same tensors."""
     ta, tb = load_file(str(a)), load_file(str(b))
@@ -53,8 +59,7 @@ def max_difference(a: Path, b: Path) -> float:
 @pytest.fixture
 def config_file(faq_file, tiny_model_dir, tmp_path):
     # Dropout off: each process draws its own masks, which one process cannot reproduce. The KL-to-base
-    # term (on by default) has its own test below: its sums over two processes, added in another order,
-    # move the adapters by about 2e-6, more than this test's 1e-6 for the loop itself.
+    # term (on by default) has its own test below.
     settings = {"data": str(faq_file("chat")), "model": str(tiny_model_dir), "max_steps": 6, "batch_size": 2,
                 "precision": "fp32", "lr": 1e-2, "save_every": 1, "keep_last": 10, "lora": {"dropout": 0.0},
                 "forgetting": {"kl_weight": 0.0}}
@@ -63,6 +68,7 @@ def config_file(faq_file, tiny_model_dir, tmp_path):
     return path
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
 def test_two_processes_match_one_with_the_same_global_batch_and_resume_exactly(config_file, tmp_path, distributed):
     update_config(config_file, distributed=distributed)
@@ -81,7 +87,7 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_exactly(c
     assert max(abs(a - b) for a, b in zip(two, one)) < 1e-5
     # The final adapter (FSDP: gathered from the shards) is the one a single process trains.
     adapter = Path("adapter") / "adapter_model.safetensors"
-    assert max_difference(run / adapter, tmp_path / "one" / adapter) < 1e-6
+    assert max_difference(run / adapter, tmp_path / "one" / adapter) < WEIGHTS_ATOL
     done = torchrun("--resume", str(run / "checkpoints" / "step-3"), cache=tmp_path / "cache")
     assert done.returncode == 0, done.stdout + done.stderr
     assert losses(run) == two
@@ -97,7 +103,7 @@ def test_fsdp_full_fine_tuning_matches_one_process_and_resumes_exactly(config_fi
     train(load_config(config_file, {"output": str(tmp_path / "one"), "grad_accum_steps": 2}), show_progress=False)
     assert max(abs(a - b) for a, b in zip(full, losses(tmp_path / "one"))) < 1e-5
     weights = Path("model") / "model.safetensors"
-    assert max_difference(run / weights, tmp_path / "one" / weights) < 1e-6
+    assert max_difference(run / weights, tmp_path / "one" / weights) < WEIGHTS_ATOL
     done = torchrun("--resume", str(run / "checkpoints" / "step-3"), cache=tmp_path / "cache")
     assert done.returncode == 0, done.stdout + done.stderr
     assert losses(run) == full

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_tiny_run
+from conftest import llama_cpp_greedy, make_tiny_run
 from tunesmith.data.render import end_of_turn_ids
 from tunesmith.errors import ExportError
 from tunesmith.export.exporter import export_run
@@ -70,6 +70,7 @@ def test_adapter_export_has_card_and_leaves_run_alone(tiny_run, tmp_path):
     assert digest(tmp_path / "adapter")["adapter_model.safetensors"] == before["adapter_model.safetensors"]
 
 
+@pytest.mark.numerics
 def test_merged_equals_base_plus_adapter(tiny_run, tuned, tmp_path, capsys):
     model, tokenizer = tuned
     before = digest(tiny_run / "adapter")
@@ -116,6 +117,7 @@ def test_permutation_matches_transformers_unpermute():
     assert np.array_equal(LlamaTensorProcessor()._reverse_permute_weights(permuted, 4, 4), w)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("gguf_type", ["f32", "f16", "q8_0"])
 def test_gguf_round_trip(tiny_run, tuned, tmp_path, gguf_type):
     model, tokenizer = tuned
@@ -131,6 +133,7 @@ def test_gguf_round_trip(tiny_run, tuned, tmp_path, gguf_type):
         assert result.max_abs_diff <= 1e-4
 
 
+@pytest.mark.numerics
 def test_gguf_q8_weights_are_exactly_the_quantized_merge(tiny_run, tmp_path):
     import gguf
 
@@ -230,18 +233,7 @@ def test_gguf_refuses_a_tokenizer_llama_cpp_does_not_know(tiny_run, tmp_path, mo
     assert not (tmp_path / "g").exists() and not list(tmp_path.glob(".g.*"))
 
 
-def llama_cpp_greedy(path: Path, prompt: list[int], n_tokens: int) -> list[int]:
-    """Greedy tokens from llama.cpp itself (llama-cpp-python), on the CPU."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[llama-cpp]')")
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_threads=1, verbose=False, logits_all=False)
-    out = []
-    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
-        out.append(int(token))
-        if len(out) == n_tokens or token == llm.token_eos():
-            break
-    return out
-
-
+@pytest.mark.numerics
 def test_gguf_runs_in_llama_cpp_with_transformers_greedy_tokens(tiny_run, tuned, tmp_path):
     """The file loads in a real llama.cpp (not only in transformers' GGUF reader) and decodes the
     same greedy tokens as base + adapter in transformers."""
@@ -252,3 +244,21 @@ def test_gguf_runs_in_llama_cpp_with_transformers_greedy_tokens(tiny_run, tuned,
         expected = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
                                   pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
     assert llama_cpp_greedy(tmp_path / "g" / "model-f32.gguf", prompt, 12) == expected[:12]
+
+
+@pytest.mark.numerics
+def test_a_q8_0_export_generates_in_llama_cpp_on_two_threads(tiny_run, tuned, tmp_path):
+    """q8_0, the quantisation users ship most, on two threads: the matrix kernels that a native build
+    of llama.cpp on a host with AMX took there died with SIGILL (f16 and one thread did not reach them).
+    The greedy tokens are those of transformers reading the same q8_0 file, up to where the two
+    engines' rounding of 8-bit products may first part (the first tokens)."""
+    model, tokenizer = tuned
+    export_run(tiny_run, "gguf", tmp_path / "q", gguf_type="q8_0")
+    prompt = sample_inputs(tokenizer)[0][0].tolist()
+    one, two = (llama_cpp_greedy(tmp_path / "q" / "model-q8_0.gguf", prompt, 12, threads) for threads in (1, 2))
+    assert len(two) == 12 and two == one  # the thread count changes who computes, not what
+    dequantized = load_gguf_model(tmp_path / "q", "model-q8_0.gguf")
+    with torch.no_grad():
+        expected = dequantized.generate(input_ids=torch.tensor([prompt]), max_new_tokens=3, do_sample=False,
+                                        pad_token_id=tokenizer.pad_token_id)[0, len(prompt):].tolist()
+    assert two[:1] == expected[:1]

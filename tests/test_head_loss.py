@@ -11,6 +11,8 @@ from tunesmith.model.loading import add_adapter, load_model
 from tunesmith.training import batching
 from tunesmith.training.batching import loss_sum, pack_examples
 
+pytestmark = pytest.mark.numerics  # compares kernels' figures: `make test-isa` runs it again
+
 
 def examples(tokenizer, answers):
     return [encode_conversation(Conversation((Message("user", f"Question {i}?"), Message("assistant", a)), f"t:{i}"),

@@ -130,11 +130,14 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_0(faq_file, tiny_model_dir, 
                                               max_steps=100000, save_every=100000, eval_every=100000)))
     proc = run_cli([str(config), "--no-progress"])
     wait_for_step(tmp_path / "run", 3, proc)
-    sent = time.time()
+    at_signal = max(losses(tmp_path / "run"))
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=30) == 0
-    assert time.time() - sent < 10
+    assert proc.wait(timeout=60) == 0
     last = max(losses(tmp_path / "run"))
+    # It finishes the step in progress and saves, not later (counted in steps, not seconds: a busy
+    # machine makes a step slow, not more of them): the step under way when the signal came, and the
+    # one whose metrics line may not have reached the file yet.
+    assert at_signal <= last <= at_signal + 2
     assert [s for s, _ in list_complete(tmp_path / "run")] == [last]
     assert "--resume" in proc.stdout.read().decode()
 

@@ -145,6 +145,7 @@ def test_orpo_raises_held_out_preference_accuracy(tmp_path, tiny_model_dir):
     assert evals[-1]["reward_margin"] > evals[0]["reward_margin"] and evals[-1]["val_loss"] < evals[0]["val_loss"]
 
 
+@pytest.mark.numerics
 def test_per_row_log_probs_match_log_softmax_with_gradients(tiny_model_dir, tiny_tokenizer):
     """The chunked head's per-row log-probabilities, and their gradients to every weight (the head
     included, as in full fine-tuning), equal the plain log-softmax's."""
@@ -243,6 +244,7 @@ def trainable_grads(model) -> dict[str, torch.Tensor]:
     return grads
 
 
+@pytest.mark.numerics
 def test_dpo_loss_and_gradients_equal_trls(tiny_model_dir, tmp_path):
     pytest.importorskip("trl")
     from tunesmith.forgetting.measure import base_view
@@ -264,6 +266,7 @@ def test_dpo_loss_and_gradients_equal_trls(tiny_model_dir, tmp_path):
         torch.testing.assert_close(got_grads[name], grad, rtol=0, atol=1e-5, msg=name)
 
 
+@pytest.mark.numerics
 def test_orpo_loss_and_gradients_equal_trls_formula(tiny_model_dir, tmp_path):
     """TRL's ORPOTrainer functions (`get_batch_logps` with mean log-probabilities, `odds_ratio_loss`)
     on a padded batch, against ours on the packed one. TRL's cross-entropy term reads the prompt

@@ -222,7 +222,7 @@ def test_cancel_stops_a_running_job_with_a_checkpoint(client, faq_upload, two_jo
     ({"model": "gpt-4o-mini", "training_file": "file-x"}, 400, "model"),
     ({"model": "tiny-model0", "training_file": "file-000000000000000000000000"}, 400, "training_file"),
     ({"model": "tiny-model0", "training_file": "../../tunesmith.db"}, 400, "training_file"),
-    ({"model": "tiny-model0", "training_file": "f", "method": {"type": "reinforcement"}}, 400, "method.type"),
+    ({"model": "tiny-model0", "training_file": "f", "method": {"type": "ppo"}}, 400, "method.type"),
     ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"n_epochs": 0}}, 400,
      "hyperparameters.n_epochs"),
     ({"model": "tiny-model0", "training_file": "f", "hyperparameters": {"beta": 1}}, 400, "hyperparameters.beta"),
@@ -249,8 +249,8 @@ def test_method_maps_supervised_and_dpo():
     assert overrides["lr"] == 2 * default_lr("lora", "dpo")
     with pytest.raises(RequestError, match="'beta' is not supported by method 'supervised'"):
         method_hyperparameters({"method": {"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}})
-    with pytest.raises(RequestError, match="'supervised' or 'dpo'") as refused:
-        method_hyperparameters({"method": {"type": "reinforcement"}})
+    with pytest.raises(RequestError, match="'supervised', 'dpo' or 'reinforcement'") as refused:
+        method_hyperparameters({"method": {"type": "ppo"}})
     assert refused.value.code == "unsupported_method"
 
 

@@ -1,9 +1,12 @@
 """The SwiGLU MLP that saves only its inputs: same values and gradients, fewer saved tensors."""
 
+import pytest
 import torch
 
 from tunesmith.model.loading import load_model
 from tunesmith.model.swiglu import is_swiglu_mlp, silu_mul, use_fused_swiglu
+
+pytestmark = pytest.mark.numerics  # compares kernels' figures: `make test-isa` runs it again
 
 
 def test_silu_mul_matches_autograd_bit_for_bit():

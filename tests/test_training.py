@@ -28,6 +28,7 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.numerics
 def test_accumulation_normalises_by_trained_tokens(tiny_model_dir, tiny_tokenizer):
     exs = examples(tiny_tokenizer, ["Yes.", "No.", "The quick brown fox jumps over the lazy dog twice.",
                                     "Four to six weeks, sometimes twelve for large projects."])
@@ -46,6 +47,7 @@ def test_accumulation_normalises_by_trained_tokens(tiny_model_dir, tiny_tokenize
         torch.testing.assert_close(g_two[name], g_one[name], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.numerics
 def test_packed_loss_equals_examples_one_at_a_time(tiny_model_dir, tiny_tokenizer):
     exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
     model = load_model(str(tiny_model_dir)).eval()
@@ -56,6 +58,7 @@ def test_packed_loss_equals_examples_one_at_a_time(tiny_model_dir, tiny_tokenize
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.numerics
 def test_plain_peft_loads_the_adapter_with_the_same_logits(tiny_model_dir, faq_file, tmp_path):
     from peft import PeftModel
 
@@ -101,6 +104,9 @@ PINNED = {
     "defaults": ({}, [5.994333744049072, 6.006689071655273, 5.9855756759643555], 6.0490816177860385,
                  6.037401753087198),
 }
+
+
+@pytest.mark.numerics
 @pytest.mark.parametrize("case", PINNED)
 def test_three_fp32_steps_give_the_pinned_losses(case, tiny_model_dir, faq_file, tmp_path):
     forgetting, step_losses, base_val_loss, final_val_loss = PINNED[case]
@@ -114,6 +120,7 @@ def test_three_fp32_steps_give_the_pinned_losses(case, tiny_model_dir, faq_file,
     assert result.final_val_loss == pytest.approx(final_val_loss, rel=1e-6)
 
 
+@pytest.mark.numerics
 def test_bf16_frozen_weights_give_the_autocast_results(tiny_model_dir, tiny_tokenizer):
     """Storing the frozen linears in bf16 (and letting autocast, not peft, match the adapters' input
     dtype) is only a saving: under bf16 autocast the loss and the adapters' gradients are unchanged."""
@@ -154,6 +161,7 @@ def test_bf16_lora_unmaps_the_weights_file(tiny_model_dir, tmp_path):
     assert model.get_input_embeddings().weight.dtype == torch.float32
 
 
+@pytest.mark.numerics
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, tiny_tokenizer):
     exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox.", "Four to six weeks."])
     accelerator = Accelerator(cpu=True)
@@ -190,6 +198,7 @@ def test_qlora_says_clearly_what_it_needs(tiny_model_dir, faq_file, tmp_path):
         assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.numerics
 def test_packed_attention_equals_examples_one_at_a_time(tiny_model_dir, tiny_tokenizer):
     from tunesmith.model.attention import use_packed_attention
 
@@ -268,6 +277,7 @@ def test_compiled_layers_train_like_eager_and_save_the_same_names(tiny_model_dir
     assert found[True][1] == found[False][1]  # no `_orig_mod.` in the saved names
 
 
+@pytest.mark.numerics
 def test_forward_tokens_runs_a_micro_batch_in_pieces_with_the_same_gradients(tiny_model_dir, tiny_tokenizer):
     exs = examples(tiny_tokenizer, ["Yes.", "The quick brown fox jumps over the lazy dog twice.", "No.",
                                     "Four to six weeks, sometimes twelve for large projects.", "Maybe."])

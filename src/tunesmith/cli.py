@@ -15,16 +15,19 @@ from rich.markup import escape
 
 from .cli_options import (
     COLUMNS_HELP,
+    KNOWLEDGE_HELP,
     SYSTEM_PROMPT_HELP,
     columns_flag,
     engine_option,
     repetition_options,
     report_to_flag,
+    retrieval_options,
     run_options,
 )
 
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
+from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
 from .cli_server import jobs_group, server_command, ui_command
 from .config import DEFAULT_MODEL, METHODS, TrainConfig, load_config
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
@@ -246,17 +249,17 @@ def data_group() -> None:
               help="Print N rendered examples, trained tokens highlighted.")
 @click.option("--columns", callback=columns_flag, help=COLUMNS_HELP)
 @click.option("--system-prompt", help=SYSTEM_PROMPT_HELP)
+@click.option("--grader", type=click.Path(exists=True, dir_okay=False), help=GRADER_CHECK_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
 def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
                        max_line_bytes: int | None, show: int, columns: dict[str, str] | None,
-                       system_prompt: str | None, as_json: bool) -> None:
+                       system_prompt: str | None, grader: str | None, as_json: bool) -> None:
     """Check DATA (a data file, a folder of them, or a CONFIG.yaml): exit 0 clean, 1 errors, 2 usage errors."""
     import json
 
     from .data import data_options, resolve_data_path
-    from .data.check import check_files
     from .data.limits import CheckLimits
-    from .data.preview import render_preview
+    from .data.preview import render_preview, split_lines
     from .model.tokenizer import load_tokenizer
 
     try:
@@ -270,8 +273,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
         tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     except (TunesmithError, FileNotFoundError, ValueError) as exc:  # ValueError: CheckLimits' checks
         raise _UsageError(str(exc)) from exc
-    report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens, limits, show=show,
-                         val_fraction=None if config.eval else config.val_fraction, **options)
+    report = check_files_with_grader(config, tokenizer, limits, show, options, grader)
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
@@ -282,11 +284,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
         if len(issues) > limits.max_issues_shown:
             out.print(f"[{color}]... and {len(issues) - limits.max_issues_shown} more {title}(s)[/] (all with --json)")
     for name, split in report.stats["splits"].items():
-        tokens = split["tokens"]
-        out.print(f"[bold]{name}[/] {escape(split['file'])}: {split['rows']} rows ({split['format']}), tokens "
-                  f"min {tokens['min']} / median {tokens['median']} / p95 {tokens['p95']} / max {tokens['max']}, "
-                  f"{split['trained_tokens']:,} trained; {split['over_max_seq_tokens']} over max_seq_tokens="
-                  f"{config.max_seq_tokens}; end-of-turn trained in {split['end_of_turn_trained']}")
+        out.print("\n".join(split_lines(name, split, config.max_seq_tokens)))
     for i, example in enumerate(report.previews):
         out.rule(f"{escape(example.source)} — trained tokens highlighted")
         out.print(render_preview(example, tokenizer, config.max_seq_tokens, color=out.is_terminal))
@@ -307,10 +305,12 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
               help="Nucleus sampling mass (temperature > 0).")
 @click.option("--seed", type=int, help="Seed for sampled answers.")
 @repetition_options
-@click.option("--knowledge", help="Answer with passages retrieved from this folder or .txt/.md/.jsonl file.")
+@click.option("--knowledge", help=f"Answer with passages retrieved from this {KNOWLEDGE_HELP}.")
+@retrieval_options
 @engine_option
 def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
-                 repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None, engine: str) -> None:
+                 repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None, engine: str,
+                 retrieval: RetrievalSettings) -> None:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
     from .chat import chat_loop, engine_decoder
     from .generate import base_of, load_run, run_system_prompt
@@ -321,7 +321,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
     if knowledge is not None:
         from .retrieval import Retriever
 
-        retriever = Retriever.load(knowledge, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
+        retriever = Retriever.load(knowledge, retrieval, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
         budget = retriever.prompt_budget(model, max_new_tokens)
         augment = lambda messages: retriever.augment(messages, tokenizer, budget)  # noqa: E731
 
@@ -365,43 +365,44 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
               help=f"Largest max_tokens a request may ask for (default {ServeLimits.max_tokens}).")
 @click.option("--max-queued", type=int,
               help=f"Requests that may wait for the model before 429 (default {ServeLimits.max_queued}).")
-@click.option("--knowledge", help="Chat answers use passages retrieved from this folder or .txt/.md/.jsonl file.")
+@click.option("--knowledge", help=f"Chat answers use passages retrieved from this {KNOWLEDGE_HELP}.")
+@retrieval_options
 @engine_option
 def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...], model_name: str | None,
-                  max_tokens: int | None, max_queued: int | None, knowledge: str | None, engine: str) -> None:
+                  max_tokens: int | None, max_queued: int | None, knowledge: str | None, engine: str,
+                  retrieval: RetrievalSettings) -> None:
     """Serve RUN over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from .serve.app import serve
 
     overrides = {k: v for k, v in (("max_tokens", max_tokens), ("max_queued", max_queued)) if v is not None}
     if max_tokens is not None:
         overrides["default_max_tokens"] = min(ServeLimits.default_max_tokens, max_tokens)
-    serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge, engine)
+    serve(run, host, port, api_key, ServeLimits(**overrides), allowed_hosts, model_name, knowledge, engine, retrieval)
 
 
 @main.command("compare")
 @click.option("--run", "run", required=True, type=click.Path(exists=True, file_okay=False), help="A finished run.")
-@click.option("--knowledge", required=True, help="Folder or .txt/.md/.jsonl file to retrieve from; a training-format "
-                                                 "file gives its answers (pkg:PACKAGE/path for packaged data).")
+@click.option("--knowledge", required=True, help=f"The {KNOWLEDGE_HELP} to retrieve from; a training-format file "
+                                                 "gives its answers (pkg:PACKAGE/path for packaged data).")
 @click.option("--eval", "eval_data", help="Held-out questions (default: the run's own validation split).")
 @click.option("--limit", type=click.IntRange(min=1), default=CompareSettings.limit, show_default=True,
               help="Held-out questions answered.")
 @click.option("--seen", type=click.IntRange(min=0), default=CompareSettings.seen, show_default=True,
               help="Training questions answered (the 'facts seen in training' split).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), default=CompareSettings.max_new_tokens, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=RetrievalSettings.top_k, show_default=True,
-              help="Passages retrieved per question.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=CompareSettings.batch_size, show_default=True,
               help="Prompts decoded together (1: one unpadded prompt at a time).")
 @click.option("--no-cache", is_flag=True, help="Recompute the base model's answers.")
 @click.option("--json", "as_json", is_flag=True, help="Print compare.json to stdout instead of the tables.")
+@retrieval_options
 @engine_option
 def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
-                    top_k: int, batch_size: int, no_cache: bool, as_json: bool, engine: str) -> None:
+                    batch_size: int, no_cache: bool, as_json: bool, engine: str, retrieval: RetrievalSettings) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
     from .compare import compare_run, format_table
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               retrieval=RetrievalSettings(top_k=top_k))
+                               retrieval=retrieval)
     result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
                          use_cache=not no_cache, engine=engine)
     if _print_json(result, as_json):
@@ -491,9 +492,9 @@ def tune_command(source: str, trials: int | None, minutes: float | None, eval_da
         Console(highlight=False, soft_wrap=True).print("\n".join(result_lines(result)))
 
 
-main.add_command(server_command)  # the service commands live in cli_server.py (this file's size cap)
-main.add_command(jobs_group)
-main.add_command(ui_command)
+# the service commands live in cli_server.py, grade in cli_grade.py (each its own flags and output)
+for command in (server_command, jobs_group, ui_command, grade_command):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -1,15 +1,16 @@
 """Flags that several commands of cli.py share: a run's settings (train, tune), the parsed --columns and
---report-to values, the repetition controls of generate and chat."""
+--report-to values, the repetition controls of generate and chat, the retrieval of chat, serve and compare."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import click
 
 from .config import DEFAULT_MODEL, METHODS, TrainConfig
 from .inference.engines import DEFAULT_ENGINE, ENGINES
-from .settings import Sampling
+from .settings import RETRIEVERS, UNREADABLE_POLICIES, RetrievalSettings, Sampling
 
 
 def columns_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
@@ -66,3 +67,31 @@ engine_option = click.option(
     "--engine", type=click.Choice(ENGINES), default=DEFAULT_ENGINE, show_default=True,
     help="What decodes the tuned model: transformers (the reference), llama.cpp (the run's GGUF export, CPU) "
          "or vllm (GPU).")
+
+
+KNOWLEDGE_HELP = "folder or .txt/.md/.pdf/.docx/.html/.jsonl file"
+"""What --knowledge takes, in each command's help."""
+
+
+def retrieval_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--top-k, --retriever and --unreadable-documents (RetrievalSettings' defaults), given to the
+    command as one `retrieval: RetrievalSettings` argument."""
+    @functools.wraps(command)
+    def with_settings(*args: Any, top_k: int, retriever: Any, unreadable_documents: Any, **kwargs: Any) -> Any:
+        settings = RetrievalSettings(top_k=top_k, retriever=retriever, unreadable_documents=unreadable_documents)
+        return command(*args, retrieval=settings, **kwargs)
+
+    options = [
+        click.option("--top-k", type=click.IntRange(min=1), default=RetrievalSettings.top_k, show_default=True,
+                     help="Passages retrieved per question."),
+        click.option("--retriever", type=click.Choice(RETRIEVERS), default=RetrievalSettings.retriever,
+                     show_default=True, help="How passages are found: dense (MiniLM embeddings), bm25 (shared "
+                     "words) or hybrid (both, rank-fused)."),
+        click.option("--unreadable-documents", type=click.Choice(UNREADABLE_POLICIES),
+                     default=RetrievalSettings.unreadable_documents, show_default=True,
+                     help="A knowledge PDF/DOCX/HTML file that cannot be read whole (corrupt, encrypted, scanned "
+                     "without text): refuse to start, or skip it and name it."),
+    ]
+    for option in reversed(options):  # the first listed comes first in --help
+        with_settings = option(with_settings)
+    return with_settings

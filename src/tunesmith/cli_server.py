@@ -36,20 +36,32 @@ def _server_options(command: Any) -> Any:
         click.option("--max-upload-bytes", type=int,
                      help=f"Largest uploaded file (default {ServerLimits.max_upload_bytes})."),
         click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` after a job (no report.html in result_files)."),
+        click.option("--allow-python-graders", is_flag=True,
+                     help="Run python graders sent to graders/run and reinforcement jobs: code run on this machine "
+                          "as you, not sandboxed against reading your files (off: refused with a 400)."),
+        click.option("--judge-url", envvar="TUNESMITH_JUDGE_URL",
+                     help="OpenAI-compatible base URL that score_model graders ask (the only one they may; or set "
+                          "TUNESMITH_JUDGE_URL)."),
+        click.option("--judge-api-key", envvar="TUNESMITH_JUDGE_API_KEY",
+                     help="The judge's API key (or set TUNESMITH_JUDGE_API_KEY)."),
+        click.option("--judge-model", help="Model id sent to the judge instead of each grader's `model`."),
     )):
         command = option(command)
     return command
 
 
 def _settings(host: str, port: int, api_key: str | None, home: str, model: str | None, config: str | None,
-              allowed_hosts: tuple[str, ...], max_upload_bytes: int | None, no_eval: bool) -> Any:
+              allowed_hosts: tuple[str, ...], max_upload_bytes: int | None, no_eval: bool,
+              allow_python_graders: bool, judge_url: str | None, judge_api_key: str | None,
+              judge_model: str | None) -> Any:
     """The server's settings; without --api-key, a random key for this start (as Jupyter's token)."""
     from .server.app import ServerSettings
     from .web.guard import new_key
 
     limits = ServerLimits(**({"max_upload_bytes": max_upload_bytes} if max_upload_bytes else {}))
     return ServerSettings(Path(home), host, port, model, Path(config) if config else None, api_key or new_key(),
-                          allowed_hosts, not no_eval, limits)
+                          allowed_hosts, not no_eval, limits=limits, allow_python_graders=allow_python_graders,
+                          judge_url=judge_url, judge_api_key=judge_api_key, judge_model=judge_model)
 
 
 def _base_url(settings: Any) -> str:

@@ -27,8 +27,8 @@ from .forgetting.probes import general_texts
 from .generate import load_run
 from .inference.decode import adapters_merged, generate_batch
 from .inference.engines import DEFAULT_ENGINE, open_engine
-from .retrieval import Retriever
-from .settings import CompareSettings
+from .retrieval import Passage, Retriever, recall_at_k
+from .settings import CompareSettings, RetrievalSettings
 from .training.rundir import RunDir
 
 SYSTEMS = ("base", "base+rag", "tuned", "tuned+rag")
@@ -43,6 +43,9 @@ COMPARISONS = {"rag_on_base": ("base", "base+rag"), "rag_on_tuned": ("tuned", "t
                "tuning": ("base", "tuned"), "tuning_with_rag": ("base+rag", "tuned+rag")}
 SAMPLES_SHOWN = 3
 """Questions quoted in compare.json with all four answers."""
+ANSWER_F1 = 0.5
+"""A retrieved passage holds the answer when its token F1 with the reference is at least this (half
+the words shared, both ways): the rule of `answer_found_rate` and of the held-out recall@k."""
 
 
 def question_splits(config: TrainConfig, tokenizer: Any, eval_data: str | None) -> tuple[list[QA], list[QA]]:
@@ -124,6 +127,19 @@ def evidence(splits: dict[str, Any]) -> Evidence:
                     tuning_with_rag=delta("unseen", "tuning_with_rag", "token_f1"))
 
 
+def retrieval_summary(retrieval: RetrievalSettings, ranked: Sequence[Sequence[Passage]], questions: Sequence[QA],
+                      n_unseen: int, recall_ks: Sequence[int]) -> dict[str, Any]:
+    """What compare.json says of the retriever: which one, its recall@k on the held-out questions
+    (the first `n_unseen`) and the share of all questions with the answer among the top_k passages
+    that go into the prompt. A passage holds the answer when its token F1 with the reference is at
+    least ANSWER_F1, the rule that works on any knowledge source (whose passages are not the references)."""
+    holds = [[token_f1(p.text, q.reference) >= ANSWER_F1 for p in row] for q, row in zip(questions, ranked)]
+    recall = recall_at_k(holds[:n_unseen], recall_ks)
+    return {"retriever": retrieval.retriever, "top_k": retrieval.top_k,
+            "recall_at_k": {str(k): v for k, v in recall.items()}, "recall_questions": n_unseen,
+            "answer_found_rate": float(np.mean([any(row[: retrieval.top_k]) for row in holds]))}
+
+
 def answers_fingerprint(prompts: Sequence[list[int]], settings: CompareSettings, model: Any) -> str:
     """Names the base model's answers in the cache: the prompts' tokens (retrieved passages included),
     the answer length and the dtype the model computes in."""
@@ -162,10 +178,11 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     questions = unseen + seen
     retriever = Retriever.load(knowledge, settings.retrieval, log)
     budget = retriever.prompt_budget(model, settings.max_new_tokens)
-    hits = retriever.retrieve([q.messages[-1]["content"] for q in questions])
+    ranked = retriever.retrieve([q.messages[-1]["content"] for q in questions],
+                                max(retriever.settings.top_k, *settings.recall_ks))  # the prompts take top_k
     plain = [encode_prompt(q.messages, tokenizer) for q in questions]
-    rag = [encode_prompt(retriever.augment_with(q.messages, h, tokenizer, budget), tokenizer)
-           for q, h in zip(questions, hits)]
+    rag = [encode_prompt(retriever.augment_with(q.messages, h[: retriever.settings.top_k], tokenizer, budget),
+                         tokenizer) for q, h in zip(questions, ranked)]
     eos = sorted(end_of_turn_ids(tokenizer))
     pad = pad_id(tokenizer)
     generate = lambda m: generate_batch(m, plain + rag, settings.max_new_tokens, eos, pad, settings.batch_size)  # noqa: E731
@@ -193,7 +210,6 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     splits = {name: {"description": SPLITS[name], **summarize_split(scores, keep)}
               for name, keep in masks.items() if keep.any()}
     advice = recommend(evidence(splits))
-    found = [max((token_f1(p.text, q.reference) for p in h), default=0.0) >= 0.5 for q, h in zip(questions, hits)]
     result = {
         "run": str(run.path),
         "model": config.model,
@@ -204,8 +220,8 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
         "splits": splits,
         "recommendation": advice.text,
         "choice": advice.choice,
-        "retrieval": {"passages": len(retriever.index.passages), "top_k": retriever.settings.top_k,
-                      "prompt_budget_tokens": budget, "answer_found_rate": float(np.mean(found))},
+        "retrieval": {**retrieval_summary(retriever.settings, ranked, questions, len(unseen), settings.recall_ks),
+                      "passages": len(retriever.passages), "prompt_budget_tokens": budget},
         "style_markers": markers,
         "settings": {"limit": settings.limit, "seen": settings.seen, "max_new_tokens": settings.max_new_tokens},
         "samples": [{"question": q.messages[-1]["content"], "reference": q.reference,

@@ -57,6 +57,12 @@ class Sampling:
         return picked
 
 
+RetrieverKind = Literal["dense", "bm25", "hybrid"]
+RETRIEVERS: tuple[str, ...] = get_args(RetrieverKind)
+UnreadablePolicy = Literal["refuse", "skip"]
+UNREADABLE_POLICIES: tuple[str, ...] = get_args(UnreadablePolicy)
+
+
 @dataclass(frozen=True)
 class RetrievalSettings:
     """How the knowledge source is cut, searched and put into prompts (`--knowledge`)."""
@@ -73,9 +79,27 @@ class RetrievalSettings:
     fit are cut or dropped. Prefill cost on a CPU grows with it; the model's context also caps it."""
     min_passage_tokens: int = 16
     """A passage cut to fewer tokens than this is dropped instead: a fragment helps less than it costs."""
+    retriever: RetrieverKind = "dense"
+    """How passages are found: `dense` (MiniLM embeddings, cosine), `bm25` (words in common, weighted
+    by rarity) or `hybrid` (both rankings fused by reciprocal rank). Dense is the default because it
+    found the most answers on the FAQ: recall@1/3/5 0.56/0.74/0.81 against hybrid's 0.52/0.68/0.73
+    and bm25's 0.36/0.57/0.64 (docs/compare.md); on the questions with jargon (bygglov, ROT, BBR)
+    hybrid is level at k = 1 and behind at 3 and 5. FAQ answers share under half of their question's
+    words, which is what BM25 scores; documents that share more (manuals, rules) may favour hybrid."""
+    rrf_k: int = 60
+    """Reciprocal rank fusion's constant: a passage scores the sum of 1 / (rrf_k + rank) over the
+    rankings it is in, so a passage near the top of both beats one at the top of one. 60 is Cormack,
+    Clarke and Büttcher's value (SIGIR 2009), which they found to work across collections."""
+    unreadable_documents: UnreadablePolicy = "refuse"
+    """A knowledge document that cannot be read whole (corrupt, encrypted, a scan without text):
+    `refuse` stops with every such file named; `skip` leaves them out, naming each in the log."""
 
     def __post_init__(self) -> None:
-        for key in ("top_k", "chunk_words", "max_prompt_tokens", "min_passage_tokens"):
+        require(self.retriever in RETRIEVERS, "retrieval.retriever", f"must be one of {', '.join(RETRIEVERS)}, "
+                f"got {self.retriever!r}")
+        require(self.unreadable_documents in UNREADABLE_POLICIES, "retrieval.unreadable_documents",
+                f"must be one of {', '.join(UNREADABLE_POLICIES)}, got {self.unreadable_documents!r}")
+        for key in ("top_k", "chunk_words", "max_prompt_tokens", "min_passage_tokens", "rrf_k"):
             require(getattr(self, key) >= 1, f"retrieval.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(0 <= self.overlap_words < self.chunk_words, "retrieval.overlap_words",
                f"must be in [0, chunk_words), got {self.overlap_words}")
@@ -105,12 +129,17 @@ class CompareSettings:
     52.9 s against 64.4 s), the same tokens; 32 was slower again (79.4 s), its padding outweighing
     the shared steps."""
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
-    """Passages per question and the prompt budget of the two +rag systems."""
+    """Passages per question, the retriever and the prompt budget of the two +rag systems."""
+    recall_ks: tuple[int, ...] = (1, 3, 5)
+    """The k of the recall@k reported for the retriever on the held-out questions (does a passage
+    holding the reference answer come back among the first k?)."""
 
     def __post_init__(self) -> None:
         for key in ("limit", "max_new_tokens", "batch_size"):
             require(getattr(self, key) >= 1, f"compare.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(self.seen >= 0, "compare.seen", f"must be non-negative, got {self.seen}")
+        require(bool(self.recall_ks) and all(k >= 1 for k in self.recall_ks), "compare.recall_ks",
+                f"must be positive passage counts, got {list(self.recall_ks)}")
 
 
 @dataclass(frozen=True)

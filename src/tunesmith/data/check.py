@@ -10,21 +10,19 @@ from __future__ import annotations
 import re
 import statistics
 from array import array
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 
 from .columns import ColumnMap, check_columns
+from .formats import GRADED_FORMATS, RFT_NOT_SUPERVISED
 from .limits import CheckLimits
 from .pii import find_pii
 from .preference import check_pairs, is_preference_data
 from .prepare import held_out_count, small_data_warnings
-from .preview import length_histogram
 from .records import (
     Conversation,
-    DataError,
     DataIssue,
     Document,
     Message,
@@ -45,6 +43,7 @@ from .render import (
     end_of_turn_ids,
     template_layout,
 )
+from .check_report import CheckReport, SplitStats
 from .similarity import DuplicateIndex, RowPlaces, normalize, signature
 
 BATCH_ROWS = 512
@@ -52,107 +51,14 @@ BATCH_ROWS = 512
 UNLIMITED = 1 << 62  # encode without truncating; the check works out what truncation would cut
 
 
-@dataclass
-class SplitStats:
-    """Numbers about one file, gathered while streaming it."""
-
-    file: str
-    format: str | None = None
-    rows: int = 0
-    examples: int = 0
-    documents: int = 0
-    """Whole .txt/.md files among the rows (a folder's documents)."""
-    document_examples: int = 0
-    """Chunks of those documents."""
-    system_prompt_added: int = 0
-    """Conversations that got the system prompt (they had no system turn)."""
-    lengths: array = field(default_factory=lambda: array("I"))
-    """Tokens per row, 4 bytes each."""
-    trained_tokens: int = 0
-    over_max_seq_tokens: int = 0
-    cut_trained_tokens: int = 0
-    no_trained_tokens: int = 0
-    end_of_turn_trained: int = 0
-    exact_duplicates: int = 0
-    near_duplicates: int = 0
-    control_token_strings: int = 0
-    short_answers: int = 0
-    long_answers: int = 0
-    pii: dict[str, int] = field(default_factory=lambda: {"email": 0, "phone": 0, "card": 0})
-    answer_lines: array = field(default_factory=lambda: array("I"))
-    answer_tokens: array = field(default_factory=lambda: array("I"))
-    """Line and trained tokens of each conversation, for the long-answer check against the median."""
-    answer_files: array = field(default_factory=lambda: array("I"))
-    files: list[str] = field(default_factory=list)
-    """The file of each conversation (an index into `files`): a folder holds several."""
-
-    def to_dict(self) -> dict[str, Any]:
-        ordered = sorted(self.lengths)
-        tokens = {"min": 0, "median": 0, "p95": 0, "max": 0, "total": 0}
-        if ordered:
-            tokens = {"min": ordered[0], "median": int(statistics.median(ordered)),
-                      "p95": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], "max": ordered[-1],
-                      "total": sum(ordered)}
-        return {
-            "file": self.file, "format": self.format or "unknown", "rows": self.rows, "examples": self.examples,
-            "documents": self.documents, "system_prompt_added": self.system_prompt_added,
-            "tokens": tokens, "trained_tokens": self.trained_tokens,
-            "over_max_seq_tokens": self.over_max_seq_tokens, "cut_trained_tokens": self.cut_trained_tokens,
-            "no_trained_tokens": self.no_trained_tokens, "end_of_turn_trained": self.end_of_turn_trained,
-            "exact_duplicates": self.exact_duplicates, "near_duplicates": self.near_duplicates,
-            "control_token_strings": self.control_token_strings, "short_answers": self.short_answers,
-            "long_answers": self.long_answers, "pii": dict(self.pii), "histogram": length_histogram(ordered),
-        }
-
-
-
-@dataclass
-class CheckReport:
-    """Errors (training refuses), warnings (training goes on) and statistics, per file and line."""
-
-    errors: list[DataIssue] = field(default_factory=list)
-    warnings: list[DataIssue] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
-    previews: list[Example] = field(default_factory=list)
-    """The first rendered examples of the training file, for `--show`."""
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def to_json(self) -> dict[str, Any]:
-        def rows(issues: list[DataIssue]) -> list[dict[str, Any]]:
-            return [{"file": i.file, "line": i.line, "field": i.field, "message": i.message, "kind": i.kind}
-                    for i in issues]
-
-        return {"ok": self.ok, "errors": rows(self.errors), "warnings": rows(self.warnings), "stats": self.stats}
-
-    def warning_summary(self, per_kind: int = 3) -> list[str]:
-        """One line per kind of warning: how many, and the first few places."""
-        by_kind: dict[str, list[DataIssue]] = {}
-        for issue in self.warnings:
-            by_kind.setdefault(issue.kind, []).append(issue)
-        lines = []
-        for kind, issues in by_kind.items():
-            first = "; ".join(str(i) for i in issues[:per_kind])
-            more = f" (+{len(issues) - per_kind} more)" if len(issues) > per_kind else ""
-            lines.append(f"{kind} x{len(issues)}: {first}{more}")
-        return lines
-
-    def enforce(self, console: Any) -> None:
-        """What `train` does with the report: print warnings, refuse on errors (before creating anything)."""
-        for line in self.warning_summary():
-            console.print(f"[yellow]data warning:[/] {escape(line)}", highlight=False)
-        if self.errors:
-            raise DataError(self.errors)
-
-
 def check_files(data: str | Path, eval_data: str | Path | None, tokenizer: Any, max_seq_tokens: int,
                 limits: CheckLimits | None = None, show: int = 0, *, columns: ColumnMap | None = None,
-                system_prompt: str | None = None, val_fraction: float | None = None) -> CheckReport:
+                system_prompt: str | None = None, val_fraction: float | None = None,
+                reinforcement: bool = False) -> CheckReport:
     """Check the training file (or folder) and, when given, the evaluation file and leakage between
     them. `columns` and `system_prompt` as in `read_records`; `val_fraction` (without an eval file)
-    lets the check say whether the held-out share is big enough to judge a run."""
+    lets the check say whether the held-out share is big enough to judge a run; `reinforcement`: RFT
+    prompts are expected (`data check --grader`)."""
     limits = limits or CheckLimits()
     if is_preference_data(data, columns):  # pairs have their own checks (data/preference.py)
         return CheckReport(*check_pairs(data, eval_data, tokenizer, max_seq_tokens, limits, columns=columns,
@@ -165,6 +71,9 @@ def check_files(data: str | Path, eval_data: str | Path | None, tokenizer: Any, 
         eval_index = DuplicateIndex(limits.near_duplicate_jaccard)
         splits["eval"] = checker.check_file(eval_data, "eval", eval_index, train_index)
     _warn_small_data(checker, splits, val_fraction)
+    for split in splits.values():
+        if split.format in GRADED_FORMATS and not reinforcement:
+            checker.error(split.file, 0, "(file)", "format", RFT_NOT_SUPERVISED)
     train_file = str(resolve_data_path(data))
     for issues in (report.errors, report.warnings):
         issues.sort(key=lambda i: (not _inside(i.file, train_file), i.file, i.line))
@@ -271,7 +180,7 @@ class _Checker:
         if batch:
             self._check_batch(batch, stats, split, index, reference)
         for issue in issues:
-            self.report.errors.append(replace(issue, kind="format"))
+            self.report.errors.append(replace(issue, kind=issue.kind or "format"))
         self.report.warnings.extend(notes)
         if stats.rows == 0 and not issues:
             self.error(str(resolved), 1, "(file)", "empty", "has no rows — add one JSON object per line")
@@ -298,6 +207,10 @@ class _Checker:
                 if record.whole_file:
                     stats.documents += 1
                     stats.document_examples += len(examples)
+                if record.extracted is not None:
+                    stats.document_files.append({"file": file, **record.extracted.summary()})
+                    if record.extracted.empty_pages:
+                        self.warn(file, 0, "document", "empty pages", record.extracted.empty_pages_message())
                 stats.lengths.append(sum(len(e.input_ids) for e in examples))
                 stats.trained_tokens += sum(e.n_trained for e in examples)
                 self._keep_preview(examples[:1], split)
@@ -341,12 +254,12 @@ class _Checker:
         stats.lengths.append(length)
         stats.trained_tokens += kept
         field_name = _turns_field(fmt)
-        if not trained:
+        if not trained and fmt not in GRADED_FORMATS:  # an RFT prompt has no answer to train, by design
             stats.no_trained_tokens += 1
             self.warn(file, line, field_name, "no trained tokens",
                       "has no trained tokens (every assistant turn has weight 0) — it costs compute and teaches "
                       "nothing; give an assistant turn weight 1 or drop the row")
-        elif length > n:
+        elif length > n and trained:
             stats.over_max_seq_tokens += 1
             stats.cut_trained_tokens += len(trained) - kept
             if kept == 0:
@@ -470,17 +383,17 @@ _PII_NAMES = {"email": "an e-mail address", "phone": "a phone number", "card": "
 
 def _where(source: str) -> tuple[str, int]:
     file, _, line = source.rpartition(":")
-    return file, int(line)
+    return file, int(line) if line.isdigit() else 0  # file:p12 or file:§heading: the file as a whole
 
 
 def _turns_field(fmt: str) -> str:
-    return {"chat": "messages", "sharegpt": "conversations", "instruction": "output",
+    return {"chat": "messages", "rft": "messages", "sharegpt": "conversations", "instruction": "output",
             "prompt_completion": "completion"}.get(fmt, "text")
 
 
 def _message_field(fmt: str, i: int, role: str) -> str:
     """The user's own name for message i: messages[1].content, output, completion, ..."""
-    if fmt == "chat":
+    if fmt in ("chat", "rft"):
         return f"messages[{i}].content"
     if fmt == "sharegpt":
         return f"conversations[{i}].value"

@@ -56,3 +56,18 @@ def length_histogram(ordered: list[int], bins: int = HISTOGRAM_BINS) -> dict[str
     for length in ordered:
         counts[min(bins - 1, length // width)] += 1
     return {"edges": [k * width for k in range(bins + 1)], "counts": counts}
+
+
+def split_lines(name: str, split: dict[str, Any], max_seq_tokens: int) -> list[str]:
+    """`data check`'s summary of one file or folder (rich markup): rows, token lengths, trained
+    tokens; then each PDF, DOCX or HTML file's pages, characters and pages without text."""
+    tokens = split["tokens"]
+    lines = [f"[bold]{name}[/] {escape(split['file'])}: {split['rows']} rows ({split['format']}), tokens "
+             f"min {tokens['min']} / median {tokens['median']} / p95 {tokens['p95']} / max {tokens['max']}, "
+             f"{split['trained_tokens']:,} trained; {split['over_max_seq_tokens']} over max_seq_tokens="
+             f"{max_seq_tokens}; end-of-turn trained in {split['end_of_turn_trained']}"]
+    for doc in split.get("document_files", []):
+        unit = "pages" if doc["kind"] == "pdf" else "sections"
+        empty = f", {len(doc['empty_pages'])} empty" if doc["empty_pages"] else ""
+        lines.append(f"  {escape(doc['file'])}: {doc['pages']} {unit}, {doc['characters']:,} characters{empty}")
+    return lines

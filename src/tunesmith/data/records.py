@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .columns import ColumnMap, check_columns, mapping_hint
+from .documents import DOCUMENT_SUFFIXES, ExtractedDocument, extract_document, is_document
 from .formats import PREFERENCE_FORMATS, detect_format
 from .issues import DataError, DataIssue
 from .limits import CheckLimits
 from .rows import CSV_SUFFIXES, JSON_SUFFIXES, iter_rows
 
 TEXT_SUFFIXES = (".txt", ".md")
-DATA_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", *JSON_SUFFIXES, *CSV_SUFFIXES)
+DATA_SUFFIXES = (*TEXT_SUFFIXES, *DOCUMENT_SUFFIXES, ".jsonl", *JSON_SUFFIXES, *CSV_SUFFIXES)
 """The files a folder's data is read from; others are skipped (and counted)."""
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
 CHAT_ROLES = ("system", "user", "assistant")
@@ -55,8 +56,10 @@ class Document:
     text: str
     source: str
     whole_file: bool = False
-    """A whole .txt/.md file (not one row's text): each chunk names the line it starts on, and a
-    validation split over several such documents holds each one out whole."""
+    """A whole file (not one row's text): each chunk names the line (or page, or section) it starts
+    on, and a validation split over several such documents holds each one out whole."""
+    extracted: ExtractedDocument | None = None
+    """A PDF, DOCX or HTML file's pages or sections (`text` is their text joined); None for text files."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ class FolderFiles:
     """The data files of a folder, and what was left out."""
 
     files: list[Path]
-    """Every .txt/.md/.jsonl/.json/.csv file under the folder, sorted by relative path."""
+    """Every .txt/.md/.pdf/.docx/.html/.jsonl/.json/.csv file under the folder, sorted by relative path."""
     hidden: int
     """Files skipped because they or a folder above them start with a dot."""
     other: list[str]
@@ -144,9 +147,10 @@ class ReadResult:
 
 def read_records(path: str | Path, limits: CheckLimits | None = None, *, columns: ColumnMap | None = None,
                  system_prompt: str | None = None) -> list[Record]:
-    """All records of a data file (.jsonl, .json array, .csv, .txt, .md) or a folder of them, or a
-    DataError naming every bad row; `columns` renames the file's columns to our fields, and
-    `system_prompt` becomes the system turn of every conversation that has none."""
+    """All records of a data file (.jsonl, .json array, .csv, .txt, .md, .pdf, .docx, .html) or a folder
+    of them, or a DataError naming every bad row and every document that cannot be read whole;
+    `columns` renames the file's columns to our fields, and `system_prompt` becomes the system turn
+    of every conversation that has none."""
     return read_data(path, limits, columns=columns, system_prompt=system_prompt).records
 
 
@@ -195,8 +199,8 @@ def check_readable(path: Path) -> None:
     if not path.exists():
         raise DataError([DataIssue(str(path), 0, "file", "does not exist — check the path")])
     if path.is_dir() and not data_files(path).files:
-        raise DataError([DataIssue(str(path), 0, "file", "is a folder with no .txt, .md, .jsonl, .json or .csv "
-                                   "file in it — add the documents or rows to train on")])
+        raise DataError([DataIssue(str(path), 0, "file", "is a folder with no .txt, .md, .pdf, .docx, .html, "
+                                   ".jsonl, .json or .csv file in it — add the documents or rows to train on")])
 
 
 def read_text_file(path: Path) -> list[Record]:
@@ -217,10 +221,18 @@ def read_text_file(path: Path) -> list[Record]:
     return [Document(text=text, source=f"{path}:1", whole_file=True)]
 
 
+def read_document_file(path: Path) -> list[Record]:
+    """A PDF, DOCX or HTML file as one document, its pages or sections kept; a DataError (kind
+    `unreadable document`) when it cannot be read whole."""
+    extracted = extract_document(path)
+    return [Document(extracted.text, f"{path}:{extracted.parts[0].label}", whole_file=True, extracted=extracted)]
+
+
 def iter_source(path: Path, limits: CheckLimits, issues: list[DataIssue], notes: list[DataIssue], *,
                 columns: ColumnMap | None = None) -> Iterator[tuple[str, Record]]:
     """(format, record) for every good record of a data file or of every file in a folder, streamed;
-    bad rows go to `issues`, remarks about the input as a whole to `notes`."""
+    bad rows and documents that cannot be read whole go to `issues`, remarks about the input as a
+    whole to `notes`."""
     if not path.is_dir():
         yield from _iter_file(path, limits, issues, notes, columns)
         return
@@ -230,16 +242,16 @@ def iter_source(path: Path, limits: CheckLimits, issues: list[DataIssue], notes:
         what = ([f"{found.hidden} hidden"] if found.hidden else []) + \
                ([f"{len(found.other)} of other types ({', '.join(skipped)})"] if found.other else [])
         notes.append(DataIssue(str(path), 0, "(folder)", f"skipped {' and '.join(what)} file(s) — tunesmith reads "
-                               ".txt, .md, .jsonl, .json and .csv", "skipped files"))
+                               ".txt, .md, .pdf, .docx, .html, .jsonl, .json and .csv", "skipped files"))
     for file in found.files:
         yield from _iter_file(file, limits, issues, notes, columns)
 
 
 def _iter_file(path: Path, limits: CheckLimits, issues: list[DataIssue], notes: list[DataIssue],
                columns: ColumnMap | None) -> Iterator[tuple[str, Record]]:
-    if path.suffix.lower() in TEXT_SUFFIXES:
+    if is_document(path) or path.suffix.lower() in TEXT_SUFFIXES:
         try:
-            yield from (("text", r) for r in read_text_file(path))
+            yield from (("text", r) for r in (read_document_file if is_document(path) else read_text_file)(path))
         except DataError as exc:
             issues.extend(exc.issues)
         return
@@ -257,10 +269,14 @@ def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue], *, co
                                     + mapping_hint(list(row)), row=data_row))
             continue
         if file_format is None:
-            file_format = fmt
+            file_format, first_line = fmt, line_no
+        elif fmt == "rft" and file_format == "chat":  # an answer missing from a chat file, most likely
+            issues.append(DataIssue(str(path), line_no, "messages", "has no assistant turn — add the answer the "
+                                    f"model should learn (line {first_line} and the rows before are chat rows with "
+                                    "answers; a file of RFT prompts ends every row with a user turn)", row=data_row))
+            continue
         elif fmt != file_format:
-            issues.append(DataIssue(str(path), line_no, "(row)", f"is in {fmt} format but earlier rows are {file_format} "
-                                    "— keep one format per file", row=data_row))
+            issues.append(DataIssue(str(path), line_no, "(row)", _mixed(fmt, file_format, first_line), row=data_row))
             continue
         before = len(issues)
         record = _to_record(row, fmt, str(path), line_no, issues, data_row)
@@ -268,6 +284,14 @@ def iter_records(path: Path, limits: CheckLimits, issues: list[DataIssue], *, co
             issues[before:] = [replace(i, field=columns.get(i.field, i.field)) for i in issues[before:]]
         if record is not None:
             yield fmt, record
+
+
+def _mixed(fmt: str, file_format: str, first_line: int) -> str:
+    """A row in another format than the file's."""
+    if (fmt, file_format) == ("chat", "rft"):
+        return (f"has an assistant answer, but line {first_line} is an RFT prompt (its messages end with a user "
+                f"turn, no answer) — keep one format per file: if line {first_line} lacks its answer, add it")
+    return f"is in {fmt} format but earlier rows are {file_format} — keep one format per file"
 
 
 def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list[DataIssue],
@@ -320,7 +344,8 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
         messages = (Message("user", prompt), Message("assistant", completion))
         return Conversation(messages, source) if len(issues) == before else None
 
-    key, role_key, text_key = ("messages", "role", "content") if fmt == "chat" else ("conversations", "from", "value")
+    chat = fmt in ("chat", "rft")  # an rft row is chat turns ending with the user's: the prompt, no answer
+    key, role_key, text_key = ("messages", "role", "content") if chat else ("conversations", "from", "value")
     turns = row.get(key)
     if not isinstance(turns, list) or not turns:
         issues.append(at(key, "must be a non-empty list of turns"))
@@ -332,11 +357,11 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
             issues.append(at(where, f"must be an object with '{role_key}' and '{text_key}'"))
             continue
         raw_role = turn.get(role_key)
-        roles = CHAT_ROLES if fmt == "chat" else tuple(SHAREGPT_ROLES)
+        roles = CHAT_ROLES if chat else tuple(SHAREGPT_ROLES)
         if raw_role not in roles:
             issues.append(at(f"{where}.{role_key}", f"{_unknown(raw_role, 'role')} — use one of {', '.join(roles)}"))
             continue
-        role = raw_role if fmt == "chat" else SHAREGPT_ROLES[raw_role]
+        role = raw_role if chat else SHAREGPT_ROLES[raw_role]
         content = need_text(turn.get(text_key), f"{where}.{text_key}", allow_empty=role != "assistant")
         weight = turn.get("weight", 1)
         if weight not in (0, 1) or isinstance(weight, bool):
@@ -346,7 +371,7 @@ def _to_record(row: dict[str, Any], fmt: str, file: str, line: int, issues: list
             issues.append(at(f"{where}.weight", "only assistant turns take a weight"))
             continue
         messages.append(Message(role, content, trained=weight == 1))
-    if len(issues) == before and not any(m.role == "assistant" for m in messages):
+    if len(issues) == before and fmt != "rft" and not any(m.role == "assistant" for m in messages):
         issues.append(at(key, "has no assistant turn — add the answer the model should learn"))
     return Conversation(tuple(messages), source) if len(issues) == before else None
 

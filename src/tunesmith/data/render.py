@@ -7,6 +7,7 @@ markup is tokenized with it on. Targets cover assistant turns *and* their end-of
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -14,6 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, TemplateError
+from .documents import PART_SEPARATOR
 from .records import Conversation, Document, PreferencePair
 
 IGNORE = -100
@@ -166,7 +168,10 @@ def _label(conversation: Conversation, pieces: list[list[int]], contents: list[l
 
 def encode_document(document: Document, tokenizer: Any, max_seq_tokens: int) -> list[Example]:
     """Raw text: every token trained, EOS appended, cut into chunks of the context length. Chunks of
-    a whole .txt/.md file name the line they start on and the file they belong to."""
+    a whole .txt/.md file name the line they start on and the file they belong to; chunks of a PDF,
+    DOCX or HTML file the page or section they start on (`manual.pdf:p12`)."""
+    if document.extracted is not None:
+        return _encode_extracted(document, tokenizer, max_seq_tokens)
     ids = _encode(tokenizer, document.text, special=False)
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
@@ -181,6 +186,28 @@ def encode_document(document: Document, tokenizer: Any, max_seq_tokens: int) -> 
         # A chunk boundary never splits a line break (one byte, one character), so decoding the
         # chunks one by one counts the breaks of the whole text.
         line += tokenizer.decode(chunk).count("\n")
+    return out
+
+
+def _encode_extracted(document: Document, tokenizer: Any, max_seq_tokens: int) -> list[Example]:
+    """`encode_document` of a PDF, DOCX or HTML file: each page or section encoded on its own and
+    the ids joined (the text is the parts joined by PART_SEPARATOR, so only the tokens at a join can
+    differ from encoding it whole), which says exactly on which part each chunk starts."""
+    parts = document.extracted.parts
+    file = document.source.rpartition(":")[0]
+    ids: list[int] = []
+    starts: list[int] = []  # token where each part begins
+    for k, part in enumerate(parts):
+        starts.append(len(ids))
+        ids += _encode(tokenizer, part.text + (PART_SEPARATOR if k < len(parts) - 1 else ""), special=False)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    out = []
+    for i in range(0, len(ids), max_seq_tokens):
+        chunk = ids[i : i + max_seq_tokens]
+        if len(chunk) >= 2:
+            part = parts[bisect.bisect_right(starts, i) - 1]
+            out.append(Example(chunk, _shift(chunk, [True] * len(chunk)), f"{file}:{part.label}", document=file))
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from .columns import ColumnMap, apply_columns, mapping_hint, renamed
-from .formats import FORMAT_FIELDS, detect_format
+from .formats import FORMAT_FIELDS, GRADED_FORMATS, detect_format
 from .issues import DataIssue
 from .limits import CheckLimits
 
@@ -163,7 +163,7 @@ def _mapped(rows: Iterator[tuple[int, dict[str, Any]]], file: str, issues: list[
             continue
         mapped = apply_columns(row, columns)
         fmt = detect_format(mapped)
-        if fmt is not None:
+        if fmt is not None and fmt not in GRADED_FORMATS:
             ignored.update((k, None) for k, new in zip(row, renamed(list(row), columns))
                            if new not in FORMAT_FIELDS[fmt])
         yield line_no, mapped, 0

@@ -10,7 +10,8 @@ from ..data.render import encode_prompt, encode_text
 from ..settings import RetrievalSettings
 from .chunking import Passage
 from .embed import Embedder
-from .index import VectorIndex, load_or_build_index
+from .index import VectorIndex, load_or_build_index, load_or_read_passages
+from .lexical import LexicalIndex, fuse_rankings, rankings
 
 CONTEXT_HEADER = "Answer the question. These passages may help:"
 """Opens the user turn of a retrieval prompt; the passages follow, numbered, then the question."""
@@ -55,23 +56,44 @@ def fit_passages(messages: list[dict[str, str]], passages: Sequence[str], tokeni
 
 @dataclass
 class Retriever:
-    """A knowledge source's index and the embedder for queries."""
+    """A knowledge source's passages and what searches them: the MiniLM vector index and its
+    embedder (dense, hybrid), the BM25 index (bm25, hybrid), as `settings.retriever` says."""
 
-    index: VectorIndex
-    embedder: Embedder
+    passages: list[Passage]
     settings: RetrievalSettings
+    index: VectorIndex | None = None
+    embedder: Embedder | None = None
+    lexical: LexicalIndex | None = None
 
     @classmethod
     def load(cls, knowledge: str | Path, settings: RetrievalSettings = RetrievalSettings(),
              log: Callable[[str], None] = lambda m: None, embedder: Embedder | None = None) -> Retriever:
-        embedder = embedder or Embedder.load()
-        index = load_or_build_index(knowledge, embedder, settings.chunk_words, settings.overlap_words, log)
-        return cls(index, embedder, settings)
+        """The retriever of a knowledge source; its passages (and vectors) from the cache where the
+        same files were read before, the embedding model loaded only when the retriever uses it."""
+        index = None
+        if settings.retriever == "bm25":
+            passages = load_or_read_passages(knowledge, settings.chunk_words, settings.overlap_words, log,
+                                             unreadable_documents=settings.unreadable_documents)
+        else:
+            embedder = embedder or Embedder.load()
+            index = load_or_build_index(knowledge, embedder, settings.chunk_words, settings.overlap_words, log,
+                                        unreadable_documents=settings.unreadable_documents)
+            passages = index.passages
+        lexical = LexicalIndex.build([p.text for p in passages]) if settings.retriever != "dense" else None
+        return cls(passages, settings, index, embedder if index is not None else None, lexical)
 
-    def retrieve(self, queries: Sequence[str]) -> list[list[Passage]]:
-        """The top_k passages for each query, best first."""
-        hits = self.index.search(self.embedder.encode(queries), self.settings.top_k)
-        return [[self.index.passages[j] for j, _ in row] for row in hits]
+    def retrieve(self, queries: Sequence[str], k: int | None = None) -> list[list[Passage]]:
+        """The best k (default top_k) passages for each query, best first. bm25 returns only
+        passages that share a word with the query, so possibly fewer."""
+        k = k or self.settings.top_k
+        ranked: list[list[list[int]]] = []  # per retriever used: per query, passage indices best first
+        if self.index is not None and self.embedder is not None:
+            ranked.append(rankings(self.index.scores(self.embedder.encode(queries))))
+        if self.lexical is not None:
+            ranked.append(rankings(self.lexical.scores(queries), positive_only=True))
+        per_query = [fuse_rankings([r[i] for r in ranked], self.settings.rrf_k) if len(ranked) > 1 else ranked[0][i]
+                     for i in range(len(queries))]
+        return [[self.passages[j] for j in row[:k]] for row in per_query]
 
     def prompt_budget(self, model: Any, max_new_tokens: int) -> int:
         """Tokens a prompt may take: the model's context less the answer, at most max_prompt_tokens."""

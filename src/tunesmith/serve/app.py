@@ -27,7 +27,7 @@ from ..data.render import encode_prompt, encode_text, with_system_prompt
 from ..inference.batching import BatchDecoder, EngineDecoder
 from ..inference.engines import DEFAULT_ENGINE
 from ..inference.streaming import Completion
-from ..settings import Sampling, ServeLimits
+from ..settings import RetrievalSettings, Sampling, ServeLimits
 from ..web.bodies import read_json
 from ..web.errors import EXCEPTION_HANDLERS, RequestError
 from ..web.guard import LOOPBACK_HOSTS, Guard
@@ -284,10 +284,12 @@ class LeaveAfter:
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           limits: ServeLimits = ServeLimits(), allowed_hosts: Iterable[str] = (), model_id: str | None = None,
-          knowledge: str | Path | None = None, engine: str = DEFAULT_ENGINE) -> None:
+          knowledge: str | Path | None = None, engine: str = DEFAULT_ENGINE,
+          retrieval: RetrievalSettings = RetrievalSettings()) -> None:
     """Load RUN and serve it until SIGTERM/SIGINT (uvicorn lets running requests finish, up to a grace);
-    with `knowledge`, chat completions answer with passages retrieved from it. Another `engine` than
-    transformers decodes the tuned model alone (the base is served by transformers only)."""
+    with `knowledge`, chat completions answer with passages retrieved from it as `retrieval` says.
+    Another `engine` than transformers decodes the tuned model alone (the base is served by
+    transformers only)."""
     import uvicorn
 
     from ..generate import base_model_id, base_of, load_run, run_system_prompt
@@ -299,7 +301,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     if knowledge is not None:
         from ..retrieval import Retriever
 
-        retriever = Retriever.load(knowledge, log=log.info)
+        retriever = Retriever.load(knowledge, retrieval, log=log.info)
     name = model_id or Path(run).resolve().name
     hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts]
     decoding = None

@@ -20,6 +20,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import ConfigError
+from ..graders import Judge
 from ..serve.app import GenerationGate, inference_routes
 from ..settings import ServeLimits, ServerLimits
 from ..web.bodies import MULTIPART_TYPE, counting_receive, read_json, require_media_type
@@ -27,10 +28,12 @@ from ..web.errors import EXCEPTION_HANDLERS, RequestError
 from ..web.guard import LOOPBACK_HOSTS, OPEN_PATHS, Guard, new_key
 from ..web.ids import new_id
 from .files import FILE_ID, PURPOSES, file_object, file_path, save_upload
+from .graders import grader_routes
 from .jobs import checkpoint_object, event_object, fine_tuned_name, job_config, job_object, page, parse_job_request
 from .locks import hold_lock
 from .lookups import find_file, find_job
 from .models import ServedJobs
+from .reinforcement import refuse_reinforcement
 from .scheduler import Scheduler
 from .store import ACTIVE, DB_NAME, Store
 from .worker import runs_dir
@@ -60,6 +63,16 @@ class ServerSettings:
     """Host header names accepted besides loopback's and --host's (a reverse proxy's name)."""
     evaluate: bool = True
     """After training, run `tunesmith eval` on the job and list its report.html in `result_files`."""
+    allow_python_graders: bool = False
+    """Run python graders sent to graders/run, graders/validate and reinforcement jobs; off by default,
+    since a python grader is code run on this machine as the server's user (not a security boundary)."""
+    judge_url: str | None = None
+    """The OpenAI-compatible base URL every score_model grader asks (a request cannot name another);
+    None: score_model graders score 0 with an error saying no judge is set."""
+    judge_api_key: str | None = None
+    """Sent to the judge as `Authorization: Bearer KEY`."""
+    judge_model: str | None = None
+    """Model id sent to the judge instead of each grader's `model` (tunesmith serve names its model after the run)."""
     limits: ServerLimits = ServerLimits()
     serve_limits: ServeLimits = ServeLimits()
     """The chat routes' limits, as `tunesmith serve` has them (and the JSON body cap of every route)."""
@@ -117,11 +130,18 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
                              "queued": store.count_jobs(("validating_files", "queued"))})
 
     routes = [Route("/health", health, methods=["GET"]), *file_routes(home, limits),
-              *job_routes(home, settings, base_id), *inference_routes(served), *extras.routes]
+              *job_routes(home, settings, base_id), *server_grader_routes(settings), *inference_routes(served),
+              *extras.routes]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.state.served, app.state.scheduler = served, scheduler
     hosts = (*LOOPBACK_HOSTS, settings.host, *settings.allowed_hosts)
     return Guard(app, settings.api_key, hosts, (*OPEN_PATHS, *extras.open_paths))
+
+
+def server_grader_routes(settings: ServerSettings) -> list[Route]:
+    """graders/run and graders/validate with the server's flag and judge (server/graders.py)."""
+    judge = Judge(settings.judge_url, settings.judge_api_key, settings.judge_model) if settings.judge_url else None
+    return grader_routes(settings.allow_python_graders, judge, settings.serve_limits.max_body_bytes)
 
 
 def file_routes(home: Home, limits: ServerLimits) -> list[Route]:
@@ -179,7 +199,8 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
     store, limits = home.store, settings.limits
 
     async def create(request: Request) -> Response:
-        parsed = parse_job_request(await read_json(request, settings.serve_limits.max_body_bytes), (base_id,))
+        body = await read_json(request, settings.serve_limits.max_body_bytes)
+        parsed = parse_job_request(body, (base_id,))
         if store.count_jobs(("validating_files", "queued")) >= limits.max_queued_jobs:
             raise RequestError(429, f"{limits.max_queued_jobs} jobs are already waiting; retry when one has started",
                                code="queue_full")
@@ -191,6 +212,8 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
                 raise RequestError(400, f"invalid {key} {file_id!r}: upload it with purpose 'fine-tune' first", key,
                                    "invalid_file")
             paths[key] = file_path(home.path, row["id"], row["stored"]) if row else None
+        if parsed.method == "reinforcement":  # every field checked above and here, then a 400: no GRPO yet
+            refuse_reinforcement(body["method"], settings.allow_python_graders)
         job_id = new_id("ftjob")
         try:
             config = job_config(parsed.to_dict(), settings.config, settings.model, paths["training_file"],

@@ -12,6 +12,7 @@ from typing import Any
 from ..config import TrainConfig, default_lr, load_config
 from ..web.errors import RequestError
 from ..web.ids import id_pattern
+from .reinforcement import reinforcement_hyperparameters
 
 JOB_ID = id_pattern("ftjob")
 SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -64,12 +65,16 @@ def parse_job_request(body: dict[str, Any], model_ids: tuple[str, ...]) -> JobRe
 def method_hyperparameters(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The training method and its hyperparameters, from `method` ({"type": "supervised",
     "supervised": {"hyperparameters": {...}}}) or the older top-level `hyperparameters`. The one
-    place a new method (dpo's `beta`) joins."""
+    place a new method (dpo's `beta`) joins; reinforcement's are checked, its job refused by the route."""
     method = body.get("method") or {"type": "supervised"}
     kind = method.get("type") if isinstance(method, dict) else None
+    if kind == "reinforcement":  # checked here, refused by the route after its grader is (reinforcement.py)
+        section = method.get("reinforcement")
+        given = reinforcement_hyperparameters(section.get("hyperparameters") if isinstance(section, dict) else None)
+        return kind, {k: v for k, v in dataclasses.asdict(given).items() if v is not None}
     if kind not in METHODS:
-        raise RequestError(400, f"'method.type' must be 'supervised' or 'dpo', got {kind!r}", "method.type",
-                           "unsupported_method")
+        raise RequestError(400, f"'method.type' must be 'supervised', 'dpo' or 'reinforcement', got {kind!r}",
+                           "method.type", "unsupported_method")
     section = method.get(kind) or {}
     raw = (section.get("hyperparameters") if isinstance(section, dict) else None) or body.get("hyperparameters") or {}
     if not isinstance(raw, dict):

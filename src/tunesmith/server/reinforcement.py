@@ -1,0 +1,99 @@
+"""OpenAI's reinforcement method on `POST /v1/fine_tuning/jobs`: `{"type": "reinforcement", "reinforcement":
+{"grader": ..., "hyperparameters": {...}}}` checked in full (the grader parses, python graders only
+with --allow-python-graders, every hyperparameter's type), then refused with a 400: training by GRPO
+is not in this version. The job is refused, not stored and failed, so that `jobs.create` raises at
+once with the reason instead of handing the client a job id that could never run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..web.errors import RequestError
+from .graders import check_grader
+
+NOT_AVAILABLE = "reinforcement training is not available yet in this version"
+REASONING_EFFORTS = ("default", "low", "medium", "high")
+
+
+@dataclass(frozen=True)
+class ReinforcementHyperparameters:
+    """OpenAI's reinforcement hyperparameters (openai-python's ReinforcementHyperparameters) and what each
+    will mean for tunesmith's GRPO; None is "auto": tunesmith's default for the field."""
+
+    n_epochs: int | None = None
+    """Passes over the training prompts: `epochs` (and no `max_steps`), as for supervised jobs."""
+    batch_size: int | None = None
+    """Prompts per optimizer step (`batch_size`); each prompt is answered by a group of samples."""
+    learning_rate_multiplier: float | None = None
+    """`lr` = multiplier × the config's lr, or tunesmith's default for the method, as for supervised jobs."""
+    eval_interval: int | None = None
+    """Optimizer steps between evaluations on the validation prompts: `eval_every`."""
+    eval_samples: int | None = None
+    """Answers sampled per validation prompt at each evaluation; their mean reward is the evaluation's score."""
+    compute_multiplier: float | None = None
+    """Accepted and ignored: OpenAI's scale of the exploration compute has no documented formula, so it
+    is not mapped onto the group size (answers per prompt), which the config sets."""
+    reasoning_effort: str | None = None
+    """Accepted and ignored: OpenAI's reasoning models' effort; the open models trained here have no such setting."""
+
+    IGNORED = ("compute_multiplier", "reasoning_effort")
+
+    def to_dict(self) -> dict[str, Any]:
+        """OpenAI's shape: every field, "auto" (reasoning_effort "default") for those not given."""
+        return {f.name: getattr(self, f.name) if getattr(self, f.name) is not None else
+                ("default" if f.name == "reasoning_effort" else "auto") for f in fields(self)}
+
+
+_INTEGERS = ("n_epochs", "batch_size", "eval_interval", "eval_samples")
+_REALS = ("learning_rate_multiplier", "compute_multiplier")
+
+
+def reinforcement_hyperparameters(raw: Any, at: str = "method.reinforcement.hyperparameters"
+                                  ) -> ReinforcementHyperparameters:
+    """The hyperparameters checked: positive integers or reals, or "auto"; reasoning_effort one of OpenAI's."""
+    if raw is None:
+        return ReinforcementHyperparameters()
+    if not isinstance(raw, dict):
+        raise RequestError(400, f"'{at}' must be an object", at)
+    known = [f.name for f in fields(ReinforcementHyperparameters)]
+    checked: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise RequestError(400, f"hyperparameter {key!r} is not supported by method 'reinforcement': use "
+                                    f"{', '.join(known)}", f"{at}.{key}")
+        if key == "reasoning_effort":
+            if value not in REASONING_EFFORTS:
+                raise RequestError(400, f"'reasoning_effort' must be one of {', '.join(REASONING_EFFORTS)}, got "
+                                        f"{value!r}", f"{at}.{key}")
+            checked[key] = None if value == "default" else value
+            continue
+        if value == "auto":
+            continue
+        real = key in _REALS
+        kind_ok = isinstance(value, (int, float)) if real else isinstance(value, int)
+        if isinstance(value, bool) or not kind_ok or value <= 0:
+            raise RequestError(400, f"'{key}' must be \"auto\" or a positive {'number' if real else 'integer'}, got "
+                                    f"{value!r}", f"{at}.{key}")
+        checked[key] = float(value) if real else value
+    return ReinforcementHyperparameters(**checked)
+
+
+def refuse_reinforcement(method: dict[str, Any], allow_python: bool) -> None:
+    """Check a reinforcement method as a job would need it, then refuse it (400 `reinforcement_not_available`):
+    a bad grader or hyperparameter is named first, so the request is right when GRPO arrives."""
+    section = method.get("reinforcement")
+    if not isinstance(section, dict):
+        raise RequestError(400, "'method.reinforcement' must be an object with a 'grader' (and 'hyperparameters')",
+                           "method.reinforcement")
+    unknown = sorted(set(section) - {"grader", "hyperparameters"})
+    if unknown:
+        raise RequestError(400, f"'method.reinforcement.{unknown[0]}' is not a field of the reinforcement method: "
+                                "use grader, hyperparameters", f"method.reinforcement.{unknown[0]}")
+    check_grader(section.get("grader"), allow_python, "method.reinforcement.grader")
+    reinforcement_hyperparameters(section.get("hyperparameters"))
+    raise RequestError(400, f"{NOT_AVAILABLE}: the grader and hyperparameters are valid, but tunesmith cannot "
+                            "train by reinforcement (GRPO) yet — grade answers with POST "
+                            "/v1/fine_tuning/alpha/graders/run or `tunesmith grade`, or train with method "
+                            "'supervised' or 'dpo'", "method.type", "reinforcement_not_available")
