@@ -10,14 +10,17 @@ What a block is, by its fence's info string:
 - `yaml`: parsed; then, as a tunesmith config, through `tunesmith.load_config` (a fragment without
   `data` gets one added, so its keys and values are checked all the same).
 - `json`: parsed, after the abridged parts (`{...}`, `[...]`, `, ...` before a closing bracket)
-  are read as empty.
+  are read as empty; `jsonl`: each line parsed.
+- An info string that names a file after the kind (```` ```json grader.json ````) makes the block
+  that file: it is written into the work folder of every block of its page, for the commands that
+  read it.
 - `text` (output, folder trees, a command's synopsis), `nginx`: not code; nothing to run.
 
 A block that cannot run here has `<!-- doc-test: skip (REASON) -->` on the line right before its
 fence (a GPU, the real model for minutes, a server that runs until stopped, a program not
 installed). A skipped block is still read: Python compiled and its imports run, YAML and JSON
-loaded. The pages that others own and that take appended text only (server.md, ui.md) have their
-skips in OWNED_ELSEWHERE instead, with the same reasons.
+loaded. The pages that others own (server.md and ui.md take appended text only, graders.md is
+theirs) have their skips in OWNED_ELSEWHERE instead, with the same reasons.
 
 The work folder stands in for the user's: the names a block uses exist there, tiny.
 `substitute` rewrites the real model and the bundled FAQ to the tiny model and a ten-row FAQ;
@@ -48,17 +51,19 @@ SKIP = re.compile(r"<!-- doc-test: skip \((?P<reason>[^)]+)\) -->")
 SHELL, NOT_CODE = {"", "bash", "sh", "shell", "console"}, {"text", "nginx"}
 FAQ_PACKAGE = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
 
-# (page, the block's first line) -> why it does not run here, for pages whose blocks we may not mark.
+# (page, the start of the block's first line) -> why it does not run here, for pages whose blocks we may not mark.
 OWNED_ELSEWHERE = {
-    ("docs/server.md", "tunesmith server --home ~/tunesmith-home --api-key sk-local-123"): "a server that runs until stopped",
+    ("docs/server.md", "tunesmith server --home ~/tunesmith-home"): "a server that runs until stopped",
     ("docs/server.md", "import time"): "needs a running server and trains a job on the real model",
     ("docs/server.md", "HOME/"): "a folder tree, not code",
-    ("docs/server.md", 'tunesmith server --home /srv/tunesmith --api-key "$KEY" --allowed-host tunesmith.example.com'):
-        "a server that runs until stopped",
-    ("docs/server.md", "CUDA_VISIBLE_DEVICES=0 tunesmith server --home /srv/tunesmith --model /models/Qwen2.5-1.5B-Instruct \\"):
-        "a server on a GPU",
-    ("docs/ui.md", "tunesmith ui --home ~/tunesmith-home                      # opens http://127.0.0.1:8000/#key=<a new random key>"):
-        "a server that runs until stopped, and a browser",
+    ("docs/server.md", "result = client.fine_tuning.alpha.graders.run("): "needs a running server and its client",
+    ("docs/server.md", "tunesmith server --home /srv/tunesmith"): "a server that runs until stopped",
+    ("docs/server.md", "CUDA_VISIBLE_DEVICES=0 tunesmith server"): "a server on a GPU",
+    ("docs/ui.md", "tunesmith ui --home"): "a server that runs until stopped, and a browser",
+    ("docs/graders.md", "tunesmith grade GRADER.json DATA"): "a synopsis",
+    ("docs/graders.md", "d.jsonl:2: item.reference_answer:"): "output, not a command",
+    ("docs/graders.md", "$ tunesmith data check rft.jsonl --grader"):
+        "the rows and grader of tests/test_data_check_grader.py, which runs it",
 }
 
 
@@ -67,6 +72,7 @@ class Block:
     page: str  # relative to the repository
     line: int  # of the opening fence
     lang: str
+    filename: str | None  # the file the block is, when its info string names one
     text: str
     skip: str | None  # the reason, when marked
 
@@ -79,7 +85,7 @@ def read_blocks(path: Path) -> list[Block]:
     page = path.relative_to(ROOT).as_posix()
     blocks, lines, i = [], path.read_text(encoding="utf-8").splitlines(), 0
     while i < len(lines):
-        fence = re.match(r"^(`{3,})\s*(\S*)", lines[i])
+        fence = re.match(r"^(`{3,})\s*(\S*)\s*(\S*)", lines[i])
         if not fence:
             i += 1
             continue
@@ -88,8 +94,9 @@ def read_blocks(path: Path) -> list[Block]:
         marked = SKIP.fullmatch(before.strip())
         body = "\n".join(lines[i + 1:end]) + "\n"
         first = body.splitlines()[0] if body.strip() else ""
-        skip = marked.group("reason") if marked else OWNED_ELSEWHERE.get((page, first))
-        blocks.append(Block(page, i + 1, fence.group(2).lower(), body, skip))
+        elsewhere = [reason for (owner, start), reason in OWNED_ELSEWHERE.items() if owner == page and first.startswith(start)]
+        skip = marked.group("reason") if marked else next(iter(elsewhere), None)
+        blocks.append(Block(page, i + 1, fence.group(2).lower(), fence.group(3) or None, body, skip))
         i = end + 1
     return blocks
 
@@ -104,7 +111,7 @@ def test_the_blocks_are_found():
 
 
 def test_every_block_has_a_known_kind():
-    unknown = [f"{b.id} ```{b.lang}" for b in BLOCKS if b.lang not in SHELL | NOT_CODE | {"python", "yaml", "json"}]
+    unknown = [f"{b.id} ```{b.lang}" for b in BLOCKS if b.lang not in SHELL | NOT_CODE | {"python", "yaml", "json", "jsonl"}]
     assert not unknown, f"add the info string to the test's kinds, or use one it knows: {unknown}"
 
 
@@ -259,6 +266,8 @@ def parse_only(block: Block) -> None:
         yaml.safe_load(block.text)
     elif block.lang == "json":
         read_json(block.text)
+    elif block.lang == "jsonl":
+        [json.loads(line) for line in block.text.splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("block", [b for b in BLOCKS if b.lang not in NOT_CODE], ids=lambda b: b.id)
@@ -266,11 +275,14 @@ def test_block_runs(block, request, capsys):
     if block.skip is not None:
         parse_only(block)
         pytest.skip(block.skip)
-    if block.lang == "json":
-        read_json(block.text)
+    if block.lang in ("json", "jsonl"):
+        parse_only(block)
         return
     work = request.getfixturevalue("work")
-    text = substitute(block.text, request.getfixturevalue("tiny_model_dir"))
+    model_dir = request.getfixturevalue("tiny_model_dir")
+    for named in (b for b in BLOCKS if b.page == block.page and b.filename):  # the page's files, e.g. grader.json
+        (work / named.filename).write_text(substitute(named.text, model_dir), encoding="utf-8")
+    text = substitute(block.text, model_dir)
     if block.lang == "python":
         shutil.rmtree(work / "runs" / "faq-demo")  # Python blocks train their own
         exec(compile(text, block.id, "exec"), {"__name__": "__doc_example__"})  # noqa: S102 - the page's own code
