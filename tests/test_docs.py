@@ -115,8 +115,9 @@ def test_documented_server_defaults_are_the_codes(monkeypatch):
 
 def check_flag_table(command_name: str, args: list[str], page: str, heading: str, limits: type,
                      expected_row: str) -> None:
-    """Each flag of a command's table in docs/`page` has the default the command gets without flags (a
-    flag left None overrides a field of `limits`: that field's default)."""
+    """Every flag of the command is in the first cell of a row of its table in docs/`page`, and each
+    row's first flag has the default the command gets without flags (a flag left None overrides a
+    field of `limits`: that field's default)."""
     from tunesmith.cli import main
 
     command = main.commands[command_name]
@@ -124,6 +125,9 @@ def check_flag_table(command_name: str, args: list[str], page: str, heading: str
     names = {opt: p.name for p in command.params for opt in p.opts}
     table = doc_table(page, heading, "| flag | default | meaning |")
     assert expected_row in table
+    documented = {flag for row in table for flag in re.findall(r"`(--[a-z-]+)", row)}
+    undocumented = [opt for p in command.params for opt in p.opts if opt.startswith("--") and opt not in documented]
+    assert not undocumented, f"docs/{page}'s flag table lacks {undocumented}"
     for row, cell in table.items():
         flag = row.split("`")[1].split()[0]
         name = names[flag]  # KeyError: the page documents a flag that does not exist
