@@ -25,6 +25,7 @@ from .cli_options import (
 
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
+from .cli_grade import grade_command
 from .cli_server import jobs_group, server_command, ui_command
 from .config import DEFAULT_MODEL, METHODS, TrainConfig, load_config
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
@@ -491,9 +492,9 @@ def tune_command(source: str, trials: int | None, minutes: float | None, eval_da
         Console(highlight=False, soft_wrap=True).print("\n".join(result_lines(result)))
 
 
-main.add_command(server_command)  # the service commands live in cli_server.py (this file's size cap)
-main.add_command(jobs_group)
-main.add_command(ui_command)
+# the service commands live in cli_server.py, grade in cli_grade.py (each its own flags and output)
+for command in (server_command, jobs_group, ui_command, grade_command):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -71,3 +71,9 @@ def require(ok: bool, key: str, message: str) -> None:
     """The check of one config or settings value: a ConfigError naming the key when `ok` is false."""
     if not ok:
         raise ConfigError(f"config key '{key}' {message}")
+
+
+class GraderError(TunesmithError, ValueError):
+    """A grader (OpenAI's JSON format) that cannot be used; the message names its JSON path and the fix."""
+
+    exit_code = EXIT_USAGE

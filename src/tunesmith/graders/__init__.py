@@ -1,0 +1,14 @@
+"""Graders in OpenAI's JSON format (string_check, text_similarity, python, score_model, multi) and our
+json_schema: parsed and checked (spec), rendered (templates), run (grading), and the data check of
+the fields they read (fields). Usable on their own: `grade(parse_grader({...}), make_sample(text), row)`.
+"""
+
+from .fields import check_rows, referenced_item_fields
+from .grading import GradeResult, GradingSession, grade, grade_rows
+from .judge import Judge
+from .limits import GraderLimits
+from .spec import Grader, load_grader, parse_grader
+from .templates import make_sample, render
+
+__all__ = ["GradeResult", "Grader", "GraderLimits", "GradingSession", "Judge", "check_rows", "grade", "grade_rows",
+           "load_grader", "make_sample", "parse_grader", "referenced_item_fields", "render"]
