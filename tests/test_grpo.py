@@ -12,8 +12,8 @@ from tunesmith.config import ConfigError
 from tunesmith.grpo_config import GrpoConfig
 from tunesmith.inference.decode import generate_batch
 from tunesmith.inference.sample import Completions, TokenSampler, nucleus, sample_completions
-from tunesmith.training.grpo import (Rollout, StepTotals, aggregate, completion_log_probs, group_advantages,
-                                     grpo_loss, grpo_step, token_losses)
+from tunesmith.training.grpo import (Rollout, StepTotals, aggregate, completion_log_probs, grader_reward,
+                                     group_advantages, grpo_loss, grpo_step, token_losses)
 
 CPU = torch.device("cpu")
 
@@ -25,8 +25,8 @@ def test_advantages_are_the_reward_less_the_group_mean_optionally_over_the_std()
     centred = [0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]
     torch.testing.assert_close(group_advantages(rewards, 4, "none"), torch.tensor(centred))
     # group std of (1, 0, 0, 0), Bessel-corrected: sqrt((0.5625 + 3 x 0.0625) / 3) = 0.5; a flat group stays 0
-    torch.testing.assert_close(group_advantages(rewards, 4, "group"),
-                               torch.tensor([0.75 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001, 0, 0, 0, 0]))
+    scaled = [0.75 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001, -0.25 / 0.5001, 0, 0, 0, 0]
+    torch.testing.assert_close(group_advantages(rewards, 4, "group"), torch.tensor(scaled))
     batch_std = math.sqrt(sum((r - 1.125) ** 2 for r in rewards.tolist()) / 7)
     torch.testing.assert_close(group_advantages(rewards, 4, "batch"), torch.tensor(centred) / (batch_std + 1e-4))
     torch.testing.assert_close(group_advantages(rewards, 2, "none"), torch.tensor([0.5, -0.5, 0, 0, 0, 0, 0, 0]))
@@ -69,6 +69,16 @@ def test_each_normalisation_on_completion_tokens_only(loss_type, expected):
     split = sum(float(aggregate(losses[i : i + 1], mask[i : i + 1], settings, pieces)) for i in range(2))
     if loss_type != "bnpo":  # bnpo averages per piece (as TRL's, it changes with the micro-batch size)
         assert split == pytest.approx(expected)
+
+
+def test_a_grader_is_a_reward_function():
+    from tunesmith.graders import GradingSession, parse_grader
+
+    grader = parse_grader({"type": "string_check", "name": "s", "input": "{{sample.output_text}}",
+                           "reference": "{{item.answer}}", "operation": "ilike"})
+    with GradingSession(grader) as session:
+        reward = grader_reward(session)
+        assert reward(["It is Paris.", "Rome", "paris!"], [{"answer": "Paris"}] * 3) == [1.0, 0.0, 1.0]
 
 
 def test_settings_are_checked_when_built():
@@ -252,30 +262,25 @@ def test_grpo_loss_and_gradients_equal_trls(tiny_model_dir, tiny_tokenizer, tmp_
 # --- a learnable reward rises
 
 def test_a_learnable_reward_rises_over_a_few_steps(tiny_model_dir, tiny_tokenizer):
-    """Reward: the share of a completion's characters that are "e"; plain AdamW on a LoRA of the tiny
-    model, the defaults but for small groups and completions."""
-    from peft import LoraConfig, get_peft_model
+    """Reward: the share of a completion's characters that are spaces (about 0.09 for the random tiny
+    model); plain AdamW on all its weights, the default settings but for short completions."""
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.forgetting.measure import base_view
     from tunesmith.model.attention import use_packed_attention
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    use_packed_attention(base)
-    torch.manual_seed(0)
-    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
-    settings = GrpoConfig(group_size=8, max_completion_tokens=8, beta=0.01)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    use_packed_attention(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    settings = GrpoConfig(max_completion_tokens=8)
     prompts = prompts_of(tiny_tokenizer, ["What is a permit?", "How long does it take?"])
-    share_of_e = lambda texts, rows: [t.count("e") / max(1, len(t)) for t in texts]  # noqa: E731
+    share_of_spaces = lambda texts, rows: [t.count(" ") / max(1, len(t)) for t in texts]  # noqa: E731
     rewards = []
-    for step in range(12):
-        loss, metrics = grpo_step(model, prompts, [{}, {}], share_of_e, tiny_tokenizer, settings,
-                                  [tiny_tokenizer.eos_token_id], tiny_tokenizer.pad_token_id, seed=step, device=CPU,
-                                  reference=base_view(model))
+    for step in range(16):
+        loss, metrics = grpo_step(model, prompts, [{}, {}], share_of_spaces, tiny_tokenizer, settings,
+                                  [tiny_tokenizer.eos_token_id], tiny_tokenizer.pad_token_id, seed=step, device=CPU)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         rewards.append(metrics["reward"])
-    first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
-    assert last > first + 0.1 and last > 2 * first, rewards
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    assert last > first + 0.04 and last > 1.4 * first, rewards  # measured: 0.092 -> 0.155

@@ -67,7 +67,8 @@ class GrpoConfig:
     the clip matters; 1 samples afresh for every step, as TRL's default."""
 
     def __post_init__(self) -> None:
-        require(self.group_size >= 2, "grpo.group_size", f"must be at least 2 (a group's mean is the baseline), got {self.group_size}")
+        require(self.group_size >= 2, "grpo.group_size",
+                f"must be at least 2 (a group's mean is the baseline), got {self.group_size}")
         require(self.temperature > 0, "grpo.temperature", f"must be positive, got {self.temperature}")
         require(0 < self.top_p <= 1, "grpo.top_p", f"must be in (0, 1], got {self.top_p}")
         require(self.max_completion_tokens >= 1, "grpo.max_completion_tokens",
@@ -76,7 +77,8 @@ class GrpoConfig:
         require(0 <= self.epsilon < 1, "grpo.epsilon", f"must be in [0, 1), got {self.epsilon}")
         require(self.epsilon_high is None or self.epsilon_high >= 0, "grpo.epsilon_high",
                 f"must be non-negative, got {self.epsilon_high}")
-        require(self.loss_type in LOSS_TYPES, "grpo.loss_type", f"must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        require(self.loss_type in LOSS_TYPES, "grpo.loss_type",
+                f"must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         require(self.scale_rewards in REWARD_SCALINGS, "grpo.scale_rewards",
                 f"must be one of {', '.join(REWARD_SCALINGS)}, got {self.scale_rewards!r}")
         require(self.num_iterations >= 1, "grpo.num_iterations", f"must be at least 1, got {self.num_iterations}")

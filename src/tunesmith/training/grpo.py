@@ -29,6 +29,17 @@ Reference = Callable[[], Any]
 STD_EPSILON = 1e-4  # added to the std before dividing, as TRL: a group of equal rewards gets advantage 0
 
 
+def grader_reward(session: Any) -> RewardFunction:
+    """A reward function from an open `graders.GradingSession`: each completion graded as OpenAI's
+    graders see an answer (`sample.output_text`) against its row (`item`); a failed grade scores 0."""
+    from ..graders import make_sample
+
+    def reward(texts: list[str], rows: list[Any]) -> list[float]:
+        return [result.reward for result in session.grade_many((make_sample(t), row) for t, row in zip(texts, rows))]
+
+    return reward
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str) -> torch.Tensor:
     """(N,) each reward less its group's mean (groups: consecutive `group_size` rows), divided by the
     group's std (Bessel-corrected) + 1e-4 with scale "group", by the whole batch's with "batch"."""
@@ -152,7 +163,8 @@ def token_losses(log_probs: torch.Tensor, old_log_probs: torch.Tensor, ref_log_p
     ratio = torch.exp(log_probs - old_log_probs)  # (N, T)
     clipped_ratio = torch.clamp(ratio, 1 - settings.epsilon, 1 + settings.clip_high)
     losses = -torch.min(ratio * advantages, clipped_ratio * advantages)
-    clipped = ((ratio < 1 - settings.epsilon) & (advantages < 0)) | ((ratio > 1 + settings.clip_high) & (advantages > 0))
+    clipped = (((ratio < 1 - settings.epsilon) & (advantages < 0))
+               | ((ratio > 1 + settings.clip_high) & (advantages > 0)))  # where the clip took the gradient away
     kl = torch.zeros_like(losses)
     if settings.beta > 0:
         gap = ref_log_probs - log_probs
