@@ -38,12 +38,12 @@ class GrpoConfig:
     beta: float = 0.0
     """Weight of the per-token KL to the base (k3 estimator, Schulman 2020: exp(ref - p) - (ref - p) -
     1), the base being the model with its adapters disabled (the frozen copy with method full), as for
-    DPO. 0 (TRL's default since DAPO and Dr. GRPO found it not needed) skips the base's forward pass;
+    DPO. 0 (TRL's default; DAPO and Dr. GRPO train without it) skips the base's forward pass;
     the forgetting budget and `forgetting.kl_weight` (KL on general prompts) still bound the drift.
     DeepSeekMath used 0.04."""
     kl_bias_correction: bool = True
     """Multiply the per-token KL by the policy ratio (whose value is 1 on-policy but whose gradient is
-    not 0): the k3 term's gradient is then the reverse KL's, unbiased (DeepSeek-V3.2, eq. 7; TRL 1.16's
+    not 0): the k3 term's gradient is then the reverse KL's, unbiased (DeepSeek-V3.2; TRL 1.16's
     `use_bias_correction_kl`, on by default). Without it, k3's gradient is that of a different divergence."""
     epsilon: float = 0.2
     """Clip range of the policy ratio below 1 (and above, unless `epsilon_high`): PPO's 0.2. With

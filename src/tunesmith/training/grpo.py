@@ -29,6 +29,12 @@ Reference = Callable[[], Any]
 STD_EPSILON = 1e-4  # added to the std before dividing, as TRL: a group of equal rewards gets advantage 0
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of optimizer step `step` of a run seeded `seed`: a pure function of the two,
+    so a run resumed at step k samples what the uninterrupted run sampled at step k."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
 def grader_reward(session: Any) -> RewardFunction:
     """A reward function from an open `graders.GradingSession`: each completion graded as OpenAI's
     graders see an answer (`sample.output_text`) against its row (`item`); a failed grade scores 0."""
