@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,6 +90,25 @@ def test_settings_are_checked_when_built():
                 {"beta": -1}, {"num_iterations": 0}):
         with pytest.raises(ConfigError, match=f"grpo.{next(iter(bad))}"):
             GrpoConfig(**bad)
+
+
+def test_the_variant_table_of_the_docs_gives_the_defaults():
+    """docs/rft.md's table of the variant, tunesmith's column, against GrpoConfig's fields."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "rft.md").read_text(encoding="utf-8")
+    table = doc.split("| setting | tunesmith |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    defaults, checked = GrpoConfig(), []
+    for row in table:
+        names_cell, value_cell = (cell.strip() for cell in row.strip("|").split("|")[:2])
+        names = re.findall(r"`(\w+)`", names_cell)
+        values = re.split(r"\s*[/,]\s*", value_cell.split(":")[0].strip("` "))
+        for name, value in zip(names, values, strict=True):
+            actual = defaults.clip_high if name == "epsilon_high" else getattr(defaults, name)
+            if re.fullmatch(r"[\d.]+", value):
+                assert float(actual) == float(value), name
+            else:
+                assert str(actual).lower() == {"on": "true", "off": "false"}.get(value, value), name
+            checked.append(name)
+    assert len(checked) == 11
 
 
 def test_the_nucleus_keeps_the_most_likely_tokens_that_reach_top_p():
