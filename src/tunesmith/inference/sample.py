@@ -19,9 +19,10 @@ class TokenSampler:
     logits processor that draws every next token from softmax(logits / temperature), cut to the top-p
     nucleus, and hands the greedy step a row that only the drawn token can win.
 
-    Each prompt index has its own `torch.Generator`, seeded from (seed, index): a completion is the same
-    whichever batch the decoder put it in and whatever else was in it, and the draws never touch torch's
-    global RNG (a step's dropout or shuffling cannot shift them, nor they those)."""
+    Each prompt index has its own `torch.Generator`, seeded from (seed, index): a completion's draws do
+    not depend on the batch the decoder put it in (its logits can, in their last bits, through the
+    batch's padding), and they never touch torch's global RNG (a step's dropout or shuffling cannot
+    shift them, nor they those)."""
 
     def __init__(self, temperature: float, top_p: float, seed: int):
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
