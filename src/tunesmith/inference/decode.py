@@ -1,5 +1,6 @@
-"""Batched greedy decoding of token-id prompts: the one decode path of eval, compare and the probes;
-and the adapter merged into the weights while a tuned model decodes."""
+"""Batched greedy decoding of token-id prompts: the one decode path of eval, compare and the probes
+(and, with a seeded sampler from inference/sample.py, of GRPO's samples); and the adapter merged
+into the weights while a tuned model decodes."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..settings import GENERATION_BATCH
 
 @torch.no_grad()
 def generate_batch(model: Any, prompts: Sequence[list[int]], max_new_tokens: int, eos_ids: Sequence[int],
-                   pad_id: int, batch_size: int = GENERATION_BATCH) -> list[list[int]]:
+                   pad_id: int, batch_size: int = GENERATION_BATCH, sampler: Any | None = None) -> list[list[int]]:
     """Greedy continuations of token-id prompts, decoded in left-padded batches of similar length;
     each stops after its first token of `eos_ids` (kept, so a KL probe also scores whether the model
     ends its turn). Same answers as one prompt at a time (tests/test_compare.py); a step of a small
@@ -24,18 +25,24 @@ def generate_batch(model: Any, prompts: Sequence[list[int]], max_new_tokens: int
     + LoRA, 2 cores, transformers 5.x). On the CPU each batch decodes at the threads `FreeCores`
     finds free: on quiet cores eval's 12 answers took 7.5-8.1 s at two threads against 9.7-10.0 s
     at one, and compare's long retrieval prompts 144 s against 241-258 s (16 prompts a batch
-    against 8 also helps); beside other jobs one thread is kept, which is faster there."""
+    against 8 also helps); beside other jobs one thread is kept, which is faster there.
+
+    `sampler`: given a batch's prompt indices, a logits processor that picks each next token itself
+    (inference/sample.py's seeded `TokenSampler`), so the greedy step takes its pick. The thread count
+    then stays as it is: a sample must be a function of its seed, and another thread count can change
+    the logits' last bits."""
     device = next(model.parameters()).device
     threads = torch.get_num_threads()
+    cores = FreeCores(threads) if device.type == "cpu" and sampler is None else None
     try:
-        return _generate_batches(model, prompts, max_new_tokens, eos_ids, pad_id, batch_size, device,
-                                 FreeCores(threads) if device.type == "cpu" else None)
+        return _generate_batches(model, prompts, max_new_tokens, eos_ids, pad_id, batch_size, device, cores, sampler)
     finally:
         torch.set_num_threads(threads)
 
 
 def _generate_batches(model: Any, prompts: Sequence[list[int]], max_new_tokens: int, eos_ids: Sequence[int],
-                      pad_id: int, batch_size: int, device: torch.device, cores: FreeCores | None) -> list[list[int]]:
+                      pad_id: int, batch_size: int, device: torch.device, cores: FreeCores | None,
+                      sampler: Any | None = None) -> list[list[int]]:
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad little
     outputs: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
@@ -48,8 +55,9 @@ def _generate_batches(model: Any, prompts: Sequence[list[int]], max_new_tokens: 
         for row, i in enumerate(group):
             ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[row, width - len(prompts[i]):] = 1
+        chooser = {} if sampler is None else {"logits_processor": [sampler(group)]}
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=list(eos_ids), pad_token_id=pad_id)
+                             max_new_tokens=max_new_tokens, eos_token_id=list(eos_ids), pad_token_id=pad_id, **chooser)
         for row, i in enumerate(group):
             new = out[row, width:].tolist()  # (max_new,) padded with pad_id after EOS
             cut = next((k + 1 for k, t in enumerate(new) if t in eos_ids), len(new))

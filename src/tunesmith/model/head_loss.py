@@ -155,12 +155,15 @@ def chunked_head(model: Any) -> torch.nn.Linear | None:
 
 
 @contextlib.contextmanager
-def head_returns_loss(head: torch.nn.Linear, targets: torch.Tensor, per_row: bool = False) -> Iterator[None]:
+def head_returns_loss(head: torch.nn.Linear, targets: torch.Tensor, per_row: bool = False,
+                      temperature: float = 1.0) -> Iterator[None]:
     """For one model call, the head returns the summed cross-entropy of its rows against `targets`
     (in the model output's `logits` field) instead of their logits; with `per_row`, each row's
-    log-probability of its target, (n,)."""
+    log-probability of its target, (n,). `temperature`: the logits divided by it first (GRPO scores
+    its samples under the temperature that drew them); the head has no bias, so the hidden states are."""
     loss = linear_log_probs if per_row else linear_cross_entropy
-    head.forward = lambda hidden: loss(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets, CHUNK_ROWS)
+    scale = (lambda hidden: hidden) if temperature == 1.0 else (lambda hidden: hidden / temperature)
+    head.forward = lambda hidden: loss(scale(hidden.reshape(-1, hidden.shape[-1])), head.weight, targets, CHUNK_ROWS)
     try:
         yield
     finally:

@@ -160,14 +160,20 @@ def sequence_log_probs(model: Any, batch: Batch, device: torch.device) -> tuple[
     return sums, torch.bincount(sequence, minlength=n)
 
 
-def _trained_positions(model: Any, batch: Batch, device: torch.device, per_row: bool
+def token_log_probs(model: Any, batch: Batch, device: torch.device, temperature: float = 1.0) -> torch.Tensor:
+    """(n_trained,) the log-probability of each trained position's target under softmax(logits /
+    temperature), in the batch's order, with `loss_sum`'s economy (GRPO's per-token ratios)."""
+    return _trained_positions(model, batch, device, per_row=True, temperature=temperature)[0]
+
+
+def _trained_positions(model: Any, batch: Batch, device: torch.device, per_row: bool, temperature: float = 1.0
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the summed cross-entropy, or with `per_row` each trained position's log-probability; the
     trained positions' indices)."""
     targets = batch.targets[0].to(device)
     keep = (targets != IGNORE).nonzero().squeeze(1)  # (n_trained,)
     head = chunked_head(model)
-    with head_returns_loss(head, targets[keep], per_row) if head is not None else contextlib.nullcontext():
+    with head_returns_loss(head, targets[keep], per_row, temperature) if head is not None else contextlib.nullcontext():
         out = model(
             input_ids=batch.input_ids.to(device),
             position_ids=batch.position_ids.to(device),
@@ -177,7 +183,7 @@ def _trained_positions(model: Any, batch: Batch, device: torch.device, per_row: 
         )
     if head is not None:
         return out.logits, keep  # from the head: the summed loss, or the rows' log-probabilities
-    logits = out.logits[0].float()  # (n_trained, vocab)
+    logits = out.logits[0].float() / temperature  # (n_trained, vocab)
     if per_row:
         return torch.log_softmax(logits, dim=1).gather(1, targets[keep, None])[:, 0], keep
     return F.cross_entropy(logits, targets[keep], reduction="sum"), keep
