@@ -78,7 +78,8 @@ def classify_isa(flags: set[str], env: Mapping[str, str], torch_capability: str)
     restricted = {name: cap for name, cap in caps.items() if ISA_CLASSES.index(cap) < ISA_CLASSES.index(cpu)}
     return {"isa": used, "isa_cpu": cpu, "torch_cpu_capability": torch_capability,
             "isa_env": {name: env[name] for name in ISA_ENV if name in env},
-            "isa_restricted_by": {name: f"{env.get(name, torch_capability)} -> {cap}" for name, cap in restricted.items()}}
+            "isa_restricted_by": {name: f"{env.get(name, torch_capability)} -> {cap}"
+                                  for name, cap in restricted.items()}}
 
 
 def cpuinfo(text: str) -> tuple[str, set[str], int]:
@@ -122,23 +123,23 @@ def describe(record: dict) -> str:
 def matmul_peak_gflops(size: int = 2048, repeats: int = 8, budget_s: float = 1.0) -> float:
     """The bf16 matmul rate this machine reaches right now on all its usable CPUs, the denominator of
     model FLOP utilization: the best of `repeats` 2048² products (~0.1 s with AMX, ~0.4 s at ~400
-    GFLOP/s), or of those done within `budget_s` (at least two), smaller ones where bf16 is emulated
-    and a 2048² product would take minutes. Best, not median: the question is what the units can do right now."""
+    GFLOP/s), or of those done within `budget_s` (at least two); smaller products where bf16 is
+    emulated and a 2048² one would take a minute. Best, not median: what the units can do now."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(usable_cpus())  # the machine's peak, whatever threads the bench's system runs on
     try:
-        small = torch.randn(256, 256, dtype=torch.bfloat16)
-        small @ small  # the first call builds the kernel; the second tells how fast bf16 goes here
-        start = time.perf_counter()
-        small @ small
-        rate = 2 * 256**3 / max(time.perf_counter() - start, 1e-9)
-        while size > 256 and 2 * size**3 / rate > budget_s / 2:
-            size //= 2
-        a = torch.randn(size, size, dtype=torch.bfloat16)
-        b = torch.randn(size, size, dtype=torch.bfloat16)
-        a @ b  # first call at this size: oneDNN picks and builds its kernel
+        n = 256  # grow the product up to `size` while one takes under budget_s / 8: emulated bf16 stops early
+        while True:
+            a = torch.randn(n, n, dtype=torch.bfloat16)
+            b = torch.randn(n, n, dtype=torch.bfloat16)
+            a @ b  # the first call at a size: oneDNN picks and builds its kernel
+            start = time.perf_counter()
+            a @ b
+            if n >= size or time.perf_counter() - start > budget_s / 8:
+                break
+            n *= 2
         best = 0.0
         began = time.perf_counter()
         for done in range(repeats):
@@ -146,7 +147,7 @@ def matmul_peak_gflops(size: int = 2048, repeats: int = 8, budget_s: float = 1.0
                 break
             start = time.perf_counter()
             a @ b
-            best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
     finally:
         torch.set_num_threads(threads)
     return round(best, 1)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("bench_machine", Path(__file__).resolve().parents[1] / "bench" / "machine.py")
+MACHINE = Path(__file__).resolve().parents[1] / "bench" / "machine.py"
+_spec = importlib.util.spec_from_file_location("bench_machine", MACHINE)
 machine = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(machine)
 
@@ -19,8 +20,8 @@ AMX = AVX512_BF16 + " avx512_fp16 amx_bf16 amx_tile amx_int8"  # a Sapphire Rapi
 
 
 def cpuinfo_text(flags: str, cores: int = 2) -> str:
-    return "".join(f"processor\t: {i}\nmodel name\t: Test CPU\nphysical id\t: 0\ncore id\t\t: {i}\nflags\t\t: {flags}\n\n"
-                   for i in range(cores))
+    return "".join(f"processor\t: {i}\nmodel name\t: Test CPU\nphysical id\t: 0\ncore id\t\t: {i}\n"
+                   f"flags\t\t: {flags}\n\n" for i in range(cores))
 
 
 @pytest.mark.parametrize(("flags", "isa"), [(AMX, "AMX"), (AVX512_BF16, "AVX-512 BF16"), (AVX512, "AVX-512"),
