@@ -3,7 +3,8 @@
     python bench/bench_datacheck.py [--rows 100000] [--model smollm2-135m-instruct]
 
 Rows are varied multi-sentence chats (with 1% exact duplicates and a few e-mail addresses), so the
-duplicate index, the PII scan and the tokenizer all do real work. Prints rows/s and the totals.
+duplicate index, the PII scan and the tokenizer all do real work. Prints rows/s and the totals, then
+one JSON line with the machine (bench/machine.py; tokenizing and hashing, no matmuls: no peak).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe, machine_record
 
 WORDS = ("permit building municipality application drawing facade extension roof window garage fee week "
          "plan committee decision appeal neighbour boundary height metre storey heating insulation energy "
@@ -66,11 +69,16 @@ def main() -> None:
         elapsed = time.perf_counter() - started
     stats = report.stats["splits"]["train"]
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    machine = machine_record()
+    print(describe(machine))
     print(f"{args.rows:,} rows ({size_mb:.0f} MB) checked in {elapsed:.1f} s = {args.rows / elapsed:,.0f} rows/s; "
           f"errors {len(report.errors)}, warnings {len(report.warnings)}, "
           f"duplicates {stats['exact_duplicates']} exact / {stats['near_duplicates']} near, "
           f"tokens median {stats['tokens']['median']} p95 {stats['tokens']['p95']}; peak RSS {peak_mb:.0f} MB "
           f"({base_mb:.0f} MB before the check)")
+    print(json.dumps({"bench": "datacheck", "machine": machine, "rows": args.rows, "seconds": round(elapsed, 2),
+                      "rows_per_s": round(args.rows / elapsed), "errors": len(report.errors),
+                      "warnings": len(report.warnings), "peak_rss_mb": round(peak_mb), "base_rss_mb": round(base_mb)}))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ alpha 32, dropout 0 on all linear layers on both sides, beta 0.1, the same learn
 sides' default precision otherwise). Each system runs in its own process, alternating round by
 round; tokens/s counts real (non-padding) tokens of chosen and rejected sequences and leaves out
 the first step; peak RSS is the process's. Medians over rounds, then tunesmith / TRL ratios. The
-last line printed is one JSON object for scripts.
+bf16 matmul peak is measured right before and right after each run, and the JSON names the host's
+CPU and instruction set class (bench/machine.py). The last line printed is one JSON object for scripts.
 
     python bench/bench_dpo.py [--model smollm2-135m-instruct] [--steps 20] [--rounds 2] [--pairs 4]
 """
@@ -24,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import bracketed, describe, machine_record, peaks
 
 ROOT = Path(__file__).resolve().parents[1]
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
@@ -123,17 +126,26 @@ def main() -> None:
         return
     folder = Path(tempfile.mkdtemp(prefix="bench-dpo-"))
     data = Path(args.data) if args.data else default_pairs(folder)
+    machine = machine_record()
+    print(f"machine: {describe(machine)}", flush=True)
     results: dict[str, list[dict]] = {s: [] for s in SYSTEMS}
     for round_no in range(args.rounds):
         for system in SYSTEMS:
             out = folder / f"{system}-{round_no}"
-            done = subprocess.run([sys.executable, __file__, "--system", system, "--model", args.model, "--data", str(data),
-                                   "--steps", str(args.steps), "--pairs", str(args.pairs), "--out", str(out)],
-                                  capture_output=True, text=True, check=True)
-            results[system].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            cmd = [sys.executable, __file__, "--system", system, "--model", args.model, "--data", str(data),
+                   "--steps", str(args.steps), "--pairs", str(args.pairs), "--out", str(out)]
+            results[system].append(bracketed(lambda: json.loads(
+                subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])))
             print(f"round {round_no + 1} {system}: {results[system][-1]}", flush=True)
-    median = {s: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for s, runs in results.items()}
-    print(json.dumps({"model": args.model, "steps": args.steps, "pairs_per_step": args.pairs, **median,
+    median = {s: {k: statistics.median(r[k] for r in runs) for k in ("tokens_per_s", "peak_rss_gib")} | peaks(runs)
+              for s, runs in results.items()}
+    print(f"\n{describe(machine)}\n{'system':<11}{'tok/s':>8}{'peak RSS GiB':>14}  "
+          "bf16 peak GFLOP/s before / after each run")
+    for s, m in median.items():
+        print(f"{s:<11}{m['tokens_per_s']:>8.0f}{m['peak_rss_gib']:>14.2f}  "
+              + ", ".join(f"{b:.0f} / {a:.0f}" for b, a in zip(m["peak_gflops_before"], m["peak_gflops_after"])))
+    print(json.dumps({"machine": machine, "model": args.model, "steps": args.steps, "pairs_per_step": args.pairs,
+                      **median,
                       "tokens_per_s_ratio": median["tunesmith"]["tokens_per_s"] / median["trl"]["tokens_per_s"],
                       "peak_rss_ratio": median["tunesmith"]["peak_rss_gib"] / median["trl"]["peak_rss_gib"]}))
 

@@ -15,7 +15,9 @@ threads. Systems:
 Each system runs in its own process, alternating round by round so a noisy machine hits them alike;
 medians over rounds. Prompt processing (prefill) and decoding are timed apart: prefill tokens/s over
 the prompts' tokens, decode tokens/s over the new tokens after the first. Peak RSS is the process's.
-The last line printed is one JSON object with the ratios.
+The bf16 matmul peak is measured right before and right after each run, and the JSON names the
+host's CPU and instruction set class (bench/machine.py). The last line printed is one JSON object
+with the ratios.
 
     python bench/bench_generate.py [--rounds 3] [--prompts 8] [--new-tokens 64] [--threads 1] [--systems ...]
 """
@@ -32,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import bracketed, describe, machine_record, peaks
 
 SYSTEMS = ("tunesmith", "tunesmith_batched", "transformers", "tunesmith_bf16", "llama_cpp_f16", "llama_cpp_q8_0")
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
@@ -172,6 +176,8 @@ def main() -> None:
     for system in missing:
         print(f"{system}: skipped, llama-cpp-python is not installed (pip install -e '.[llama-cpp]')", file=sys.stderr)
     systems = [s for s in systems if s not in missing]
+    machine = machine_record()
+    print(f"machine: {describe(machine)}", file=sys.stderr)
     results: dict[str, list[dict]] = {s: [] for s in systems}
     with tempfile.TemporaryDirectory() as folder:
         for round_ in range(args.rounds):
@@ -179,13 +185,15 @@ def main() -> None:
                 cmd = [sys.executable, __file__, "--one", system, "--folder", folder, "--prompts", str(args.prompts),
                        "--batch", str(args.batch), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]
                 env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-                line = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout.splitlines()[-1]
-                results[system].append(json.loads(line))
+                results[system].append(bracketed(lambda: json.loads(subprocess.run(
+                    cmd, check=True, capture_output=True, text=True, env=env).stdout.splitlines()[-1])))
                 r = results[system][-1]
                 print(f"round {round_ + 1} {system:18s} prefill {r['prefill_tps']:8.1f} tok/s  decode "
-                      f"{r['decode_tps']:7.1f} tok/s  peak {r['peak_rss_gib']:.2f} GiB", file=sys.stderr)
+                      f"{r['decode_tps']:7.1f} tok/s  peak RSS {r['peak_rss_gib']:.2f} GiB  bf16 peak "
+                      f"{r['peak_gflops_before']:.0f} / {r['peak_gflops_after']:.0f} GFLOP/s before / after "
+                      f"({machine['isa']})", file=sys.stderr)
     summary = {s: {k: statistics.median(r[k] for r in rs) for k in ("prefill_tps", "decode_tps", "peak_rss_gib")}
-               for s, rs in results.items()}
+               | peaks(rs) for s, rs in results.items()}
     reference = results[systems[0]][0]["tokens"]
     for s, rs in results.items():
         summary[s]["same_greedy_tokens_as_" + systems[0]] = same_tokens(rs[0]["tokens"], reference)
@@ -194,7 +202,7 @@ def main() -> None:
         ratios[f"{systems[0]}_vs_{s}_decode"] = summary[systems[0]]["decode_tps"] / summary[s]["decode_tps"]
     if "tunesmith_batched" in summary and "tunesmith" in summary:
         ratios["batched_vs_single_decode"] = summary["tunesmith_batched"]["decode_tps"] / summary["tunesmith"]["decode_tps"]
-    print(json.dumps({"bench": "generate", "prompts": args.prompts, "new_tokens": args.new_tokens,
+    print(json.dumps({"bench": "generate", "machine": machine, "prompts": args.prompts, "new_tokens": args.new_tokens,
                       "threads": args.threads, "rounds": args.rounds, "systems": summary, "ratios": ratios}))
 
 

@@ -4,7 +4,9 @@ inference/batching.py).
 A real uvicorn on a free port serves the model (`--model`, default SmolLM2-135M-Instruct, as
 loaded weights with no adapter) or a run (`--run`); each client sends `--requests` chat requests
 one after another (FAQ questions, greedy, `--max-tokens`). Throughput counts the completion tokens
-the server reports (usage) over the wall time of the whole load. The last line is one JSON object.
+the server reports (usage) over the wall time of the whole load. The bf16 matmul peak is measured
+right before and right after each load, and the JSON names the host's CPU and instruction set class
+(bench/machine.py). The last line is one JSON object.
 
     python bench/bench_serve.py [--model PATH_OR_NAME | --run RUN] [--clients 4] [--requests 4] [--max-tokens 64]
 """
@@ -16,6 +18,8 @@ import asyncio
 import json
 import threading
 import time
+
+from machine import bracketed, describe, machine_record
 
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
 
@@ -92,10 +96,15 @@ def main() -> None:
     pool = questions(args.clients * args.requests)
     asks = [pool[i::args.clients] for i in range(args.clients)]  # each client its own questions
     load_test(url, 1, [pool[:1]], 4)  # warm-up: first-call costs out of both figures
-    one = load_test(url, 1, [pool], args.max_tokens)  # the same questions, one client in turn
-    many = load_test(url, args.clients, asks, args.max_tokens)
+    one = bracketed(lambda: load_test(url, 1, [pool], args.max_tokens))  # the same questions, one client in turn
+    many = bracketed(lambda: load_test(url, args.clients, asks, args.max_tokens))
     server.should_exit = True
-    result = {"bench": "serve", "model": args.run or args.model, "max_tokens": args.max_tokens,
+    machine = machine_record()
+    print(f"{describe(machine)}\n{'clients':>7}{'tok/s':>8}  bf16 peak GFLOP/s before / after")
+    for measured in (one, many):
+        print(f"{measured['clients']:>7}{measured['tokens_per_s']:>8.1f}  {measured['peak_gflops_before']:.0f} / "
+              f"{measured['peak_gflops_after']:.0f}")
+    result = {"bench": "serve", "machine": machine, "model": args.run or args.model, "max_tokens": args.max_tokens,
               "threads": args.threads, "one_client": one, "concurrent": many,
               "throughput_ratio": round(many["tokens_per_s"] / one["tokens_per_s"], 2)}
     print(json.dumps(result))

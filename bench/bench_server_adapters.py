@@ -6,6 +6,7 @@ copy shared by both, as the server loads them), each answering a prompt.
 Two LoRA adapters with random (non-zero) weights are made for the model in a temporary folder, then
 a fresh process loads the base, attaches the first and answers, then the second and answers; it
 prints ru_maxrss after each. Two adapters should cost the first's RSS plus the adapters' few MB.
+Memory, not matmul speed: the JSON names the machine (bench/machine.py) and measures no peak.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from machine import machine_record
 
 
 def make_adapters(model_name: str, r: int, folder: Path) -> list[Path]:
@@ -56,7 +59,7 @@ def measure(model_name: str, adapters: list[str]) -> None:
             use_adapter(model, name)
             complete(model, tokenizer, prompt, Sampling(max_new_tokens=16))
         rows[f"{index} adapter(s)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"model": model_name, "peak_rss_mib": rows,
+    print(json.dumps({"machine": machine_record(), "model": model_name, "peak_rss_mib": rows,
                       "ratio": rows["2 adapter(s)"] / rows["1 adapter(s)"]}, indent=2))
 
 

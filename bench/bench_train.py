@@ -10,11 +10,14 @@ Systems run in separate processes, alternating round by round, so a noisy machin
 alike; tokens/s leaves out every system's first step, and is given over steps 2..N and over
 the last third of the steps (a lead that fades over a run shows there); medians over rounds are
 reported, then ratios. MFU counts the model's FLOPs per real token as Megatron-LM does (blocks, adapters, the
-output layer where a loss is taken, causal attention per example; see `model_flops`) against a
-bf16 matmul peak measured here. `tunesmith_compiled` (LoRA with `compile: true`) runs when named
-in --systems. tunesmith's processes start as the `tunesmith` command starts (jemalloc preloaded
-when installed, `tunesmith.runtime`), TRL's as Python does; `tunesmith_glibc`, when named, is
-tunesmith on the system's malloc. The last line printed is one JSON object for scripts.
+output layer where a loss is taken, causal attention per example; see `model_flops`) against the
+bf16 matmul peak measured right before and right after each of that system's runs (their median;
+bench/machine.py). The JSON names the host's CPU and instruction set class (AMX, AVX-512 BF16, ...)
+and every run's peaks: figures from two hosts, or two hours of one AMX host, are not alike.
+`tunesmith_compiled` (LoRA with `compile: true`) runs when named in --systems. tunesmith's processes
+start as the `tunesmith` command starts (jemalloc preloaded when installed, `tunesmith.runtime`),
+TRL's as Python does; `tunesmith_glibc`, when named, is tunesmith on the system's malloc. The last
+line printed is one JSON object for scripts.
 
     python bench/bench_train.py [--steps 30] [--rounds 3] [--data varlen] [--systems tunesmith,trl_padding,...]
     python bench/bench_train.py --data varlen --epoch [--rounds 1]   # one full epoch instead of --steps
@@ -35,6 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import bracketed, describe, machine_record, median_peak, peaks
 
 FAQ = "pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl"
 SYSTEMS = ("tunesmith", "trl_padding", "trl_padding_free", "tunesmith_full", "trl_full")
@@ -222,21 +227,6 @@ def run_trl(args, padding_free: bool, full: bool) -> dict:
             "peak_rss_gib": peak_rss_gib()}
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """The bf16 matmul rate this machine reaches right now, the denominator of model FLOP utilization."""
-    import torch
-
-    a = torch.randn(size, size, dtype=torch.bfloat16)
-    b = torch.randn(size, size, dtype=torch.bfloat16)
-    a @ b
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - start) / 1e9)
-    return best
-
-
 def worker(args) -> None:
     if args.worker.startswith("tunesmith"):
         result = run_tunesmith(args)
@@ -270,23 +260,26 @@ def spawn(system: str, args, extra: list[str] | None = None) -> dict:
 
 def compare(args) -> None:
     systems = args.systems.split(",")
+    machine = machine_record()
+    print(f"machine: {describe(machine)}", flush=True)
     results: dict[str, list[dict]] = {s: [] for s in systems}
     for round_no in range(args.rounds):
         for system in systems if round_no % 2 == 0 else reversed(systems):
-            results[system].append(spawn(system, args))
+            results[system].append(bracketed(lambda: spawn(system, args)))
             print(f"round {round_no + 1} {system}: {results[system][-1]}", flush=True)
-    peak = matmul_peak_gflops()
     flops = {full: model_flops(args.model, args.train, args.steps, full) for full in (False, True)}
     med = {s: {k: statistics.median(r[k] for r in results[s]) for k in results[s][0]} for s in systems}
-    print(f"\n{'system':<18}{'real tok/s':>12}{'last third':>12}{'peak RSS GiB':>14}{'padding':>9}{'val loss':>10}"
-          f"{'MFU':>7}")
+    peak = {s: median_peak(results[s]) for s in systems}  # each system's MFU against the peaks around its own runs
+    print(f"\n{describe(machine)}; bf16 matmul peak GFLOP/s before and after each run, medians")
+    print(f"{'system':<18}{'real tok/s':>12}{'last third':>12}{'peak RSS GiB':>14}{'padding':>9}{'val loss':>10}"
+          f"{'MFU':>7}{'peak before':>13}{'peak after':>12}")
     for s in systems:
         flops_per_token = sum(flops[s.endswith("full")].values())  # model FLOPs per real token
-        med[s]["mfu"] = med[s]["tokens_per_s"] * flops_per_token / (peak * 1e9)
+        med[s]["mfu"] = med[s]["tokens_per_s"] * flops_per_token / (peak[s] * 1e9)
         print(f"{s:<18}{med[s]['tokens_per_s']:>12.0f}{med[s]['tokens_per_s_last_third']:>12.0f}"
               f"{med[s]['peak_rss_gib']:>14.2f}{med[s]['padding_fraction']:>9.1%}{med[s]['val_loss']:>10.4f}"
-              f"{med[s]['mfu']:>7.1%}")
-    summary = {"tokens_per_s": {s: med[s]["tokens_per_s"] for s in systems},
+              f"{med[s]['mfu']:>7.1%}{med[s]['peak_gflops_before']:>13.0f}{med[s]['peak_gflops_after']:>12.0f}")
+    summary = {"machine": machine, "tokens_per_s": {s: med[s]["tokens_per_s"] for s in systems},
                "tokens_per_s_last_third": {s: med[s]["tokens_per_s_last_third"] for s in systems},
                "rounds_by_system": results,
                "allocator": {s: worker_env(s).get("LD_PRELOAD") or "system malloc" for s in systems},
@@ -294,9 +287,11 @@ def compare(args) -> None:
                "val_loss": {s: med[s]["val_loss"] for s in systems},
                "padding_fraction": {s: med[s]["padding_fraction"] for s in systems},
                "mfu": med.get("tunesmith", {}).get("mfu"), "mfu_by_system": {s: med[s]["mfu"] for s in systems},
-               "matmul_peak_gflops": peak,
+               # the bf16 matmul peak before and after each run, in run order, and the median each MFU used
+               "peak_gflops_by_system": {s: {**peaks(results[s]), "median": peak[s]} for s in systems},
                "model_flops_per_token": {"lora": flops[False], "full": flops[True]},
-               "mfu_blocks_only": med.get("tunesmith", {}).get("tokens_per_s", 0) * flops[False]["blocks"] / (peak * 1e9),
+               "mfu_blocks_only": med["tunesmith"]["tokens_per_s"] * flops[False]["blocks"] / (peak["tunesmith"] * 1e9)
+               if "tunesmith" in med else None,
                "steps": args.steps, "rounds": args.rounds, "epoch": args.epoch}
 
     def ratio(ours: str, theirs: str, key: str) -> float | None:
@@ -363,6 +358,8 @@ def scaling(args) -> None:
     from tunesmith.data import read_records
 
     text = " ".join(m.content for r in read_records(FAQ) for m in r.messages)
+    machine = machine_record()
+    print(f"machine: {describe(machine)}", flush=True)
     rows = []
     for shape in ("135M", "360M"):
         model = build_model(Path(tempfile.mkdtemp()), shape)
@@ -378,13 +375,15 @@ def scaling(args) -> None:
                                         # The same tokens per micro-batch at every length, so only
                                         # the sequence length changes (8 rows of 4096 would not fit).
                                         "batch_tokens": max(length, SCALING_BATCH_TOKENS)})
-            result = spawn("tunesmith", sub)
+            result = bracketed(lambda: spawn("tunesmith", sub))
             rows.append({"shape": shape, "max_seq_tokens": length, **result})
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'shape':<7}{'seq':>6}{'tok/s':>8}{'peak RSS GiB':>14}")
+    print(f"\n{describe(machine)}; bf16 matmul peak GFLOP/s before and after each run")
+    print(f"{'shape':<7}{'seq':>6}{'tok/s':>8}{'peak RSS GiB':>14}{'peak before':>13}{'peak after':>12}")
     for r in rows:
-        print(f"{r['shape']:<7}{r['max_seq_tokens']:>6}{r['tokens_per_s']:>8.0f}{r['peak_rss_gib']:>14.2f}")
-    print(json.dumps({"scaling": rows}))
+        print(f"{r['shape']:<7}{r['max_seq_tokens']:>6}{r['tokens_per_s']:>8.0f}{r['peak_rss_gib']:>14.2f}"
+              f"{r['peak_gflops_before']:>13.0f}{r['peak_gflops_after']:>12.0f}")
+    print(json.dumps({"machine": machine, "scaling": rows}))
 
 
 def main() -> None:
