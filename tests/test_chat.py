@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.chat import ChatSession, chat_loop
+from tunesmith.commands.chat import ChatSession, chat_loop
 from tunesmith.data.render import encode_prompt
-from tunesmith.generate import generate, load_run
+from tunesmith.commands.generate import generate, load_run
 from tunesmith.inference.streaming import ReplyStream, Sampling, complete
 
 

@@ -17,7 +17,7 @@ from tunesmith.training.events import (
     StepEvent,
     StopEvent,
 )
-from tunesmith.training.rundir import RunDir
+from tunesmith.run import RunDir
 
 
 def settings(data, model, out, **extra):

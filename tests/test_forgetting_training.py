@@ -6,7 +6,7 @@ import pytest
 from tunesmith import load_config, train
 from tunesmith.training.checkpoint import list_complete
 from tunesmith.training.events import CheckpointEvent
-from tunesmith.training.rundir import RunDir
+from tunesmith.run import RunDir
 
 
 def settings(data, model, out, **extra):

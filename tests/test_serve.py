@@ -19,7 +19,7 @@ import pytest
 
 from tunesmith.config import ConfigError
 from tunesmith.data.render import encode_prompt
-from tunesmith.generate import generate, load_run
+from tunesmith.commands.generate import generate, load_run
 from tunesmith.serve.app import build_app
 from tunesmith.serve.protocol import parse_chat_request, parse_completion_request
 from tunesmith.settings import Sampling, ServeLimits

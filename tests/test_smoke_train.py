@@ -3,7 +3,7 @@
 import pytest
 
 from tunesmith import load_config, train
-from tunesmith.training.rundir import RunDir
+from tunesmith.run import RunDir
 
 
 @pytest.mark.parametrize("fmt", ["chat", "sharegpt", "instruction", "prompt_completion", "text"])

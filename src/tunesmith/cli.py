@@ -147,8 +147,8 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
-    from .train import end_processes, train
-    from .training.rundir import RunDir
+    from .commands.train import end_processes, train
+    from .run import RunDir
 
     flags["eval"] = eval_data
     if source is None:
@@ -189,8 +189,8 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
     import contextlib
 
     from .data.render import with_system_prompt
-    from .generate import base_of, generate, load_run, run_system_prompt
-    from .training.rundir import RunDir
+    from .commands.generate import base_of, generate, load_run, run_system_prompt
+    from .run import RunDir
 
     model, tokenizer = load_run(run)
     messages = with_system_prompt([{"role": "user", "content": prompt}], system or run_system_prompt(run))
@@ -211,7 +211,7 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 def plan_command(source: str, devices: int, as_json: bool, **flags: Any) -> None:
     """Estimate the peak memory per device of training on SOURCE (data file or CONFIG.yaml)."""
-    from .plan import plan_memory
+    from .commands.plan import plan_memory
 
     config = _load_source(source, flags)
     plan = plan_memory(config, devices=devices)
@@ -312,9 +312,9 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
 def chat_command(run: str, system: str | None, max_new_tokens: int, temperature: float, top_p: float, seed: int | None,
                  repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None, engine: str) -> None:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
-    from .chat import chat_loop, engine_decoder
-    from .generate import base_of, load_run, run_system_prompt
-    from .training.rundir import RunDir
+    from .commands.chat import chat_loop, engine_decoder
+    from .commands.generate import base_of, load_run, run_system_prompt
+    from .run import RunDir
 
     augment = None
     model, tokenizer = load_run(run)
@@ -398,7 +398,7 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
                     top_k: int, batch_size: int, no_cache: bool, as_json: bool, engine: str) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
-    from .compare import compare_run, format_table
+    from .commands.compare import compare_run, format_table
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                retrieval=RetrievalSettings(top_k=top_k))
@@ -439,7 +439,7 @@ def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int,
 def curve_command(source: str, fractions: str | None, output: str | None, generate: bool, eval_data: str | None,
                   overwrite: bool, no_progress: bool, as_json: bool, **flags: Any) -> None:
     """Learning curve: train SOURCE (data or CONFIG.yaml) on nested shares of its data; do I have enough?"""
-    from .curve import curve, print_summary
+    from .commands.curve import curve, print_summary
 
     result = curve(_load_source(source, {**flags, "eval": eval_data}), CurveSettings.parse_fractions(fractions)
                    if fractions else None, output, generate, overwrite, console, show_progress=not no_progress)
@@ -455,7 +455,7 @@ def curve_command(source: str, fractions: str | None, output: str | None, genera
 @click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
 def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
     """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
-    from .evaluate import evaluate_run
+    from .commands.evaluate import evaluate_run
 
     tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
     result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
@@ -482,7 +482,7 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_ta
 def tune_command(source: str, trials: int | None, minutes: float | None, eval_data: str | None, no_eval: bool,
                  overwrite: bool, no_progress: bool, **flags: Any) -> None:
     """Search settings on SOURCE (data, or a CONFIG.yaml with a `tune:` section) for the best model within budget."""
-    from .tune import load_tune, result_lines, tune
+    from .commands.tune import load_tune, result_lines, tune
 
     config, settings, fixed = load_tune(source, {**flags, "eval": eval_data})
     result = tune(config, settings, fixed, trials=trials, minutes=minutes, evaluate=not no_eval, overwrite=overwrite,

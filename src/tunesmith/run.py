@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..config import TrainConfig, dump_config, load_config
-from ..errors import RunDirError
+from .config import TrainConfig, dump_config, load_config
+from .errors import RunDirError
 
 PACKAGES = ("tunesmith", "torch", "transformers", "peft", "accelerate", "safetensors", "numpy")
 

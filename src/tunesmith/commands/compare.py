@@ -16,20 +16,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig
-from .data import QA, DataError, DataIssue, answered_questions, data_options, encode_prompt, prepare_data, read_records
-from .data.render import end_of_turn_ids, pad_id
-from .evaluation.bootstrap import bootstrap_ci, paired_summary
-from .evaluation.recommend import Delta, Evidence, recommend
-from .evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
-from .forgetting.measure import base_view, cached_base
-from .forgetting.probes import general_texts
+from ..config import TrainConfig
+from ..data import QA, DataError, DataIssue, answered_questions, data_options, encode_prompt, prepare_data, read_records
+from ..data.render import end_of_turn_ids, pad_id
+from ..evaluation.bootstrap import bootstrap_ci, paired_summary
+from ..evaluation.recommend import Delta, Evidence, recommend
+from ..evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
+from ..forgetting.measure import base_view, cached_base
+from ..forgetting.probes import general_texts
 from .generate import load_run
-from .inference.decode import adapters_merged, generate_batch
-from .inference.engines import DEFAULT_ENGINE, open_engine
-from .retrieval import Retriever
-from .settings import CompareSettings
-from .training.rundir import RunDir
+from ..inference.decode import adapters_merged, generate_batch
+from ..inference.engines import DEFAULT_ENGINE, open_engine
+from ..retrieval import Retriever
+from ..settings import CompareSettings
+from ..run import RunDir
 
 SYSTEMS = ("base", "base+rag", "tuned", "tuned+rag")
 METRICS = ("token_f1", "rouge_l", "exact_match", "length_ratio", "style_match")
@@ -144,7 +144,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     RUN/compare.json and return its content. The base model's answers come from the cache when an
     earlier compare asked it the same prompts (`cached_base`; use_cache=False recomputes them).
     Another `engine` than transformers answers for the tuned model (the base stays transformers')."""
-    from .model.loading import load_base_copy
+    from ..model.loading import load_base_copy
 
     log = log or (lambda message: None)
     started = time.perf_counter()

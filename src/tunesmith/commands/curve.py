@@ -23,23 +23,23 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from rich.console import Console
 
-from .config import ConfigError, TrainConfig
-from .data import Example, PreparedData, data_options, prepare_data
-from .data.prepare import training_subset
-from .errors import RunDirError
+from ..config import ConfigError, TrainConfig
+from ..data import Example, PreparedData, data_options, prepare_data
+from ..data.prepare import training_subset
+from ..errors import RunDirError
 from .evaluate import TASK_SIZES, generate_answers, generation_sample
-from .evaluation.bootstrap import bootstrap_ci
-from .evaluation.learning_curve import CurveAnalysis, analyse_curve, point_interval
-from .evaluation.report import budget_points, plot_curve, write_curve_report
-from .evaluation.text_metrics import rouge_l, token_f1
-from .forgetting.scoring import target_logprobs
+from ..evaluation.bootstrap import bootstrap_ci
+from ..evaluation.learning_curve import CurveAnalysis, analyse_curve, point_interval
+from ..evaluation.report import budget_points, plot_curve, write_curve_report
+from ..evaluation.text_metrics import rouge_l, token_f1
+from ..forgetting.scoring import target_logprobs
 from .generate import base_of, load_run
-from .model.tokenizer import load_tokenizer
-from .settings import CurveSettings
-from .training.batching import epoch_plan
-from .training.resume import check_resumable
-from .training.rundir import RunDir, write_atomic
-from .training.schedule import plan_schedule
+from ..model.tokenizer import load_tokenizer
+from ..settings import CurveSettings
+from ..training.batching import epoch_plan
+from ..training.resume import check_resumable
+from ..run import RunDir, write_atomic
+from ..training.schedule import plan_schedule
 
 HELDOUT_FILE = "heldout.json"
 """Per point (and for the base, in OUTPUT): every held-out example's summed NLL and target tokens."""

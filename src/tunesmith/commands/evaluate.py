@@ -14,19 +14,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import PREFERENCE_OBJECTIVES, TrainConfig
-from .data import Example, answered_questions, data_options, encode_prompt, prepare_data, read_records
-from .data.preference import prepare_pairs, read_pairs
-from .data.probe_files import read_probe_file
-from .data.render import end_of_turn_ids, pad_id
-from .evaluation.bootstrap import paired_summary
-from .evaluation.text_metrics import exact_match, loops, rouge_l, style_markers, style_match, token_f1
-from .forgetting.budget import budget_checks
-from .forgetting.measure import base_view, cached_base, measure_probes
-from .forgetting.probes import general_texts
-from .forgetting.scoring import target_logprobs
-from .inference.decode import adapters_merged, generate_batch
-from .training.rundir import RunDir, write_atomic
+from ..config import PREFERENCE_OBJECTIVES, TrainConfig
+from ..data import Example, answered_questions, data_options, encode_prompt, prepare_data, read_records
+from ..data.preference import prepare_pairs, read_pairs
+from ..data.probe_files import read_probe_file
+from ..data.render import end_of_turn_ids, pad_id
+from ..evaluation.bootstrap import paired_summary
+from ..evaluation.text_metrics import exact_match, loops, rouge_l, style_markers, style_match, token_f1
+from ..forgetting.budget import budget_checks
+from ..forgetting.measure import base_view, cached_base, measure_probes
+from ..forgetting.probes import general_texts
+from ..forgetting.scoring import target_logprobs
+from ..inference.decode import adapters_merged, generate_batch
+from ..run import RunDir, write_atomic
 
 SAMPLES_SHOWN = 5
 """Generated answers quoted in eval.json and the report, base beside tuned."""
@@ -262,10 +262,10 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     """
     from rich.console import Console
 
-    from .evaluation.report import write_report
+    from ..evaluation.report import write_report
     from .generate import load_run
-    from .model.loading import load_base_copy
-    from .training.trackers import log_evaluation
+    from ..model.loading import load_base_copy
+    from ..training.trackers import log_evaluation
 
     log = log or (lambda message: None)
     started = time.perf_counter()
@@ -274,7 +274,7 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     for path in config.forgetting.probes:  # a bad probe file fails now, not after minutes of scoring
         read_probe_file(path)
     if lm_eval_tasks:
-        from .forgetting.lm_eval_hook import require_lm_eval
+        from ..forgetting.lm_eval_hook import require_lm_eval
 
         require_lm_eval()
     model, tokenizer = load_run(run.path)
@@ -285,7 +285,7 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     general = measure_probes(model, tokenizer, config.model, preset, config.forgetting.probes, base_model,
                              use_cache=use_cache, log=log)
     if lm_eval_tasks:
-        from .forgetting.lm_eval_hook import lm_eval_scores
+        from ..forgetting.lm_eval_hook import lm_eval_scores
 
         log(f"lm-eval: {', '.join(lm_eval_tasks)}")
         lm_eval_results = lm_eval_scores(model, tokenizer, lm_eval_tasks, base_model=base_model)

@@ -8,14 +8,14 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from .config import TrainConfig
-from .data import data_options
-from .data.render import encode_prompt, end_of_turn_ids
-from .forgetting.measure import base_view
-from .model.loading import load_base_copy, load_tuned
-from .model.tokenizer import load_tokenizer
-from .settings import Sampling
-from .training.rundir import RunDir
+from ..config import TrainConfig
+from ..data import data_options
+from ..data.render import encode_prompt, end_of_turn_ids
+from ..forgetting.measure import base_view
+from ..model.loading import load_base_copy, load_tuned
+from ..model.tokenizer import load_tokenizer
+from ..settings import Sampling
+from ..run import RunDir
 
 
 def load_run(run_path: str | Path) -> tuple[Any, Any]:

@@ -18,21 +18,21 @@ import torch
 from rich.console import Console
 from rich.markup import escape
 
-from .config import PREFERENCE_OBJECTIVES, ConfigError, TrainConfig
-from .data import PreparedData, data_options, prepare_data
-from .data.cache import passed_check, record_check
-from .data.check import check_files
-from .data.preference import prepare_pairs
-from .errors import NonFiniteLossError, StoppedBeforeTraining
-from .forgetting import ReplaySource, measure_probes_fast, probe_metrics_row, within_budget
-from .model.attention import use_packed_attention
-from .model.loading import add_adapter, load_base_copy, load_model, save_trained
-from .model.precision import autocast, compute_dtype, frozen_weight_dtype
-from .model.sharding import compile_layers, local_share, shard_model
-from .model.swiglu import use_fused_swiglu
-from .model.tokenizer import load_tokenizer
-from .training.batching import Batch, epoch_plan, eval_batches, micro_batches
-from .training.checkpoint import (
+from ..config import PREFERENCE_OBJECTIVES, ConfigError, TrainConfig
+from ..data import PreparedData, data_options, prepare_data
+from ..data.cache import passed_check, record_check
+from ..data.check import check_files
+from ..data.preference import prepare_pairs
+from ..errors import NonFiniteLossError, StoppedBeforeTraining
+from ..forgetting import ReplaySource, measure_probes_fast, probe_metrics_row, within_budget
+from ..model.attention import use_packed_attention
+from ..model.loading import add_adapter, load_base_copy, load_model, save_trained
+from ..model.precision import autocast, compute_dtype, frozen_weight_dtype
+from ..model.sharding import compile_layers, local_share, shard_model
+from ..model.swiglu import use_fused_swiglu
+from ..model.tokenizer import load_tokenizer
+from ..training.batching import Batch, epoch_plan, eval_batches, micro_batches
+from ..training.checkpoint import (
     TrainState,
     apply_retention,
     gather_trained,
@@ -42,7 +42,7 @@ from .training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .training.events import (
+from ..training.events import (
     METRICS_EVENTS,
     CheckpointEvent,
     FinishedEvent,
@@ -52,16 +52,16 @@ from .training.events import (
     Subscriber,
     TrainingEvent,
 )
-from .training.loss import KLTerm, backward_group
-from .training.preference import Objective, objective_for, reference_needed
-from .training.processes import end_processes, make_accelerator
-from .training.resume import create_run, locate_run, restore_run
-from .training.rundir import RunDir, refuse_occupied
-from .training.schedule import Schedule, lr_scheduler, plan_schedule
-from .training.selection import select_final
-from .training.signals import StopFlag, agree_to_stop, stop_at_once
-from .training.subscribers import MetricsWriter, ProgressBar
-from .training.trackers import check_trackers, open_trackers
+from ..training.loss import KLTerm, backward_group
+from ..training.objectives import Objective, objective_for, reference_needed
+from ..training.processes import end_processes, make_accelerator
+from ..training.resume import create_run, locate_run, restore_run
+from ..run import RunDir, refuse_occupied
+from ..training.schedule import Schedule, lr_scheduler, plan_schedule
+from ..training.selection import select_final
+from ..training.signals import StopFlag, agree_to_stop, stop_at_once
+from ..training.subscribers import MetricsWriter, ProgressBar
+from ..training.trackers import check_trackers, open_trackers
 
 __all__ = ["NonFiniteLossError", "TrainResult", "end_processes", "make_accelerator", "train"]
 
@@ -127,7 +127,7 @@ class Session:
     started: float
     """perf_counter() when `train` began."""
     objective: Objective
-    """The loss of a step and what an evaluation measures (sft, dpo, orpo: training/preference.py)."""
+    """The loss of a step and what an evaluation measures (sft, dpo, orpo: training/objectives.py)."""
 
 
 def train(config: TrainConfig, overwrite: bool = False, console: Console | None = None,

@@ -16,12 +16,12 @@ from typing import Any, Collection
 from rich.console import Console
 from rich.markup import escape
 
-from .config import TrainConfig, dump_config, load_config, read_config_file
-from .errors import ConfigError, NonFiniteLossError, RunDirError
-from .training.rundir import RunDir, write_atomic
-from .tuning.plot import plot_trials
-from .tuning.space import Dimension, TuneConfig, apply_settings, fixed_by, search_space, suggest, tune_config_from_dict
-from .tuning.study import (
+from ..config import TrainConfig, dump_config, load_config, read_config_file
+from ..errors import ConfigError, NonFiniteLossError, RunDirError
+from ..run import RunDir, write_atomic
+from ..tuning.plot import plot_trials
+from ..tuning.space import Dimension, TuneConfig, apply_settings, fixed_by, search_space, suggest, tune_config_from_dict
+from ..tuning.study import (
     DB_NAME,
     EvaluationReporter,
     draws_so_far,
@@ -35,7 +35,7 @@ from .tuning.study import (
     set_budget_constraint,
     state_of,
 )
-from .tuning.trials import TrialRecord, choose, figures, read_trial, table_csv, table_json
+from ..tuning.trials import TrialRecord, choose, figures, read_trial, table_csv, table_json
 
 __all__ = ["TuneConfig", "TuneResult", "load_tune", "result_lines", "tune"]
 

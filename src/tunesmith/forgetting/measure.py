@@ -22,7 +22,7 @@ from ..data.render import end_of_turn_ids, pad_id
 from ..evaluation.bootstrap import paired_summary
 from ..inference.decode import generate_batch
 from ..model.tokenizer import resolve_model_path
-from ..training.rundir import write_atomic
+from ..run import write_atomic
 from .probes import PROBE_SIZES, Probe, ProbeSizes, build_probes, probe_fingerprint
 from .scoring import choice_correct, continuation_example, kl_sums, prompt_ids, target_logprobs, text_example
 

@@ -290,8 +290,8 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     transformers decodes the tuned model alone (the base is served by transformers only)."""
     import uvicorn
 
-    from ..generate import base_model_id, base_of, load_run, run_system_prompt
-    from ..training.rundir import RunDir
+    from ..commands.generate import base_model_id, base_of, load_run, run_system_prompt
+    from ..run import RunDir
 
     model, tokenizer = load_run(run)
     config = RunDir.open(run).config()

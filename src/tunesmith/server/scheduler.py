@@ -118,7 +118,7 @@ def check_job_files(job: dict[str, Any], home: Path, tokenizer: Any) -> dict[str
     from ..config import config_from_dict
     from ..data.issues import DataError
     from ..errors import TunesmithError
-    from ..train import check_data
+    from ..commands.train import check_data
     from ..web.errors import RequestError
 
     config = config_from_dict(job["config"]["train"])

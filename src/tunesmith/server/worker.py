@@ -100,7 +100,7 @@ def run_job(store: Store, home: Path, job_id: str) -> None:
 
     from ..config import config_from_dict
     from ..errors import StoppedBeforeTraining, TunesmithError
-    from ..train import train
+    from ..commands.train import train
 
     job = store.job(job_id)
     assert job is not None
@@ -120,7 +120,7 @@ def run_job(store: Store, home: Path, job_id: str) -> None:
         return
     results = [register_result(store, home, write_metrics_csv(result.run_dir), "step_metrics.csv")]
     if job["config"]["evaluate"]:
-        from ..evaluate import evaluate_run
+        from ..commands.evaluate import evaluate_run
 
         evaluate_run(result.run_dir)
         results.append(register_result(store, home, result.run_dir / "report.html", "report.html"))
@@ -135,7 +135,7 @@ def fail(store: Store, job_id: str, code: str, message: str, param: str | None =
 
 def write_metrics_csv(run_dir: Path) -> Path:
     """OpenAI's result file: one row per step, its training and (when measured) validation loss."""
-    from ..training.rundir import RunDir, write_atomic
+    from ..run import RunDir, write_atomic
 
     rows: dict[int, dict[str, Any]] = {}
     for row in RunDir(run_dir).metrics():

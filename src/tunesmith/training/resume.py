@@ -17,7 +17,7 @@ from ..config import TrainConfig
 from ..data import PreparedData
 from ..errors import RunDirError
 from .checkpoint import TrainState, checkpoint_bytes, clean_stale, list_complete, load_checkpoint
-from .rundir import RunDir
+from ..run import RunDir
 
 _STEP_NAME = re.compile(r"^step-\d+$")
 

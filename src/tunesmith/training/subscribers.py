@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .events import METRICS_EVENTS, EvaluationEvent, StepEvent, TrainingEvent
-from .rundir import RunDir
+from ..run import RunDir
 
 
 class MetricsWriter:

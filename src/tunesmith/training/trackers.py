@@ -23,7 +23,7 @@ from rich.markup import escape
 from ..config import TrainConfig, dotted
 from ..errors import ConfigError
 from .events import CheckpointEvent, EvaluationEvent, FinishedEvent, ProbesEvent, StepEvent, StopEvent, TrainingEvent
-from .rundir import write_atomic
+from ..run import write_atomic
 
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"),
             "wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio")}

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import RunDirError
 from ..training.events import ProbesEvent, TrainingEvent
-from ..training.rundir import RunDir
+from ..run import RunDir
 from .space import TuneConfig
 
 DB_NAME = "tune.db"

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import ForgettingBudget
 from ..forgetting.budget import KIND_OF_METRIC, budget_share
-from ..training.rundir import RunDir
+from ..run import RunDir
 from ..training.selection import select_final
 
 STATES = ("complete", "pruned", "failed", "interrupted", "running")
