@@ -18,7 +18,8 @@ from tunesmith.data.render import end_of_turn_ids
 from tunesmith.evaluation.bootstrap import bootstrap_ci
 from tunesmith.evaluation.recommend import Delta, Evidence, recommend
 from tunesmith.evaluation.text_metrics import answer_length, rouge_l, style_markers, style_match, token_f1
-from tunesmith.commands.generate import generate, load_run
+from tunesmith.commands.generate import generate
+from tunesmith.run import load_run
 from tunesmith.inference.decode import generate_batch
 from tunesmith.retrieval import RetrievalSettings, Retriever
 

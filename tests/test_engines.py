@@ -10,7 +10,7 @@ import pytest
 
 from test_export import tiny_tokenizer_known_to_llama_cpp  # noqa: F401  (autouse: the exporter accepts the tiny tokenizer)
 from tunesmith.data.render import encode_prompt, end_of_turn_ids, pad_id
-from tunesmith.commands.generate import load_run
+from tunesmith.run import load_run
 from tunesmith.inference.decode import generate_batch
 from tunesmith.inference.engines import EngineUnavailable, open_engine
 

@@ -87,7 +87,7 @@ def test_merging_the_adapter_for_decoding_restores_it_bit_for_bit(tiny_run):
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from tunesmith.commands.generate import load_run
+    from tunesmith.run import load_run
     from tunesmith.inference.decode import adapters_merged
 
     model, _ = load_run(tiny_run)

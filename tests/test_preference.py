@@ -245,7 +245,7 @@ def trainable_grads(model) -> dict[str, torch.Tensor]:
 
 def test_dpo_loss_and_gradients_equal_trls(tiny_model_dir, tmp_path):
     pytest.importorskip("trl")
-    from tunesmith.forgetting.measure import base_view
+    from tunesmith.model.base import base_view
     from tunesmith.training.objectives import PairLoss
 
     trainer, ours, tokenized = trl_setup(tiny_model_dir, tmp_path)

@@ -15,7 +15,7 @@ import torch
 
 from test_serve import running
 from tunesmith.data.render import encode_prompt, end_of_turn_ids
-from tunesmith.commands.generate import load_run
+from tunesmith.run import load_run
 from tunesmith.inference.batching import BatchDecoder
 from tunesmith.inference.streaming import Completion, complete
 from tunesmith.serve.app import build_app

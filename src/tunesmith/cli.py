@@ -148,14 +148,13 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
     from .commands.train import end_processes, train
-    from .run import RunDir
+    from .run import RunDir, checkpoint_run
 
     flags["eval"] = eval_data
     if source is None:
         if resume in (None, "auto"):
             raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
-        run_dir = Path(resume).parent.parent if Path(resume).parent.name == "checkpoints" else Path(resume)
-        config = load_config(RunDir.open(run_dir).path / "config.yaml", flags)
+        config = RunDir.open(checkpoint_run(resume)).config(flags)
     else:
         config = _load_source(source, flags)
     result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress,
@@ -189,8 +188,8 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
     import contextlib
 
     from .data.render import with_system_prompt
-    from .commands.generate import base_of, generate, load_run, run_system_prompt
-    from .run import RunDir
+    from .commands.generate import generate
+    from .run import RunDir, base_of, load_run, run_system_prompt
 
     model, tokenizer = load_run(run)
     messages = with_system_prompt([{"role": "user", "content": prompt}], system or run_system_prompt(run))
@@ -313,8 +312,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
                  repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None, engine: str) -> None:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
     from .commands.chat import chat_loop, engine_decoder
-    from .commands.generate import base_of, load_run, run_system_prompt
-    from .run import RunDir
+    from .run import RunDir, base_of, load_run, run_system_prompt
 
     augment = None
     model, tokenizer = load_run(run)

@@ -33,7 +33,7 @@ class ChatSession:
 Augment = Callable[[list[dict[str, str]]], list[dict[str, str]]]
 """Rewrites a conversation before it is encoded (retrieval puts passages into the last user turn)."""
 BaseView = Callable[[], ContextManager[Any]]
-"""Enters the base model (forgetting.measure.base_view): adapters disabled, or a frozen copy."""
+"""Enters the base model (model.base.base_view): adapters disabled, or a frozen copy."""
 
 
 def apply_command(text: str, session: ChatSession, has_base: bool) -> tuple[ChatSession | None, str]:

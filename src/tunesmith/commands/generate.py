@@ -1,58 +1,14 @@
 """Answer with a run's tuned model (or its base), through the same chat template and system prompt as
-training."""
+training. The run's model, base and system prompt come from `tunesmith.run`'s loader."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any
 
 import torch
 
-from ..config import TrainConfig
-from ..data import data_options
 from ..data.render import encode_prompt, end_of_turn_ids
-from ..forgetting.measure import base_view
-from ..model.loading import load_base_copy, load_tuned
-from ..model.tokenizer import load_tokenizer
 from ..settings import Sampling
-from ..run import RunDir
-
-
-def load_run(run_path: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) of a finished run, in eval mode."""
-    run = RunDir.open(run_path)
-    config = run.config()
-    saved = run.path / ("model" if config.method == "full" else "adapter")
-    if not saved.exists():
-        raise FileNotFoundError(f"run '{run.path}' has no {saved.name}/: it did not finish; train it again")
-    tokenizer = load_tokenizer(str(saved), config.chat_template, config.trust_remote_code)
-    model = load_tuned(run.path, config.model, config.method, trust_remote_code=config.trust_remote_code)
-    return model.eval(), tokenizer
-
-
-def run_system_prompt(run_path: str | Path) -> str | None:
-    """The system prompt the run trained with (its config's `system_prompt`, a file read), or None."""
-    return data_options(RunDir.open(run_path).config())["system_prompt"]
-
-
-def base_of(model: Any, config: TrainConfig) -> Callable[[], ContextManager[Any]]:
-    """Enters the run's base model: the tuned model with its adapters disabled, or, for full
-    fine-tuning, a frozen copy of the base loaded on first use (it costs a second model's memory)."""
-    copy: list[Any] = []
-
-    def enter() -> ContextManager[Any]:
-        if config.method == "full" and not copy:
-            copy.append(load_base_copy(config))
-        return base_view(model, copy[0] if copy else None)()
-
-    return enter
-
-
-def base_model_id(config: TrainConfig, tuned_id: str) -> str:
-    """The base model's own name beside a tuned one: its hub id or folder name (-base if they clash)."""
-    path = Path(config.model).expanduser()
-    name = path.name if path.is_dir() else config.model
-    return name if name != tuned_id else f"{name}-base"
 
 
 def generate(model: Any, tokenizer: Any, messages: list[dict[str, str]],

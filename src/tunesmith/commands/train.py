@@ -231,7 +231,7 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     if start_from is None:
         run = RunDir(run_path)
         create_run(run, config, data, model, accelerator, overwrite=overwrite or (
-            resume == "auto" and run_path.is_dir() and (run_path / "config.yaml").exists()))
+            resume == "auto" and run_path.is_dir() and RunDir.is_run(run_path)))
         if accelerator.is_main_process:
             made.append(run_path)
         start, metrics = TrainState(step=0, epoch=0, index_in_epoch=0, accum_index=0, train_tokens=0,

@@ -225,7 +225,8 @@ def tell(search: Search, trial: Any, path: Path, state: str, started: float, not
     optuna = optuna_module()
     run = RunDir(path)
     summary = run.summary() if state == "complete" else None
-    found = figures(run.metrics(), summary, search.config.forgetting.budget) if (path / "metrics.jsonl").exists() else {}
+    rows = run.metrics()
+    found = figures(rows, summary, search.config.forgetting.budget) if rows else {}
     trial.set_user_attr("minutes", (time.perf_counter() - started) / 60)
     set_budget_constraint(trial, found.get("budget_share"))
     if note:

@@ -99,7 +99,7 @@ class Served:
     base_id: str | None = None
     """The base model's own name, served beside the tuned one (adapters disabled), or None."""
     base: Any = None
-    """Enters the base model (forgetting.measure.base_view): a zero-argument context manager factory."""
+    """Enters the base model (model.base.base_view): a zero-argument context manager factory."""
     system_prompt: str | None = None
     """The run's system prompt, for chat requests that bring none (as in training)."""
     engine: Any = None
@@ -290,8 +290,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     transformers decodes the tuned model alone (the base is served by transformers only)."""
     import uvicorn
 
-    from ..commands.generate import base_model_id, base_of, load_run, run_system_prompt
-    from ..run import RunDir
+    from ..run import RunDir, base_model_id, base_of, load_run, run_system_prompt
 
     model, tokenizer = load_run(run)
     config = RunDir.open(run).config()

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..run import write_atomic
+from ..files import write_atomic
 from ..web.children import Children, exit_with_parent, log_tail
 
 KINDS = ("compare", "export-merged", "export-gguf")
