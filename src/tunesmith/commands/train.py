@@ -16,12 +16,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 
 from ..config import PREFERENCE_OBJECTIVES, ConfigError, TrainConfig
 from ..data import PreparedData, data_options, prepare_data
-from ..data.cache import passed_check, record_check
-from ..data.check import check_files
+from ..data.gate import check_data
 from ..data.preference import prepare_pairs
 from ..errors import NonFiniteLossError, StoppedBeforeTraining
 from ..forgetting import ReplaySource, measure_probes_fast, probe_metrics_row, within_budget
@@ -478,20 +476,3 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     s.run.write_summary(finished.to_dict())
     record(finished)
     return result
-
-
-# --- the data check
-
-def check_data(config: TrainConfig, tokenizer: Any, console: Console) -> None:
-    """`data check` before anything is written; skipped when it already passed on these exact files."""
-    key = (config.data, config.eval, tokenizer, config.max_seq_tokens)
-    options = {**data_options(config), "val_fraction": None if config.eval else config.val_fraction}
-    earlier = passed_check(*key, **options)
-    if earlier is None:
-        report = check_files(*key, **options)
-        report.enforce(console)
-        earlier = report.warning_summary()
-        record_check(*key, earlier, **options)
-    else:
-        for line in earlier:
-            console.print(f"[yellow]data warning:[/] {escape(line)}", highlight=False)
