@@ -26,7 +26,7 @@ from .cli_options import (
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
 from .cli_server import jobs_group, server_command, ui_command
-from .config import DEFAULT_MODEL, METHODS, TrainConfig, load_config
+from .config import DEFAULT_MODEL, METHODS, TrainConfig
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 from .settings import (
     DEFAULT_EXPORT_FORMAT,
@@ -40,6 +40,7 @@ from .settings import (
     Sampling,
     ServeLimits,
 )
+from .sources import load_source
 
 console = Console(stderr=True, soft_wrap=True)  # messages name FILE:LINE: never cut them
 
@@ -118,9 +119,7 @@ def _print_json(report: dict[str, Any], as_json: bool) -> bool:
 
 def _load_source(source: str, flags: dict[str, Any]) -> TrainConfig:
     """The config of SOURCE, a CONFIG.yaml or a data file, with the command's flags over it."""
-    if Path(source).suffix.lower() in (".yaml", ".yml"):
-        return load_config(source, flags)
-    return load_config(None, {**flags, "data": source})
+    return load_source(source, flags)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})

@@ -20,8 +20,8 @@ from .config import TrainConfig, dump_config, load_config
 from .errors import RunDirError
 from .files import write_atomic, write_atomic_bytes
 
-__all__ = ["RunDir", "base_model_id", "base_of", "checkpoint_run", "load_run", "load_run_and_base", "refuse_occupied", "run_system_prompt",
-           "write_atomic", "write_atomic_bytes", "write_curve"]
+__all__ = ["RunDir", "base_model_id", "base_of", "checkpoint_run", "load_run", "load_run_and_base", "refuse_occupied",
+           "run_system_prompt", "write_atomic", "write_atomic_bytes", "write_curve"]
 
 PACKAGES = ("tunesmith", "torch", "transformers", "peft", "accelerate", "safetensors", "numpy")
 

@@ -17,7 +17,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..config import TrainConfig
-from ..data import QA, DataError, DataIssue, answered_questions, data_options, encode_prompt, prepare_data, read_records
+from ..data import (QA, DataError, DataIssue, answered_questions, data_options, encode_prompt, held_out_questions,
+                    prepare_data, read_records)
 from ..data.render import end_of_turn_ids, pad_id
 from ..evaluation.bootstrap import bootstrap_ci, paired_summary
 from ..evaluation.recommend import Delta, Evidence, recommend
@@ -55,9 +56,7 @@ def question_splits(config: TrainConfig, tokenizer: Any, eval_data: str | None) 
     if eval_data is not None:
         unseen = answered_questions(read_records(eval_data, **options))
     else:
-        val_sources = {e.source for e in data.val}
-        unseen = [q for q in answered_questions(read_records(config.eval or config.data, **options))
-                  if q.source in val_sources]
+        unseen = held_out_questions(config, {e.source for e in data.val})
     return unseen, seen
 
 

@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..config import PREFERENCE_OBJECTIVES, TrainConfig
-from ..data import Example, answered_questions, data_options, encode_prompt, prepare_data, read_records
+from ..data import (Example, answered_questions, data_options, encode_prompt, held_out_questions, prepare_data,
+                    read_records)
 from ..data.preference import prepare_pairs, read_pairs
 from ..data.probe_files import read_probe_file
 from ..data.render import end_of_turn_ids, pad_id
@@ -48,8 +49,7 @@ TASK_SIZES = {"standard": TaskSizes(generate=12, max_new_tokens=64), "full": Tas
 def validation_conversations(config: TrainConfig, sources: set[str]) -> list[tuple[list[dict[str, str]], str]]:
     """(prompt messages, reference answer) of the held-out conversations whose last turn is the
     assistant's; raw-text validation data has no references and gives an empty list."""
-    records = read_records(config.eval or config.data, **data_options(config))  # as training read them
-    return [(q.messages, q.reference) for q in answered_questions(records) if q.source in sources]
+    return [(q.messages, q.reference) for q in held_out_questions(config, sources)]
 
 
 def generation_sample(config: TrainConfig, val: Sequence[Example],

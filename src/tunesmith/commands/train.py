@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from rich.console import Console
 
-from ..config import PREFERENCE_OBJECTIVES, ConfigError, TrainConfig
+from ..config import PREFERENCE_OBJECTIVES, TrainConfig
 from ..data import PreparedData, data_options, prepare_data
 from ..data.gate import check_data
 from ..data.preference import prepare_pairs
@@ -197,9 +197,6 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     (the seed is set after the data and before the model)."""
     from accelerate.utils import set_seed
 
-    if config.distributed == "fsdp" and config.method == "qlora":
-        raise ConfigError("distributed: fsdp with method: qlora is not supported (4-bit weights cannot be sharded "
-                          "as DTensors here); use distributed: ddp, which QLoRA's small adapters suit")
     accelerator = make_accelerator()
     console = console if console is not None and accelerator.is_main_process else \
         Console(stderr=True, quiet=not accelerator.is_main_process)
