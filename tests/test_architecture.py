@@ -154,6 +154,24 @@ def test_the_web_layer_sits_under_serve_server_and_ui() -> None:
     assert not imports("tunesmith.server", "tunesmith.ui"), imports("tunesmith.server", "tunesmith.ui")
 
 
+RUN_FILES = {"config.yaml", "manifest.json", "metrics.jsonl", "summary.json", "eval.json", "compare.json",
+             "trackers.json", "curve.json"}
+
+
+def test_only_the_run_module_names_a_runs_files() -> None:
+    """A run's files have one owner: no other module builds their paths (a name in a docstring is fine)."""
+    named = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        named += [f"{name}:{node.lineno} {node.value}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in RUN_FILES and id(node) not in docstrings]
+    assert any(n.startswith("tunesmith.run:") for n in named), "the check finds nothing: it is broken"
+    assert [n for n in named if not n.startswith("tunesmith.run:")] == []
+
+
 def test_no_long_functions_or_modules() -> None:
     long_functions, long_modules = [], []
     for name, path in _modules().items():

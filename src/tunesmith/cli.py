@@ -396,6 +396,7 @@ def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int,
                     top_k: int, batch_size: int, no_cache: bool, as_json: bool, engine: str) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
     from .commands.compare import compare_run, format_table
+    from .run import COMPARE
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                retrieval=RetrievalSettings(top_k=top_k))
@@ -413,7 +414,7 @@ def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int,
             out.print("  " + escape(line))
     out.print()
     out.print(escape(result["recommendation"]))
-    out.print(f"  report            {Path(run) / 'compare.json'}")
+    out.print(f"  report            {Path(run) / COMPARE}")
 
 
 @main.command("curve")
