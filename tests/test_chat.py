@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tunesmith.commands.chat import ChatSession, chat_loop
-from tunesmith.data.render import encode_prompt
 from tunesmith.commands.generate import generate
-from tunesmith.run import load_run
+from tunesmith.data.render import encode_prompt
 from tunesmith.inference.streaming import ReplyStream, Sampling, complete
+from tunesmith.run import load_run
 
 
 @pytest.fixture(scope="module")

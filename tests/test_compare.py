@@ -10,18 +10,18 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from tunesmith.commands import compare as compare_module
 from tunesmith.cli import main
+from tunesmith.commands import compare as compare_module
 from tunesmith.commands.compare import SYSTEMS, format_table, per_question_scores, summarize_system
+from tunesmith.commands.generate import generate
 from tunesmith.data import QA, encode_prompt
 from tunesmith.data.render import end_of_turn_ids
 from tunesmith.evaluation.bootstrap import bootstrap_ci
 from tunesmith.evaluation.recommend import Delta, Evidence, recommend
 from tunesmith.evaluation.text_metrics import answer_length, rouge_l, style_markers, style_match, token_f1
-from tunesmith.commands.generate import generate
-from tunesmith.run import load_run
 from tunesmith.inference.decode import generate_batch
 from tunesmith.retrieval import RetrievalSettings, Retriever
+from tunesmith.run import load_run
 
 UP, DOWN, FLAT = Delta(0.2, 0.1, 0.3), Delta(-0.2, -0.3, -0.1), Delta(0.01, -0.05, 0.07)
 

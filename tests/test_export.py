@@ -20,9 +20,8 @@ from tunesmith.errors import ExportError
 from tunesmith.export.exporter import export_run
 from tunesmith.export.gguf import GGUF_TOLERANCE, permute_qk
 from tunesmith.export.parity import logit_diff, sample_inputs
-from tunesmith.run import load_run
 from tunesmith.model.loading import load_gguf_model, load_model
-from tunesmith.run import RunDirError
+from tunesmith.run import RunDirError, load_run
 
 
 @pytest.fixture(autouse=True)

@@ -14,11 +14,10 @@ from tunesmith import load_config, train
 from tunesmith.cli import main
 from tunesmith.commands import train as recipe
 from tunesmith.errors import ConfigError, RunDirError, StoppedBeforeTraining
+from tunesmith.run import RunDir
 from tunesmith.training.checkpoint import list_complete, read_train_state
 from tunesmith.training.events import CheckpointEvent
-from tunesmith.run import RunDir
 from tunesmith.training.signals import StopFlag
-
 
 
 def settings(data, model_dir, out, **more):

@@ -6,9 +6,9 @@ from click.testing import CliRunner
 
 from tunesmith import load_config
 from tunesmith.cli import main
+from tunesmith.commands.plan import GIB, count_parameters, plan_memory
 from tunesmith.config import LoraConfig
 from tunesmith.model.loading import add_adapter, load_model
-from tunesmith.commands.plan import GIB, count_parameters, plan_memory
 
 
 def test_counts_match_the_model_and_peft(tiny_model_dir):

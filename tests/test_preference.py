@@ -19,8 +19,8 @@ from tunesmith.data.check import check_files
 from tunesmith.data.preference import PairExample
 from tunesmith.data.records import PreferencePair
 from tunesmith.data.render import IGNORE, _shift
-from tunesmith.training.batching import pack_examples, sequence_log_probs
 from tunesmith.run import RunDir
+from tunesmith.training.batching import pack_examples, sequence_log_probs
 
 LN2 = math.log(2)
 

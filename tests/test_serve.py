@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tunesmith.commands.generate import generate
 from tunesmith.config import ConfigError
 from tunesmith.data.render import encode_prompt
-from tunesmith.commands.generate import generate
 from tunesmith.run import load_run
 from tunesmith.serve.app import build_app
 from tunesmith.serve.protocol import parse_chat_request, parse_completion_request

@@ -73,7 +73,6 @@ def test_a_passed_data_check_is_not_repeated_but_its_warnings_are(faq_path, tiny
     from rich.console import Console
 
     from tunesmith import load_config
-
     from tunesmith.data import gate as recipe
     rows = [json.loads(line) for line in faq_path.read_text().splitlines()]
     data = write_jsonl(faq_path.parent / "dup.jsonl", rows + rows[:1])  # a duplicate row: a warning

@@ -15,8 +15,8 @@ from rich.console import Console
 from tunesmith import load_config, train
 from tunesmith.cli_options import report_to_flag
 from tunesmith.errors import ConfigError
-from tunesmith.training.events import CheckpointEvent, StepEvent
 from tunesmith.run import RunDir
+from tunesmith.training.events import CheckpointEvent, StepEvent
 
 
 def settings(data, model, out, **extra):

@@ -10,13 +10,12 @@ from safetensors import safe_open
 from tunesmith import load_config, train
 from tunesmith.config import ConfigError, LoraConfig
 from tunesmith.data import Conversation, Message, encode_conversation
-from tunesmith.run import load_run
 from tunesmith.model.loading import add_adapter, load_model
 from tunesmith.model.sharding import compile_layers, decoder_layers
+from tunesmith.run import RunDir, load_run
 from tunesmith.training.batching import loss_sum, pack_examples, split_batch
 from tunesmith.training.events import StepEvent
 from tunesmith.training.loss import backward_group
-from tunesmith.run import RunDir
 
 
 def examples(tokenizer, answers):

@@ -186,8 +186,8 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
     """Answer one prompt with the tuned model of RUN (or, with --base, its base model)."""
     import contextlib
 
-    from .data.render import with_system_prompt
     from .commands.generate import generate
+    from .data.render import with_system_prompt
     from .run import RunDir, base_of, load_run, run_system_prompt
 
     model, tokenizer = load_run(run)

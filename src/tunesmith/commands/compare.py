@@ -17,8 +17,17 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..config import TrainConfig
-from ..data import (QA, DataError, DataIssue, answered_questions, data_options, encode_prompt, held_out_questions,
-                    prepare_data, read_records)
+from ..data import (
+    QA,
+    DataError,
+    DataIssue,
+    answered_questions,
+    data_options,
+    encode_prompt,
+    held_out_questions,
+    prepare_data,
+    read_records,
+)
 from ..data.render import end_of_turn_ids, pad_id
 from ..evaluation.bootstrap import bootstrap_ci, paired_summary
 from ..evaluation.recommend import Delta, Evidence, recommend

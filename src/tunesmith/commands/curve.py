@@ -27,7 +27,6 @@ from ..config import ConfigError, TrainConfig
 from ..data import Example, PreparedData, data_options, prepare_data
 from ..data.prepare import training_subset
 from ..errors import RunDirError
-from .evaluate import TASK_SIZES, generate_answers, generation_sample
 from ..evaluation.bootstrap import bootstrap_ci
 from ..evaluation.learning_curve import CurveAnalysis, analyse_curve, point_interval
 from ..evaluation.report import budget_points, plot_curve, write_curve_report
@@ -39,6 +38,7 @@ from ..settings import CurveSettings
 from ..training.batching import epoch_plan
 from ..training.resume import check_resumable
 from ..training.schedule import plan_schedule
+from .evaluate import TASK_SIZES, generate_answers, generation_sample
 
 HELDOUT_FILE = "heldout.json"
 """Per point (and for the base, in OUTPUT): every held-out example's summed NLL and target tokens."""

@@ -15,8 +15,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..config import PREFERENCE_OBJECTIVES, TrainConfig
-from ..data import (Example, answered_questions, data_options, encode_prompt, held_out_questions, prepare_data,
-                    read_records)
+from ..data import (
+    Example,
+    answered_questions,
+    data_options,
+    encode_prompt,
+    held_out_questions,
+    prepare_data,
+    read_records,
+)
 from ..data.preference import prepare_pairs, read_pairs
 from ..data.probe_files import read_probe_file
 from ..data.render import end_of_turn_ids, pad_id

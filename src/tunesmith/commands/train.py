@@ -29,6 +29,7 @@ from ..model.precision import autocast, compute_dtype, frozen_weight_dtype
 from ..model.sharding import compile_layers, local_share, shard_model
 from ..model.swiglu import use_fused_swiglu
 from ..model.tokenizer import load_tokenizer
+from ..run import RunDir, refuse_occupied
 from ..training.batching import Batch, epoch_plan, eval_batches, micro_batches
 from ..training.checkpoint import (
     TrainState,
@@ -54,7 +55,6 @@ from ..training.loss import KLTerm, backward_group
 from ..training.objectives import Objective, objective_for, reference_needed
 from ..training.processes import end_processes, make_accelerator
 from ..training.resume import create_run, locate_run, restore_run
-from ..run import RunDir, refuse_occupied
 from ..training.schedule import Schedule, lr_scheduler, plan_schedule
 from ..training.selection import select_final
 from ..training.signals import StopFlag, agree_to_stop, stop_at_once

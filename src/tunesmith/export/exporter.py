@@ -17,8 +17,8 @@ from typing import Callable
 from ..errors import ExportError
 from ..model.loading import load_model
 from ..model.tokenizer import load_tokenizer
-from ..settings import DEFAULT_GGUF_TYPE, EXPORT_FORMATS, MERGE_TOLERANCE
 from ..run import RunDir, RunDirError, write_atomic
+from ..settings import DEFAULT_GGUF_TYPE, EXPORT_FORMATS, MERGE_TOLERANCE
 from .gguf import export_gguf
 from .parity import compare_logits, merged_model, sample_inputs
 

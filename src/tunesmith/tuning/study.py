@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunDirError
-from ..training.events import ProbesEvent, TrainingEvent
 from ..run import RunDir
+from ..training.events import ProbesEvent, TrainingEvent
 from .space import TuneConfig
 
 DB_NAME = "tune.db"
