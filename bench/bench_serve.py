@@ -29,7 +29,7 @@ def load(args):
 
     torch.set_num_threads(args.threads)
     if args.run:
-        from tunesmith.generate import load_run
+        from tunesmith.run import load_run
 
         return load_run(args.run)
     from transformers import AutoModelForCausalLM

@@ -1,5 +1,5 @@
-"""The package's shape, checked from its source: no import cycles, no huge functions or modules, and
-`import tunesmith` / `tunesmith --help` without torch."""
+"""The package's shape, checked from its source: no import cycles, imports that point down the layers
+only, no huge functions or modules, and `import tunesmith` / `tunesmith --help` without torch."""
 
 from __future__ import annotations
 
@@ -84,8 +84,58 @@ def test_cycle_finder_finds_a_planted_cycle() -> None:
 
 def test_no_import_cycles() -> None:
     graph = import_graph()
-    assert graph["tunesmith.train"], "the graph builder found no imports: it is broken"
+    assert graph["tunesmith.commands.train"], "the graph builder found no imports: it is broken"
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+TOP_LAYER = ("tunesmith.cli", "tunesmith.cli_server", "tunesmith.cli_options", "tunesmith.runtime",
+             "tunesmith.__main__", "tunesmith.commands", "tunesmith.ui")
+"""What parses flags, runs a command's recipe or serves the page: everything else is machinery."""
+
+UPWARD = (
+    ("machinery", lambda m: not _within(m, *TOP_LAYER),
+     ("tunesmith.commands", "tunesmith.cli", "tunesmith.cli_server", "tunesmith.ui")),
+    ("server", lambda m: _within(m, "tunesmith.server"), ("tunesmith.ui",)),
+    ("serve", lambda m: _within(m, "tunesmith.serve"), ("tunesmith.server", "tunesmith.ui")),
+    ("web", lambda m: _within(m, "tunesmith.web"), ("tunesmith.serve", "tunesmith.server", "tunesmith.ui")),
+)
+"""(who, which modules the rule holds, what they must not import): machinery never imports a command,
+the CLI or the page; ui may import server, which may import serve, never the reverse; web imports none."""
+
+
+def _within(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every edge of `graph` that points up a layer, as 'rule: module -> target'."""
+    return sorted(f"{who}: {module} -> {target}" for who, holds, banned in UPWARD
+                  for module, targets in graph.items() if holds(module)
+                  for target in targets if _within(target, *banned))
+
+
+def test_the_direction_rule_finds_planted_violations() -> None:
+    fake = {
+        "tunesmith.training.loop": {"tunesmith.commands.train", "tunesmith.config"},
+        "tunesmith.commands.train": {"tunesmith.training.loop", "tunesmith.run"},
+        "tunesmith.ui.app": {"tunesmith.server.app", "tunesmith.commands.compare"},
+        "tunesmith.server.app": {"tunesmith.ui.app", "tunesmith.serve.app"},
+        "tunesmith.web.guard": {"tunesmith.serve.app"},
+        "tunesmith.cli": {"tunesmith.commands.train"},
+    }
+    assert upward_imports(fake) == [
+        "machinery: tunesmith.server.app -> tunesmith.ui.app",
+        "machinery: tunesmith.training.loop -> tunesmith.commands.train",
+        "server: tunesmith.server.app -> tunesmith.ui.app",
+        "web: tunesmith.web.guard -> tunesmith.serve.app",
+    ]
+
+
+def test_imports_point_down_the_layers() -> None:
+    graph = import_graph()
+    assert "tunesmith.commands.train" in graph["tunesmith.cli"]  # the rule would pass on a broken graph otherwise
+    assert "tunesmith.commands.compare" in graph["tunesmith.ui.tasks"]
+    assert not upward_imports(graph), upward_imports(graph)
 
 
 def test_the_web_layer_sits_under_serve_server_and_ui() -> None:
@@ -102,6 +152,24 @@ def test_the_web_layer_sits_under_serve_server_and_ui() -> None:
         assert not imports("tunesmith.web", package), imports("tunesmith.web", package)
     assert imports("tunesmith.ui", "tunesmith.server")  # the check below would pass on a broken graph otherwise
     assert not imports("tunesmith.server", "tunesmith.ui"), imports("tunesmith.server", "tunesmith.ui")
+
+
+RUN_FILES = {"config.yaml", "manifest.json", "metrics.jsonl", "summary.json", "eval.json", "compare.json",
+             "trackers.json", "curve.json"}
+
+
+def test_only_the_run_module_names_a_runs_files() -> None:
+    """A run's files have one owner: no other module builds their paths (a name in a docstring is fine)."""
+    named = []
+    for name, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        named += [f"{name}:{node.lineno} {node.value}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in RUN_FILES and id(node) not in docstrings]
+    assert any(n.startswith("tunesmith.run:") for n in named), "the check finds nothing: it is broken"
+    assert [n for n in named if not n.startswith("tunesmith.run:")] == []
 
 
 def test_no_long_functions_or_modules() -> None:
@@ -122,6 +190,7 @@ def test_no_long_functions_or_modules() -> None:
 @pytest.mark.parametrize("code", [
     "import tunesmith",
     "import tunesmith.cli",
+    "from tunesmith.run import RunDir, load_run",
     "from tunesmith import TrainConfig, load_config, TunesmithError",
 ])
 def test_light_imports_do_not_load_torch(code: str) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.chat import ChatSession, chat_loop
+from tunesmith.commands.chat import ChatSession, chat_loop
+from tunesmith.commands.generate import generate
 from tunesmith.data.render import encode_prompt
-from tunesmith.generate import generate, load_run
 from tunesmith.inference.streaming import ReplyStream, Sampling, complete
+from tunesmith.run import load_run
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_leaving_a_stream_early_stops_generation(tuned):
 
 
 def test_base_and_tuned_answer_the_same_conversation(tuned):
-    from tunesmith.forgetting.measure import base_view
+    from tunesmith.model.base import base_view
 
     model, tokenizer = tuned
     question = [{"role": "user", "content": "What is a building permit?"}]

@@ -48,9 +48,9 @@ def test_a_config_error_exits_2_from_every_command(tmp_path, command):
 
 
 def raising(exc: BaseException):
-    def load_config(*args, **kwargs):
+    def load_source(*args, **kwargs):
         raise exc
-    return load_config
+    return load_source
 
 
 @pytest.mark.parametrize("exc, code, stderr", [
@@ -61,13 +61,13 @@ def raising(exc: BaseException):
     (KeyboardInterrupt(), 130, "interrupted: stopped at once by a second Ctrl-C\n"),
 ])
 def test_one_handler_prints_label_and_message_and_exits_with_the_class_code(monkeypatch, exc, code, stderr):
-    monkeypatch.setattr(tunesmith.cli, "load_config", raising(exc))
+    monkeypatch.setattr(tunesmith.cli, "load_source", raising(exc))
     result = CliRunner().invoke(main, ["plan", "c.yaml"])
     assert (result.exit_code, result.stderr, result.stdout) == (code, stderr, "")  # markup printed as written
 
 
 def test_an_unexpected_error_keeps_its_traceback(monkeypatch):
-    monkeypatch.setattr(tunesmith.cli, "load_config", raising(RuntimeError("a bug")))
+    monkeypatch.setattr(tunesmith.cli, "load_source", raising(RuntimeError("a bug")))
     result = CliRunner().invoke(main, ["plan", "c.yaml"])
     assert isinstance(result.exception, RuntimeError) and result.exc_info[2] is not None
 

@@ -11,17 +11,18 @@ import pytest
 from click.testing import CliRunner
 from conftest import FAQ
 
-from tunesmith import compare as compare_module
 from tunesmith.cli import main
-from tunesmith.compare import SYSTEMS, format_table, per_question_scores, summarize_system
+from tunesmith.commands import compare as compare_module
+from tunesmith.commands.compare import SYSTEMS, format_table, per_question_scores, summarize_system
+from tunesmith.commands.generate import generate
 from tunesmith.data import QA, encode_prompt
 from tunesmith.data.render import end_of_turn_ids
 from tunesmith.evaluation.bootstrap import bootstrap_ci
 from tunesmith.evaluation.recommend import Delta, Evidence, recommend
 from tunesmith.evaluation.text_metrics import answer_length, rouge_l, style_markers, style_match, token_f1
-from tunesmith.generate import generate, load_run
 from tunesmith.inference.decode import generate_batch
 from tunesmith.retrieval import RetrievalSettings, Retriever
+from tunesmith.run import load_run
 
 UP, DOWN, FLAT = Delta(0.2, 0.1, 0.3), Delta(-0.2, -0.3, -0.1), Delta(0.01, -0.05, 0.07)
 
@@ -161,7 +162,7 @@ def retriever(tiny_run, embedder):
 
 
 def test_chat_with_knowledge_puts_passages_in_the_prompt_only(tuned, retriever):
-    from tunesmith.chat import chat_loop
+    from tunesmith.commands.chat import chat_loop
     from tunesmith.inference.streaming import Sampling
 
     model, tokenizer = tuned

@@ -72,7 +72,7 @@ def test_each_choice_has_one_home():
 
 
 def test_moved_settings_are_checked_as_config():
-    from tunesmith.compare import CompareSettings as FromCompare
+    from tunesmith.commands.compare import CompareSettings as FromCompare
     from tunesmith.retrieval import RetrievalSettings as FromRetrieval
     from tunesmith.settings import CompareSettings, RetrievalSettings
 

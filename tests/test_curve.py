@@ -18,10 +18,10 @@ from rich.console import Console
 from conftest import FAQ, write_jsonl
 from tunesmith import load_config
 from tunesmith.cli import main
-from tunesmith.curve import curve
+from tunesmith.commands.curve import curve
 from tunesmith.data import prepare_data
 from tunesmith.data.prepare import training_subset
-from tunesmith.training.rundir import RunDir
+from tunesmith.run import RunDir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 FRACTIONS = (0.25, 0.5, 1.0)

@@ -42,7 +42,7 @@ def test_default_model_gguf_runs_in_llama_cpp(tmp_path):
 
     from tunesmith.data.render import encode_prompt
     from tunesmith.export.exporter import export_run
-    from tunesmith.generate import load_run
+    from tunesmith.run import load_run
 
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install '.[llama-cpp]')")
     config = load_config(None, {"data": FAQ, "output": str(tmp_path / "run"), "max_steps": 1, "batch_size": 1,

@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tunesmith import load_config, train
-from tunesmith.training.rundir import RunDir
+from tunesmith.run import RunDir
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

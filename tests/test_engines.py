@@ -10,9 +10,9 @@ import pytest
 
 from test_export import tiny_tokenizer_known_to_llama_cpp  # noqa: F401  (autouse: the exporter accepts the tiny tokenizer)
 from tunesmith.data.render import encode_prompt, end_of_turn_ids, pad_id
-from tunesmith.generate import load_run
 from tunesmith.inference.decode import generate_batch
 from tunesmith.inference.engines import EngineUnavailable, open_engine
+from tunesmith.run import load_run
 
 QUESTIONS = ["What is a building permit?", "How long does a permit take?", "Who decides on permits?",
              "Can I build without a permit?"]

@@ -7,11 +7,11 @@ from click.testing import CliRunner
 
 from tunesmith import load_config, train
 from tunesmith.cli import main
-from tunesmith.evaluate import TASK_SIZES, TaskSizes, evaluate_run
+from tunesmith.commands.evaluate import TASK_SIZES, TaskSizes, evaluate_run
 from tunesmith.evaluation.report import LOSS_PNG, PROBES_PNG, TRADEOFF_PNG, write_report
 from tunesmith.forgetting import probes as probe_module
 from tunesmith.forgetting.probes import ProbeSizes
-from tunesmith.training.rundir import RunDir
+from tunesmith.run import RunDir
 
 TINY = ProbeSizes("standard", wiki_passages=4, wiki_max_tokens=48, analogies_per_section=1, trivia=4, kl_prompts=3,
                   kl_new_tokens=5)
@@ -122,7 +122,7 @@ def test_lm_eval_hook_says_how_to_install_it(tiny_run):
 
 
 def test_verdict_counts_answers_that_loop():
-    from tunesmith.evaluate import verdict
+    from tunesmith.commands.evaluate import verdict
 
     task = {"loss": {"base": 3.0, "tuned": 2.0, "delta": -1.0, "ci95": [-1.2, -0.8]}, "n_generated": 12,
             "token_f1": {"base": 0.15, "tuned": 0.12}, "looping": {"base": 0.0, "tuned": 0.25}}
@@ -135,7 +135,7 @@ def test_verdict_counts_answers_that_loop():
 def test_the_report_says_when_the_training_probes_judged_otherwise():
     """The fast probes chose a step as within budget; the report's larger set finds it over: the
     verdict must say so and say which to trust, and say nothing when they agree."""
-    from tunesmith.evaluate import training_verdict, verdict
+    from tunesmith.commands.evaluate import training_verdict, verdict
 
     task = {"loss": {"base": 3.0, "tuned": 2.0, "delta": -1.0, "ci95": [-1.1, -0.9]}}
     checks = [("analogies", False, "analogies accuracy -16.7 pt")]

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tunesmith import evaluate as evaluate_module
 from tunesmith import load_config, train
-from tunesmith.evaluate import TASK_SIZES, TaskSizes, evaluate_run
+from tunesmith.commands import evaluate as evaluate_module
+from tunesmith.commands.evaluate import TASK_SIZES, TaskSizes, evaluate_run
 from tunesmith.forgetting import measure as measure_module
 from tunesmith.forgetting import probes as probe_module
 from tunesmith.forgetting.probes import ProbeSizes
@@ -87,8 +87,8 @@ def test_merging_the_adapter_for_decoding_restores_it_bit_for_bit(tiny_run):
     import torch
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from tunesmith.generate import load_run
     from tunesmith.inference.decode import adapters_merged
+    from tunesmith.run import load_run
 
     model, _ = load_run(tiny_run)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}

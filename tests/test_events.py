@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from tunesmith import load_config, train
+from tunesmith.run import RunDir
 from tunesmith.training.events import (
     METRICS_EVENTS,
     CheckpointEvent,
@@ -17,7 +18,6 @@ from tunesmith.training.events import (
     StepEvent,
     StopEvent,
 )
-from tunesmith.training.rundir import RunDir
 
 
 def settings(data, model, out, **extra):

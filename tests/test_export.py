@@ -20,9 +20,8 @@ from tunesmith.errors import ExportError
 from tunesmith.export.exporter import export_run
 from tunesmith.export.gguf import GGUF_TOLERANCE, permute_qk
 from tunesmith.export.parity import logit_diff, sample_inputs
-from tunesmith.generate import load_run
 from tunesmith.model.loading import load_gguf_model, load_model
-from tunesmith.training.rundir import RunDirError
+from tunesmith.run import RunDirError, load_run
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +137,7 @@ def test_gguf_q8_weights_are_exactly_the_quantized_merge(tiny_run, tmp_path):
     import gguf
 
     from tunesmith.export.parity import merged_model
-    from tunesmith.training.rundir import RunDir
+    from tunesmith.run import RunDir
 
     export_run(tiny_run, "gguf", tmp_path / "q8", gguf_type="q8_0")
     merged, _, _ = merged_model(RunDir.open(tiny_run))

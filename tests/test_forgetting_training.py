@@ -4,9 +4,9 @@ replay and the KL-to-base term train and resume exactly."""
 import pytest
 
 from tunesmith import load_config, train
+from tunesmith.run import RunDir
 from tunesmith.training.checkpoint import list_complete
 from tunesmith.training.events import CheckpointEvent
-from tunesmith.training.rundir import RunDir
 
 
 def settings(data, model, out, **extra):

@@ -3,7 +3,6 @@ once, a log that says what it does (issue 16 items 5, 6, 7, 8)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import signal
 import time
@@ -13,13 +12,12 @@ from click.testing import CliRunner
 
 from tunesmith import load_config, train
 from tunesmith.cli import main
+from tunesmith.commands import train as recipe
 from tunesmith.errors import ConfigError, RunDirError, StoppedBeforeTraining
+from tunesmith.run import RunDir
 from tunesmith.training.checkpoint import list_complete, read_train_state
 from tunesmith.training.events import CheckpointEvent
-from tunesmith.training.rundir import RunDir
 from tunesmith.training.signals import StopFlag
-
-recipe = importlib.import_module("tunesmith.train")  # the module: `tunesmith.train` is also the function
 
 
 def settings(data, model_dir, out, **more):
@@ -28,7 +26,7 @@ def settings(data, model_dir, out, **more):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_before_the_first_step_leaves_no_run_directory(faq_file, tiny_model_dir, tmp_path, monkeypatch, sig):
-    from tunesmith.training import preference as objectives  # the evaluation's home (the session's Objective)
+    from tunesmith.training import objectives  # the evaluation's home (the session's Objective)
 
     measure = objectives.validation_loss
 

@@ -14,12 +14,12 @@ import pytest
 import yaml
 
 from tunesmith import load_config, train
+from tunesmith.commands.train import NonFiniteLossError
 from tunesmith.model.loading import ModelError, load_model
-from tunesmith.train import NonFiniteLossError
+from tunesmith.run import RunDir, RunDirError
 from tunesmith.training import loss as loss_module
 from tunesmith.training.checkpoint import COMPLETE, CheckpointError, list_complete, read_train_state, refuse_pickles
 from tunesmith.training.events import CheckpointEvent, StepEvent
-from tunesmith.training.rundir import RunDir, RunDirError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 

@@ -19,8 +19,8 @@ from tunesmith.data.check import check_files
 from tunesmith.data.preference import PairExample
 from tunesmith.data.records import PreferencePair
 from tunesmith.data.render import IGNORE, _shift
+from tunesmith.run import RunDir
 from tunesmith.training.batching import pack_examples, sequence_log_probs
-from tunesmith.training.rundir import RunDir
 
 LN2 = math.log(2)
 
@@ -117,7 +117,7 @@ def test_dpo_with_lora_starts_at_ln_2_and_learns_a_learnable_preference(tmp_path
 
 def assert_eval_measures_the_preference(run, reward_margin: float, monkeypatch) -> None:
     """`tunesmith eval` of a DPO run: the held-out pairs, each model's own preference, the verdict says it."""
-    from tunesmith.evaluate import TASK_SIZES, TaskSizes, evaluate_run
+    from tunesmith.commands.evaluate import TASK_SIZES, TaskSizes, evaluate_run
     from tunesmith.forgetting import probes as probe_module
     from tunesmith.forgetting.probes import ProbeSizes
 
@@ -247,8 +247,8 @@ def trainable_grads(model) -> dict[str, torch.Tensor]:
 @pytest.mark.numerics
 def test_dpo_loss_and_gradients_equal_trls(tiny_model_dir, tmp_path):
     pytest.importorskip("trl")
-    from tunesmith.forgetting.measure import base_view
-    from tunesmith.training.preference import PairLoss
+    from tunesmith.model.base import base_view
+    from tunesmith.training.objectives import PairLoss
 
     trainer, ours, tokenized = trl_setup(tiny_model_dir, tmp_path)
     batch = trainer.data_collator(tokenized)
@@ -275,7 +275,7 @@ def test_orpo_loss_and_gradients_equal_trls_formula(tiny_model_dir, tmp_path):
     pytest.importorskip("trl")
     from trl.experimental.orpo import ORPOTrainer
 
-    from tunesmith.training.preference import PairLoss
+    from tunesmith.training.objectives import PairLoss
 
     trainer, ours, tokenized = trl_setup(tiny_model_dir, tmp_path)
     theirs = trainer.model

@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tunesmith.commands.generate import generate
 from tunesmith.config import ConfigError
 from tunesmith.data.render import encode_prompt
-from tunesmith.generate import generate, load_run
+from tunesmith.run import load_run
 from tunesmith.serve.app import build_app
 from tunesmith.serve.protocol import parse_chat_request, parse_completion_request
 from tunesmith.settings import Sampling, ServeLimits
@@ -324,7 +325,7 @@ def test_the_base_model_is_served_under_its_own_name(model_and_tokenizer):
     run's system prompt goes into chat requests that bring none; repetition settings are honoured."""
     from openai import OpenAI
 
-    from tunesmith.forgetting.measure import base_view
+    from tunesmith.model.base import base_view
 
     model, tokenizer = model_and_tokenizer
     system = "Answer in one sentence."

@@ -15,9 +15,9 @@ import torch
 
 from test_serve import running
 from tunesmith.data.render import encode_prompt, end_of_turn_ids
-from tunesmith.generate import load_run
 from tunesmith.inference.batching import BatchDecoder
 from tunesmith.inference.streaming import Completion, complete
+from tunesmith.run import load_run
 from tunesmith.serve.app import build_app
 from tunesmith.settings import Sampling, ServeLimits
 

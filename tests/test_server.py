@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from conftest import FAQ, faq_rows, write_jsonl
 from test_serve import free_port, running
 from tunesmith.cli import main
-from tunesmith.generate import generate, load_run
+from tunesmith.commands.generate import generate
+from tunesmith.run import load_run
 from tunesmith.server.app import ServerSettings, build_server_app, load_base, open_home
 from tunesmith.server.jobs import method_hyperparameters
 from tunesmith.server.locks import HomeInUse

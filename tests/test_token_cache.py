@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import json
 
@@ -74,8 +73,7 @@ def test_a_passed_data_check_is_not_repeated_but_its_warnings_are(faq_path, tiny
     from rich.console import Console
 
     from tunesmith import load_config
-
-    recipe = importlib.import_module("tunesmith.train")  # the module: `tunesmith.train` is also the function
+    from tunesmith.data import gate as recipe
     rows = [json.loads(line) for line in faq_path.read_text().splitlines()]
     data = write_jsonl(faq_path.parent / "dup.jsonl", rows + rows[:1])  # a duplicate row: a warning
     config = load_config(None, {"data": str(data), "model": str(tiny_model_dir)})

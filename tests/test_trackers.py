@@ -15,8 +15,8 @@ from rich.console import Console
 from tunesmith import load_config, train
 from tunesmith.cli_options import report_to_flag
 from tunesmith.errors import ConfigError
+from tunesmith.run import RunDir
 from tunesmith.training.events import CheckpointEvent, StepEvent
-from tunesmith.training.rundir import RunDir
 
 
 def settings(data, model, out, **extra):
@@ -224,7 +224,7 @@ def test_eval_logs_its_verdict_figures_and_report_into_the_runs_trackers(faq_fil
     pytest.importorskip("mlflow")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tunesmith.evaluate import evaluate_run
+    from tunesmith.commands.evaluate import evaluate_run
 
     monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
     run = tmp_path / "run"

@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from conftest import faq_rows, write_jsonl
 from tunesmith import load_config, train
 from tunesmith.cli import main
+from tunesmith.commands.tune import load_tune, tune
 from tunesmith.config import ForgettingBudget
 from tunesmith.errors import ConfigError
+from tunesmith.run import RunDir
 from tunesmith.training.checkpoint import list_complete
-from tunesmith.training.rundir import RunDir
-from tunesmith.tune import load_tune, tune
 from tunesmith.tuning.space import TuneConfig, search_space, tune_config_from_dict
 from tunesmith.tuning.study import running_objective
 from tunesmith.tuning.trials import TrialRecord, choose, figures

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 # Public name -> the module that defines it. Imported on first use (PEP 562), so that
@@ -13,9 +11,9 @@ _EXPORTS = {
     "CompareSettings": "settings", "ConfigError": "errors", "LoraConfig": "config", "RetrievalSettings": "settings",
     "TrainConfig": "config", "TunesmithError": "errors", "load_config": "config",
     "DataError": "data", "prepare_data": "data", "read_records": "data",
-    "Retriever": "retrieval", "compare_run": "compare", "evaluate_run": "evaluate",
-    "generate": "generate", "load_run": "generate", "TrainResult": "train", "train": "train",
-    "CurveResult": "curve", "curve": "curve",
+    "Retriever": "retrieval", "compare_run": "commands.compare", "evaluate_run": "commands.evaluate",
+    "generate": "commands.generate", "load_run": "run", "TrainResult": "commands.train",
+    "train": "commands.train", "CurveResult": "commands.curve", "curve": "commands.curve",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -33,16 +31,3 @@ def __getattr__(name: str) -> Any:
 def __dir__() -> list[str]:
     return [*__all__, "__version__"]
 
-
-class _Package(types.ModuleType):
-    """`tunesmith.generate` and `tunesmith.train` are functions although modules of those names exist."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Importing a submodule binds it on the package, over the function of the same name that
-        # `from tunesmith import train` must give; the submodule is loaded by then, so take its function.
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == name:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -29,7 +29,7 @@ from .cli_options import (
 # what it needs (torch, transformers) inside its function.
 from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
 from .cli_server import jobs_group, server_command, ui_command
-from .config import DEFAULT_MODEL, METHODS, TrainConfig, load_config
+from .config import DEFAULT_MODEL, METHODS, TrainConfig
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 from .settings import (
     DEFAULT_EXPORT_FORMAT,
@@ -43,6 +43,7 @@ from .settings import (
     Sampling,
     ServeLimits,
 )
+from .sources import load_source
 
 console = Console(stderr=True, soft_wrap=True)  # messages name FILE:LINE: never cut them
 
@@ -121,9 +122,7 @@ def _print_json(report: dict[str, Any], as_json: bool) -> bool:
 
 def _load_source(source: str, flags: dict[str, Any]) -> TrainConfig:
     """The config of SOURCE, a CONFIG.yaml or a data file, with the command's flags over it."""
-    if Path(source).suffix.lower() in (".yaml", ".yml"):
-        return load_config(source, flags)
-    return load_config(None, {**flags, "data": source})
+    return load_source(source, flags)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,15 +149,14 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
-    from .train import end_processes, train
-    from .training.rundir import RunDir
+    from .commands.train import end_processes, train
+    from .run import RunDir, checkpoint_run
 
     flags["eval"] = eval_data
     if source is None:
         if resume in (None, "auto"):
             raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
-        run_dir = Path(resume).parent.parent if Path(resume).parent.name == "checkpoints" else Path(resume)
-        config = load_config(RunDir.open(run_dir).path / "config.yaml", flags)
+        config = RunDir.open(checkpoint_run(resume)).config(flags)
     else:
         config = _load_source(source, flags)
     result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress,
@@ -191,9 +189,9 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
     """Answer one prompt with the tuned model of RUN (or, with --base, its base model)."""
     import contextlib
 
+    from .commands.generate import generate
     from .data.render import with_system_prompt
-    from .generate import base_of, generate, load_run, run_system_prompt
-    from .training.rundir import RunDir
+    from .run import RunDir, base_of, load_run, run_system_prompt
 
     model, tokenizer = load_run(run)
     messages = with_system_prompt([{"role": "user", "content": prompt}], system or run_system_prompt(run))
@@ -214,7 +212,7 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 def plan_command(source: str, devices: int, as_json: bool, **flags: Any) -> None:
     """Estimate the peak memory per device of training on SOURCE (data file or CONFIG.yaml)."""
-    from .plan import plan_memory
+    from .commands.plan import plan_memory
 
     config = _load_source(source, flags)
     plan = plan_memory(config, devices=devices)
@@ -312,9 +310,8 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
                  repetition_penalty: float, no_repeat_ngram_size: int, knowledge: str | None, engine: str,
                  retrieval: RetrievalSettings) -> None:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
-    from .chat import chat_loop, engine_decoder
-    from .generate import base_of, load_run, run_system_prompt
-    from .training.rundir import RunDir
+    from .commands.chat import chat_loop, engine_decoder
+    from .run import RunDir, base_of, load_run, run_system_prompt
 
     augment = None
     model, tokenizer = load_run(run)
@@ -399,7 +396,8 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
                     batch_size: int, no_cache: bool, as_json: bool, engine: str, retrieval: RetrievalSettings) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
-    from .compare import compare_run, format_table
+    from .commands.compare import compare_run, format_table
+    from .run import COMPARE
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                retrieval=retrieval)
@@ -417,7 +415,7 @@ def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int,
             out.print("  " + escape(line))
     out.print()
     out.print(escape(result["recommendation"]))
-    out.print(f"  report            {Path(run) / 'compare.json'}")
+    out.print(f"  report            {Path(run) / COMPARE}")
 
 
 @main.command("curve")
@@ -440,7 +438,7 @@ def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int,
 def curve_command(source: str, fractions: str | None, output: str | None, generate: bool, eval_data: str | None,
                   overwrite: bool, no_progress: bool, as_json: bool, **flags: Any) -> None:
     """Learning curve: train SOURCE (data or CONFIG.yaml) on nested shares of its data; do I have enough?"""
-    from .curve import curve, print_summary
+    from .commands.curve import curve, print_summary
 
     result = curve(_load_source(source, {**flags, "eval": eval_data}), CurveSettings.parse_fractions(fractions)
                    if fractions else None, output, generate, overwrite, console, show_progress=not no_progress)
@@ -456,7 +454,7 @@ def curve_command(source: str, fractions: str | None, output: str | None, genera
 @click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
 def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
     """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
-    from .evaluate import evaluate_run
+    from .commands.evaluate import evaluate_run
 
     tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
     result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
@@ -483,7 +481,7 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_ta
 def tune_command(source: str, trials: int | None, minutes: float | None, eval_data: str | None, no_eval: bool,
                  overwrite: bool, no_progress: bool, **flags: Any) -> None:
     """Search settings on SOURCE (data, or a CONFIG.yaml with a `tune:` section) for the best model within budget."""
-    from .tune import load_tune, result_lines, tune
+    from .commands.tune import load_tune, result_lines, tune
 
     config, settings, fixed = load_tune(source, {**flags, "eval": eval_data})
     result = tune(config, settings, fixed, trials=trials, minutes=minutes, evaluate=not no_eval, overwrite=overwrite,

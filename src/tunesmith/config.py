@@ -277,6 +277,9 @@ class TrainConfig:
         require(0.0 < self.train_fraction <= 1.0, "train_fraction", f"must be in (0, 1], got {self.train_fraction}")
         require(self.distributed in DISTRIBUTED, "distributed",
                f"must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
+        require(not (self.distributed == "fsdp" and self.method == "qlora"), "distributed",
+                "fsdp does not take method: qlora (4-bit weights cannot be sharded as DTensors here); use "
+                "distributed: ddp, which QLoRA's small adapters suit")
         require(isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)
                 and len(set(self.report_to)) == len(self.report_to), "report_to",
                 f"must be a list of distinct trackers from {', '.join(TRACKERS)}, got {self.report_to!r}")

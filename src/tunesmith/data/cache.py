@@ -150,7 +150,7 @@ def record_check(data: str | Path, eval_data: str | Path | None, tokenizer: Any,
                  warning_lines: list[str], *, columns: ColumnMap | None = None, system_prompt: str | None = None,
                  val_fraction: float | None = None) -> None:
     """Remember that the check passed on these inputs, with the warnings it printed."""
-    from ..training.rundir import write_atomic
+    from ..files import write_atomic
 
     marker = _check_marker(data, eval_data, tokenizer, max_seq_tokens, _settings(columns, system_prompt, val_fraction))
     for name, path in _named_paths(data, eval_data):

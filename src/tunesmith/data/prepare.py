@@ -10,7 +10,7 @@ from .cache import tokenize_file
 from .columns import ColumnMap
 from .issues import DataError, DataIssue
 from .limits import CheckLimits
-from .records import Conversation, file_sha256, read_system_prompt
+from .records import Conversation, file_sha256, read_records, read_system_prompt
 from .render import Example
 
 
@@ -43,6 +43,14 @@ def answered_questions(records: list[Any]) -> list[QA]:
             prompt = [{"role": m.role, "content": m.content} for m in record.messages[:-1]]
             out.append(QA(prompt, record.messages[-1].content, record.source))
     return out
+
+
+def held_out_questions(config: Any, val_sources: set[str]) -> list[QA]:
+    """The answered questions among a run's held-out rows (`val_sources`: its validation examples'
+    sources), read as training read them: from the config's eval file, else its data file. Eval
+    answers them against their references; compare asks them as the questions training never saw."""
+    records = read_records(config.eval or config.data, **data_options(config))
+    return [q for q in answered_questions(records) if q.source in val_sources]
 
 
 def data_options(config: Any) -> dict[str, Any]:

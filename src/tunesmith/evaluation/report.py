@@ -10,7 +10,7 @@ from typing import Any
 
 from ..config import ForgettingBudget
 from ..forgetting.budget import KIND_OF_METRIC, budget_share
-from ..training.rundir import RunDir, write_atomic
+from ..run import RunDir, write_atomic
 
 LOSS_PNG = "report-loss.png"
 PROBES_PNG = "report-probes.png"

@@ -7,7 +7,6 @@ back and their logits compared with base + adapter before the export is kept.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -18,8 +17,8 @@ from typing import Callable
 from ..errors import ExportError
 from ..model.loading import load_model
 from ..model.tokenizer import load_tokenizer
+from ..run import RunDir, RunDirError, write_atomic
 from ..settings import DEFAULT_GGUF_TYPE, EXPORT_FORMATS, MERGE_TOLERANCE
-from ..training.rundir import RunDir, RunDirError, write_atomic
 from .gguf import export_gguf
 from .parity import compare_logits, merged_model, sample_inputs
 
@@ -77,8 +76,8 @@ def _export_adapter(run: RunDir, out: Path) -> tuple[None, None]:
 def model_card(run: RunDir) -> str:
     """A README for the exported adapter: base model, method, data hash and the run's metrics."""
     config = run.config()
-    manifest = json.loads((run.path / "manifest.json").read_text(encoding="utf-8")) if (run.path / "manifest.json").exists() else {}
-    summary = run.summary() if (run.path / "summary.json").exists() else {}
+    manifest = run.manifest()
+    summary = run.summary() or {}
     hashes = manifest.get("data_sha256", {})
     data_rows = "\n".join(f"| data sha256 ({Path(name).name}) | `{digest}` |" for name, digest in hashes.items())
     metrics = ""

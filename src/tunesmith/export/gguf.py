@@ -19,8 +19,8 @@ import torch
 from ..data.render import end_of_turn_ids
 from ..errors import ExportError
 from ..model.loading import load_gguf_model
+from ..run import RunDir, write_atomic
 from ..settings import GGUF_TYPES
-from ..training.rundir import RunDir, write_atomic
 from .ollama import modelfile
 from .parity import logit_diff, merged_model, sample_inputs
 

@@ -9,9 +9,8 @@ import torch
 
 from ..data.render import encode_prompt, encode_text
 from ..errors import ExportError
-from ..generate import load_run
 from ..model.loading import merge_adapter
-from ..training.rundir import RunDir
+from ..run import RunDir, load_run
 
 # Prompts the parity checks run through both models: chat-rendered, so the template's control
 # tokens are in them, plus one long plain text.

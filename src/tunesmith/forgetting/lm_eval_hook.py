@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any, Sequence
 
-from .measure import base_view
+from ..model.base import base_view
 from .probes import ProbeDataError
 
 

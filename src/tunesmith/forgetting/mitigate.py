@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from ..data import IGNORE, Example
 from ..data.render import encode_text
+from ..model.base import base_view
 from ..training.batching import Batch, pack_examples
-from .measure import base_view
 from .probes import PROBE_SEED, replay_texts
 
 

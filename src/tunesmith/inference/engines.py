@@ -67,7 +67,7 @@ class LlamaCppEngine:
     def __init__(self, run: str | Path, eos_ids: Sequence[int], gguf_type: str = DEFAULT_GGUF_TYPE,
                  log: Any = print) -> None:
         llama_cpp = _require("llama_cpp", "llama.cpp")
-        from ..training.rundir import RunDir
+        from ..run import RunDir
 
         self.path = gguf_file(RunDir.open(run).path, gguf_type, log)
         self.eos = frozenset(eos_ids)
@@ -111,7 +111,7 @@ class VllmEngine:
         vllm = _require("vllm", "vllm")
         from vllm.lora.request import LoRARequest
 
-        from ..training.rundir import RunDir
+        from ..run import RunDir
 
         run_dir = RunDir.open(run)
         config = run_dir.config()

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..config import cache_dir
 from ..data.knowledge import knowledge_sha256, read_knowledge
+from ..files import write_atomic, write_atomic_bytes
 from ..settings import UnreadablePolicy
-from ..training.rundir import write_atomic, write_atomic_bytes
 from .chunking import Passage, chunk_texts
 from .embed import Embedder
 

@@ -99,7 +99,7 @@ class Served:
     base_id: str | None = None
     """The base model's own name, served beside the tuned one (adapters disabled), or None."""
     base: Any = None
-    """Enters the base model (forgetting.measure.base_view): a zero-argument context manager factory."""
+    """Enters the base model (model.base.base_view): a zero-argument context manager factory."""
     system_prompt: str | None = None
     """The run's system prompt, for chat requests that bring none (as in training)."""
     engine: Any = None
@@ -292,8 +292,7 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     transformers only)."""
     import uvicorn
 
-    from ..generate import base_model_id, base_of, load_run, run_system_prompt
-    from ..training.rundir import RunDir
+    from ..run import RunDir, base_model_id, base_of, load_run, run_system_prompt
 
     model, tokenizer = load_run(run)
     config = RunDir.open(run).config()

@@ -272,9 +272,9 @@ def load_base(settings: ServerSettings) -> tuple[Any, Any, str, str | None]:
     """(model, tokenizer, its id, the system prompt) of the base every job trains, from --config/--model."""
     from ..config import load_config
     from ..data import data_options
-    from ..generate import base_model_id
     from ..model.loading import load_model
     from ..model.tokenizer import load_tokenizer
+    from ..run import base_model_id
 
     config = load_config(settings.config, {"data": "-", "model": settings.model})
     if config.method == "full":

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..forgetting.measure import base_view
+from ..model.base import base_view
 from ..serve.app import Served
 from ..web.errors import RequestError
 from .jobs import JOB_ID

@@ -84,7 +84,7 @@ class Scheduler:
         if not self.store.move_job(job_id, ("queued",), status="running"):
             return  # cancelled meanwhile
         self._event(job_id, "Fine-tuning job started")
-        self.workers.start(job_id, "tunesmith.server.worker", [str(self.home), job_id], log_path(self.home, job_id))
+        self.workers.start(job_id, "tunesmith.commands.job", [str(self.home), job_id], log_path(self.home, job_id))
         self.job_id, self.signalled = job_id, False
 
     def _finish(self, code: int) -> None:
@@ -116,9 +116,9 @@ def check_job_files(job: dict[str, Any], home: Path, tokenizer: Any) -> dict[str
     from rich.console import Console
 
     from ..config import config_from_dict
+    from ..data.gate import check_data
     from ..data.issues import DataError
     from ..errors import TunesmithError
-    from ..train import check_data
     from ..web.errors import RequestError
 
     config = config_from_dict(job["config"]["train"])

@@ -61,7 +61,7 @@ class EvaluationEvent:
     preference loss of the held-out pairs)."""
     preference: dict[str, Any] | None = None
     """Objective dpo or orpo: preference_accuracy, reward_margin (each with a 95% `_ci`) and pairs
-    of the held-out pairs (training/preference.py); None for sft."""
+    of the held-out pairs (training/objectives.py); None for sft."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "val_loss": self.val_loss, **(self.preference or {})}

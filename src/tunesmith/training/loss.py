@@ -62,7 +62,7 @@ def backward_group(model: Any, group: list[Batch], accelerator: Any, dtype: torc
     processes, so each process scales its part by the world size to make that average the sum
     (FSDP's reduce-scatter averages the same way). `kl_term` adds
     weight x KL(base || tuned) on general text, averaged over the step's micro-batches. `step_loss`
-    replaces the cross-entropy by another objective's loss (training/preference.py), normalised the
+    replaces the cross-entropy by another objective's loss (training/objectives.py), normalised the
     same way by the step's totals.
     """
     n_trained = group_trained or sum(b.n_trained for b in group)

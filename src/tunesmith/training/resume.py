@@ -4,7 +4,6 @@ checkpoint to resume, and the checks that resuming is safe."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import shutil
 from datetime import datetime
@@ -16,8 +15,8 @@ from rich.console import Console
 from ..config import TrainConfig
 from ..data import PreparedData
 from ..errors import RunDirError
+from ..run import RunDir, checkpoint_run
 from .checkpoint import TrainState, checkpoint_bytes, clean_stale, list_complete, load_checkpoint
-from .rundir import RunDir
 
 _STEP_NAME = re.compile(r"^step-\d+$")
 
@@ -47,7 +46,7 @@ def check_resumable(run: RunDir, config: TrainConfig, data_sha256: dict[str, str
     asked = config.to_dict()
     problems = [f"config '{k}': saved {saved[k]!r}, now {asked[k]!r}"
                 for k in asked if k not in RESUME_FREE_KEYS and saved.get(k) != asked[k]]
-    manifest = json.loads((run.path / "manifest.json").read_text(encoding="utf-8"))
+    manifest = run.manifest()
     if list(manifest["data_sha256"].values()) != list(data_sha256.values()):
         problems.append("the data files' SHA-256 differ from the run's manifest (the data changed)")
     if manifest.get("seed") != config.seed:
@@ -66,14 +65,12 @@ def locate_run(config: TrainConfig, resume: str | None, force: bool, data_sha256
     if accelerator.num_processes > 1:  # every rank must agree on the timestamped default name
         run_path = Path(broadcast_object_list([str(run_path)])[0])
     if resume not in (None, "auto"):
-        run_path = Path(resume)
-        if run_path.parent.name == "checkpoints":
-            run_path = run_path.parent.parent
+        run_path = checkpoint_run(resume)
         config = dataclasses.replace(config, output=str(run_path))
     elif resume == "auto" and not config.output:
         raise RunDirError("--resume auto continues the run in `output`: set output in the config or pass --output")
     start_from = None
-    if resume is not None and (run_path / "config.yaml").exists():
+    if resume is not None and RunDir.is_run(run_path):
         start_from = resume_point(Path(resume) if resume != "auto" else run_path, resume)
     if start_from is not None:
         problems = check_resumable(RunDir.open(run_path), config, data_sha256)

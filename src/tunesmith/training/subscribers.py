@@ -7,8 +7,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ..run import RunDir
 from .events import METRICS_EVENTS, EvaluationEvent, StepEvent, TrainingEvent
-from .rundir import RunDir
 
 
 class MetricsWriter:

@@ -22,16 +22,15 @@ from rich.markup import escape
 
 from ..config import TrainConfig, dotted
 from ..errors import ConfigError
+from ..run import EVAL, SUMMARY, RunDir
 from .events import CheckpointEvent, EvaluationEvent, FinishedEvent, ProbesEvent, StepEvent, StopEvent, TrainingEvent
-from .rundir import write_atomic
 
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow-skinny"),
             "wandb": ("wandb", "wandb"), "trackio": ("trackio", "trackio")}
 """Per tracker: the module it imports and the package that provides it."""
-IDS_FILE = "trackers.json"
 PROJECT = "tunesmith"
 """The MLflow experiment, W&B project and trackio project when the user's environment names none."""
-RUN_FILES = ("summary.json", "report.html", "*.png")
+RUN_FILES = (SUMMARY, "report.html", "*.png")
 """Run files logged as artifacts at the end, those that exist then (`tunesmith eval` makes the report later)."""
 MLFLOW_MAX_PARAM = 6000  # MLflow refuses longer parameter values (a long system prompt)
 MLFLOW_BATCH = 100  # MLflow's most parameters in one log_batch call
@@ -351,8 +350,8 @@ def open_trackers(config: TrainConfig, run_path: Path, resumed_step: int, consol
     """The subscribers of `config.report_to` (rank 0 only), each continuing its tracker run on resume
     (`resumed_step` > 0) from the ids in RUN/trackers.json. A tracker that cannot start warns and is
     left out: tracking never stops training."""
-    ids_path = run_path / IDS_FILE
-    saved = json.loads(ids_path.read_text(encoding="utf-8")) if resumed_step and ids_path.exists() else {}
+    run = RunDir(run_path)
+    saved = (run.tracker_ids() or {}) if resumed_step else {}
     ids, subscribers = dict(saved), []
     for name in config.report_to:
         try:
@@ -363,11 +362,11 @@ def open_trackers(config: TrainConfig, run_path: Path, resumed_step: int, consol
             continue
         subscribers.append(TrackerSubscriber(name, backend, run_path, console))
     if config.report_to:
-        write_atomic(ids_path, json.dumps(ids, indent=2) + "\n")
+        run.write_tracker_ids(ids)
     return subscribers
 
 
-EVAL_FILES = ("eval.json", "report.html", "*.png")
+EVAL_FILES = (EVAL, "report.html", "*.png")
 """What `tunesmith eval` writes into the run, logged as artifacts of the run's tracker runs."""
 
 
@@ -375,11 +374,11 @@ def log_evaluation(config: TrainConfig, run_path: Path, result: dict[str, Any], 
     """`tunesmith eval`'s figures, verdict, report and plots into the tracker runs the training
     made (their ids in RUN/trackers.json), at the run's last step. A tracker that fails warns; the
     evaluation stands."""
-    ids_path = run_path / IDS_FILE
-    if not config.report_to or not ids_path.exists():
+    run = RunDir(run_path)
+    saved = run.tracker_ids()
+    if not config.report_to or saved is None:
         return
-    saved = json.loads(ids_path.read_text(encoding="utf-8"))
-    step = json.loads((run_path / "summary.json").read_text(encoding="utf-8"))["steps"]
+    step = run.summary()["steps"]
     files = sorted({p for pattern in EVAL_FILES for p in run_path.glob(pattern)})
     metrics = evaluation_metrics(result)
     for name in config.report_to:

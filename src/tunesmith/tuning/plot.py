@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from ..training.rundir import write_atomic_bytes
+from ..files import write_atomic_bytes
 from .trials import TrialRecord
 
 MAX_SHOWN_SHARE = 3.0

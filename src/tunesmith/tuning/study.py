@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RunDirError
+from ..run import RunDir
 from ..training.events import ProbesEvent, TrainingEvent
-from ..training.rundir import RunDir
 from .space import TuneConfig
 
 DB_NAME = "tune.db"

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..config import ForgettingBudget
 from ..forgetting.budget import KIND_OF_METRIC, budget_share
-from ..training.rundir import RunDir
+from ..run import RunDir
 from ..training.selection import select_final
 
 STATES = ("complete", "pruned", "failed", "interrupted", "running")
@@ -69,14 +69,14 @@ class TrialRecord:
 def read_trial(run_path: Path, budget: ForgettingBudget, **fields_: Any) -> TrialRecord:
     """The record of the trial trained in `run_path`, its figures read from metrics.jsonl and summary.json;
     `fields_` are the ones the study knows (number, state, run_dir, settings, minutes, note)."""
-    if fields_["state"] == "interrupted" or not (run_path / "config.yaml").exists():
+    if fields_["state"] == "interrupted" or not RunDir.is_run(run_path):
         return TrialRecord(**fields_)
     run = RunDir(run_path)
     config = run.config()
     length = {"max_steps": config.max_steps} if config.max_steps else {"epochs": config.epochs}
     rank = {"lora.r": config.lora.r} if config.method != "full" else {}
     settings = {"lr": config.lr, **length, **rank, "forgetting.replay_fraction": config.forgetting.replay_fraction}
-    summary = run.summary() if (run_path / "summary.json").exists() else None
+    summary = run.summary()
     return TrialRecord(**{**fields_, "settings": settings}, **figures(run.metrics(), summary, budget))
 
 

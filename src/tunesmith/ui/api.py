@@ -20,6 +20,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import TrainConfig, default_lr, dotted, load_config
+from ..run import RunDir
 from ..server.files import file_path
 from ..server.lookups import find_file, find_job
 from ..server.store import Store
@@ -83,11 +84,8 @@ def check_report(path: Path, filename: str, config: TrainConfig, tokenizer: Any)
 
 def run_view(run: Path) -> dict[str, Any]:
     """What the Runs, Report and Export pages read of a job's run directory (nulls while it has none)."""
-    def read(name: str) -> Any:
-        return json.loads((run / name).read_text()) if (run / name).is_file() else None
-
-    metrics = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
-    return {"summary": read("summary.json"), "eval": read("eval.json"), "metrics": [json.loads(m) for m in metrics],
+    files = RunDir(run)
+    return {"summary": files.summary(), "eval": files.evaluation(), "metrics": files.metrics(),
             "figures": [f for f in FIGURES if (run / f).is_file()], "adapter": (run / "adapter").is_dir()}
 
 

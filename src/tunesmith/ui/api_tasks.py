@@ -4,7 +4,6 @@ as downloads, the parity figures the export reports); and the playground's retri
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,6 +12,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from ..run import RunDir
 from ..server.store import Store
 from ..settings import GGUF_TYPES, CompareSettings, RetrievalSettings
 from ..web.bodies import read_json
@@ -59,7 +59,7 @@ def task_routes(home: Path, store: Store, tasks: TaskRunner, retrievers: Retriev
 
     async def compare_state(request: Request) -> Response:
         run = succeeded_run(request)
-        result = json.loads((run / "compare.json").read_text()) if (run / "compare.json").is_file() else None
+        result = RunDir(run).comparison()
         defaults = {name: default for name, (default, _) in COMPARE_FIELDS.items()}
         return JSONResponse({"task": tasks.state(run, "compare"), "result": result, "defaults": defaults})
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..training.rundir import write_atomic
+from ..files import write_atomic
 from ..web.children import Children, exit_with_parent, log_tail
 
 KINDS = ("compare", "export-merged", "export-gguf")
@@ -107,7 +107,7 @@ def run_task(run: Path, kind: str, args: dict[str, Any]) -> None:
 
 
 def _compare(run: Path, args: dict[str, Any], log: Any) -> dict[str, Any]:
-    from ..compare import compare_run
+    from ..commands.compare import compare_run
     from ..settings import CompareSettings, RetrievalSettings
 
     settings = CompareSettings(limit=args["limit"], seen=args["seen"], max_new_tokens=args["max_new_tokens"],

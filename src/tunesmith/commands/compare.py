@@ -16,20 +16,29 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig
-from .data import QA, DataError, DataIssue, answered_questions, data_options, encode_prompt, prepare_data, read_records
-from .data.render import end_of_turn_ids, pad_id
-from .evaluation.bootstrap import bootstrap_ci, paired_summary
-from .evaluation.recommend import Delta, Evidence, recommend
-from .evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
-from .forgetting.measure import base_view, cached_base
-from .forgetting.probes import general_texts
-from .generate import load_run
-from .inference.decode import adapters_merged, generate_batch
-from .inference.engines import DEFAULT_ENGINE, open_engine
-from .retrieval import Passage, Retriever, recall_at_k
-from .settings import CompareSettings, RetrievalSettings
-from .training.rundir import RunDir
+from ..config import TrainConfig
+from ..data import (
+    QA,
+    DataError,
+    DataIssue,
+    answered_questions,
+    data_options,
+    encode_prompt,
+    held_out_questions,
+    prepare_data,
+    read_records,
+)
+from ..data.render import end_of_turn_ids, pad_id
+from ..evaluation.bootstrap import bootstrap_ci, paired_summary
+from ..evaluation.recommend import Delta, Evidence, recommend
+from ..evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
+from ..forgetting.probes import general_texts
+from ..inference.decode import adapters_merged, generate_batch
+from ..inference.engines import DEFAULT_ENGINE, open_engine
+from ..model.base import cached_base
+from ..retrieval import Passage, Retriever, recall_at_k
+from ..run import RunDir, load_run_and_base
+from ..settings import CompareSettings, RetrievalSettings
 
 SYSTEMS = ("base", "base+rag", "tuned", "tuned+rag")
 METRICS = ("token_f1", "rouge_l", "exact_match", "length_ratio", "style_match")
@@ -59,9 +68,7 @@ def question_splits(config: TrainConfig, tokenizer: Any, eval_data: str | None) 
     if eval_data is not None:
         unseen = answered_questions(read_records(eval_data, **options))
     else:
-        val_sources = {e.source for e in data.val}
-        unseen = [q for q in answered_questions(read_records(config.eval or config.data, **options))
-                  if q.source in val_sources]
+        unseen = held_out_questions(config, {e.source for e in data.val})
     return unseen, seen
 
 
@@ -160,15 +167,11 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     RUN/compare.json and return its content. The base model's answers come from the cache when an
     earlier compare asked it the same prompts (`cached_base`; use_cache=False recomputes them).
     Another `engine` than transformers answers for the tuned model (the base stays transformers')."""
-    from .model.loading import load_base_copy
-
     log = log or (lambda message: None)
     started = time.perf_counter()
     run = RunDir.open(run_path)
     config = run.config()
-    model, tokenizer = load_run(run.path)
-    base_model = load_base_copy(config)
-    view = base_view(model, base_model)
+    model, tokenizer, _, view = load_run_and_base(run.path)
     unseen, seen = question_splits(config, tokenizer, eval_data)
     if not unseen:
         raise DataError([DataIssue(str(eval_data or config.eval or config.data), 0, "(file)",

@@ -16,23 +16,22 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from rich.console import Console
-from rich.markup import escape
 
-from .config import PREFERENCE_OBJECTIVES, ConfigError, TrainConfig
-from .data import PreparedData, data_options, prepare_data
-from .data.cache import passed_check, record_check
-from .data.check import check_files
-from .data.preference import prepare_pairs
-from .errors import NonFiniteLossError, StoppedBeforeTraining
-from .forgetting import ReplaySource, measure_probes_fast, probe_metrics_row, within_budget
-from .model.attention import use_packed_attention
-from .model.loading import add_adapter, load_base_copy, load_model, save_trained
-from .model.precision import autocast, compute_dtype, frozen_weight_dtype
-from .model.sharding import compile_layers, local_share, shard_model
-from .model.swiglu import use_fused_swiglu
-from .model.tokenizer import load_tokenizer
-from .training.batching import Batch, epoch_plan, eval_batches, micro_batches
-from .training.checkpoint import (
+from ..config import PREFERENCE_OBJECTIVES, TrainConfig
+from ..data import PreparedData, data_options, prepare_data
+from ..data.gate import check_data
+from ..data.preference import prepare_pairs
+from ..errors import NonFiniteLossError, StoppedBeforeTraining
+from ..forgetting import ReplaySource, measure_probes_fast, probe_metrics_row, within_budget
+from ..model.attention import use_packed_attention
+from ..model.loading import add_adapter, load_base_copy, load_model, save_trained
+from ..model.precision import autocast, compute_dtype, frozen_weight_dtype
+from ..model.sharding import compile_layers, local_share, shard_model
+from ..model.swiglu import use_fused_swiglu
+from ..model.tokenizer import load_tokenizer
+from ..run import RunDir, refuse_occupied
+from ..training.batching import Batch, epoch_plan, eval_batches, micro_batches
+from ..training.checkpoint import (
     TrainState,
     apply_retention,
     gather_trained,
@@ -42,7 +41,7 @@ from .training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .training.events import (
+from ..training.events import (
     METRICS_EVENTS,
     CheckpointEvent,
     FinishedEvent,
@@ -52,16 +51,15 @@ from .training.events import (
     Subscriber,
     TrainingEvent,
 )
-from .training.loss import KLTerm, backward_group
-from .training.preference import Objective, objective_for, reference_needed
-from .training.processes import end_processes, make_accelerator
-from .training.resume import create_run, locate_run, restore_run
-from .training.rundir import RunDir, refuse_occupied
-from .training.schedule import Schedule, lr_scheduler, plan_schedule
-from .training.selection import select_final
-from .training.signals import StopFlag, agree_to_stop, stop_at_once
-from .training.subscribers import MetricsWriter, ProgressBar
-from .training.trackers import check_trackers, open_trackers
+from ..training.loss import KLTerm, backward_group
+from ..training.objectives import Objective, objective_for, reference_needed
+from ..training.processes import end_processes, make_accelerator
+from ..training.resume import create_run, locate_run, restore_run
+from ..training.schedule import Schedule, lr_scheduler, plan_schedule
+from ..training.selection import select_final
+from ..training.signals import StopFlag, agree_to_stop, stop_at_once
+from ..training.subscribers import MetricsWriter, ProgressBar
+from ..training.trackers import check_trackers, open_trackers
 
 __all__ = ["NonFiniteLossError", "TrainResult", "end_processes", "make_accelerator", "train"]
 
@@ -127,7 +125,7 @@ class Session:
     started: float
     """perf_counter() when `train` began."""
     objective: Objective
-    """The loss of a step and what an evaluation measures (sft, dpo, orpo: training/preference.py)."""
+    """The loss of a step and what an evaluation measures (sft, dpo, orpo: training/objectives.py)."""
 
 
 def train(config: TrainConfig, overwrite: bool = False, console: Console | None = None,
@@ -199,9 +197,6 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     (the seed is set after the data and before the model)."""
     from accelerate.utils import set_seed
 
-    if config.distributed == "fsdp" and config.method == "qlora":
-        raise ConfigError("distributed: fsdp with method: qlora is not supported (4-bit weights cannot be sharded "
-                          "as DTensors here); use distributed: ddp, which QLoRA's small adapters suit")
     accelerator = make_accelerator()
     console = console if console is not None and accelerator.is_main_process else \
         Console(stderr=True, quiet=not accelerator.is_main_process)
@@ -231,7 +226,7 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     if start_from is None:
         run = RunDir(run_path)
         create_run(run, config, data, model, accelerator, overwrite=overwrite or (
-            resume == "auto" and run_path.is_dir() and (run_path / "config.yaml").exists()))
+            resume == "auto" and run_path.is_dir() and RunDir.is_run(run_path)))
         if accelerator.is_main_process:
             made.append(run_path)
         start, metrics = TrainState(step=0, epoch=0, index_in_epoch=0, accum_index=0, train_tokens=0,
@@ -478,20 +473,3 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     s.run.write_summary(finished.to_dict())
     record(finished)
     return result
-
-
-# --- the data check
-
-def check_data(config: TrainConfig, tokenizer: Any, console: Console) -> None:
-    """`data check` before anything is written; skipped when it already passed on these exact files."""
-    key = (config.data, config.eval, tokenizer, config.max_seq_tokens)
-    options = {**data_options(config), "val_fraction": None if config.eval else config.val_fraction}
-    earlier = passed_check(*key, **options)
-    if earlier is None:
-        report = check_files(*key, **options)
-        report.enforce(console)
-        earlier = report.warning_summary()
-        record_check(*key, earlier, **options)
-    else:
-        for line in earlier:
-            console.print(f"[yellow]data warning:[/] {escape(line)}", highlight=False)

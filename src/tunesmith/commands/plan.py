@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 
-from .config import TrainConfig
-from .data import data_options, prepare_data
-from .model.loading import count_parameters
-from .model.precision import compute_dtype, frozen_weight_dtype
-from .model.tokenizer import load_tokenizer
-from .training.batching import epoch_plan, pack_examples, split_batch
+from ..config import TrainConfig
+from ..data import data_options, prepare_data
+from ..model.loading import count_parameters
+from ..model.precision import compute_dtype, frozen_weight_dtype
+from ..model.tokenizer import load_tokenizer
+from ..training.batching import epoch_plan, pack_examples, split_batch
 
 GIB = 1024**3
 # Bytes kept for the backward pass per token, per layer, per unit of hidden width (bf16 autocast,

@@ -16,12 +16,13 @@ from typing import Any, Collection
 from rich.console import Console
 from rich.markup import escape
 
-from .config import TrainConfig, dump_config, load_config, read_config_file
-from .errors import ConfigError, NonFiniteLossError, RunDirError
-from .training.rundir import RunDir, write_atomic
-from .tuning.plot import plot_trials
-from .tuning.space import Dimension, TuneConfig, apply_settings, fixed_by, search_space, suggest, tune_config_from_dict
-from .tuning.study import (
+from ..config import TrainConfig, dump_config, read_config_file
+from ..errors import ConfigError, NonFiniteLossError, RunDirError
+from ..run import RunDir, write_atomic
+from ..sources import is_config_file, load_source
+from ..tuning.plot import plot_trials
+from ..tuning.space import Dimension, TuneConfig, apply_settings, fixed_by, search_space, suggest, tune_config_from_dict
+from ..tuning.study import (
     DB_NAME,
     EvaluationReporter,
     draws_so_far,
@@ -35,7 +36,7 @@ from .tuning.study import (
     set_budget_constraint,
     state_of,
 )
-from .tuning.trials import TrialRecord, choose, figures, read_trial, table_csv, table_json
+from ..tuning.trials import TrialRecord, choose, figures, read_trial, table_csv, table_json
 
 __all__ = ["TuneConfig", "TuneResult", "load_tune", "result_lines", "tune"]
 
@@ -78,10 +79,9 @@ class Search:
 def load_tune(source: str, flags: dict[str, Any]) -> tuple[TrainConfig, TuneConfig, set[str]]:
     """SOURCE (a CONFIG.yaml or a data file) with the flags over it: the trials' config, the `tune:`
     section, and the searchable settings the file or a flag fixes."""
-    if Path(source).suffix.lower() in (".yaml", ".yml"):
-        raw = read_config_file(Path(source))
-        return load_config(source, flags), tune_config_from_dict(raw.get("tune"), source), fixed_by(raw, flags)
-    return load_config(None, {**flags, "data": source}), TuneConfig(), fixed_by({}, flags)
+    raw = read_config_file(Path(source)) if is_config_file(source) else {}
+    config = load_source(source, flags)
+    return config, tune_config_from_dict(raw.get("tune"), source), fixed_by(raw, flags)
 
 
 def tune(config: TrainConfig, settings: TuneConfig | None = None, fixed: Collection[str] = (), *,
@@ -225,7 +225,8 @@ def tell(search: Search, trial: Any, path: Path, state: str, started: float, not
     optuna = optuna_module()
     run = RunDir(path)
     summary = run.summary() if state == "complete" else None
-    found = figures(run.metrics(), summary, search.config.forgetting.budget) if (path / "metrics.jsonl").exists() else {}
+    rows = run.metrics()
+    found = figures(rows, summary, search.config.forgetting.budget) if rows else {}
     trial.set_user_attr("minutes", (time.perf_counter() - started) / 60)
     set_budget_constraint(trial, found.get("budget_share"))
     if note:

@@ -23,23 +23,22 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from rich.console import Console
 
-from .config import ConfigError, TrainConfig
-from .data import Example, PreparedData, data_options, prepare_data
-from .data.prepare import training_subset
-from .errors import RunDirError
+from ..config import ConfigError, TrainConfig
+from ..data import Example, PreparedData, data_options, prepare_data
+from ..data.prepare import training_subset
+from ..errors import RunDirError
+from ..evaluation.bootstrap import bootstrap_ci
+from ..evaluation.learning_curve import CurveAnalysis, analyse_curve, point_interval
+from ..evaluation.report import budget_points, plot_curve, write_curve_report
+from ..evaluation.text_metrics import rouge_l, token_f1
+from ..forgetting.scoring import target_logprobs
+from ..model.tokenizer import load_tokenizer
+from ..run import RunDir, base_of, load_run, write_atomic, write_curve
+from ..settings import CurveSettings
+from ..training.batching import epoch_plan
+from ..training.resume import check_resumable
+from ..training.schedule import plan_schedule
 from .evaluate import TASK_SIZES, generate_answers, generation_sample
-from .evaluation.bootstrap import bootstrap_ci
-from .evaluation.learning_curve import CurveAnalysis, analyse_curve, point_interval
-from .evaluation.report import budget_points, plot_curve, write_curve_report
-from .evaluation.text_metrics import rouge_l, token_f1
-from .forgetting.scoring import target_logprobs
-from .generate import base_of, load_run
-from .model.tokenizer import load_tokenizer
-from .settings import CurveSettings
-from .training.batching import epoch_plan
-from .training.resume import check_resumable
-from .training.rundir import RunDir, write_atomic
-from .training.schedule import plan_schedule
 
 HELDOUT_FILE = "heldout.json"
 """Per point (and for the base, in OUTPUT): every held-out example's summed NLL and target tokens."""
@@ -139,7 +138,7 @@ def curve_root(config: TrainConfig, output: str | Path | None) -> Path:
         root = Path(f"{config.output.rstrip('/')}-curve")
     else:
         root = Path("runs") / f"{Path(config.data).stem}-curve"
-    if (root / "config.yaml").exists():
+    if RunDir.is_run(root):
         raise RunDirError(f"'{root}' is a training run, not a curve's folder; choose another --output")
     if root.exists() and not root.is_dir():
         raise RunDirError(f"output '{root}' is a file; choose a directory name with --output")
@@ -170,7 +169,7 @@ def plan_points(config: TrainConfig, full: PreparedData, fractions: Sequence[flo
 def finished(run_dir: Path) -> bool:
     """The point's run finished training: summary.json is the last file a run writes. (Its
     measurement, if a kill came before it, is taken by `measure_point`.)"""
-    return (run_dir / "summary.json").exists()
+    return RunDir(run_dir).finished()
 
 
 def refuse_changed(run_dir: Path, config: TrainConfig, full: PreparedData) -> None:
@@ -286,7 +285,7 @@ def report_curve(root: Path, planned: TrainConfig, points: list[CurvePoint], bas
         "fit": analysis.to_dict(), "verdict": analysis.verdict,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": seconds,
     }
-    write_atomic(root / "curve.json", json.dumps(report, indent=2) + "\n")
+    write_curve(root, report)
     plot_curve(report, root / "curve.png")
     write_curve_report(root, report)
     return CurveResult(root, points, base_loss, analysis, report)

@@ -9,8 +9,8 @@ import contextlib
 from dataclasses import dataclass, replace
 from typing import Any, Callable, ContextManager
 
-from .data.render import encode_prompt
-from .inference.streaming import ReplyStream, Sampling
+from ..data.render import encode_prompt
+from ..inference.streaming import ReplyStream, Sampling
 
 HELP = ("commands: /reset (forget the conversation), /system TEXT (set the system prompt), "
         "/base and /tuned (which model answers), /exit")
@@ -33,7 +33,7 @@ class ChatSession:
 Augment = Callable[[list[dict[str, str]]], list[dict[str, str]]]
 """Rewrites a conversation before it is encoded (retrieval puts passages into the last user turn)."""
 BaseView = Callable[[], ContextManager[Any]]
-"""Enters the base model (forgetting.measure.base_view): adapters disabled, or a frozen copy."""
+"""Enters the base model (model.base.base_view): adapters disabled, or a frozen copy."""
 
 
 def apply_command(text: str, session: ChatSession, has_base: bool) -> tuple[ChatSession | None, str]:
@@ -114,9 +114,9 @@ def stream_answer(model: Any, tokenizer: Any, prompt: list[int], sampling: Sampl
 
 def engine_decoder(engine: str, run: str, tokenizer: Any) -> Any:
     """An `EngineDecoder` over `--engine` for RUN, or None for transformers (the chat's own model)."""
-    from .data.render import end_of_turn_ids
-    from .inference.batching import EngineDecoder
-    from .inference.engines import DEFAULT_ENGINE, open_engine
+    from ..data.render import end_of_turn_ids
+    from ..inference.batching import EngineDecoder
+    from ..inference.engines import DEFAULT_ENGINE, open_engine
 
     if engine == DEFAULT_ENGINE:
         return None
@@ -126,7 +126,7 @@ def engine_decoder(engine: str, run: str, tokenizer: Any) -> Any:
 def engine_answer(decoder: Any, prompt: list[int], sampling: Sampling, write: Callable[[str], None],
                   label: str = "bot> ") -> str:
     """`stream_answer` through an engine: the pieces written as they come; Ctrl-C stops this answer."""
-    from .inference.batching import DecodeJob
+    from ..inference.batching import DecodeJob
 
     said: list[str] = []
 

@@ -14,19 +14,28 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import PREFERENCE_OBJECTIVES, TrainConfig
-from .data import Example, answered_questions, data_options, encode_prompt, prepare_data, read_records
-from .data.preference import prepare_pairs, read_pairs
-from .data.probe_files import read_probe_file
-from .data.render import end_of_turn_ids, pad_id
-from .evaluation.bootstrap import paired_summary
-from .evaluation.text_metrics import exact_match, loops, rouge_l, style_markers, style_match, token_f1
-from .forgetting.budget import budget_checks
-from .forgetting.measure import base_view, cached_base, measure_probes
-from .forgetting.probes import general_texts
-from .forgetting.scoring import target_logprobs
-from .inference.decode import adapters_merged, generate_batch
-from .training.rundir import RunDir, write_atomic
+from ..config import PREFERENCE_OBJECTIVES, TrainConfig
+from ..data import (
+    Example,
+    answered_questions,
+    data_options,
+    encode_prompt,
+    held_out_questions,
+    prepare_data,
+    read_records,
+)
+from ..data.preference import prepare_pairs, read_pairs
+from ..data.probe_files import read_probe_file
+from ..data.render import end_of_turn_ids, pad_id
+from ..evaluation.bootstrap import paired_summary
+from ..evaluation.text_metrics import exact_match, loops, rouge_l, style_markers, style_match, token_f1
+from ..forgetting.budget import budget_checks
+from ..forgetting.measure import measure_probes
+from ..forgetting.probes import general_texts
+from ..forgetting.scoring import target_logprobs
+from ..inference.decode import adapters_merged, generate_batch
+from ..model.base import cached_base
+from ..run import RunDir, load_run_and_base
 
 SAMPLES_SHOWN = 5
 """Generated answers quoted in eval.json and the report, base beside tuned."""
@@ -47,8 +56,7 @@ TASK_SIZES = {"standard": TaskSizes(generate=12, max_new_tokens=64), "full": Tas
 def validation_conversations(config: TrainConfig, sources: set[str]) -> list[tuple[list[dict[str, str]], str]]:
     """(prompt messages, reference answer) of the held-out conversations whose last turn is the
     assistant's; raw-text validation data has no references and gives an empty list."""
-    records = read_records(config.eval or config.data, **data_options(config))  # as training read them
-    return [(q.messages, q.reference) for q in answered_questions(records) if q.source in sources]
+    return [(q.messages, q.reference) for q in held_out_questions(config, sources)]
 
 
 def generation_sample(config: TrainConfig, val: Sequence[Example],
@@ -262,10 +270,8 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     """
     from rich.console import Console
 
-    from .evaluation.report import write_report
-    from .generate import load_run
-    from .model.loading import load_base_copy
-    from .training.trackers import log_evaluation
+    from ..evaluation.report import write_report
+    from ..training.trackers import log_evaluation
 
     log = log or (lambda message: None)
     started = time.perf_counter()
@@ -274,24 +280,23 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     for path in config.forgetting.probes:  # a bad probe file fails now, not after minutes of scoring
         read_probe_file(path)
     if lm_eval_tasks:
-        from .forgetting.lm_eval_hook import require_lm_eval
+        from ..forgetting.lm_eval_hook import require_lm_eval
 
         require_lm_eval()
-    model, tokenizer = load_run(run.path)
-    base_model = load_base_copy(config)
-    view = base_view(model, base_model)
+    model, tokenizer, base_model, view = load_run_and_base(run.path)
     preset = "full" if full else "standard"
     task = task_metrics(model, tokenizer, config, view, TASK_SIZES[preset], log, use_cache)
     general = measure_probes(model, tokenizer, config.model, preset, config.forgetting.probes, base_model,
                              use_cache=use_cache, log=log)
     if lm_eval_tasks:
-        from .forgetting.lm_eval_hook import lm_eval_scores
+        from ..forgetting.lm_eval_hook import lm_eval_scores
 
         log(f"lm-eval: {', '.join(lm_eval_tasks)}")
         lm_eval_results = lm_eval_scores(model, tokenizer, lm_eval_tasks, base_model=base_model)
     checks = budget_checks(config.forgetting.budget, general)
     ok = all(good for _, good, _ in checks)
-    training = training_verdict(run.summary(), ok) if (run.path / "summary.json").exists() else None
+    summary = run.summary()
+    training = training_verdict(summary, ok) if summary is not None else None
     result = {
         "run": str(run.path),
         "model": config.model,
@@ -310,7 +315,7 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     }
     if lm_eval_tasks:
         result["lm_eval"] = lm_eval_results
-    write_atomic(run.path / "eval.json", json.dumps(result, indent=2) + "\n")
+    run.write_evaluation(result)
     write_report(run, result)
     log_evaluation(config, run.path, result, Console(stderr=True, soft_wrap=True))  # into the run's trackers
     return result

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ..config import PreferenceConfig, TrainConfig
 from ..evaluation.bootstrap import bootstrap_ci
-from ..forgetting.measure import base_view
+from ..model.base import base_view
 from ..model.precision import autocast
 from .batching import Batch, sequence_log_probs
 from .events import EvaluationEvent
