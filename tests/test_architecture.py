@@ -88,13 +88,13 @@ def test_no_import_cycles() -> None:
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
-TOP_LAYER = ("tunesmith.cli", "tunesmith.cli_server", "tunesmith.cli_options", "tunesmith.runtime",
+TOP_LAYER = ("tunesmith.cli", "tunesmith.cli_server", "tunesmith.cli_options", "tunesmith.cli_grade", "tunesmith.runtime",
              "tunesmith.__main__", "tunesmith.commands", "tunesmith.ui")
 """What parses flags, runs a command's recipe or serves the page: everything else is machinery."""
 
 UPWARD = (
     ("machinery", lambda m: not _within(m, *TOP_LAYER),
-     ("tunesmith.commands", "tunesmith.cli", "tunesmith.cli_server", "tunesmith.ui")),
+     ("tunesmith.commands", "tunesmith.cli", "tunesmith.cli_server", "tunesmith.cli_grade", "tunesmith.ui")),
     ("server", lambda m: _within(m, "tunesmith.server"), ("tunesmith.ui",)),
     ("serve", lambda m: _within(m, "tunesmith.serve"), ("tunesmith.server", "tunesmith.ui")),
     ("web", lambda m: _within(m, "tunesmith.web"), ("tunesmith.serve", "tunesmith.server", "tunesmith.ui")),

@@ -599,7 +599,8 @@ def test_cosine_uses_the_retrieval_embedder() -> None:
 def test_grade_command_grades_a_runs_own_answers(tiny_run: Any, tmp_path: Any) -> None:
     """--run: the rows' prompts answered by the run (their own answers ignored), then graded."""
     from tunesmith.cli import main
-    from tunesmith.generate import generate, load_run
+    from tunesmith.commands.generate import generate
+    from tunesmith.run import load_run
 
     grader = tmp_path / "grader.json"
     grader.write_text(json.dumps({"type": "python", "source": "def grade(sample, item):\n    return 1.0"}))
@@ -651,7 +652,7 @@ def test_score_model_with_tunesmith_serve_as_the_judge(tiny_run: Any) -> None:
 
     import uvicorn
 
-    from tunesmith.generate import load_run
+    from tunesmith.run import load_run
     from tunesmith.serve.app import build_app
     from tunesmith.settings import ServeLimits
 

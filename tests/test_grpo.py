@@ -242,7 +242,7 @@ def test_grpo_loss_and_gradients_equal_trls(tiny_model_dir, tiny_tokenizer, tmp_
     pytest.importorskip("trl")
     from trl.trainer.utils import use_adapter
 
-    from tunesmith.forgetting.measure import base_view
+    from tunesmith.model.base import base_view
 
     trainer, ours = trl_grpo(tiny_model_dir, tmp_path, temperature=0.7)
     settings = GrpoConfig(group_size=4, temperature=0.7, max_completion_tokens=7, beta=0.04, epsilon=0.2,

@@ -45,7 +45,7 @@ def grade_command(grader: str, data: str, run: str | None, max_new_tokens: int, 
     """Score DATA's answers (each row's last assistant message) with GRADER.json, an OpenAI-format grader:
     per-row rewards, sub-scores and errors, and their mean with a 95% interval. Exit 1 when a row could
     not be graded."""
-    from .grade import grade_file, print_report
+    from .commands.grade import grade_file, print_report
     from .graders import GraderLimits, Judge
 
     overrides = {k: v for k, v in (("python_timeout_s", python_timeout),
@@ -69,7 +69,7 @@ def check_files_with_grader(config: Any, tokenizer: Any, limits: Any, show: int,
                          val_fraction=None if config.eval else config.val_fraction, reinforcement=grader is not None,
                          **options)
     if grader is not None:
-        from .grade import grader_field_issues
+        from .commands.grade import grader_field_issues
 
         report.errors.extend(grader_field_issues(grader, [p for p in (config.data, config.eval) if p]))
     return report

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .data.issues import DataError, DataIssue
-from .evaluation.bootstrap import bootstrap_ci
-from .graders import GradeResult, GraderLimits, GradingSession, Judge, check_rows, load_grader, make_sample
-from .graders.rows import split_row
-from .settings import Sampling
+from ..data.issues import DataError, DataIssue
+from ..evaluation.bootstrap import bootstrap_ci
+from ..graders import GradeResult, GraderLimits, GradingSession, Judge, check_rows, load_grader, make_sample
+from ..graders.rows import split_row
+from ..settings import Sampling
 
 
 NO_ANSWER = "the row has no answer to grade: end its messages with an assistant message (or give --run RUN)"
@@ -80,9 +80,9 @@ def grade_file(grader_path: str | Path, data: str | Path, run: str | Path | None
 
 def read_rows(data: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """(line, row) of every row of a .jsonl/.json/.csv file; DataError naming every bad line."""
-    from .data.limits import CheckLimits
-    from .data.records import resolve_data_path
-    from .data.rows import iter_rows
+    from ..data.limits import CheckLimits
+    from ..data.records import resolve_data_path
+    from ..data.rows import iter_rows
 
     path = resolve_data_path(data)
     if not path.is_file():
@@ -100,10 +100,10 @@ def grader_field_issues(grader_path: str | Path, data: list[str | Path]) -> list
     """`data check --grader`: the grader's own problems (its file, each at its JSON path), or a DataIssue
     (file:line, the field) for every row of the data files (or folders) lacking a field the grader reads.
     Rows are read as the grader gets them (no column mapping); bad lines are the data check's to report."""
-    from .data.limits import CheckLimits
-    from .data.records import TEXT_SUFFIXES, data_files, resolve_data_path
-    from .data.rows import iter_rows
-    from .errors import GraderError
+    from ..data.limits import CheckLimits
+    from ..data.records import TEXT_SUFFIXES, data_files, resolve_data_path
+    from ..data.rows import iter_rows
+    from ..errors import GraderError
 
     try:
         grader = load_grader(grader_path)
@@ -130,9 +130,9 @@ def run_answers(run: str | Path, prompts: list[list[dict[str, str]]],
                 max_new_tokens: int = Sampling.max_new_tokens) -> list[str | None]:
     """RUN's tuned model's greedy answer to each prompt (its system prompt added, as in training),
     decoded in batches as eval and compare decode; None where a prompt is empty."""
-    from .data.render import encode_prompt, end_of_turn_ids, pad_id, with_system_prompt
-    from .generate import load_run, run_system_prompt
-    from .inference.decode import adapters_merged, generate_batch
+    from ..data.render import encode_prompt, end_of_turn_ids, pad_id, with_system_prompt
+    from ..run import load_run, run_system_prompt
+    from ..inference.decode import adapters_merged, generate_batch
 
     model, tokenizer = load_run(run)
     system = run_system_prompt(run)
