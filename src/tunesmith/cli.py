@@ -314,16 +314,12 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
     from .chat import chat_loop, engine_decoder
     from .generate import base_of, load_run, run_system_prompt
+    from .retrieval.raft import chat_retrieval
     from .training.rundir import RunDir
 
-    augment = None
     model, tokenizer = load_run(run)
-    if knowledge is not None:
-        from .retrieval import Retriever
-
-        retriever = Retriever.load(knowledge, retrieval, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-        budget = retriever.prompt_budget(model, max_new_tokens)
-        augment = lambda messages: retriever.augment(messages, tokenizer, budget)  # noqa: E731
+    augment, cite = chat_retrieval(RunDir.open(run).config(), knowledge, retrieval, model, tokenizer, max_new_tokens,
+                                   log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
 
     def write(text: str) -> None:
         click.echo(text, nl=False)
@@ -332,7 +328,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
     sampling = Sampling(max_new_tokens, temperature, top_p, seed, repetition_penalty=repetition_penalty,
                         no_repeat_ngram_size=no_repeat_ngram_size)
     chat_loop(model, tokenizer, sampling, input, write, system or run_system_prompt(run), augment,
-              base=base_of(model, RunDir.open(run).config()), engine=engine_decoder(engine, run, tokenizer))
+              base=base_of(model, RunDir.open(run).config()), engine=engine_decoder(engine, run, tokenizer), cite=cite)
 
 
 @main.command("export")

@@ -293,10 +293,12 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     import uvicorn
 
     from ..generate import base_model_id, base_of, load_run, run_system_prompt
+    from ..retrieval.raft import run_retrieval
     from ..training.rundir import RunDir
 
     model, tokenizer = load_run(run)
     config = RunDir.open(run).config()
+    knowledge, retrieval = run_retrieval(config, knowledge, retrieval)  # a RAFT run answers as it was trained
     retriever = None
     if knowledge is not None:
         from ..retrieval import Retriever
