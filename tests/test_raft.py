@@ -265,3 +265,13 @@ def test_chat_names_the_sources_an_answer_cites(monkeypatch):
     chat_loop(None, None, None, lambda p: next(lines), out.append,
               cite=lambda answer: sources_line(answer, ["faq.jsonl:1", "permits.pdf:p12"]))
     assert "sources: [2] permits.pdf:p12\n" in out
+
+
+def test_train_knowledge_flag_sets_the_section(knowledge):
+    from tunesmith.retrieval.raft import with_knowledge
+
+    plain = config_from_dict({"data": "d"})
+    assert with_knowledge(plain, None) is plain
+    assert with_knowledge(plain, str(knowledge)).retrieval == RetrievalTrainConfig(knowledge=str(knowledge))
+    tuned = config_from_dict({"data": "d", "retrieval": {"knowledge": "old", "top_k": 5}})
+    assert with_knowledge(tuned, "new").retrieval == RetrievalTrainConfig(knowledge="new", top_k=5)

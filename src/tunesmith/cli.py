@@ -141,6 +141,7 @@ def main() -> None:
 @click.option("--report-to", callback=report_to_flag,
               help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio; none for none "
                    "(default none; config: report_to).")
+@click.option("--knowledge", help=f"Train with passages retrieved from this {KNOWLEDGE_HELP} (RAFT; sets retrieval.knowledge).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
 @click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
@@ -150,10 +151,11 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
+    from .retrieval.raft import with_knowledge
     from .train import end_processes, train
     from .training.rundir import RunDir
 
-    flags["eval"] = eval_data
+    flags["eval"], knowledge = eval_data, flags.pop("knowledge")
     if source is None:
         if resume in (None, "auto"):
             raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
@@ -161,7 +163,7 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
         config = load_config(RunDir.open(run_dir).path / "config.yaml", flags)
     else:
         config = _load_source(source, flags)
-    result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress,
+    result = train(with_knowledge(config, knowledge), overwrite=overwrite, console=console, show_progress=not no_progress,
                    resume=resume, force=force)
     end_processes()  # this command owns the process: close its group cleanly (not on errors)
     if result.interrupted or not result.main_process:

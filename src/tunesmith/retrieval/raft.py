@@ -243,3 +243,12 @@ def chat_retrieval(run_config: Any, knowledge: str | Path | None, settings: Retr
         return retriever.augment_with(messages, passages, tokenizer, budget)
 
     return augment, ((lambda answer: sources_line(answer, shown)) if settings.cite else None)
+
+
+def with_knowledge(config: Any, knowledge: str | None) -> Any:
+    """`train --knowledge PATH`: the config with `retrieval.knowledge` set (the section's defaults for
+    the rest when it had none); unchanged without PATH."""
+    if knowledge is None:
+        return config
+    section = config.retrieval or RetrievalTrainConfig(knowledge=knowledge)
+    return dataclasses.replace(config, retrieval=dataclasses.replace(section, knowledge=knowledge))
