@@ -221,6 +221,8 @@ def test_a_raft_run_records_its_settings_and_compare_reports_the_splits(raft_run
     splits = result["splits"]
     assert "unanswerable" in splits and splits["unanswerable"]["n"] == splits["unseen"]["n"]
     assert splits.get("found", {"n": 0})["n"] + splits.get("missed", {"n": 0})["n"] == splits["unseen"]["n"]
+    assert result["choice"] in ("raft", "both", "rag", "fine-tune", "undecided")
+    assert "made-up rate vs base+RAG" in result["recommendation"]  # the RAFT rules were read
     for name in ("found", "missed", "unanswerable"):
         if name not in splits:
             continue
@@ -275,3 +277,20 @@ def test_train_knowledge_flag_sets_the_section(knowledge):
     assert with_knowledge(plain, str(knowledge)).retrieval == RetrievalTrainConfig(knowledge=str(knowledge))
     tuned = config_from_dict({"data": "d", "retrieval": {"knowledge": "old", "top_k": 5}})
     assert with_knowledge(tuned, "new").retrieval == RetrievalTrainConfig(knowledge="new", top_k=5)
+
+
+@pytest.mark.parametrize("made_up, facts, false_handoff, choice", [
+    ("down", "flat", "flat", "raft"),    # fewer made-up answers, the facts kept
+    ("flat", "flat", "flat", "rag"),     # no fall of made-up answers: the usual rules decide
+    ("down", "down", "flat", "rag"),     # fewer made-up answers, but facts lost where the passages hold them
+    ("down", "flat", "up", "rag"),       # more false hand-offs
+])
+def test_the_raft_branch_of_the_recommendation(made_up, facts, false_handoff, choice):
+    from tunesmith.evaluation.recommend import Delta, Evidence, RaftEvidence, recommend
+
+    d = {"up": Delta(0.2, 0.1, 0.3), "down": Delta(-0.2, -0.3, -0.1), "flat": Delta(0.0, -0.1, 0.1)}
+    usual = Evidence(d["up"], d["flat"], d["flat"], d["flat"], d["flat"])  # RAG gives facts: "rag"
+    advice = recommend(usual, RaftEvidence(d[made_up], d[facts], d[false_handoff]))
+    assert advice.choice == choice
+    assert "made-up rate vs base+RAG" in advice.text and advice.text.count("Recommendation:") == 1
+    assert recommend(usual).choice == "rag" and "made-up" not in recommend(usual).text

@@ -22,7 +22,7 @@ from .data import QA, DataError, DataIssue, answered_questions, data_options, en
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import bootstrap_ci, paired_summary
 from .evaluation.handoff import add_rates, citation_correct, handoff_flags
-from .evaluation.recommend import Delta, Evidence, recommend
+from .evaluation.recommend import Delta, Evidence, RaftEvidence, recommend
 from .evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
 from .forgetting.measure import base_view, cached_base
 from .forgetting.probes import general_texts
@@ -129,6 +129,19 @@ def evidence(splits: dict[str, Any]) -> Evidence:
                     tuning_style=delta("all", "tuning", "style_match"),
                     tuning_length_error=delta("all", "tuning", "length_error"),
                     tuning_with_rag=delta("unseen", "tuning_with_rag", "token_f1"))
+
+
+def raft_evidence(splits: dict[str, Any]) -> RaftEvidence | None:
+    """What rules R5-R6 read (recommend.py), tuned+RAG against base+RAG; None without the RAFT splits."""
+    def delta(split: str, metric: str) -> Delta:
+        d = splits[split]["deltas"]["tuning_with_rag"][metric] if split in splits else {"delta": math.nan,
+                                                                                          "ci95": [math.nan] * 2}
+        return Delta(d["delta"], *d["ci95"])
+
+    if "unanswerable" not in splits:
+        return None
+    return RaftEvidence(delta("unanswerable", "made_up_rate"), delta("found", "token_f1"),
+                        delta("found", "false_handoff_rate"))
 
 
 def retrieval_summary(retrieval: RetrievalSettings, ranked: Sequence[Sequence[Passage]], questions: Sequence[QA],
@@ -263,7 +276,7 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
               for name, keep in masks.items() if keep.any()}
     if raft:
         splits.update(raft_splits(scores, answers, unseen, holds, markers, retrieval))
-    advice = recommend(evidence(splits))
+    advice = recommend(evidence(splits), raft_evidence(splits))
     result = {
         "run": str(run.path),
         "model": config.model,
