@@ -294,3 +294,41 @@ def test_the_raft_branch_of_the_recommendation(made_up, facts, false_handoff, ch
     assert advice.choice == choice
     assert "made-up rate vs base+RAG" in advice.text and advice.text.count("Recommendation:") == 1
     assert recommend(usual).choice == "rag" and "made-up" not in recommend(usual).text
+
+
+def test_serve_answers_a_raft_run_with_its_settings_and_names_cited_sources(raft_run, monkeypatch):
+    from starlette.testclient import TestClient
+
+    import tunesmith.serve.app as app_module
+    from tunesmith.generate import load_run
+    from tunesmith.inference.streaming import Completion
+
+    built = {}
+    build_app = app_module.build_app
+    monkeypatch.setattr(app_module, "build_app", lambda *args, **kwargs: built.setdefault("args", args))
+    monkeypatch.setattr("uvicorn.Server.run", lambda self: None)
+    app_module.serve(raft_run)  # no --knowledge: the run's own
+    retriever = built["args"][6]
+    saved = RunDir_config(raft_run).retrieval
+    assert retriever.settings == saved.answer_settings() and retriever.settings.retriever == "bm25"
+
+    async def answered(events):  # the model's answer, citing passage 1
+        return Completion("Usually four to six weeks. [1]", 5, 5, "stop")
+
+    monkeypatch.setattr(app_module, "_drained", answered)
+    model, tokenizer = load_run(raft_run)
+    app = build_app(model, tokenizer, "raft", allowed_hosts=["testserver"], retriever=retriever)
+    question = "How long does a permit take?"
+    with TestClient(app) as client:
+        reply = client.post("/v1/chat/completions", json={"model": "raft", "max_tokens": 8,
+                                                          "messages": [{"role": "user", "content": question}]})
+    assert reply.status_code == 200, reply.text
+    source = retriever.retrieve([question])[0][0].source
+    assert reply.json()["choices"][0]["message"]["content"] == f"Usually four to six weeks. [{source}]"
+    assert "kb.jsonl:" in source
+
+
+def RunDir_config(run):
+    from tunesmith.training.rundir import RunDir
+
+    return RunDir.open(run).config()

@@ -123,6 +123,15 @@ class Retriever:
         passages = self.retrieve([messages[-1]["content"]])[0]
         return self.augment_with(messages, passages, tokenizer, budget_tokens)
 
+    def augment_sourced(self, messages: list[dict[str, str]], tokenizer: Any,
+                        budget_tokens: int) -> tuple[list[dict[str, str]], list[str]]:
+        """`augment`, and the sources of the passages numbered [1], [2], ... in the prompt (for a cited
+        answer's sources; a passage the budget dropped has a number no prompt shows)."""
+        if not messages or messages[-1].get("role") != "user":
+            return list(messages), []
+        passages = self.retrieve([messages[-1]["content"]])[0]
+        return self.augment_with(messages, passages, tokenizer, budget_tokens), [p.source for p in passages]
+
     def augment_with(self, messages: list[dict[str, str]], passages: Sequence[Passage], tokenizer: Any,
                      budget_tokens: int) -> list[dict[str, str]]:
         """The conversation with these passages, best first, in its last user turn, within the budget:
