@@ -213,7 +213,7 @@ def test_a_raft_run_records_its_settings_and_compare_reports_the_splits(raft_run
     saved = RunDir.open(raft_run).config().retrieval
     assert saved.retriever == "bm25" and saved.top_k == 2 and saved.handoff_share == 0.3
     assert saved.gold_share is not None and 0 < saved.gold_share <= 0.7  # measured, and filled into config.yaml
-    out = CliRunner().invoke(main, ["compare", "--run", str(raft_run), "--knowledge", saved.knowledge, "--json",
+    out = CliRunner().invoke(main, ["compare", "--run", str(raft_run), "--json",  # the run's knowledge, by default
                                     "--limit", "5", "--seen", "2", "--max-new-tokens", "6"])
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout)
@@ -230,6 +230,14 @@ def test_a_raft_run_records_its_settings_and_compare_reports_the_splits(raft_run
             assert "handoff_rate" in system and "token_f1" in system
             assert ("false_handoff_rate" if name == "found" else "made_up_rate") in system
         assert "handoff_rate" in splits[name]["deltas"]["tuning_with_rag"]
+    assert result["knowledge"] == saved.knowledge
+
+
+def test_compare_without_knowledge_needs_a_raft_run(tiny_run):
+    from tunesmith.cli import main
+
+    out = CliRunner().invoke(main, ["compare", "--run", str(tiny_run), "--limit", "1"])
+    assert out.exit_code != 0 and "compare needs --knowledge" in out.output
 
 
 def test_chat_answers_a_raft_run_with_its_knowledge_by_default(raft_run, monkeypatch):

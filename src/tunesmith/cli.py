@@ -380,8 +380,8 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 
 @main.command("compare")
 @click.option("--run", "run", required=True, type=click.Path(exists=True, file_okay=False), help="A finished run.")
-@click.option("--knowledge", required=True, help=f"The {KNOWLEDGE_HELP} to retrieve from; a training-format file "
-                                                 "gives its answers (pkg:PACKAGE/path for packaged data).")
+@click.option("--knowledge", help=f"The {KNOWLEDGE_HELP} to retrieve from; a training-format file gives its answers "
+                                  "(pkg:PACKAGE/path for packaged data). Default: a RAFT run's retrieval.knowledge.")
 @click.option("--eval", "eval_data", help="Held-out questions (default: the run's own validation split).")
 @click.option("--limit", type=click.IntRange(min=1), default=CompareSettings.limit, show_default=True,
               help="Held-out questions answered.")
@@ -394,7 +394,7 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 @click.option("--json", "as_json", is_flag=True, help="Print compare.json to stdout instead of the tables.")
 @retrieval_options
 @engine_option
-def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
+def compare_command(run: str, knowledge: str | None, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
                     batch_size: int, no_cache: bool, as_json: bool, engine: str, retrieval: RetrievalSettings) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
     from .compare import compare_run, format_table

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .data import QA, DataError, DataIssue, answered_questions, data_options, encode_prompt, prepare_data, read_records
 from .data.render import end_of_turn_ids, pad_id
 from .evaluation.bootstrap import bootstrap_ci, paired_summary
@@ -220,7 +220,17 @@ def _base_answers(view: Callable, generate: Callable[[Any], list[list[int]]]) ->
         return {"answers": generate(base)}
 
 
-def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | None = None,
+def run_settings(config: TrainConfig, knowledge: str | Path | None,
+                 settings: CompareSettings) -> tuple[str | Path, CompareSettings]:
+    """The knowledge source and settings a run is compared with: a run trained with `retrieval:`
+    answers as it was trained (`run_retrieval`: its knowledge by default, its prompt), others as given."""
+    knowledge, retrieval = run_retrieval(config, knowledge, settings.retrieval)
+    if knowledge is None:
+        raise ConfigError("compare needs --knowledge: the knowledge source (the run was not trained with retrieval:)")
+    return knowledge, dataclasses.replace(settings, retrieval=retrieval)
+
+
+def compare_run(run_path: str | Path, knowledge: str | Path | None, eval_data: str | None = None,
                 settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None,
                 use_cache: bool = True, engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
     """Answer held-out and training questions with the four systems; score, recommend, write
@@ -235,8 +245,8 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     config = run.config()
     model, tokenizer = load_run(run.path)
     view = base_view(model, load_base_copy(config))
-    knowledge, retrieval = run_retrieval(config, knowledge, settings.retrieval)  # a RAFT run answers as trained
-    settings, raft = dataclasses.replace(settings, retrieval=retrieval), config.retrieval is not None
+    knowledge, settings = run_settings(config, knowledge, settings)
+    raft, retrieval = config.retrieval is not None, settings.retrieval
     unseen, seen = question_splits(config, tokenizer, eval_data)
     if not unseen:
         raise DataError([DataIssue(str(eval_data or config.eval or config.data), 0, "(file)",
