@@ -133,7 +133,8 @@ class RetrievalTrainConfig:
     handoff_share: float | None = None
     """Share of the training examples whose gold passage is removed and whose answer is the hand-off.
     None: all of the examples without the gold passage (1 - gold_share), so the model learns to answer
-    from its passages or hand off; the rest of a smaller share keep their answer (RAFT's memorised share)."""
+    from its passages or hand off; the rest of a smaller share keep their answer (RAFT's memorised share).
+    With a measured gold_share it is capped at 1 - gold_share."""
     handoff: str = DEFAULT_HANDOFF
     """The hand-off: the words the model is trained to give when its passages do not hold the answer."""
     cite: bool = True

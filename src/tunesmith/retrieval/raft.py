@@ -33,9 +33,10 @@ ROLES: tuple[Role, ...] = ("gold", "handoff", "distractors", "no_gold")
 answer, the hand-off is trained; distractors: no passage holds it, the row's answer kept (RAFT's
 memorised share); no_gold: no passage of the whole knowledge source holds the answer, so the row
 keeps its answer and the retrieved passages, outside the shares."""
-ANSWER_TEMPLATE_TOKENS = 8
-"""Tokens the chat template adds around a trained answer (ChatML: `<|im_start|>assistant\\n`,
-`<|im_end|>\\n`), kept free with the answer when the prompt's passages are fitted to max_seq_tokens."""
+ANSWER_TEMPLATE_TOKENS = 12
+"""Tokens kept free beside the answer's own when the prompt's passages are fitted to max_seq_tokens:
+what the chat template adds around it (ChatML: `<|im_start|>assistant\\n`, `<|im_end|>\\n`) and the
+citation ` [2]` (up to 4 tokens)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def raft_examples(questions: Sequence[QA], retriever: Retriever, config: Retriev
         gold = retriever.passages[g] if g is not None else None
         passages = choose_passages(role, row, held, gold, k, rng)
         answer = config.handoff if role == "handoff" else q.reference
-        budget = max_seq_tokens - len(encode_text(tokenizer, answer)) - ANSWER_TEMPLATE_TOKENS - 4
+        budget = max_seq_tokens - len(encode_text(tokenizer, answer)) - ANSWER_TEMPLATE_TOKENS
         prompt = retriever.augment_with(q.messages, passages, tokenizer, budget)
         if role == "gold" and config.cite and passages:
             answer = with_citation(answer, 1 + max(range(len(passages)), key=answer_f1s(q.reference, [
