@@ -240,6 +240,23 @@ def test_compare_without_knowledge_needs_a_raft_run(tiny_run):
     assert out.exit_code != 0 and "compare needs --knowledge" in out.output
 
 
+def test_a_raft_run_trains_on_its_shares_and_holds_out_the_same_rows(raft_run, tiny_tokenizer):
+    from tunesmith.data import prepare_data
+
+    saved = RunDir_config(raft_run)
+    written = sorted((raft_run.parent / "cache" / "raft").glob("faq-raft-*.jsonl"))
+    assert len(written) == 1
+    rows = [json.loads(line)["messages"] for line in written[0].read_text().splitlines()]
+    answers = [r[-1]["content"] for r in rows]
+    n = len(FAQ)  # each answer is a passage of the knowledge source: every row has a gold passage
+    assert answers.count(saved.retrieval.handoff) == round(saved.retrieval.handoff_share * n)
+    assert sum(a.endswith("]") for a in answers) == round(saved.retrieval.gold_share * n)  # gold rows cite
+    assert all(r[-2]["content"].endswith(f"Question: {q}") for r, (q, _) in zip(rows, FAQ))  # the rows' order
+    split = lambda path: [e.source.split(":")[-1] for e in prepare_data(  # noqa: E731
+        str(path), None, tiny_tokenizer, 1024, saved.val_fraction, saved.seed).val]
+    assert split(written[0]) == split(saved.data)  # the same rows held out as without retrieval
+
+
 def test_chat_answers_a_raft_run_with_its_knowledge_by_default(raft_run, monkeypatch):
     import tunesmith.chat
     from tunesmith.cli import main
