@@ -257,6 +257,19 @@ def test_a_raft_run_trains_on_its_shares_and_holds_out_the_same_rows(raft_run, t
     assert split(written[0]) == split(saved.data)  # the same rows held out as without retrieval
 
 
+def test_eval_of_a_raft_run_measures_the_prompts_it_was_trained_on(raft_run, tiny_tokenizer, monkeypatch):
+    from tunesmith.evaluate import TASK_SIZES, task_examples
+
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(raft_run.parent / "cache"))
+    config = RunDir_config(raft_run)
+    task = task_examples(config, tiny_tokenizer, TASK_SIZES["standard"])
+    header = context_header(config.retrieval.answer_settings())
+    assert task.pairs and all(messages[-1]["content"].startswith(header) for messages, _ in task.pairs)
+    assert all("-raft-" in e.source for e in task.val)  # the validation loss on the RAFT prompts
+    plain = task_examples(load_config(None, {"data": config.data}), tiny_tokenizer, TASK_SIZES["standard"])
+    assert [e.source.split(":")[-1] for e in plain.val] == [e.source.split(":")[-1] for e in task.val]
+
+
 def test_chat_answers_a_raft_run_with_its_knowledge_by_default(raft_run, monkeypatch):
     import tunesmith.chat
     from tunesmith.cli import main
