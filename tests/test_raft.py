@@ -10,14 +10,20 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
-from conftest import FAQ, write_jsonl
 
+from conftest import FAQ, write_jsonl
 from tunesmith import compare as compare_module
 from tunesmith.config import config_from_dict, load_config
 from tunesmith.data import QA, encode_prompt
 from tunesmith.errors import ConfigError
-from tunesmith.evaluation.handoff import (add_rates, citation_correct, cited_numbers, handoff_flags, is_handoff,
-                                          with_sources)
+from tunesmith.evaluation.handoff import (
+    add_rates,
+    citation_correct,
+    cited_numbers,
+    handoff_flags,
+    is_handoff,
+    with_sources,
+)
 from tunesmith.retrieval import RetrievalSettings, Retriever
 from tunesmith.retrieval.context import CONTEXT_HEADER, context_header
 from tunesmith.retrieval.raft import assign_roles, raft_examples, run_retrieval
@@ -252,8 +258,10 @@ def test_a_raft_run_trains_on_its_shares_and_holds_out_the_same_rows(raft_run, t
     assert answers.count(saved.retrieval.handoff) == round(saved.retrieval.handoff_share * n)
     assert sum(a.endswith("]") for a in answers) == round(saved.retrieval.gold_share * n)  # gold rows cite
     assert all(r[-2]["content"].endswith(f"Question: {q}") for r, (q, _) in zip(rows, FAQ))  # the rows' order
-    split = lambda path: [e.source.split(":")[-1] for e in prepare_data(  # noqa: E731
-        str(path), None, tiny_tokenizer, 1024, saved.val_fraction, saved.seed).val]
+    def split(path):
+        return [e.source.split(":")[-1] for e in prepare_data(str(path), None, tiny_tokenizer, 1024,
+                                                                saved.val_fraction, saved.seed).val]
+
     assert split(written[0]) == split(saved.data)  # the same rows held out as without retrieval
 
 

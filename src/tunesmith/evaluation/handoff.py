@@ -28,9 +28,9 @@ RATES = {
 is wrong), `made_up_rate` where none did (an answer there is made up: answered without a hand-off)."""
 
 
-CONTRACTIONS = ((re.compile(r"\bcan['’]t\b", re.I), "cannot"), (re.compile(r"n['’]t\b", re.I), " not"),
-                (re.compile(r"['’]ll\b", re.I), " will"), (re.compile(r"['’]m\b", re.I), " am"),
-                (re.compile(r"['’]re\b", re.I), " are"), (re.compile(r"['’]ve\b", re.I), " have"))
+CONTRACTIONS = tuple((re.compile(pattern, re.IGNORECASE), full) for pattern, full in (
+    (r"\bcan['’]t\b", "cannot"), (r"n['’]t\b", " not"), (r"['’]ll\b", " will"), (r"['’]m\b", " am"),
+    (r"['’]re\b", " are"), (r"['’]ve\b", " have")))
 """English contractions written out, so "I'll" and "I will" are the same words to `is_handoff`."""
 
 
