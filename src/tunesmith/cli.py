@@ -74,7 +74,7 @@ class _Commands(click.Group):
 
 def _with_our_name(exc: click.NoSuchOption) -> click.NoSuchOption:
     """A flag another tool uses (--learning-rate, --num-epochs, --lora-r) answered with ours."""
-    from .config import OTHER_TOOLS_NAMES
+    from .config_names import OTHER_TOOLS_NAMES
 
     ours = OTHER_TOOLS_NAMES.get(exc.option_name.lstrip("-").replace("-", "_"))
     if ours is None:
@@ -140,6 +140,7 @@ def main() -> None:
 @click.option("--report-to", callback=report_to_flag,
               help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio; none for none "
                    "(default none; config: report_to).")
+@click.option("--knowledge", help=f"Train with passages retrieved from this {KNOWLEDGE_HELP} (RAFT; sets retrieval.knowledge).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
 @click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
@@ -150,16 +151,17 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
     from .commands.train import end_processes, train
+    from .retrieval.raft import with_knowledge
     from .run import RunDir, checkpoint_run
 
-    flags["eval"] = eval_data
+    flags["eval"], knowledge = eval_data, flags.pop("knowledge")
     if source is None:
         if resume in (None, "auto"):
             raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
         config = RunDir.open(checkpoint_run(resume)).config(flags)
     else:
         config = _load_source(source, flags)
-    result = train(config, overwrite=overwrite, console=console, show_progress=not no_progress,
+    result = train(with_knowledge(config, knowledge), overwrite=overwrite, console=console, show_progress=not no_progress,
                    resume=resume, force=force)
     end_processes()  # this command owns the process: close its group cleanly (not on errors)
     if result.interrupted or not result.main_process:
@@ -311,16 +313,12 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
                  retrieval: RetrievalSettings) -> None:
     """Chat with the tuned model of RUN in the terminal (streamed; /reset, /system TEXT, /base, /tuned, /exit)."""
     from .commands.chat import chat_loop, engine_decoder
+    from .retrieval.raft import chat_retrieval
     from .run import RunDir, base_of, load_run, run_system_prompt
 
-    augment = None
     model, tokenizer = load_run(run)
-    if knowledge is not None:
-        from .retrieval import Retriever
-
-        retriever = Retriever.load(knowledge, retrieval, log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
-        budget = retriever.prompt_budget(model, max_new_tokens)
-        augment = lambda messages: retriever.augment(messages, tokenizer, budget)  # noqa: E731
+    augment, cite = chat_retrieval(RunDir.open(run).config(), knowledge, retrieval, model, tokenizer, max_new_tokens,
+                                   log=lambda m: console.print(f"[dim]{escape(m)}[/]"))
 
     def write(text: str) -> None:
         click.echo(text, nl=False)
@@ -329,7 +327,7 @@ def chat_command(run: str, system: str | None, max_new_tokens: int, temperature:
     sampling = Sampling(max_new_tokens, temperature, top_p, seed, repetition_penalty=repetition_penalty,
                         no_repeat_ngram_size=no_repeat_ngram_size)
     chat_loop(model, tokenizer, sampling, input, write, system or run_system_prompt(run), augment,
-              base=base_of(model, RunDir.open(run).config()), engine=engine_decoder(engine, run, tokenizer))
+              base=base_of(model, RunDir.open(run).config()), engine=engine_decoder(engine, run, tokenizer), cite=cite)
 
 
 @main.command("export")
@@ -379,8 +377,8 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 
 @main.command("compare")
 @click.option("--run", "run", required=True, type=click.Path(exists=True, file_okay=False), help="A finished run.")
-@click.option("--knowledge", required=True, help=f"The {KNOWLEDGE_HELP} to retrieve from; a training-format file "
-                                                 "gives its answers (pkg:PACKAGE/path for packaged data).")
+@click.option("--knowledge", help=f"The {KNOWLEDGE_HELP} to retrieve from; a training-format file gives its answers "
+                                  "(pkg:PACKAGE/path for packaged data). Default: a RAFT run's retrieval.knowledge.")
 @click.option("--eval", "eval_data", help="Held-out questions (default: the run's own validation split).")
 @click.option("--limit", type=click.IntRange(min=1), default=CompareSettings.limit, show_default=True,
               help="Held-out questions answered.")
@@ -393,7 +391,7 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 @click.option("--json", "as_json", is_flag=True, help="Print compare.json to stdout instead of the tables.")
 @retrieval_options
 @engine_option
-def compare_command(run: str, knowledge: str, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
+def compare_command(run: str, knowledge: str | None, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
                     batch_size: int, no_cache: bool, as_json: bool, engine: str, retrieval: RetrievalSettings) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
     from .commands.compare import compare_run, format_table

@@ -14,7 +14,9 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from .config_names import OTHER_TOOLS_NAMES
 from .errors import ConfigError, require
+from .settings import RetrievalTrainConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 # Each choice is a Literal (the field's type) and the tuple of its values (click.Choice, checks).
@@ -44,8 +46,7 @@ def cache_dir() -> Path:
 
 
 # Keys holding nested config sections, each built by its own function rather than coerced.
-_NESTED_SECTIONS = ("lora", "forgetting", "budget", "preference")
-
+_NESTED_SECTIONS = ("lora", "forgetting", "budget", "preference", "retrieval")
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,9 @@ class TrainConfig:
     """Forgetting budget, mitigations and extra general probes."""
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     """beta and orpo_lambda of the dpo and orpo objectives."""
+    retrieval: RetrievalTrainConfig | None = None
+    """Train on prompts that carry retrieved passages (RAFT) and hand off when they lack the answer;
+    None trains on the questions alone. docs/raft.md."""
 
     def forward_token_limit(self, device_type: str) -> int | None:
         """`forward_tokens` resolved for a device: the piece size, or None for whole micro-batches."""
@@ -323,22 +327,6 @@ def default_epochs(n_train_examples: int) -> float:
     return float(min(MAX_DEFAULT_EPOCHS, max(1, math.ceil(EXAMPLES_SEEN / max(1, n_train_examples)))))
 
 
-# What other fine-tuning tools call our keys: only used to suggest the right name in errors.
-OTHER_TOOLS_NAMES = {
-    "learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "output_dir": "output",
-    "model_name_or_path": "model", "base_model": "model", "dataset": "data", "train_file": "data",
-    "eval_dataset": "eval", "validation_file": "eval", "micro_batch_size": "batch_size",
-    "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum_steps",
-    "max_seq_length": "max_seq_tokens", "sequence_len": "max_seq_tokens", "cutoff_len": "max_seq_tokens",
-    "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "max_grad_norm": "grad_clip",
-    "max_step": "max_steps", "steps": "max_steps", "warmup_steps": "warmup_ratio", "seq_len": "max_seq_tokens",
-    # inside a section, the section's prefix first
-    "lora.rank": "lora.r", "lora.lora_r": "lora.r", "lora.lora_alpha": "lora.alpha", "lora.lora_dropout": "lora.dropout",
-    "lora.target": "lora.target_modules",
-    "beta": "preference.beta", "dpo_beta": "preference.beta", "orpo_alpha": "preference.orpo_lambda",
-    "loss_type": "objective",
-}
-
 
 COMMAND_SECTIONS = ("tune",)
 """Top-level sections that configure a command around runs (`tune:`, read by `tunesmith tune`), not a
@@ -367,21 +355,23 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         path = Path(path)
         raw = {k: v for k, v in read_config_file(path).items() if k not in COMMAND_SECTIONS}
         # Relative data paths in a config file are relative to the file, so configs can travel.
-        for key in ("data", "eval", "system_prompt"):
-            value = raw.get(key)
-            if isinstance(value, str) and not Path(value).is_absolute():
-                candidate = path.parent / value
-                if candidate.exists():
-                    raw[key] = str(candidate)
-        forgetting_raw = raw.get("forgetting")
-        if isinstance(forgetting_raw, dict) and isinstance(forgetting_raw.get("probes"), list):
-            forgetting_raw["probes"] = [
-                str(path.parent / p) if isinstance(p, str) and not Path(p).is_absolute()
-                and (path.parent / p).exists() else p for p in forgetting_raw["probes"]]
+        raw.update({key: _beside(path, raw[key]) for key in ("data", "eval", "system_prompt") if key in raw})
+        for name, key in (("forgetting", "probes"), ("retrieval", "knowledge")):
+            section = raw.get(name)
+            if isinstance(section, dict) and key in section:
+                value = section[key]
+                section[key] = [_beside(path, v) for v in value] if isinstance(value, list) else _beside(path, value)
     for key, value in (overrides or {}).items():
         if value is not None:
             raw[key] = value
     return config_from_dict(raw, source=str(path) if path else "command line")
+
+
+def _beside(config_path: Path, value: Any) -> Any:
+    """A relative path of a config file made relative to the file, when a file is there."""
+    if isinstance(value, str) and not Path(value).is_absolute() and (config_path.parent / value).exists():
+        return str(config_path.parent / value)
+    return value
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -391,19 +381,22 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
     if unknown:
         raise ConfigError(f"{source}: {len(unknown)} unknown config key(s): " + "; ".join(unknown))
     raw = dict(raw)
-    lora_raw = raw.pop("lora", None) or {}
-    if not isinstance(lora_raw, dict):
-        raise ConfigError(f"{source}: 'lora' must be a mapping (r, alpha, dropout, target_modules)")
-    lora = LoraConfig(**_typed_kwargs(LoraConfig, lora_raw, source, prefix="lora."))
+    lora = _section(LoraConfig, raw.pop("lora", None) or {}, source, "lora")
     forgetting = forgetting_from_dict(raw.pop("forgetting", None) or {}, source)
-    preference_raw = raw.pop("preference", None) or {}
-    if not isinstance(preference_raw, dict):
-        raise ConfigError(f"{source}: 'preference' must be a mapping (beta, orpo_lambda)")
-    preference = PreferenceConfig(**_typed_kwargs(PreferenceConfig, preference_raw, source, prefix="preference."))
+    preference = _section(PreferenceConfig, raw.pop("preference", None) or {}, source, "preference")
+    retrieval_raw = raw.pop("retrieval", None)
+    retrieval = None if retrieval_raw is None else _section(RetrievalTrainConfig, retrieval_raw, source, "retrieval")
     kwargs = _typed_kwargs(TrainConfig, raw, source, prefix="")
     if "data" not in kwargs:
         raise ConfigError(f"{source}: config key 'data' is required: the training data file")
-    return TrainConfig(**kwargs, lora=lora, forgetting=forgetting, preference=preference)
+    return TrainConfig(**kwargs, lora=lora, forgetting=forgetting, preference=preference, retrieval=retrieval)
+
+
+def _section(cls: type, raw: Any, source: str, key: str) -> Any:
+    """A nested section built from its mapping (its keys checked by `unknown_keys`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: '{key}' must be a mapping ({', '.join(f.name for f in fields(cls))})")
+    return cls(**_typed_kwargs(cls, raw, source, prefix=f"{key}."))
 
 
 def forgetting_from_dict(raw: Any, source: str) -> ForgettingConfig:
@@ -411,16 +404,13 @@ def forgetting_from_dict(raw: Any, source: str) -> ForgettingConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: 'forgetting' must be a mapping (budget, replay_fraction, kl_weight, probes)")
     raw = dict(raw)
-    budget_raw = raw.pop("budget", None) or {}
-    if not isinstance(budget_raw, dict):
-        raise ConfigError(f"{source}: 'forgetting.budget' must be a mapping "
-                          "(max_ppl_increase, max_kl, max_accuracy_drop)")
-    budget = ForgettingBudget(**_typed_kwargs(ForgettingBudget, budget_raw, source, prefix="forgetting.budget."))
+    budget = _section(ForgettingBudget, raw.pop("budget", None) or {}, source, "forgetting.budget")
     return ForgettingConfig(budget=budget, **_typed_kwargs(ForgettingConfig, raw, source, prefix="forgetting."))
 
 
 _SECTIONS: dict[str, type] = {"": TrainConfig, "lora.": LoraConfig, "forgetting.": ForgettingConfig,
-                               "forgetting.budget.": ForgettingBudget, "preference.": PreferenceConfig}
+                               "forgetting.budget.": ForgettingBudget, "preference.": PreferenceConfig,
+                               "retrieval.": RetrievalTrainConfig}
 
 
 def unknown_keys(raw: dict[str, Any], prefix: str = "") -> list[str]:

@@ -3,7 +3,7 @@ a docstring per field; every default lives here (a run's own config is in config
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
 from .errors import ConfigError, require
@@ -93,6 +93,11 @@ class RetrievalSettings:
     unreadable_documents: UnreadablePolicy = "refuse"
     """A knowledge document that cannot be read whole (corrupt, encrypted, a scan without text):
     `refuse` stops with every such file named; `skip` leaves them out, naming each in the log."""
+    handoff: str | None = None
+    """The hand-off a run trained with `retrieval:` gives when its passages do not hold the answer;
+    with it the prompt asks for it by name (None: a plain retrieval prompt, as for any model)."""
+    cite: bool = False
+    """Ask the answer to name the numbered passage it used, as `[2]` (a run trained with `cite`)."""
 
     def __post_init__(self) -> None:
         require(self.retriever in RETRIEVERS, "retrieval.retriever", f"must be one of {', '.join(RETRIEVERS)}, "
@@ -103,6 +108,53 @@ class RetrievalSettings:
             require(getattr(self, key) >= 1, f"retrieval.{key}", f"must be at least 1, got {getattr(self, key)}")
         require(0 <= self.overlap_words < self.chunk_words, "retrieval.overlap_words",
                f"must be in [0, chunk_words), got {self.overlap_words}")
+
+
+DEFAULT_HANDOFF = "I can't find that in our documentation; I'll pass your question to a colleague."
+"""What a run trained with `retrieval:` says when its passages do not hold the answer, unless the
+config gives its own words (`retrieval.handoff`)."""
+
+
+@dataclass(frozen=True)
+class RetrievalTrainConfig:
+    """The `retrieval:` section of a run (RAFT): training prompts carry the passages the deployed
+    retriever returns, through the prompt builder that compare, chat and serve use (docs/raft.md)."""
+
+    knowledge: str
+    """The knowledge source searched, as `--knowledge` of compare, chat and serve: they default to it."""
+    retriever: RetrieverKind = RetrievalSettings.retriever
+    """How passages are found (dense, bm25, hybrid); the run's later commands answer with it."""
+    top_k: int = RetrievalSettings.top_k
+    """Passages in every training prompt, and at answer time."""
+    gold_share: float | None = None
+    """Share of the training examples whose passages include the gold one (the passage holding the
+    answer). None takes the retriever's measured recall@top_k on the training questions, so training
+    sees the gold passage as often as answering will."""
+    handoff_share: float | None = None
+    """Share of the training examples whose gold passage is removed and whose answer is the hand-off.
+    None: all of the examples without the gold passage (1 - gold_share), so the model learns to answer
+    from its passages or hand off; the rest of a smaller share keep their answer (RAFT's memorised share).
+    With a measured gold_share it is capped at 1 - gold_share."""
+    handoff: str = DEFAULT_HANDOFF
+    """The hand-off: the words the model is trained to give when its passages do not hold the answer."""
+    cite: bool = True
+    """Number the passages and train the answer to end with the one it used (`[2]`), which chat and
+    serve turn into the passage's source (`permits.pdf:p12`), so a person can check the answer."""
+
+    def __post_init__(self) -> None:
+        require(bool(self.knowledge), "retrieval.knowledge", "is required: the knowledge source to retrieve from")
+        require(bool(self.handoff.strip()), "retrieval.handoff", "must not be empty")
+        RetrievalSettings(top_k=self.top_k, retriever=self.retriever)  # the same checks as at answer time
+        for key in ("gold_share", "handoff_share"):
+            value = getattr(self, key)
+            require(value is None or 0.0 <= value <= 1.0, f"retrieval.{key}", f"must be in [0, 1], got {value}")
+        if self.gold_share is not None and self.handoff_share is not None:
+            require(self.gold_share + self.handoff_share <= 1.0, "retrieval.handoff_share",
+                    f"gold_share + handoff_share must not exceed 1, got {self.gold_share} + {self.handoff_share}")
+
+    def answer_settings(self, base: RetrievalSettings = RetrievalSettings()) -> RetrievalSettings:
+        """`base` with this run's retriever, passage count, hand-off and citations: what the run answers with."""
+        return replace(base, retriever=self.retriever, top_k=self.top_k, handoff=self.handoff, cite=self.cite)
 
 
 GENERATION_BATCH = 16

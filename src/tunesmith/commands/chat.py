@@ -55,14 +55,16 @@ def apply_command(text: str, session: ChatSession, has_base: bool) -> tuple[Chat
 
 def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[str], str],
               write: Callable[[str], None], system: str | None = None, augment: Augment | None = None,
-              base: BaseView | None = None, engine: Any = None) -> ChatSession:
+              base: BaseView | None = None, engine: Any = None,
+              cite: Callable[[str], str] | None = None) -> ChatSession:
     """Read lines until /exit or end of input; stream each answer through `write`; return the session.
 
     `read(prompt)` returns one line and raises EOFError at the end (like `input`); `write(text)`
     prints text without adding a newline. `augment` changes only the prompt: the session keeps
     the user's own words, so retrieved passages of earlier turns do not pile up. With `base`,
     /base and /tuned switch which model answers, on the same conversation. With `engine` (an
-    `EngineDecoder`, `--engine`), it answers for the tuned model.
+    `EngineDecoder`, `--engine`), it answers for the tuned model. With `cite`, the line it makes of an
+    answer (the sources of the passages it cites, for a run trained with `retrieval.cite`) follows it.
     """
     session = ChatSession(system=system)
     write(HELP + "\n")
@@ -89,6 +91,8 @@ def chat_loop(model: Any, tokenizer: Any, sampling: Sampling, read: Callable[[st
                 with base() if session.model == "base" else contextlib.nullcontext(model) as answering:
                     answer = stream_answer(answering, tokenizer, prompt, sampling, write, label)
             session = replace(session, turns=session.turns + (messages[-1], {"role": "assistant", "content": answer}))
+            if cite is not None and cite(answer):
+                write(cite(answer) + "\n")
 
 
 _LABELS = {"tuned": "bot", "base": "base"}

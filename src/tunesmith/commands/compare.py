@@ -5,6 +5,7 @@ questions (facts seen in training); writes RUN/compare.json with a rule-based re
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 from ..data import (
     QA,
     DataError,
@@ -30,13 +31,16 @@ from ..data import (
 )
 from ..data.render import end_of_turn_ids, pad_id
 from ..evaluation.bootstrap import bootstrap_ci, paired_summary
-from ..evaluation.recommend import Delta, Evidence, recommend
+from ..evaluation.handoff import add_rates, citation_correct, handoff_flags
+from ..evaluation.recommend import Delta, Evidence, RaftEvidence, recommend
 from ..evaluation.text_metrics import answer_length, exact_match, rouge_l, style_markers, style_match, token_f1
 from ..forgetting.probes import general_texts
 from ..inference.decode import adapters_merged, generate_batch
 from ..inference.engines import DEFAULT_ENGINE, open_engine
 from ..model.base import cached_base
 from ..retrieval import Passage, Retriever, recall_at_k
+from ..retrieval.raft import run_retrieval
+from ..retrieval.recall import ANSWER_F1
 from ..run import RunDir, load_run_and_base
 from ..settings import CompareSettings, RetrievalSettings
 
@@ -46,15 +50,15 @@ SPLITS = {
     "unseen": "held-out questions: their facts are only in the knowledge source",
     "seen": "training questions: their facts were in the training data",
     "all": "both together",
+    "found": "held-out questions whose retrieved passages held the answer (runs trained with retrieval)",
+    "missed": "held-out questions whose retrieved passages did not hold the answer",
+    "unanswerable": "the held-out questions again, every passage holding their answer left out of the ranking",
 }
 # Paired differences the recommendation reads: name -> (from system, to system).
 COMPARISONS = {"rag_on_base": ("base", "base+rag"), "rag_on_tuned": ("tuned", "tuned+rag"),
                "tuning": ("base", "tuned"), "tuning_with_rag": ("base+rag", "tuned+rag")}
 SAMPLES_SHOWN = 3
 """Questions quoted in compare.json with all four answers."""
-ANSWER_F1 = 0.5
-"""A retrieved passage holds the answer when its token F1 with the reference is at least this (half
-the words shared, both ways): the rule of `answer_found_rate` and of the held-out recall@k."""
 
 
 def question_splits(config: TrainConfig, tokenizer: Any, eval_data: str | None) -> tuple[list[QA], list[QA]]:
@@ -134,6 +138,19 @@ def evidence(splits: dict[str, Any]) -> Evidence:
                     tuning_with_rag=delta("unseen", "tuning_with_rag", "token_f1"))
 
 
+def raft_evidence(splits: dict[str, Any]) -> RaftEvidence | None:
+    """What rules R5-R6 read (recommend.py), tuned+RAG against base+RAG; None without the RAFT splits."""
+    def delta(split: str, metric: str) -> Delta:
+        d = splits[split]["deltas"]["tuning_with_rag"][metric] if split in splits else {"delta": math.nan,
+                                                                                          "ci95": [math.nan] * 2}
+        return Delta(d["delta"], *d["ci95"])
+
+    if "unanswerable" not in splits:
+        return None
+    return RaftEvidence(delta("unanswerable", "made_up_rate"), delta("found", "token_f1"),
+                        delta("found", "false_handoff_rate"))
+
+
 def retrieval_summary(retrieval: RetrievalSettings, ranked: Sequence[Sequence[Passage]], questions: Sequence[QA],
                       n_unseen: int, recall_ks: Sequence[int]) -> dict[str, Any]:
     """What compare.json says of the retriever: which one, its recall@k on the held-out questions
@@ -145,6 +162,56 @@ def retrieval_summary(retrieval: RetrievalSettings, ranked: Sequence[Sequence[Pa
     return {"retriever": retrieval.retriever, "top_k": retrieval.top_k,
             "recall_at_k": {str(k): v for k, v in recall.items()}, "recall_questions": n_unseen,
             "answer_found_rate": float(np.mean([any(row[: retrieval.top_k]) for row in holds]))}
+
+
+def raft_splits(scores: dict[str, dict[str, np.ndarray]], answers: dict[str, list[str]], unseen: Sequence[QA],
+                holds: Sequence[Sequence[bool]], markers: list[str], retrieval: RetrievalSettings) -> dict[str, Any]:
+    """The splits of a run trained with retrieval (RAFT): found and missed (held-out questions whose
+    passages did or did not hold the answer) and unanswerable (`answers["... unanswerable"]`: the +rag
+    systems with no passage holding the answer; the others answer without passages, as in unseen), each
+    with hand-off rates (evaluation/handoff.py) and, on found, citation accuracy."""
+    handoff = retrieval.handoff or ""
+    n = len(unseen)
+    found = np.array([any(row[: retrieval.top_k]) for row in holds[:n]])
+    unans_scores = {s: ({k: v[:n] for k, v in scores[s].items()} if "rag" not in s
+                        else per_question_scores(answers[f"{s} unanswerable"], unseen, markers)) for s in SYSTEMS}
+    unans_answers = {s: answers[s][:n] if "rag" not in s else answers[f"{s} unanswerable"] for s in SYSTEMS}
+    out = {}
+    for name, part, said, keep in (("found", scores, answers, found), ("missed", scores, answers, ~found),
+                                   ("unanswerable", unans_scores, unans_answers, np.ones(n, bool))):
+        keep = np.concatenate([keep, np.zeros(len(part["base"]["token_f1"]) - n, bool)])
+        if not keep.any():
+            continue
+        kept = np.flatnonzero(keep)
+        flags = {s: handoff_flags([said[s][i] for i in kept], handoff) for s in SYSTEMS}
+        cited = {s: np.array([citation_correct(said[s][i], holds[i][: retrieval.top_k]) for i in kept])
+                 for s in ("base+rag", "tuned+rag")} if name == "found" and retrieval.cite else None
+        split = {"description": SPLITS[name], **summarize_split(part, keep)}
+        out[name] = add_rates(split, name, flags, COMPARISONS, cited)
+    return out
+
+
+def rag_prompts(retriever: Retriever, questions: Sequence[QA], ranked: Sequence[Sequence[Passage]], tokenizer: Any,
+                budget: int, n_unanswerable: int) -> tuple[list[list[bool]], list[list[int]]]:
+    """Whether each ranked passage holds its question's answer, and the +rag systems' prompts: each
+    question's top_k passages, then for the first `n_unanswerable` (held-out) questions the top_k of
+    those that do not hold it (the unanswerable split of a run trained with retrieval)."""
+    top = retriever.settings.top_k
+    holds = [[token_f1(p.text, q.reference) >= ANSWER_F1 for p in row] for q, row in zip(questions, ranked)]
+    chosen = [list(row[:top]) for row in ranked] + [[p for p, x in zip(row, held) if not x][:top] for row, held
+                                                    in zip(ranked[:n_unanswerable], holds[:n_unanswerable])]
+    questions = list(questions) + list(questions[:n_unanswerable])
+    return holds, [encode_prompt(retriever.augment_with(q.messages, passages, tokenizer, budget), tokenizer)
+                   for q, passages in zip(questions, chosen)]
+
+
+def decoded_answers(base_out: Sequence[list[int]], tuned_out: Sequence[list[int]], n: int, tokenizer: Any
+                    ) -> dict[str, list[str]]:
+    """Each system's answers as text from the decoded ids (plain prompts, then +rag, then unanswerable)."""
+    named = {"base": base_out[:n], "base+rag": base_out[n:2 * n], "tuned": tuned_out[:n],
+             "tuned+rag": tuned_out[n:2 * n], "base+rag unanswerable": base_out[2 * n:],
+             "tuned+rag unanswerable": tuned_out[2 * n:]}
+    return {s: [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in out] for s, out in named.items()}
 
 
 def answers_fingerprint(prompts: Sequence[list[int]], settings: CompareSettings, model: Any) -> str:
@@ -160,7 +227,17 @@ def _base_answers(view: Callable, generate: Callable[[Any], list[list[int]]]) ->
         return {"answers": generate(base)}
 
 
-def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | None = None,
+def run_settings(config: TrainConfig, knowledge: str | Path | None,
+                 settings: CompareSettings) -> tuple[str | Path, CompareSettings]:
+    """The knowledge source and settings a run is compared with: a run trained with `retrieval:`
+    answers as it was trained (`run_retrieval`: its knowledge by default, its prompt), others as given."""
+    knowledge, retrieval = run_retrieval(config, knowledge, settings.retrieval)
+    if knowledge is None:
+        raise ConfigError("compare needs --knowledge: the knowledge source (the run was not trained with retrieval:)")
+    return knowledge, dataclasses.replace(settings, retrieval=retrieval)
+
+
+def compare_run(run_path: str | Path, knowledge: str | Path | None, eval_data: str | None = None,
                 settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None,
                 use_cache: bool = True, engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
     """Answer held-out and training questions with the four systems; score, recommend, write
@@ -172,6 +249,8 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     run = RunDir.open(run_path)
     config = run.config()
     model, tokenizer, _, view = load_run_and_base(run.path)
+    knowledge, settings = run_settings(config, knowledge, settings)
+    raft, retrieval = config.retrieval is not None, settings.retrieval
     unseen, seen = question_splits(config, tokenizer, eval_data)
     if not unseen:
         raise DataError([DataIssue(str(eval_data or config.eval or config.data), 0, "(file)",
@@ -181,11 +260,11 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     questions = unseen + seen
     retriever = Retriever.load(knowledge, settings.retrieval, log)
     budget = retriever.prompt_budget(model, settings.max_new_tokens)
-    ranked = retriever.retrieve([q.messages[-1]["content"] for q in questions],
-                                max(retriever.settings.top_k, *settings.recall_ks))  # the prompts take top_k
+    top = retriever.settings.top_k
+    ranked = retriever.retrieve([q.messages[-1]["content"] for q in questions],  # the prompts take top_k;
+                                max(top, *settings.recall_ks) + (top if raft else 0))  # unanswerable, those after
     plain = [encode_prompt(q.messages, tokenizer) for q in questions]
-    rag = [encode_prompt(retriever.augment_with(q.messages, h[: retriever.settings.top_k], tokenizer, budget),
-                         tokenizer) for q, h in zip(questions, ranked)]
+    holds, rag = rag_prompts(retriever, questions, ranked, tokenizer, budget, len(unseen) if raft else 0)
     eos = sorted(end_of_turn_ids(tokenizer))
     pad = pad_id(tokenizer)
     generate = lambda m: generate_batch(m, plain + rag, settings.max_new_tokens, eos, pad, settings.batch_size)  # noqa: E731
@@ -203,16 +282,15 @@ def compare_run(run_path: str | Path, knowledge: str | Path, eval_data: str | No
     else:
         tuned_out = open_engine(engine, run.path, eos, log=log).generate(plain + rag, settings.max_new_tokens)
     seconds["tuned"] = time.perf_counter() - timer
-    decode = lambda ids: tokenizer.decode(ids, skip_special_tokens=True).strip()  # noqa: E731
-    n = len(questions)
-    answers = {"base": base_out[:n], "base+rag": base_out[n:], "tuned": tuned_out[:n], "tuned+rag": tuned_out[n:]}
-    answers = {s: [decode(ids) for ids in out] for s, out in answers.items()}
+    answers = decoded_answers(base_out, tuned_out, len(questions), tokenizer)
     scores = {s: per_question_scores(answers[s], questions, markers) for s in SYSTEMS}
-    in_unseen = np.arange(n) < len(unseen)
-    masks = {"unseen": in_unseen, "seen": ~in_unseen, "all": np.ones(n, bool)}
+    in_unseen = np.arange(len(questions)) < len(unseen)
+    masks = {"unseen": in_unseen, "seen": ~in_unseen, "all": np.ones(len(questions), bool)}
     splits = {name: {"description": SPLITS[name], **summarize_split(scores, keep)}
               for name, keep in masks.items() if keep.any()}
-    advice = recommend(evidence(splits))
+    if raft:
+        splits.update(raft_splits(scores, answers, unseen, holds, markers, retrieval))
+    advice = recommend(evidence(splits), raft_evidence(splits))
     result = {
         "run": str(run.path),
         "model": config.model,

@@ -35,6 +35,7 @@ from ..forgetting.probes import general_texts
 from ..forgetting.scoring import target_logprobs
 from ..inference.decode import adapters_merged, generate_batch
 from ..model.base import cached_base
+from ..retrieval.raft import training_files
 from ..run import RunDir, load_run_and_base
 
 SAMPLES_SHOWN = 5
@@ -53,17 +54,19 @@ class TaskSizes:
 TASK_SIZES = {"standard": TaskSizes(generate=12, max_new_tokens=64), "full": TaskSizes(generate=64, max_new_tokens=160)}
 
 
-def validation_conversations(config: TrainConfig, sources: set[str]) -> list[tuple[list[dict[str, str]], str]]:
+def validation_conversations(config: TrainConfig, sources: set[str], data_file: str | None = None,
+                             options: dict[str, Any] | None = None) -> list[tuple[list[dict[str, str]], str]]:
     """(prompt messages, reference answer) of the held-out conversations whose last turn is the
-    assistant's; raw-text validation data has no references and gives an empty list."""
-    return [(q.messages, q.reference) for q in held_out_questions(config, sources)]
+    assistant's; raw-text validation data has no references and gives an empty list. `data_file` and
+    `options`: what training read instead of the config's files (a RAFT run's, `training_files`)."""
+    return [(q.messages, q.reference) for q in held_out_questions(config, sources, data_file, options)]
 
 
-def generation_sample(config: TrainConfig, val: Sequence[Example],
-                      sizes: TaskSizes) -> list[tuple[list[dict[str, str]], str]]:
+def generation_sample(config: TrainConfig, val: Sequence[Example], sizes: TaskSizes, data_file: str | None = None,
+                      options: dict[str, Any] | None = None) -> list[tuple[list[dict[str, str]], str]]:
     """The held-out questions answered and scored: a seeded sample of `sizes.generate`, the same
     for every model measured on these validation examples."""
-    pairs = validation_conversations(config, {e.source for e in val})
+    pairs = validation_conversations(config, {e.source for e in val}, data_file, options)
     random.Random(sizes.seed).shuffle(pairs)
     return pairs[: sizes.generate]
 
@@ -110,12 +113,13 @@ def task_examples(config: TrainConfig, tokenizer: Any, sizes: TaskSizes) -> Task
     answers, the rejected ones beside them (which answer each model prefers), and the prompts
     answered against the chosen answer as the reference. Other runs have no rejected sides."""
     if config.objective not in PREFERENCE_OBJECTIVES:
-        data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction,
-                            config.seed, **data_options(config))
+        _, files, options = training_files(config, tokenizer)  # a RAFT run: the prompts it was trained on
+        data = prepare_data(*files, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed, **options)
         held_out = {e.source for e in data.val}
-        train = [q.reference for q in answered_questions(read_records(config.data, **data_options(config)))
+        train = [q.reference for q in answered_questions(read_records(files[0], **options))
                  if q.source not in held_out]
-        return TaskData(list(data.val), [], generation_sample(config, data.val, sizes), train)
+        return TaskData(list(data.val), [], generation_sample(config, data.val, sizes, files[1] or files[0], options),
+                        train)
     data = prepare_pairs(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
                          **data_options(config))
     cut = [e.chosen_tokens for e in data.val]

@@ -16,9 +16,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import PREFERENCE_OBJECTIVES, TrainConfig
-from ..data import PreparedData, data_options, prepare_data
+from ..data import PreparedData, prepare_data
 from ..data.gate import check_data
 from ..data.preference import prepare_pairs
 from ..errors import NonFiniteLossError, StoppedBeforeTraining
@@ -29,6 +30,7 @@ from ..model.precision import autocast, compute_dtype, frozen_weight_dtype
 from ..model.sharding import compile_layers, local_share, shard_model
 from ..model.swiglu import use_fused_swiglu
 from ..model.tokenizer import load_tokenizer
+from ..retrieval.raft import training_files
 from ..run import RunDir, refuse_occupied
 from ..training.batching import Batch, epoch_plan, eval_batches, micro_batches
 from ..training.checkpoint import (
@@ -205,9 +207,10 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
         refuse_occupied(Path(config.output), overwrite)
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     check_data(config, tokenizer, console)
+    config, files, options = training_files(config, tokenizer, lambda m: console.print(f"[dim]{escape(m)}[/]"))
     prepare = prepare_pairs if config.objective in PREFERENCE_OBJECTIVES else prepare_data  # pairs or answers
-    data = prepare(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
-                   **data_options(config), train_fraction=config.train_fraction)
+    data = prepare(*files, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
+                   **options, train_fraction=config.train_fraction)
     for warning in data.warnings:
         if not warning.startswith("small data:"):  # the data check above has said it already
             console.print(f"[yellow]warning:[/] {warning}")

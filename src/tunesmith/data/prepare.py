@@ -45,11 +45,13 @@ def answered_questions(records: list[Any]) -> list[QA]:
     return out
 
 
-def held_out_questions(config: Any, val_sources: set[str]) -> list[QA]:
+def held_out_questions(config: Any, val_sources: set[str], data_file: str | None = None,
+                       options: dict[str, Any] | None = None) -> list[QA]:
     """The answered questions among a run's held-out rows (`val_sources`: its validation examples'
-    sources), read as training read them: from the config's eval file, else its data file. Eval
+    sources), read as training read them: from the config's eval file, else its data file, or from
+    `data_file` read with `options` where training read another file (a RAFT run's prompts). Eval
     answers them against their references; compare asks them as the questions training never saw."""
-    records = read_records(config.eval or config.data, **data_options(config))
+    records = read_records(data_file or config.eval or config.data, **(options or data_options(config)))
     return [q for q in answered_questions(records) if q.source in val_sources]
 
 

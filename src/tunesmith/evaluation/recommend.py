@@ -11,6 +11,13 @@ below), so a small sample says "not shown" rather than guessing.
 
 Choice: "both" when R1 holds, fine-tuning helps (R3, or R4 a gain) and R4 shows no loss; "rag" when
 R1 holds otherwise; "fine-tune" when R1 fails but R2 or R3 holds; else "undecided".
+
+A run trained with retrieval (RAFT, docs/raft.md) adds, tuned+RAG against base+RAG:
+- R5 it hands off instead of making up: made_up_rate on the unanswerable split falls.
+- R6 it keeps the facts the passages hold: token F1 on the found split is not a loss, and
+  false_handoff_rate there does not rise.
+Choice "raft" when R5 and R6 hold: the tuned model with retrieval, which answers from the passages
+or hands off; otherwise the choice above, with what RAFT did not show said.
 """
 
 from __future__ import annotations
@@ -59,15 +66,27 @@ class Evidence:
 
 
 @dataclass(frozen=True)
+class RaftEvidence:
+    """tuned+RAG minus base+RAG on the splits of a run trained with retrieval."""
+
+    made_up_unanswerable: Delta
+    """made_up_rate on the unanswerable split (negative is better)."""
+    facts_found: Delta
+    """Token F1 on the found split."""
+    false_handoff_found: Delta
+    """false_handoff_rate on the found split (negative is better)."""
+
+
+@dataclass(frozen=True)
 class Recommendation:
     choice: str
-    """both, rag, fine-tune or undecided."""
+    """both, rag, fine-tune, undecided, or (a run trained with retrieval) raft."""
     text: str
     """One sentence per rule, then the recommendation."""
 
 
-def recommend(e: Evidence) -> Recommendation:
-    """Apply rules R1-R4 (module docstring) to the measured differences."""
+def recommend(e: Evidence, raft: RaftEvidence | None = None) -> Recommendation:
+    """Apply rules R1-R4, and with `raft` R5-R6 (module docstring), to the measured differences."""
     form = e.tuning_style.gain or e.tuning_length_error.loss
     lines = [
         ("RAG adds" if e.rag_facts.gain else "RAG shows no significant gain:") +
@@ -92,4 +111,21 @@ def recommend(e: Evidence) -> Recommendation:
     else:
         choice, advice = "undecided", ("no method shows a significant gain on this sample: answer more questions "
                                        "(--limit) or check the knowledge source.")
+    if raft is not None:
+        choice, advice = raft_rules(raft, lines, choice, advice)
     return Recommendation(choice, " ".join(lines) + f" Recommendation: {advice}")
+
+
+def raft_rules(r: RaftEvidence, lines: list[str], choice: str, advice: str) -> tuple[str, str]:
+    """R5 and R6 of a run trained with retrieval: their sentences added to `lines`, and the choice."""
+    r5 = r.made_up_unanswerable.loss
+    r6 = r.facts_found.measured and not r.facts_found.loss and not r.false_handoff_found.gain
+    lines.append(("Trained with retrieval, it makes up fewer answers" if r5 else
+                  "Trained with retrieval, it shows no significant fall of made-up answers") +
+                 f" where no passage holds the answer: {r.made_up_unanswerable.text()} made-up rate vs base+RAG.")
+    if r.facts_found.measured:
+        lines.append(f"Where a passage holds it: {r.facts_found.text()} token F1, "
+                     f"{r.false_handoff_found.text()} false hand-off rate vs base+RAG.")
+    if r5 and r6:
+        return "raft", "use the model trained with retrieval (tuned+RAG): it answers from the passages or hands off."
+    return choice, advice

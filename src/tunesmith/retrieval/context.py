@@ -17,24 +17,40 @@ CONTEXT_HEADER = "Answer the question. These passages may help:"
 """Opens the user turn of a retrieval prompt; the passages follow, numbered, then the question."""
 
 
-def with_passages(messages: list[dict[str, str]], passages: Sequence[str]) -> list[dict[str, str]]:
-    """The conversation with the passages put before the question in its last user turn."""
-    if not passages:
+def context_header(settings: RetrievalSettings) -> str:
+    """The instruction before the passages: CONTEXT_HEADER for any model; for a run trained with
+    `retrieval:` (RAFT), the one it was trained on: answer from the passages, name the passage used
+    (`cite`), or give the hand-off when they do not hold the answer."""
+    if settings.handoff is None and not settings.cite:
+        return CONTEXT_HEADER
+    text = "Answer the question from these numbered passages"
+    text += ", and end your answer with the number of the passage you used, as [2]." if settings.cite else "."
+    if settings.handoff is not None:
+        text += f" If they do not hold the answer, reply: {settings.handoff}"
+    return text
+
+
+def with_passages(messages: list[dict[str, str]], passages: Sequence[str],
+                  header: str = CONTEXT_HEADER) -> list[dict[str, str]]:
+    """The conversation with the passages put before the question in its last user turn. A RAFT
+    run's prompt (a `header` from `context_header`) has its instruction even without passages."""
+    if not passages and header == CONTEXT_HEADER:
         return list(messages)
     numbered = "\n\n".join(f"[{i}] {text}" for i, text in enumerate(passages, start=1))
     last = messages[-1]
-    content = f"{CONTEXT_HEADER}\n\n{numbered}\n\nQuestion: {last['content']}"
+    content = f"{header}\n\n{numbered}\n\nQuestion: {last['content']}" if passages \
+        else f"{header}\n\nQuestion: {last['content']}"
     return list(messages[:-1]) + [{**last, "content": content}]
 
 
 def fit_passages(messages: list[dict[str, str]], passages: Sequence[str], tokenizer: Any,
-                 budget_tokens: int, min_passage_tokens: int = RetrievalSettings.min_passage_tokens
-                 ) -> list[dict[str, str]]:
+                 budget_tokens: int, min_passage_tokens: int = RetrievalSettings.min_passage_tokens,
+                 header: str = CONTEXT_HEADER) -> list[dict[str, str]]:
     """`with_passages` with as many passages, best first, as fit in `budget_tokens` of the rendered
     prompt; the first that does not fit whole is cut to the tokens left (or dropped below
     `min_passage_tokens`), and the rest are dropped. Lengths are measured on the prompt exactly as
     it will be encoded, so the budget holds whatever the tokenizer does at the joins."""
-    fits = lambda texts: len(encode_prompt(with_passages(messages, texts), tokenizer)) <= budget_tokens  # noqa: E731
+    fits = lambda texts: len(encode_prompt(with_passages(messages, texts, header), tokenizer)) <= budget_tokens  # noqa: E731
     kept: list[str] = []
     for text in passages:
         if fits(kept + [text]):
@@ -51,7 +67,7 @@ def fit_passages(messages: list[dict[str, str]], passages: Sequence[str], tokeni
         if lo >= min_passage_tokens:
             kept.append(tokenizer.decode(ids[:lo]))
         break
-    return with_passages(messages, kept)
+    return with_passages(messages, kept, header)
 
 
 @dataclass
@@ -107,8 +123,20 @@ class Retriever:
         passages = self.retrieve([messages[-1]["content"]])[0]
         return self.augment_with(messages, passages, tokenizer, budget_tokens)
 
+    def augment_sourced(self, messages: list[dict[str, str]], tokenizer: Any,
+                        budget_tokens: int) -> tuple[list[dict[str, str]], list[str]]:
+        """`augment`, and the sources of the passages numbered [1], [2], ... in the prompt (for a cited
+        answer's sources; a passage the budget dropped has a number no prompt shows)."""
+        if not messages or messages[-1].get("role") != "user":
+            return list(messages), []
+        passages = self.retrieve([messages[-1]["content"]])[0]
+        return self.augment_with(messages, passages, tokenizer, budget_tokens), [p.source for p in passages]
+
     def augment_with(self, messages: list[dict[str, str]], passages: Sequence[Passage], tokenizer: Any,
                      budget_tokens: int) -> list[dict[str, str]]:
+        """The conversation with these passages, best first, in its last user turn, within the budget:
+        the one prompt builder of training (RAFT), compare, chat, serve, the server and the UI."""
         budget = min(budget_tokens, self.settings.max_prompt_tokens)
-        return fit_passages(messages, [p.text for p in passages], tokenizer, budget, self.settings.min_passage_tokens)
+        return fit_passages(messages, [p.text for p in passages], tokenizer, budget, self.settings.min_passage_tokens,
+                            context_header(self.settings))
 

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..data.render import encode_prompt, encode_text, with_system_prompt
+from ..evaluation.handoff import with_sources
 from ..inference.batching import BatchDecoder, EngineDecoder
 from ..inference.engines import DEFAULT_ENGINE
 from ..inference.streaming import Completion
@@ -158,11 +159,14 @@ def inference_routes(served: Served) -> list[Route]:
     async def chat_completions(request: Request) -> Response:
         parsed = parse_chat_request(await read_json(request, limits.max_body_bytes), served.model_ids, limits)
         messages = with_system_prompt([dict(m) for m in parsed.messages or ()], served.system_prompt)
+        sources: list[str] = []  # of the passages in the prompt, when the run was trained to cite them
         if served.retriever is not None:
             room = min(served.limits.max_prompt_tokens, served.context_tokens - parsed.sampling.max_new_tokens)
-            messages = await run_in_threadpool(served.retriever.augment, messages, served.tokenizer, room)
+            messages, sources = await run_in_threadpool(served.retriever.augment_sourced, messages, served.tokenizer,
+                                                        room)
+            sources = sources if served.retriever.settings.cite else []
         prompt_ids = encode_prompt(messages, served.tokenizer)
-        return await _respond(served, parsed, prompt_ids, chat=True)
+        return await _respond(served, parsed, prompt_ids, chat=True, sources=sources)
 
     async def completions(request: Request) -> Response:
         parsed = parse_completion_request(await read_json(request, limits.max_body_bytes), served.model_ids, limits)
@@ -180,7 +184,10 @@ def _model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "tunesmith"}
 
 
-async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[int], chat: bool) -> Response:
+async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[int], chat: bool,
+                   sources: list[str] | None = None) -> Response:
+    """The answer (streamed or whole); a whole answer's citations `[n]` written as their passages'
+    `sources` (a run trained with `retrieval.cite`; streamed pieces go out as the model wrote them)."""
     room = min(served.limits.max_prompt_tokens, served.context_tokens - parsed.sampling.max_new_tokens)
     if len(prompt_ids) > room:
         raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens; at most {room} fit with max_tokens "
@@ -196,6 +203,8 @@ async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[i
         done = [await _drained(_decoded(served, parsed, prompt_ids, i)) for i in range(parsed.n)]
     finally:
         served.gate.leave()
+    if sources:
+        done = [replace(c, text=with_sources(c.text, sources)) for c in done]
     body = (chat_response if chat else completion_response)(rid, parsed.model, done)
     return JSONResponse(body)
 
@@ -292,10 +301,12 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     transformers only)."""
     import uvicorn
 
+    from ..retrieval.raft import run_retrieval
     from ..run import RunDir, base_model_id, base_of, load_run, run_system_prompt
 
     model, tokenizer = load_run(run)
     config = RunDir.open(run).config()
+    knowledge, retrieval = run_retrieval(config, knowledge, retrieval)  # a RAFT run answers as it was trained
     retriever = None
     if knowledge is not None:
         from ..retrieval import Retriever

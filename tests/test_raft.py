@@ -1,0 +1,380 @@
+"""Training with `retrieval:` (RAFT): the config section, training prompts built by the prompt builder
+compare uses, the gold and hand-off shares, hand-offs and citations recognised, the run's retrieval
+settings used by compare, chat and serve, and compare.json's found / missed / unanswerable splits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import FAQ, write_jsonl
+from tunesmith import compare as compare_module
+from tunesmith.config import config_from_dict, load_config
+from tunesmith.data import QA, encode_prompt
+from tunesmith.errors import ConfigError
+from tunesmith.evaluation.handoff import (
+    add_rates,
+    citation_correct,
+    cited_numbers,
+    handoff_flags,
+    is_handoff,
+    with_sources,
+)
+from tunesmith.retrieval import RetrievalSettings, Retriever
+from tunesmith.retrieval.context import CONTEXT_HEADER, context_header
+from tunesmith.retrieval.raft import assign_roles, raft_examples, run_retrieval
+from tunesmith.retrieval.recall import recall_at_k
+from tunesmith.settings import DEFAULT_HANDOFF, RetrievalTrainConfig
+
+HANDOFF = DEFAULT_HANDOFF
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("tunesmith.retrieval.Embedder.load", classmethod(lambda cls: pytest.fail("bm25 needs no model")))
+    monkeypatch.setattr(compare_module, "general_texts", lambda: ["The cat sat on the mat.", "It is what it is."])
+
+
+# Questions that share a word with their own answer (so BM25 finds it first) and one with every answer
+# (so every passage is ranked), answers that share under half their words (so only its own holds
+# one); 20 rows make the shares' counts exact (0.5 -> 10, 0.25 -> 5).
+ROWS = [(f"What colour is the {thing}?", f"{thing.title()}: {colour} colour.")
+        for thing, colour in zip(["door", "roof", "fence", "gate", "shed", "barn", "wall", "porch", "stair", "floor",
+                                  "window", "chimney", "garage", "attic", "cellar", "deck", "pool", "kiosk", "tower",
+                                  "bridge"],
+                                 ["red", "blue", "green", "white", "black", "grey", "pink", "brown", "gold", "teal",
+                                  "cyan", "lime", "navy", "rust", "sand", "plum", "mint", "ruby", "jade", "iris"])]
+
+
+def questions() -> list[QA]:
+    return [QA([{"role": "user", "content": q}], a, f"data.jsonl:{i + 1}") for i, (q, a) in enumerate(ROWS)]
+
+
+@pytest.fixture
+def knowledge(tmp_path):
+    return write_jsonl(tmp_path / "kb.jsonl", [{"text": a} for _, a in ROWS])
+
+
+@pytest.fixture
+def retriever(knowledge):
+    return Retriever.load(knowledge, RetrievalSettings(retriever="bm25", top_k=3, handoff=HANDOFF, cite=True))
+
+
+def section(knowledge, **kw) -> RetrievalTrainConfig:
+    return RetrievalTrainConfig(knowledge=str(knowledge), retriever="bm25", top_k=3, **kw)
+
+
+def test_the_retrieval_section_is_typed_checked_and_round_trips(tmp_path, knowledge):
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"data": "d.jsonl", "retrieval": {"knowledge": "kb.jsonl",
+                                                                                        "gold_share": 0.7}}))
+    config = load_config(tmp_path / "run.yaml")
+    assert config.retrieval.knowledge == str(knowledge)  # relative to the config file, like data
+    assert config.retrieval.gold_share == 0.7 and config.retrieval.handoff_share is None
+    assert config.retrieval.handoff == DEFAULT_HANDOFF and config.retrieval.cite
+    assert config.retrieval.top_k == RetrievalSettings.top_k and config.retrieval.retriever == RetrievalSettings.retriever
+    assert config_from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config
+    assert config_from_dict({"data": "d"}).retrieval is None
+    with pytest.raises(ConfigError, match="'retrieval.gold_shar' \\(did you mean 'retrieval.gold_share'"):
+        config_from_dict({"data": "d", "retrieval": {"knowledge": "k", "gold_shar": 1}})
+    with pytest.raises(ConfigError, match="gold_share \\+ handoff_share must not exceed 1"):
+        config_from_dict({"data": "d", "retrieval": {"knowledge": "k", "gold_share": 0.8, "handoff_share": 0.3}})
+    with pytest.raises(ConfigError, match="'retrieval.top_k' must be at least 1"):
+        RetrievalTrainConfig(knowledge="k", top_k=0)
+    with pytest.raises(ConfigError, match="'retrieval' must be a mapping"):
+        config_from_dict({"data": "d", "retrieval": "kb.jsonl"})
+
+
+def test_roles_take_exactly_the_configured_shares():
+    roles = assign_roles(20, 0.5, 0.25, seed=3)
+    assert (roles.count("gold"), roles.count("handoff"), roles.count("distractors")) == (10, 5, 5)
+    assert roles == assign_roles(20, 0.5, 0.25, seed=3) and roles != assign_roles(20, 0.5, 0.25, seed=4)
+
+
+def test_training_prompts_are_what_compare_retrieves_and_shares_hold(retriever, knowledge, tiny_tokenizer):
+    config = section(knowledge, gold_share=0.5, handoff_share=0.25)
+    examples, summary = raft_examples(questions(), retriever, config, tiny_tokenizer, 1024, seed=0)
+    roles = [e.role for e in examples]
+    assert (roles.count("gold"), roles.count("handoff"), roles.count("distractors")) == (10, 5, 5)
+    assert (summary.gold_share, summary.handoff_share) == (0.5, 0.25) and summary.measured_recall == 1.0
+    budget = 1024 - 64  # compare's prompt budget on the tiny model is larger than these prompts: no cut
+    for q, e in zip(questions(), examples):
+        prompt, answer = e.messages[:-1], e.messages[-1]["content"]
+        holding = [p.text == q.reference for p in e.passages]
+        if e.role == "gold":
+            # The retriever finds every answer here, so the prompt is compare's prompt for the question.
+            compared = retriever.augment_with(q.messages, retriever.retrieve([q.messages[-1]["content"]])[0],
+                                              tiny_tokenizer, budget)
+            assert encode_prompt(prompt, tiny_tokenizer) == encode_prompt(compared, tiny_tokenizer)
+            assert any(holding) and answer == f"{q.reference} [{holding.index(True) + 1}]"
+        else:
+            assert len(e.passages) == 3 and not any(holding)  # mined distractors, the answer's passage removed
+            assert answer == (HANDOFF if e.role == "handoff" else q.reference)
+        assert prompt[-1]["content"].startswith(context_header(retriever.settings))
+        assert HANDOFF in prompt[-1]["content"] and "[1] " in prompt[-1]["content"]
+    again, _ = raft_examples(questions(), retriever, config, tiny_tokenizer, 1024, seed=0)
+    assert [e.messages for e in again] == [e.messages for e in examples]  # a rerun or resume sees the same prompts
+
+
+def test_gold_share_defaults_to_the_measured_recall(knowledge, tiny_tokenizer):
+    # At k = 1 BM25 misses some answers when the questions lose their telling word: recall is below 1.
+    qs = [QA([{"role": "user", "content": "What colour is it painted every spring?" if i % 3 == 0
+               else q}], a, f"d:{i}") for i, (q, a) in enumerate(ROWS)]
+    retriever = Retriever.load(knowledge, RetrievalSettings(retriever="bm25", top_k=1, handoff=HANDOFF))
+    config = RetrievalTrainConfig(knowledge=str(knowledge), retriever="bm25", top_k=1, cite=False)
+    examples, summary = raft_examples(qs, retriever, config, tiny_tokenizer, 1024, seed=0)
+    found = [[p.text == q.reference for p in retriever.retrieve([q.messages[-1]["content"]], 1)[0]] for q in qs]
+    recall = recall_at_k(found, [1])[1]
+    assert 0 < recall < 1 and summary.measured_recall == pytest.approx(recall)
+    assert summary.gold_share == pytest.approx(recall) and summary.handoff_share == pytest.approx(1 - recall)
+    roles = [e.role for e in examples]
+    assert roles.count("gold") == round(recall * 20) and roles.count("handoff") == 20 - round(recall * 20)
+    assert all(not e.messages[-1]["content"].endswith("]") for e in examples)  # cite off: no citation
+
+
+def test_a_handoff_is_recognised_in_its_light_variants():
+    assert is_handoff(HANDOFF, HANDOFF)
+    assert is_handoff("i can't find that in our documentation; I'll pass your question to a colleague [2]", HANDOFF)
+    assert is_handoff("Sorry. I cannot find that in our documentation, I will pass your question to a colleague.",
+                      HANDOFF)
+    assert not is_handoff("The door is painted red every spring.", HANDOFF)
+    assert not is_handoff("Our documentation says the door is red.", HANDOFF)
+    assert handoff_flags([HANDOFF, "red", HANDOFF.upper()], HANDOFF).tolist() == [1.0, 0.0, 1.0]
+
+
+def test_citations_map_to_their_passages_sources():
+    sources = ["permits.pdf:p12", "faq.jsonl:3"]
+    assert cited_numbers("It takes four weeks [2], see [1] and [2].") == [2, 1]
+    assert with_sources("It takes four weeks. [2]", sources) == "It takes four weeks. [faq.jsonl:3]"
+    assert with_sources("See [1] or [7].", sources) == "See [permits.pdf:p12] or [7]."  # no passage 7: left
+    assert citation_correct("Red. [2]", [False, True, False]) == 1.0
+    assert citation_correct("Red. [1]", [False, True, False]) == 0.0 and citation_correct("Red.", [True]) == 0.0
+
+
+def test_split_rates_on_a_known_outcome():
+    """Two found questions (base+rag answers one, hands off on the other) and two missed ones."""
+    from tunesmith.compare import COMPARISONS, SYSTEMS, per_question_scores, summarize_split
+
+    qs = [QA([{"role": "user", "content": q}], a, f"d:{i}") for i, (q, a) in enumerate(ROWS[:2])]
+    said = {"base": ["x", "y"], "tuned": ["x", "y"], "base+rag": [ROWS[0][1] + " [1]", HANDOFF],
+            "tuned+rag": [ROWS[0][1] + " [2]", ROWS[1][1]]}
+    scores = {s: per_question_scores(said[s], qs, []) for s in SYSTEMS}
+    split = summarize_split(scores, np.ones(2, bool))
+    flags = {s: handoff_flags(said[s], HANDOFF) for s in SYSTEMS}
+    cited = {s: np.array([citation_correct(a, [True, False]) for a in said[s]]) for s in ("base+rag", "tuned+rag")}
+    found = add_rates(split, "found", flags, COMPARISONS, cited)
+    assert found["systems"]["base+rag"]["handoff_rate"]["value"] == 0.5
+    assert found["systems"]["base+rag"]["false_handoff_rate"]["value"] == 0.5
+    assert found["systems"]["tuned+rag"]["false_handoff_rate"]["value"] == 0.0
+    assert found["systems"]["base+rag"]["citation_accuracy"]["value"] == 0.5  # [1] holds it; the hand-off cites none
+    assert found["systems"]["tuned+rag"]["citation_accuracy"]["value"] == 0.0  # [2] is not the gold passage
+    assert found["deltas"]["tuning_with_rag"]["handoff_rate"]["delta"] == -0.5
+    missed = add_rates(summarize_split(scores, np.ones(2, bool)), "missed", flags, COMPARISONS)
+    assert missed["systems"]["base+rag"]["made_up_rate"]["value"] == 0.5
+    assert missed["systems"]["tuned+rag"]["made_up_rate"]["value"] == 1.0
+    assert "false_handoff_rate" not in missed["systems"]["base"] and "citation_accuracy" not in missed["systems"]["base+rag"]
+
+
+def test_commands_answer_a_raft_run_with_its_retrieval_settings(knowledge):
+    class Run:
+        retrieval = RetrievalTrainConfig(knowledge=str(knowledge), retriever="bm25", top_k=2, handoff="Ask Bo.")
+
+    chosen, settings = run_retrieval(Run(), None, RetrievalSettings())
+    assert chosen == str(knowledge) and settings.retriever == "bm25" and settings.top_k == 2
+    assert settings.handoff == "Ask Bo." and settings.cite
+    _, given = run_retrieval(Run(), "other.jsonl", RetrievalSettings(top_k=5))
+    assert given.top_k == 5 and given.retriever == "bm25"  # a flag the user set wins
+    assert run_retrieval(object(), None, RetrievalSettings()) == (None, RetrievalSettings())
+    assert context_header(RetrievalSettings()) == CONTEXT_HEADER  # plain runs keep today's prompt
+
+
+@pytest.fixture(scope="module")
+def raft_run(tiny_model_dir, tmp_path_factory):
+    """Two steps of training with `retrieval:` on the FAQ, the FAQ's answers as knowledge."""
+    from tunesmith import train
+
+    folder = tmp_path_factory.mktemp("raft")
+    data = write_jsonl(folder / "faq.jsonl", [{"messages": [{"role": "user", "content": q},
+                                                            {"role": "assistant", "content": a}]} for q, a in FAQ])
+    kb = write_jsonl(folder / "kb.jsonl", [{"text": a} for _, a in FAQ])
+    config = load_config(None, {"data": str(data), "model": str(tiny_model_dir), "output": str(folder / "run"),
+                                "max_steps": 2, "batch_size": 4, "lr": 1e-2,
+                                "forgetting": {"measure_during_training": False},
+                                "retrieval": {"knowledge": str(kb), "retriever": "bm25", "top_k": 2,
+                                              "handoff_share": 0.3}})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_CACHE_DIR", str(folder / "cache"))
+        train(config, show_progress=False)
+    return folder / "run"
+
+
+def test_a_raft_run_records_its_settings_and_compare_reports_the_splits(raft_run, monkeypatch):
+    from tunesmith.cli import main
+    from tunesmith.training.rundir import RunDir
+
+    saved = RunDir.open(raft_run).config().retrieval
+    assert saved.retriever == "bm25" and saved.top_k == 2 and saved.handoff_share == 0.3
+    assert saved.gold_share is not None and 0 < saved.gold_share <= 0.7  # measured, and filled into config.yaml
+    out = CliRunner().invoke(main, ["compare", "--run", str(raft_run), "--json",  # the run's knowledge, by default
+                                    "--limit", "5", "--seen", "2", "--max-new-tokens", "6"])
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout)
+    assert result["retrieval"]["retriever"] == "bm25" and result["retrieval"]["top_k"] == 2  # the run's, by default
+    splits = result["splits"]
+    assert "unanswerable" in splits and splits["unanswerable"]["n"] == splits["unseen"]["n"]
+    assert splits.get("found", {"n": 0})["n"] + splits.get("missed", {"n": 0})["n"] == splits["unseen"]["n"]
+    assert result["choice"] in ("raft", "both", "rag", "fine-tune", "undecided")
+    assert "made-up rate vs base+RAG" in result["recommendation"]  # the RAFT rules were read
+    for name in ("found", "missed", "unanswerable"):
+        if name not in splits:
+            continue
+        for system in splits[name]["systems"].values():
+            assert "handoff_rate" in system and "token_f1" in system
+            assert ("false_handoff_rate" if name == "found" else "made_up_rate") in system
+        assert "handoff_rate" in splits[name]["deltas"]["tuning_with_rag"]
+    assert result["knowledge"] == saved.knowledge
+
+
+def test_compare_without_knowledge_needs_a_raft_run(tiny_run):
+    from tunesmith.cli import main
+
+    out = CliRunner().invoke(main, ["compare", "--run", str(tiny_run), "--limit", "1"])
+    assert out.exit_code != 0 and "compare needs --knowledge" in out.output
+
+
+def test_a_raft_run_trains_on_its_shares_and_holds_out_the_same_rows(raft_run, tiny_tokenizer):
+    from tunesmith.data import prepare_data
+
+    saved = RunDir_config(raft_run)
+    written = sorted((raft_run.parent / "cache" / "raft").glob("faq-raft-*.jsonl"))
+    assert len(written) == 1
+    rows = [json.loads(line)["messages"] for line in written[0].read_text().splitlines()]
+    answers = [r[-1]["content"] for r in rows]
+    n = len(FAQ)  # each answer is a passage of the knowledge source: every row has a gold passage
+    assert answers.count(saved.retrieval.handoff) == round(saved.retrieval.handoff_share * n)
+    assert sum(a.endswith("]") for a in answers) == round(saved.retrieval.gold_share * n)  # gold rows cite
+    assert all(r[-2]["content"].endswith(f"Question: {q}") for r, (q, _) in zip(rows, FAQ))  # the rows' order
+    def split(path):
+        return [e.source.split(":")[-1] for e in prepare_data(str(path), None, tiny_tokenizer, 1024,
+                                                                saved.val_fraction, saved.seed).val]
+
+    assert split(written[0]) == split(saved.data)  # the same rows held out as without retrieval
+
+
+def test_eval_of_a_raft_run_measures_the_prompts_it_was_trained_on(raft_run, tiny_tokenizer, monkeypatch):
+    from tunesmith.evaluate import TASK_SIZES, task_examples
+
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(raft_run.parent / "cache"))
+    config = RunDir_config(raft_run)
+    task = task_examples(config, tiny_tokenizer, TASK_SIZES["standard"])
+    header = context_header(config.retrieval.answer_settings())
+    assert task.pairs and all(messages[-1]["content"].startswith(header) for messages, _ in task.pairs)
+    assert all("-raft-" in e.source for e in task.val)  # the validation loss on the RAFT prompts
+    plain = task_examples(load_config(None, {"data": config.data}), tiny_tokenizer, TASK_SIZES["standard"])
+    assert [e.source.split(":")[-1] for e in plain.val] == [e.source.split(":")[-1] for e in task.val]
+
+
+def test_chat_answers_a_raft_run_with_its_knowledge_by_default(raft_run, monkeypatch):
+    import tunesmith.chat
+    from tunesmith.cli import main
+    from tunesmith.training.rundir import RunDir
+
+    prompts: list[list[dict[str, str]]] = []
+    encode = tunesmith.chat.encode_prompt
+    monkeypatch.setattr(tunesmith.chat, "encode_prompt", lambda m, t: prompts.append(m) or encode(m, t))
+    out = CliRunner().invoke(main, ["chat", str(raft_run), "--max-new-tokens", "4"],  # no --knowledge
+                             input="Who decides on permits?\n/exit\n")
+    assert out.exit_code == 0, out.output
+    settings = RunDir.open(raft_run).config().retrieval.answer_settings()
+    asked = prompts[0][-1]["content"]
+    assert asked.startswith(context_header(settings)) and settings.handoff in asked  # the run's prompt
+    passages = Retriever.load(settings_knowledge(raft_run), settings).retrieve(["Who decides on permits?"])[0]
+    assert 1 <= len(passages) <= 2 and "[3] " not in asked  # bm25, top_k 2: the run's retriever
+    assert all(f"[{i}] {p.text}" in asked for i, p in enumerate(passages, start=1))
+
+
+def settings_knowledge(run):
+    from tunesmith.training.rundir import RunDir
+
+    return RunDir.open(run).config().retrieval.knowledge
+
+
+def test_chat_names_the_sources_an_answer_cites(monkeypatch):
+    from tunesmith.chat import chat_loop
+    from tunesmith.evaluation.handoff import sources_line
+
+    monkeypatch.setattr("tunesmith.chat.stream_answer", lambda *a, **k: "Four weeks. [2]")
+    monkeypatch.setattr("tunesmith.chat.encode_prompt", lambda m, t: [])
+    lines, out = iter(["How long?", "/exit"]), []
+    chat_loop(None, None, None, lambda p: next(lines), out.append,
+              cite=lambda answer: sources_line(answer, ["faq.jsonl:1", "permits.pdf:p12"]))
+    assert "sources: [2] permits.pdf:p12\n" in out
+
+
+def test_train_knowledge_flag_sets_the_section(knowledge):
+    from tunesmith.retrieval.raft import with_knowledge
+
+    plain = config_from_dict({"data": "d"})
+    assert with_knowledge(plain, None) is plain
+    assert with_knowledge(plain, str(knowledge)).retrieval == RetrievalTrainConfig(knowledge=str(knowledge))
+    tuned = config_from_dict({"data": "d", "retrieval": {"knowledge": "old", "top_k": 5}})
+    assert with_knowledge(tuned, "new").retrieval == RetrievalTrainConfig(knowledge="new", top_k=5)
+
+
+@pytest.mark.parametrize("made_up, facts, false_handoff, choice", [
+    ("down", "flat", "flat", "raft"),    # fewer made-up answers, the facts kept
+    ("flat", "flat", "flat", "rag"),     # no fall of made-up answers: the usual rules decide
+    ("down", "down", "flat", "rag"),     # fewer made-up answers, but facts lost where the passages hold them
+    ("down", "flat", "up", "rag"),       # more false hand-offs
+])
+def test_the_raft_branch_of_the_recommendation(made_up, facts, false_handoff, choice):
+    from tunesmith.evaluation.recommend import Delta, Evidence, RaftEvidence, recommend
+
+    d = {"up": Delta(0.2, 0.1, 0.3), "down": Delta(-0.2, -0.3, -0.1), "flat": Delta(0.0, -0.1, 0.1)}
+    usual = Evidence(d["up"], d["flat"], d["flat"], d["flat"], d["flat"])  # RAG gives facts: "rag"
+    advice = recommend(usual, RaftEvidence(d[made_up], d[facts], d[false_handoff]))
+    assert advice.choice == choice
+    assert "made-up rate vs base+RAG" in advice.text and advice.text.count("Recommendation:") == 1
+    assert recommend(usual).choice == "rag" and "made-up" not in recommend(usual).text
+
+
+def test_serve_answers_a_raft_run_with_its_settings_and_names_cited_sources(raft_run, monkeypatch):
+    from starlette.testclient import TestClient
+
+    import tunesmith.serve.app as app_module
+    from tunesmith.generate import load_run
+    from tunesmith.inference.streaming import Completion
+
+    built = {}
+    build_app = app_module.build_app
+    monkeypatch.setattr(app_module, "build_app", lambda *args, **kwargs: built.setdefault("args", args))
+    monkeypatch.setattr("uvicorn.Server.run", lambda self: None)
+    app_module.serve(raft_run)  # no --knowledge: the run's own
+    retriever = built["args"][6]
+    saved = RunDir_config(raft_run).retrieval
+    assert retriever.settings == saved.answer_settings() and retriever.settings.retriever == "bm25"
+
+    async def answered(events):  # the model's answer, citing passage 1
+        return Completion("Usually four to six weeks. [1]", 5, 5, "stop")
+
+    monkeypatch.setattr(app_module, "_drained", answered)
+    model, tokenizer = load_run(raft_run)
+    app = build_app(model, tokenizer, "raft", allowed_hosts=["testserver"], retriever=retriever)
+    question = "How long does a permit take?"
+    with TestClient(app) as client:
+        reply = client.post("/v1/chat/completions", json={"model": "raft", "max_tokens": 8,
+                                                          "messages": [{"role": "user", "content": question}]})
+    assert reply.status_code == 200, reply.text
+    source = retriever.retrieve([question])[0][0].source
+    assert reply.json()["choices"][0]["message"]["content"] == f"Usually four to six weeks. [{source}]"
+    assert "kb.jsonl:" in source
+
+
+def RunDir_config(run):
+    from tunesmith.training.rundir import RunDir
+
+    return RunDir.open(run).config()
