@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from conftest import FAQ, write_jsonl
-from tunesmith import compare as compare_module
+from tunesmith.commands import compare as compare_module
 from tunesmith.config import config_from_dict, load_config
 from tunesmith.data import QA, encode_prompt
 from tunesmith.errors import ConfigError
@@ -157,7 +157,7 @@ def test_citations_map_to_their_passages_sources():
 
 def test_split_rates_on_a_known_outcome():
     """Two found questions (base+rag answers one, hands off on the other) and two missed ones."""
-    from tunesmith.compare import COMPARISONS, SYSTEMS, per_question_scores, summarize_split
+    from tunesmith.commands.compare import COMPARISONS, SYSTEMS, per_question_scores, summarize_split
 
     qs = [QA([{"role": "user", "content": q}], a, f"d:{i}") for i, (q, a) in enumerate(ROWS[:2])]
     said = {"base": ["x", "y"], "tuned": ["x", "y"], "base+rag": [ROWS[0][1] + " [1]", HANDOFF],
@@ -214,7 +214,7 @@ def raft_run(tiny_model_dir, tmp_path_factory):
 
 def test_a_raft_run_records_its_settings_and_compare_reports_the_splits(raft_run, monkeypatch):
     from tunesmith.cli import main
-    from tunesmith.training.rundir import RunDir
+    from tunesmith.run import RunDir
 
     saved = RunDir.open(raft_run).config().retrieval
     assert saved.retriever == "bm25" and saved.top_k == 2 and saved.handoff_share == 0.3
@@ -266,7 +266,7 @@ def test_a_raft_run_trains_on_its_shares_and_holds_out_the_same_rows(raft_run, t
 
 
 def test_eval_of_a_raft_run_measures_the_prompts_it_was_trained_on(raft_run, tiny_tokenizer, monkeypatch):
-    from tunesmith.evaluate import TASK_SIZES, task_examples
+    from tunesmith.commands.evaluate import TASK_SIZES, task_examples
 
     monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(raft_run.parent / "cache"))
     config = RunDir_config(raft_run)
@@ -279,13 +279,13 @@ def test_eval_of_a_raft_run_measures_the_prompts_it_was_trained_on(raft_run, tin
 
 
 def test_chat_answers_a_raft_run_with_its_knowledge_by_default(raft_run, monkeypatch):
-    import tunesmith.chat
+    import tunesmith.commands.chat
     from tunesmith.cli import main
-    from tunesmith.training.rundir import RunDir
+    from tunesmith.run import RunDir
 
     prompts: list[list[dict[str, str]]] = []
-    encode = tunesmith.chat.encode_prompt
-    monkeypatch.setattr(tunesmith.chat, "encode_prompt", lambda m, t: prompts.append(m) or encode(m, t))
+    encode = tunesmith.commands.chat.encode_prompt
+    monkeypatch.setattr(tunesmith.commands.chat, "encode_prompt", lambda m, t: prompts.append(m) or encode(m, t))
     out = CliRunner().invoke(main, ["chat", str(raft_run), "--max-new-tokens", "4"],  # no --knowledge
                              input="Who decides on permits?\n/exit\n")
     assert out.exit_code == 0, out.output
@@ -298,17 +298,17 @@ def test_chat_answers_a_raft_run_with_its_knowledge_by_default(raft_run, monkeyp
 
 
 def settings_knowledge(run):
-    from tunesmith.training.rundir import RunDir
+    from tunesmith.run import RunDir
 
     return RunDir.open(run).config().retrieval.knowledge
 
 
 def test_chat_names_the_sources_an_answer_cites(monkeypatch):
-    from tunesmith.chat import chat_loop
+    from tunesmith.commands.chat import chat_loop
     from tunesmith.evaluation.handoff import sources_line
 
-    monkeypatch.setattr("tunesmith.chat.stream_answer", lambda *a, **k: "Four weeks. [2]")
-    monkeypatch.setattr("tunesmith.chat.encode_prompt", lambda m, t: [])
+    monkeypatch.setattr("tunesmith.commands.chat.stream_answer", lambda *a, **k: "Four weeks. [2]")
+    monkeypatch.setattr("tunesmith.commands.chat.encode_prompt", lambda m, t: [])
     lines, out = iter(["How long?", "/exit"]), []
     chat_loop(None, None, None, lambda p: next(lines), out.append,
               cite=lambda answer: sources_line(answer, ["faq.jsonl:1", "permits.pdf:p12"]))
@@ -346,7 +346,7 @@ def test_serve_answers_a_raft_run_with_its_settings_and_names_cited_sources(raft
     from starlette.testclient import TestClient
 
     import tunesmith.serve.app as app_module
-    from tunesmith.generate import load_run
+    from tunesmith.run import load_run
     from tunesmith.inference.streaming import Completion
 
     built = {}
@@ -375,6 +375,6 @@ def test_serve_answers_a_raft_run_with_its_settings_and_names_cited_sources(raft
 
 
 def RunDir_config(run):
-    from tunesmith.training.rundir import RunDir
+    from tunesmith.run import RunDir
 
     return RunDir.open(run).config()
