@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import FAQ
 
+from conftest import FAQ
 from tunesmith.cli import main
 from tunesmith.commands import compare as compare_module
 from tunesmith.commands.compare import SYSTEMS, format_table, per_question_scores, summarize_system

@@ -13,6 +13,9 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+# Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
+# what it needs (torch, transformers) inside its function.
+from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
 from .cli_options import (
     COLUMNS_HELP,
     KNOWLEDGE_HELP,
@@ -24,10 +27,6 @@ from .cli_options import (
     retrieval_options,
     run_options,
 )
-
-# Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
-# what it needs (torch, transformers) inside its function.
-from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
 from .cli_server import jobs_group, server_command, ui_command
 from .config import DEFAULT_MODEL, METHODS, TrainConfig
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError

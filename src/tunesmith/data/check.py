@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-
+from .check_report import CheckReport, SplitStats
 from .columns import ColumnMap, check_columns
 from .formats import GRADED_FORMATS, RFT_NOT_SUPERVISED
 from .limits import CheckLimits
@@ -43,7 +43,6 @@ from .render import (
     end_of_turn_ids,
     template_layout,
 )
-from .check_report import CheckReport, SplitStats
 from .similarity import DuplicateIndex, RowPlaces, normalize, signature
 
 BATCH_ROWS = 512
