@@ -27,7 +27,7 @@ SETUP_LOG := $(VENV)/setup.log
 ANNOUNCED_BREAK := 'by [0-9]{4}-[a-z]{3}-[0-9]{1,2}|by [0-9]{4}-[0-9]{2}-[0-9]{2}|maintenance mode|no longer be supported'
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo compare-demo tune-demo voice-demo test test-isa bench lock clean
+.PHONY: setup demo compare-demo tune-demo voice-demo test test-isa lint bench lock clean
 
 setup: $(STAMP)
 
@@ -122,6 +122,10 @@ test: setup $(LLAMA_CPP_STAMP) $(TRACKING_STAMP) $(CHROMIUM_STAMP)
 ISA_AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 test-isa: setup
 	$(ISA_AVX2) $(VENV)/bin/pytest -q -m numerics
+
+# The project's lint: ruff check with the rules in pyproject.toml ([tool.ruff.lint]).
+lint: setup
+	$(VENV)/bin/ruff check src tests bench examples
 
 # Refresh the lock: a new venv in which pyproject's ranges (every extra make installs) and the pins
 # above resolve to the newest releases, frozen. Run `make lock test` and commit the lock when green.

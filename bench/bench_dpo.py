@@ -80,7 +80,8 @@ def run_trl(model: str, data: Path, steps: int, pairs: int, out: Path) -> dict:
     from tunesmith.model.tokenizer import load_tokenizer, resolve_model_path
 
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+    rows = [{"prompt": [{"role": "user", "content": r["prompt"]}],
+             "chosen": [{"role": "assistant", "content": r["chosen"]}],
              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
     tokenizer = load_tokenizer(model)
     path = resolve_model_path(model)

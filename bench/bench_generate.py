@@ -201,7 +201,8 @@ def main() -> None:
     for s in systems[1:]:
         ratios[f"{systems[0]}_vs_{s}_decode"] = summary[systems[0]]["decode_tps"] / summary[s]["decode_tps"]
     if "tunesmith_batched" in summary and "tunesmith" in summary:
-        ratios["batched_vs_single_decode"] = summary["tunesmith_batched"]["decode_tps"] / summary["tunesmith"]["decode_tps"]
+        ratios["batched_vs_single_decode"] = (summary["tunesmith_batched"]["decode_tps"]
+                                              / summary["tunesmith"]["decode_tps"])
     print(json.dumps({"bench": "generate", "machine": machine, "prompts": args.prompts, "new_tokens": args.new_tokens,
                       "threads": args.threads, "rounds": args.rounds, "systems": summary, "ratios": ratios}))
 

@@ -148,7 +148,8 @@ def run_tunesmith(args) -> dict:
                                 "eval_every": args.steps, "save_every": args.steps, "precision": "bf16",
                                 "max_seq_tokens": args.max_seq_tokens, "batch_tokens": args.batch_tokens,
                                 "compile": args.worker == "tunesmith_compiled",
-                                # The training loop against TRL, like for like: no probes at evaluations, no KL-to-base term (TRL has none).
+                                # The training loop against TRL, like for like: no probes at evaluations, no
+                                # KL-to-base term (TRL has none).
                                 "forgetting": {"measure_during_training": False, "kl_weight": 0.0}})
     tokens, seconds = [], []
 
@@ -337,7 +338,8 @@ def model_flops(model: Path, train: Path, steps: int, full: bool) -> dict[str, f
     from tunesmith.training.batching import micro_batches
 
     config = json.loads((Path(model) / "config.json").read_text())
-    h, inter, layers, vocab = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size"))
+    h, inter, layers, vocab = (config[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                   "vocab_size"))
     head_dim = config.get("head_dim") or h // config["num_attention_heads"]
     q, kv = config["num_attention_heads"] * head_dim, config["num_key_value_heads"] * head_dim
     r = LoraConfig().r  # tunesmith's default rank, used on both sides (run_trl reads it too)

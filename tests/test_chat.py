@@ -81,7 +81,8 @@ def test_sampling_flags_are_used(tuned):
     prompt = encode_prompt([{"role": "user", "content": "Hi"}], tokenizer)
     one = complete(model, tokenizer, prompt, Sampling(max_new_tokens=1))
     assert one.completion_tokens == 1 and one.finish_reason in ("length", "stop")
-    hot = [complete(model, tokenizer, prompt, Sampling(max_new_tokens=6, temperature=1.5, seed=s)).text for s in range(4)]
+    hot = [complete(model, tokenizer, prompt, Sampling(max_new_tokens=6, temperature=1.5, seed=s)).text
+           for s in range(4)]
     assert hot[0] == complete(model, tokenizer, prompt, Sampling(max_new_tokens=6, temperature=1.5, seed=0)).text
     assert len(set(hot)) > 1  # sampling with different seeds differs on this random model
 

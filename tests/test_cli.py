@@ -13,11 +13,12 @@ from tunesmith.errors import CheckpointError, ConfigError
 def test_train_then_generate(faq_file, tiny_model_dir, tmp_path):
     runner = CliRunner()
     out = tmp_path / "run"
-    result = runner.invoke(main, ["train", str(faq_file("sharegpt")), "--model", str(tiny_model_dir), "--output", str(out),
-                                  "--max-steps", "2", "--lr", "1e-2", "--no-progress"])
+    result = runner.invoke(main, ["train", str(faq_file("sharegpt")), "--model", str(tiny_model_dir),
+                                  "--output", str(out), "--max-steps", "2", "--lr", "1e-2", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "validation loss   base" in result.output and str(out) in result.output
-    result = runner.invoke(main, ["generate", str(out), "--prompt", "What is a building permit?", "--max-new-tokens", "5"])
+    result = runner.invoke(main, ["generate", str(out), "--prompt", "What is a building permit?",
+                                  "--max-new-tokens", "5"])
     assert result.exit_code == 0, result.output
     # Greedy: the command prints exactly what the Python API answers for the same run.
     from tunesmith import generate, load_run

@@ -65,7 +65,8 @@ def test_each_choice_has_one_home():
 
     hints = get_type_hints(TrainConfig)
     assert (get_args(hints["method"]), get_args(hints["precision"]), get_args(hints["distributed"])) == \
-        (METHODS, PRECISIONS, DISTRIBUTED) == (("lora", "dora", "full", "qlora"), ("auto", "bf16", "fp32"), ("ddp", "fsdp"))
+        (METHODS, PRECISIONS, DISTRIBUTED) == \
+        (("lora", "dora", "full", "qlora"), ("auto", "bf16", "fp32"), ("ddp", "fsdp"))
     assert [default_lr(m) for m in METHODS] == [1e-3, 1e-3, 5e-5, 1e-3]
     assert tuple(GGUF_TOLERANCE) == GGUF_TYPES  # a type added to the config has a tolerance to pass
     assert ServeLimits().default_max_tokens == Sampling().max_new_tokens == 256

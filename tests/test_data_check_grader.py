@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_jsonl
+from tunesmith import train
 from tunesmith.cli import main
 from tunesmith.config import load_config
 from tunesmith.data.check import check_files
 from tunesmith.data.formats import RFT_NOT_SUPERVISED, detect_format
 from tunesmith.data.records import DataError
-from tunesmith import train
 
 GRADER = {"type": "multi", "name": "m", "calculate_output": "0.5 * city + 0.5 * code", "graders": {
     "city": {"type": "string_check", "input": "{{sample.output_text}}", "reference": "{{item.answer.city}}",

@@ -26,7 +26,8 @@ def helpdesk_csv(path: Path) -> Path:
     path.write_text(
         HELPDESK
         + "1,How do I reset my password?,Use the link on the sign-in page.,auth,2026-01-02,closed,a@example.com\n"
-        + '2,"My invoice is wrong.\nIt lists two seats.\nI have one.",I have corrected it.,billing,2026-01-03,closed,b@example.com\n'
+        + '2,"My invoice is wrong.\nIt lists two seats.\nI have one.",I have corrected it.,billing,2026-01-03,'
+        'closed,b@example.com\n'
         + "3,Can I export my data?,,data,2026-01-04,open,c@example.com\n",
         encoding="utf-8")
     return path
@@ -169,7 +170,8 @@ def test_a_folder_is_checked_and_hashed(tmp_path, tiny_tokenizer):
 
 def test_an_empty_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="is a folder with no .txt, .md, .pdf, .docx, .html, .jsonl, .json or .csv file in it"):
+    with pytest.raises(DataError,
+                       match="is a folder with no .txt, .md, .pdf, .docx, .html, .jsonl, .json or .csv file in it"):
         read_records(tmp_path / "empty")
 
 
@@ -240,8 +242,9 @@ def test_enough_data_has_no_small_data_warning(tmp_path, tiny_tokenizer):
 
 
 def test_the_token_cache_is_keyed_by_mapping_and_system_prompt(tmp_path, tiny_tokenizer):
-    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Hours?", "answer": "9 to 5.", "note": "Closed Sundays."},
-                                               {"question": "Where?", "answer": "Main St.", "note": "Next to the bank."}])
+    path = write_jsonl(tmp_path / "qa.jsonl",
+                       [{"question": "Hours?", "answer": "9 to 5.", "note": "Closed Sundays."},
+                        {"question": "Where?", "answer": "Main St.", "note": "Next to the bank."}])
     sha = file_sha256(path)
     as_answer = {"prompt": "question", "completion": "answer"}
     as_note = {"prompt": "question", "completion": "note"}

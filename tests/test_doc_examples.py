@@ -94,7 +94,8 @@ def read_blocks(path: Path) -> list[Block]:
         marked = SKIP.fullmatch(before.strip())
         body = "\n".join(lines[i + 1:end]) + "\n"
         first = body.splitlines()[0] if body.strip() else ""
-        elsewhere = [reason for (owner, start), reason in OWNED_ELSEWHERE.items() if owner == page and first.startswith(start)]
+        elsewhere = [reason for (owner, start), reason in OWNED_ELSEWHERE.items()
+                     if owner == page and first.startswith(start)]
         skip = marked.group("reason") if marked else next(iter(elsewhere), None)
         blocks.append(Block(page, i + 1, fence.group(2).lower(), fence.group(3) or None, body, skip))
         i = end + 1
@@ -111,13 +112,15 @@ def test_the_blocks_are_found():
 
 
 def test_every_block_has_a_known_kind():
-    unknown = [f"{b.id} ```{b.lang}" for b in BLOCKS if b.lang not in SHELL | NOT_CODE | {"python", "yaml", "json", "jsonl"}]
+    known = SHELL | NOT_CODE | {"python", "yaml", "json", "jsonl"}
+    unknown = [f"{b.id} ```{b.lang}" for b in BLOCKS if b.lang not in known]
     assert not unknown, f"add the info string to the test's kinds, or use one it knows: {unknown}"
 
 
 def anchors(path: Path) -> set[str]:
     """The heading anchors GitHub makes for a page: lower case, punctuation dropped, spaces to hyphens."""
-    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL)  # no `# comments` of blocks
+    # without the code blocks, whose `# comments` are not headings
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.MULTILINE | re.DOTALL)
     headings = re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
@@ -139,10 +142,13 @@ def test_links_lead_somewhere(page):
 # --- the work folder -----------------------------------------------------------------------------
 
 TICKETS = [  # what docs/data.md's transcript shows: line 2 empty, 3 a duplicate of 1, 4 an e-mail, 5 a bad role
-    {"messages": [{"role": "user", "content": "Where is my order?"}, {"role": "assistant", "content": "It ships today."}]},
+    {"messages": [{"role": "user", "content": "Where is my order?"},
+                  {"role": "assistant", "content": "It ships today."}]},
     {"messages": [{"role": "user", "content": "Can I return it?"}, {"role": "assistant", "content": ""}]},
-    {"messages": [{"role": "user", "content": "Where is my order?"}, {"role": "assistant", "content": "It ships today."}]},
-    {"messages": [{"role": "user", "content": "Who do I write to?"}, {"role": "assistant", "content": "Write to ann@example.com."}]},
+    {"messages": [{"role": "user", "content": "Where is my order?"},
+                  {"role": "assistant", "content": "It ships today."}]},
+    {"messages": [{"role": "user", "content": "Who do I write to?"},
+                  {"role": "assistant", "content": "Write to ann@example.com."}]},
     {"messages": [{"role": "user", "content": "Hello?"}, {"role": "bot", "content": "Hi."}]},
 ]
 
@@ -161,11 +167,13 @@ def work_template(tiny_model_dir, tmp_path_factory) -> Path:
     for name in ("faq.jsonl", "data.jsonl", "held-out.jsonl"):
         write_jsonl(folder / name, faq_rows("chat"))
     write_jsonl(folder / "tickets.jsonl", TICKETS)
-    write_jsonl(folder / "pairs.jsonl", [{"prompt": r["instruction"], "chosen": r["output"], "rejected": "I do not know."}
-                                         for r in faq_rows("instruction")])
+    write_jsonl(folder / "pairs.jsonl",
+                [{"prompt": r["instruction"], "chosen": r["output"], "rejected": "I do not know."}
+                 for r in faq_rows("instruction")])
     examples = folder / "examples"
     examples.mkdir()
-    no_probes = {"forgetting": {"measure_during_training": False, "kl_weight": 0.0}}  # what the probes and the KL term cost
+    # what the probes and the KL term cost
+    no_probes = {"forgetting": {"measure_during_training": False, "kl_weight": 0.0}}
     (examples / "faq-demo.yaml").write_text(tiny_config(tiny_model_dir, "runs/faq-demo", **no_probes))
     (examples / "compare-demo.yaml").write_text(
         tiny_config(tiny_model_dir, "runs/compare-demo", val_fraction=0.2, max_steps=4, **no_probes))

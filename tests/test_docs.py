@@ -103,8 +103,8 @@ def test_every_config_field_is_documented():
 
 def test_documented_serve_defaults_are_the_codes(tmp_path, monkeypatch):
     monkeypatch.delenv("TUNESMITH_API_KEY", raising=False)
-    check_flag_table("serve", [str(tmp_path)], "serve.md", "# `tunesmith serve`: an OpenAI-compatible endpoint for one run",
-                     ServeLimits, "`--max-tokens`")
+    check_flag_table("serve", [str(tmp_path)], "serve.md",
+                     "# `tunesmith serve`: an OpenAI-compatible endpoint for one run", ServeLimits, "`--max-tokens`")
 
 
 def test_documented_server_defaults_are_the_codes(monkeypatch):

@@ -17,13 +17,7 @@ from tunesmith.data.check import check_files
 from tunesmith.data.documents import UNREADABLE_KIND, extract_document
 from tunesmith.data.knowledge import read_knowledge
 from tunesmith.data.render import encode_document
-from tunesmith.retrieval import (
-    RetrievalSettings,
-    Retriever,
-    chunk_texts,
-    fuse_rankings,
-    recall_at_k,
-)
+from tunesmith.retrieval import RetrievalSettings, Retriever, chunk_texts, fuse_rankings, recall_at_k
 
 PAGES = [
     "Building permits. A bygglov from the municipality is needed for new houses and extensions.",

@@ -59,7 +59,8 @@ def test_eval_writes_the_schema_and_the_report(tiny_run):
 
 
 def test_tradeoff_plot_appears_with_probe_rows(tiny_run, tmp_path):
-    result = json.loads((tiny_run / "eval.json").read_text()) if (tiny_run / "eval.json").exists() else evaluate_run(tiny_run)
+    saved = tiny_run / "eval.json"
+    result = json.loads(saved.read_text()) if saved.exists() else evaluate_run(tiny_run)
     run = RunDir.open(tiny_run)
     for step, rise in ((2, 0.01), (4, 0.3)):
         run.append_metrics({"step": step, "probes": {"wikipedia_ppl": {
@@ -87,7 +88,8 @@ def test_the_tradeoff_plot_shows_the_probe_that_decides_the_verdict():
     rows = [{"step": 0, "val_loss": 3.68}, {"step": 57, "val_loss": 2.78},
             {"step": 57, "probes": probes, "within_budget": False}]
     [(step, gain, share, probe)] = budget_points(rows, ForgettingBudget())
-    assert (step, probe) == (57, "analogies") and share == pytest.approx(1.67) and gain == pytest.approx(0.2446, abs=1e-4)
+    assert (step, probe) == (57, "analogies")
+    assert share == pytest.approx(1.67) and gain == pytest.approx(0.2446, abs=1e-4)
     probes["analogies"]["ci95"] = [-0.3, 0.01]  # no longer significant: KL (0.5 of 1.0) is the worst
     [(_, _, share, probe)] = budget_points(rows, ForgettingBudget())
     assert (probe, share) == ("kl_drift", pytest.approx(0.5))

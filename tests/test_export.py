@@ -61,7 +61,8 @@ def test_adapter_export_has_card_and_leaves_run_alone(tiny_run, tmp_path):
     card = (tmp_path / "adapter" / "README.md").read_text()
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     summary = json.loads((tiny_run / "summary.json").read_text())
-    config_model = [line for line in (tiny_run / "config.yaml").read_text().splitlines() if line.startswith("model:")][0]
+    config_model = [line for line in (tiny_run / "config.yaml").read_text().splitlines()
+                    if line.startswith("model:")][0]
     assert f"base_model: {config_model.split(': ', 1)[1]}" in card
     assert all(h in card for h in manifest["data_sha256"].values())
     assert f"{summary['final_val_loss']:.4f}" in card
@@ -175,7 +176,8 @@ def test_gguf_metadata_and_modelfile(tiny_run, tuned, tmp_path):
     jinja = tokenizer.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
                                           tokenize=False, add_generation_prompt=True)
     assert jinja == go_render
-    assert template == "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+    assert template == ("{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+                        "<|im_start|>assistant\n")
     assert 'SYSTEM """You are a helpful assistant."""' in modelfile  # the template's own default
 
 

@@ -80,7 +80,8 @@ def test_perturbed_weights_move_perplexity_the_right_way(base, tiny_tokenizer, t
     ppl = result.probes["wikipedia_ppl"]
     items = wiki_passages(TINY.wiki_passages, TINY.seed)
     assert ppl.base == pytest.approx(reference_perplexity(base, tiny_tokenizer, items, TINY.wiki_max_tokens), rel=1e-4)
-    assert ppl.tuned == pytest.approx(reference_perplexity(tuned, tiny_tokenizer, items, TINY.wiki_max_tokens), rel=1e-4)
+    assert ppl.tuned == pytest.approx(reference_perplexity(tuned, tiny_tokenizer, items, TINY.wiki_max_tokens),
+                                      rel=1e-4)
     assert np.sign(ppl.delta) == sign and np.sign(ppl.relative_delta) == sign
     assert ppl.ci95[0] <= ppl.delta <= ppl.ci95[1]
     assert result.probes["kl_drift"].tuned > 1e-4
@@ -150,7 +151,8 @@ def test_kl_to_base_loss_is_zero_at_start_and_trains(base, tiny_tokenizer):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    source = ReplaySource(tiny_tokenizer, max_seq_tokens=32, texts=["The quick brown fox jumps over the lazy dog. " * 8])
+    source = ReplaySource(tiny_tokenizer, max_seq_tokens=32,
+                          texts=["The quick brown fox jumps over the lazy dog. " * 8])
     batch = source.batch(48)
     fresh = add_adapter(copy.deepcopy(base), "lora", LoraConfig(r=4, dropout=0.0))
     assert float(kl_to_base_loss(fresh, batch).detach()) == pytest.approx(0.0, abs=1e-6)

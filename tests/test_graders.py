@@ -453,7 +453,8 @@ def judge_url() -> Iterator[str]:
 SCORE_MODEL = {
     "type": "score_model", "name": "my_score_model",
     "input": [{"role": "system", "content": "You are an expert grader. ..."},
-              {"role": "user", "content": "Reference: {{ item.reference_answer }}. Model answer: {{ sample.output_text }}"}],
+              {"role": "user",
+               "content": "Reference: {{ item.reference_answer }}. Model answer: {{ sample.output_text }}"}],
     "pass_threshold": 0.5, "model": "o4-mini-2025-04-16", "range": [0, 1],
     "sampling_params": {"max_completions_tokens": 512, "top_p": 1, "reasoning_effort": "medium"},
 }
@@ -482,7 +483,8 @@ def test_score_model_rows_are_judged_concurrently_in_order(judge_url: str) -> No
     results = grade_rows(grader, [(make_sample(a), {"reference_answer": 1}) for a in answers], judge=Judge(judge_url),
                          limits=GraderLimits(judge_concurrency=4))
     assert [r.reward for r in results] == [i / 10 for i in range(1, 9)]
-    assert time.monotonic() - started < 8 * 0.4 * 0.75  # 8 answers of 0.4 s each: 3.2 s one at a time, ~0.8 s 4 at a time
+    # 8 answers of 0.4 s each: 3.2 s one at a time, ~0.8 s 4 at a time
+    assert time.monotonic() - started < 8 * 0.4 * 0.75
 
 
 def test_a_busy_judge_is_asked_again(judge_url: str) -> None:
@@ -509,10 +511,12 @@ def test_score_model_range_and_no_judge(judge_url: str) -> None:
 def test_rows_lacking_a_read_field_are_named_with_file_line_and_field() -> None:
     source = "def grade(sample, row):\n    return float(row['target'] == sample['output_text'] or row.get('alt'))"
     spec = {"type": "multi", "graders": {
-        "exact": string_check("eq"), "judge": {**SCORE_MODEL, "input": [{"role": "user", "content": "{{item.rubric.text}}"}]},
+        "exact": string_check("eq"),
+        "judge": {**SCORE_MODEL, "input": [{"role": "user", "content": "{{item.rubric.text}}"}]},
         "code": {"type": "python", "source": source}}, "calculate_output": "exact + judge + code"}
     grader = parse_grader(spec)
-    assert [str(p) for _, p in referenced_item_fields(grader)] == ["item.reference_answer", "item.rubric.text", "item.target"]
+    assert [str(p) for _, p in referenced_item_fields(grader)] == \
+        ["item.reference_answer", "item.rubric.text", "item.target"]
     rows = [("d.jsonl", 1, {"reference_answer": "a", "rubric": {"text": "t"}, "target": "a"}),
             ("d.jsonl", 2, {"reference_answer": "a", "rubric": "flat"}),
             ("d.jsonl", 4, {})]
@@ -547,7 +551,8 @@ def test_grade_command_end_to_end(tmp_path: Any) -> None:
     rows = [("Paris", "Paris"), ("It is Madrid", "Madrid"), ("", "Rome")]
     data.write_text("\n".join(json.dumps({"messages": [{"role": "user", "content": "Capital?"},
                                                        {"role": "assistant", "content": a}], "reference_answer": r})
-                              for a, r in rows) + "\n" + json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
+                              for a, r in rows)
+                    + "\n" + json.dumps({"messages": [{"role": "user", "content": "q"}]}) + "\n")
     out = CliRunner().invoke(main, ["grade", str(grader), str(data), "--json", "--python-timeout", "5"])
     assert out.exit_code == 1, out.output  # rows 3 and 4 could not be fully graded
     report = json.loads(out.output)
@@ -619,7 +624,8 @@ def test_grade_command_grades_a_runs_own_answers(tiny_run: Any, tmp_path: Any) -
 
 def test_a_missing_metric_package_stops_grading(monkeypatch: Any) -> None:
     monkeypatch.setitem(sys.modules, "rapidfuzz", None)  # import rapidfuzz now raises ModuleNotFoundError
-    with pytest.raises(GraderError, match=r"fuzzy_match needs the rapidfuzz package: pip install 'tunesmith\[graders\]'"):
+    with pytest.raises(GraderError,
+                       match=r"fuzzy_match needs the rapidfuzz package: pip install 'tunesmith\[graders\]'"):
         grade(parse_grader(similarity("fuzzy_match")), make_sample("a"), {"reference_answer": "b"})
 
 

@@ -15,8 +15,19 @@ from tunesmith.config import ConfigError
 from tunesmith.grpo_config import GrpoConfig
 from tunesmith.inference.decode import generate_batch
 from tunesmith.inference.sample import Completions, TokenSampler, nucleus, sample_completions
-from tunesmith.training.grpo import (Rollout, StepTotals, aggregate, completion_log_probs, grader_reward,
-                                     group_advantages, grpo_loss, grpo_step, roll_out, step_seed, token_losses)
+from tunesmith.training.grpo import (
+    Rollout,
+    StepTotals,
+    aggregate,
+    completion_log_probs,
+    grader_reward,
+    group_advantages,
+    grpo_loss,
+    grpo_step,
+    roll_out,
+    step_seed,
+    token_losses,
+)
 
 CPU = torch.device("cpu")
 

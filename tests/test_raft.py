@@ -36,7 +36,8 @@ HANDOFF = DEFAULT_HANDOFF
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr("tunesmith.retrieval.Embedder.load", classmethod(lambda cls: pytest.fail("bm25 needs no model")))
+    monkeypatch.setattr("tunesmith.retrieval.Embedder.load",
+                        classmethod(lambda cls: pytest.fail("bm25 needs no model")))
     monkeypatch.setattr(compare_module, "general_texts", lambda: ["The cat sat on the mat.", "It is what it is."])
 
 
@@ -76,7 +77,8 @@ def test_the_retrieval_section_is_typed_checked_and_round_trips(tmp_path, knowle
     assert config.retrieval.knowledge == str(knowledge)  # relative to the config file, like data
     assert config.retrieval.gold_share == 0.7 and config.retrieval.handoff_share is None
     assert config.retrieval.handoff == DEFAULT_HANDOFF and config.retrieval.cite
-    assert config.retrieval.top_k == RetrievalSettings.top_k and config.retrieval.retriever == RetrievalSettings.retriever
+    assert config.retrieval.top_k == RetrievalSettings.top_k
+    assert config.retrieval.retriever == RetrievalSettings.retriever
     assert config_from_dict(yaml.safe_load(yaml.safe_dump(config.to_dict()))) == config
     assert config_from_dict({"data": "d"}).retrieval is None
     with pytest.raises(ConfigError, match="'retrieval.gold_shar' \\(did you mean 'retrieval.gold_share'"):
@@ -176,7 +178,8 @@ def test_split_rates_on_a_known_outcome():
     missed = add_rates(summarize_split(scores, np.ones(2, bool)), "missed", flags, COMPARISONS)
     assert missed["systems"]["base+rag"]["made_up_rate"]["value"] == 0.5
     assert missed["systems"]["tuned+rag"]["made_up_rate"]["value"] == 1.0
-    assert "false_handoff_rate" not in missed["systems"]["base"] and "citation_accuracy" not in missed["systems"]["base+rag"]
+    assert "false_handoff_rate" not in missed["systems"]["base"]
+    assert "citation_accuracy" not in missed["systems"]["base+rag"]
 
 
 def test_commands_answer_a_raft_run_with_its_retrieval_settings(knowledge):

@@ -65,7 +65,8 @@ def test_missing_chat_template_names_the_option(tiny_tokenizer):
 
 
 def test_documents_train_every_token_and_chunk(tiny_tokenizer):
-    chunks = encode_document(Document("The quick brown fox jumps over the lazy dog. " * 10, "d.txt:1"), tiny_tokenizer, 32)
+    chunks = encode_document(Document("The quick brown fox jumps over the lazy dog. " * 10, "d.txt:1"),
+                             tiny_tokenizer, 32)
     assert len(chunks) > 1 and all(len(c.input_ids) <= 32 for c in chunks)
     for c in chunks:
         assert c.targets[:-1] == c.input_ids[1:]

@@ -202,7 +202,8 @@ def test_bad_json_and_routes(server):
     url = server[0]
     assert httpx.post(url + "/v1/chat/completions", content=b"{not json", headers=auth()).status_code == 400
     assert httpx.post(url + "/v1/chat/completions", json=[1, 2], headers=auth()).status_code == 400
-    assert httpx.post(url + "/v1/completions", json={"model": MODEL_ID, "prompt": ""}, headers=auth()).status_code == 400
+    empty_prompt = {"model": MODEL_ID, "prompt": ""}
+    assert httpx.post(url + "/v1/completions", json=empty_prompt, headers=auth()).status_code == 400
     missing = httpx.get(url + "/v1/nothing", headers=auth())
     assert missing.status_code == 404 and "error" in missing.json()
     assert httpx.get(url + "/v1/chat/completions", headers=auth()).status_code == 405
@@ -216,7 +217,8 @@ def test_queue_full_is_429_and_queued_requests_finish(server):
     results: list[int] = []
 
     def post() -> None:
-        results.append(httpx.post(url + "/v1/chat/completions", json=chat_body(), headers=auth(), timeout=60).status_code)
+        results.append(httpx.post(url + "/v1/chat/completions", json=chat_body(), headers=auth(),
+                                  timeout=60).status_code)
 
     waiting = [threading.Thread(target=post) for _ in range(LIMITS.max_queued)]
     try:
@@ -247,9 +249,11 @@ def test_concurrent_requests_all_answered_alike(server):
 
     replies = asyncio.run(many())
     assert [r.status_code for r in replies] == [200] * len(replies)
-    plain = {r.json()["choices"][0]["message"]["content"] for r in replies if r.headers["content-type"].startswith("application/json")}
+    plain = {r.json()["choices"][0]["message"]["content"] for r in replies
+             if r.headers["content-type"].startswith("application/json")}
     assert len(plain) == 1  # decoded together, and no request disturbed another
-    assert all(r.text.rstrip().endswith("data: [DONE]") for r in replies if r.headers["content-type"].startswith("text/event-stream"))
+    assert all(r.text.rstrip().endswith("data: [DONE]") for r in replies
+               if r.headers["content-type"].startswith("text/event-stream"))
 
 
 def test_client_leaving_a_stream_frees_the_model(server):

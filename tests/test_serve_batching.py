@@ -53,8 +53,9 @@ def prompts(tokenizer) -> list[list[int]]:
 def reference_tokens(model, tokenizer, prompt: list[int], max_new: int) -> list[int]:
     """transformers' own greedy generate on the prompt alone, cut after its end-of-turn token."""
     with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                             do_sample=False, max_new_tokens=max_new, eos_token_id=sorted(end_of_turn_ids(tokenizer)),
+        out = model.generate(input_ids=torch.tensor([prompt]),
+                             attention_mask=torch.ones(1, len(prompt), dtype=torch.long), do_sample=False,
+                             max_new_tokens=max_new, eos_token_id=sorted(end_of_turn_ids(tokenizer)),
                              pad_token_id=tokenizer.pad_token_id)
     return out[0, len(prompt):].tolist()
 

@@ -21,7 +21,8 @@ def test_fast_path_tokenizes_as_autotokenizer(tiny_model_dir):
 
 
 def test_loading_a_tokenizer_does_not_import_torch(tiny_model_dir):
-    code = (f"import sys; from tunesmith.model.tokenizer import load_tokenizer; load_tokenizer({str(tiny_model_dir)!r}); "
+    code = ("import sys; from tunesmith.model.tokenizer import load_tokenizer; "
+            f"load_tokenizer({str(tiny_model_dir)!r}); "
             "print(sorted(m for m in ('torch', 'transformers.modeling_utils') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr

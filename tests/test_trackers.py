@@ -91,7 +91,8 @@ def test_an_mlflow_store_holds_the_params_each_steps_metrics_once_and_the_summar
         train(load_config(None, settings(faq_file(), tiny_model_dir, run, max_steps=4, report_to=["mlflow"],
                                          forgetting={"measure_during_training": True})), show_progress=False)
     # No announced break: MLflow's file store warns that it is in maintenance mode.
-    assert not [str(w.message) for w in caught if "maintenance mode" in str(w.message) or "FILE_STORE" in str(w.message)]
+    assert not [str(w.message) for w in caught
+                if "maintenance mode" in str(w.message) or "FILE_STORE" in str(w.message)]
     assert "MLFLOW_ALLOW_FILE_STORE" not in os.environ
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["faq-lora", "mlartifacts", "mlflow.db"]
     client, ids = mlflow_run(run)
@@ -241,7 +242,8 @@ def test_eval_logs_its_verdict_figures_and_report_into_the_runs_trackers(faq_fil
     loss = result["task"]["loss"]
     assert logged.data.metrics["evaluation/task/loss/delta"] == pytest.approx(loss["delta"])
     assert logged.data.metrics["evaluation/task/loss/ci95_low"] == pytest.approx(loss["ci95"][0])
-    assert logged.data.metrics["evaluation/probes/analogies/tuned"] == pytest.approx(result["general"]["analogies"]["tuned"])
+    assert logged.data.metrics["evaluation/probes/analogies/tuned"] == \
+        pytest.approx(result["general"]["analogies"]["tuned"])
     artifacts = {a.path for a in client.list_artifacts(ids["run_id"])}
     assert {"report.html", "eval.json", "summary.json"} <= artifacts
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0, "scalars": 0})

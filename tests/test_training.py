@@ -61,8 +61,8 @@ def test_packed_loss_equals_examples_one_at_a_time(tiny_model_dir, tiny_tokenize
 def test_plain_peft_loads_the_adapter_with_the_same_logits(tiny_model_dir, faq_file, tmp_path):
     from peft import PeftModel
 
-    config = load_config(None, {"data": str(faq_file("chat")), "model": str(tiny_model_dir), "output": str(tmp_path / "run"),
-                                "max_steps": 3, "lr": 5e-2, "method": "lora"})
+    config = load_config(None, {"data": str(faq_file("chat")), "model": str(tiny_model_dir),
+                                "output": str(tmp_path / "run"), "max_steps": 3, "lr": 5e-2, "method": "lora"})
     train(config, show_progress=False)
     ours, _ = load_run(tmp_path / "run")
     theirs = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), tmp_path / "run" / "adapter").eval()
@@ -92,8 +92,9 @@ def test_full_and_dora_runs_save_their_weights(tiny_model_dir, faq_file, tmp_pat
 
 
 def test_training_lowers_validation_loss(tiny_model_dir, faq_file, tmp_path):
-    config = load_config(None, {"data": str(faq_file("chat")), "eval": str(faq_file("chat")), "model": str(tiny_model_dir),
-                                "output": str(tmp_path / "run"), "max_steps": 30, "lr": 1e-2, "method": "full"})
+    config = load_config(None, {"data": str(faq_file("chat")), "eval": str(faq_file("chat")),
+                                "model": str(tiny_model_dir), "output": str(tmp_path / "run"), "max_steps": 30,
+                                "lr": 1e-2, "method": "full"})
     result = train(config, show_progress=False)
     assert result.final_val_loss < 0.8 * result.base_val_loss
 

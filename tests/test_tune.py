@@ -219,7 +219,8 @@ def test_choose_prefers_the_budget_then_the_loss():
 
 
 def test_the_pruner_sees_the_best_loss_within_the_budget_so_far():
-    rows = [{"step": 0, "val_loss": 3.0}, {"step": 2, "val_loss": 2.5}, {"step": 2, "probes": {}, "within_budget": False},
+    rows = [{"step": 0, "val_loss": 3.0},
+            {"step": 2, "val_loss": 2.5}, {"step": 2, "probes": {}, "within_budget": False},
             {"step": 4, "val_loss": 2.2}, {"step": 4, "probes": {}, "within_budget": True},
             {"step": 6, "val_loss": 2.0}, {"step": 6, "probes": {}, "within_budget": False}]
     assert running_objective(rows) == [math.inf, 2.2, 2.2]

@@ -301,8 +301,8 @@ def succeeded_jobs(ui, count: int) -> list[dict]:
         return [j for j in ui.api("GET", "/v1/fine_tuning/jobs?limit=100")["data"] if j["status"] == "succeeded"]
 
     for epochs in range(2 + len(done()), 2 + count):  # each its own length: two of them differ in epochs
-        upload = ui.api("POST", "/v1/files", files={"file": ("faq.jsonl", "".join(json.dumps(r) + "\n" for r in faq_rows(
-            "chat")))}, data={"purpose": "fine-tune"})
+        faq = "".join(json.dumps(r) + "\n" for r in faq_rows("chat"))
+        upload = ui.api("POST", "/v1/files", files={"file": ("faq.jsonl", faq)}, data={"purpose": "fine-tune"})
         job = ui.api("POST", "/v1/fine_tuning/jobs", json={"model": "tiny-model0", "training_file": upload["id"],
                                                            "hyperparameters": {"n_epochs": epochs, "batch_size": 3}})
         wait_for(lambda: ui.api("GET", f"/v1/fine_tuning/jobs/{job['id']}")["status"] == "succeeded", 600, every=1)
@@ -326,8 +326,8 @@ def test_compare_page_runs_fine_tuning_vs_rag_in_the_background(page, ui, tmp_pa
     assert tuned.inner_text() == f"{js_fmt(f1['value'], 3)} [{js_fmt(f1['ci95'][0], 3)}, {js_fmt(f1['ci95'][1], 3)}]"
     assert page.locator("table.compare-table").count() == len([s for s in result["splits"] if s != "all"])
     r = result["retrieval"]
-    assert (f"{r['passages']} passages, top {r['top_k']}, prompts within {r['prompt_budget_tokens']} tokens; the answer "
-            f"was in a retrieved passage for {js_fmt(100 * r['answer_found_rate'], 1)}% of the questions") \
+    assert (f"{r['passages']} passages, top {r['top_k']}, prompts within {r['prompt_budget_tokens']} tokens; "
+            f"the answer was in a retrieved passage for {js_fmt(100 * r['answer_found_rate'], 1)}% of the questions") \
         in " ".join(page.locator("#compare-result p.muted").inner_text().split())
     assert any(line.startswith("compare: ") for line in read_task(ui.home / "runs" / job_id, "compare")["log"])
     shoot(page, "compare")
@@ -382,7 +382,8 @@ def test_playground_retrieves_passages_from_a_knowledge_file(page, ui):
     assert len(shown) == len(found["passages"]) == RetrievalSettings.top_k  # the index holds far more passages
     assert all(text.endswith(p["text"]) for text, p in zip(shown, found["passages"]))
     assert answer in found["passages"][0]["text"]  # MiniLM finds the FAQ's own answer first
-    assert found["messages"][-1]["content"].endswith(f"Question: {question}") and answer in found["messages"][-1]["content"]
+    last = found["messages"][-1]["content"]
+    assert last.endswith(f"Question: {question}") and answer in last
     shoot(page, "play")
     assert page.errors == []
 
@@ -441,7 +442,8 @@ ANOTHER_SITE = """<!doctype html><title>any site the user visits</title>
 <form id="upload" action="{target}/v1/files" method="post" enctype="multipart/form-data">
   <input type="hidden" name="purpose" value="fine-tune"><input type="file" name="file" id="file">
 </form>"""
-"""An attacker's page: a plain HTML form (no preflight) that uploads to the server; its script posts JSON as text/plain."""
+"""An attacker's page: a plain HTML form (no preflight) that uploads to the server; its script posts JSON
+as text/plain."""
 
 
 class QuietFiles(http.server.SimpleHTTPRequestHandler):
@@ -452,7 +454,8 @@ class QuietFiles(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def another_site(folder: Path):
     """`folder` served from another origin (another port of this host), as any site could serve its page."""
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietFiles, directory=str(folder))) as site:
+    handler = functools.partial(QuietFiles, directory=str(folder))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as site:
         threading.Thread(target=site.serve_forever, daemon=True).start()
         try:
             yield f"http://127.0.0.1:{site.server_address[1]}"

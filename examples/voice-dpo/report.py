@@ -20,7 +20,8 @@ def main() -> None:
     for label, r in (("before (step 0)", evals[0]), (f"after (step {chosen['step']})", chosen)):
         acc, margin = r["preference_accuracy_ci"], r["reward_margin_ci"]
         print(f"{label}: preference accuracy {r['preference_accuracy']:.3f} [{acc[0]:.3f}, {acc[1]:.3f}], "
-              f"reward margin {r['reward_margin']:.3f} [{margin[0]:.3f}, {margin[1]:.3f}] on {r['pairs']} held-out pairs")
+              f"reward margin {r['reward_margin']:.3f} [{margin[0]:.3f}, {margin[1]:.3f}] "
+              f"on {r['pairs']} held-out pairs")
     print(f"forgetting: {'within budget' if summary.get('within_budget') else 'over budget or not measured'}; "
           f"{summary['steps']} steps in {summary['wall_seconds']:.0f} s")
 

@@ -13,6 +13,9 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
+# Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
+# what it needs (torch, transformers) inside its function.
+from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
 from .cli_options import (
     COLUMNS_HELP,
     KNOWLEDGE_HELP,
@@ -24,10 +27,6 @@ from .cli_options import (
     retrieval_options,
     run_options,
 )
-
-# Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
-# what it needs (torch, transformers) inside its function.
-from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
 from .cli_server import jobs_group, server_command, ui_command
 from .config import DEFAULT_MODEL, METHODS, TrainConfig
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
@@ -140,7 +139,8 @@ def main() -> None:
 @click.option("--report-to", callback=report_to_flag,
               help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio; none for none "
                    "(default none; config: report_to).")
-@click.option("--knowledge", help=f"Train with passages retrieved from this {KNOWLEDGE_HELP} (RAFT; sets retrieval.knowledge).")
+@click.option("--knowledge",
+              help=f"Train with passages retrieved from this {KNOWLEDGE_HELP} (RAFT; sets retrieval.knowledge).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
 @click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
@@ -161,8 +161,8 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
         config = RunDir.open(checkpoint_run(resume)).config(flags)
     else:
         config = _load_source(source, flags)
-    result = train(with_knowledge(config, knowledge), overwrite=overwrite, console=console, show_progress=not no_progress,
-                   resume=resume, force=force)
+    result = train(with_knowledge(config, knowledge), overwrite=overwrite, console=console,
+                   show_progress=not no_progress, resume=resume, force=force)
     end_processes()  # this command owns the process: close its group cleanly (not on errors)
     if result.interrupted or not result.main_process:
         return
@@ -224,7 +224,8 @@ def plan_command(source: str, devices: int, as_json: bool, **flags: Any) -> None
                f"{plan.trainable_parameters:,} trained, {devices} device(s)")
     click.echo(f"  tokens per optimizer step   {plan.tokens_per_step:,} (largest micro-batch "
                f"{plan.max_micro_batch_tokens:,} tokens, largest forward pass {plan.max_forward_tokens:,})")
-    for label, value in (("frozen weights", plan.weights_gib), ("trained weights + grads + AdamW", plan.trainable_state_gib),
+    for label, value in (("frozen weights", plan.weights_gib),
+                         ("trained weights + grads + AdamW", plan.trainable_state_gib),
                          ("activations", plan.activations_gib), ("LM head logits", plan.logits_gib),
                          ("runtime", plan.runtime_gib), ("peak while loading", plan.load_peak_gib)):
         click.echo(f"  {label:<30} {value:7.2f} GiB")
@@ -353,7 +354,8 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default.")
 @click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--api-key", envvar="TUNESMITH_API_KEY", help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
+@click.option("--api-key", envvar="TUNESMITH_API_KEY",
+              help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
 @click.option("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header name to accept (repeatable).")
 @click.option("--model-name", help="Model id clients send (default: the run folder's name).")
 @click.option("--max-tokens", type=int,
@@ -363,9 +365,9 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
 @click.option("--knowledge", help=f"Chat answers use passages retrieved from this {KNOWLEDGE_HELP}.")
 @retrieval_options
 @engine_option
-def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...], model_name: str | None,
-                  max_tokens: int | None, max_queued: int | None, knowledge: str | None, engine: str,
-                  retrieval: RetrievalSettings) -> None:
+def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_hosts: tuple[str, ...],
+                  model_name: str | None, max_tokens: int | None, max_queued: int | None, knowledge: str | None,
+                  engine: str, retrieval: RetrievalSettings) -> None:
     """Serve RUN over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models)."""
     from .serve.app import serve
 
@@ -449,7 +451,8 @@ def curve_command(source: str, fractions: str | None, output: str | None, genera
 @click.option("--json", "as_json", is_flag=True, help="Print eval.json to stdout instead of the summary.")
 @click.option("--full", is_flag=True, help="The larger probe and task samples (minutes, not one).")
 @click.option("--no-cache", is_flag=True, help="Recompute the base model's probe results.")
-@click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
+@click.option("--lm-eval", "lm_eval_tasks",
+              help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
 def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
     """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
     from .commands.evaluate import evaluate_run
@@ -461,7 +464,8 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_ta
         return
     out = Console()
     out.print()
-    out.print(f"[bold]tunesmith eval: {'within' if result['within_budget'] else '[red]OVER[/]'} the forgetting budget[/]")
+    within = "within" if result["within_budget"] else "[red]OVER[/]"
+    out.print(f"[bold]tunesmith eval: {within} the forgetting budget[/]")
     for line in result["verdict"].splitlines():
         out.print(f"  {line}", highlight=False)
     out.print(f"  report            {Path(run) / 'report.html'}")

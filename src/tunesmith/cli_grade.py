@@ -39,9 +39,9 @@ GRADER_CHECK_HELP = ("An OpenAI-format grader (JSON): check it, name every row l
 @click.option("--python-timeout", type=click.FloatRange(min=0, min_open=True), help=TIMEOUT_HELP)
 @click.option("--python-memory-mb", type=click.IntRange(min=64), help=MEMORY_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print every row's grade and the mean as JSON.")
-def grade_command(grader: str, data: str, run: str | None, max_new_tokens: int, judge_url: str | None, judge_api_key: str | None,
-                  judge_model: str | None, python_timeout: float | None, python_memory_mb: int | None,
-                  as_json: bool) -> None:
+def grade_command(grader: str, data: str, run: str | None, max_new_tokens: int, judge_url: str | None,
+                  judge_api_key: str | None, judge_model: str | None, python_timeout: float | None,
+                  python_memory_mb: int | None, as_json: bool) -> None:
     """Score DATA's answers (each row's last assistant message) with GRADER.json, an OpenAI-format grader:
     per-row rewards, sub-scores and errors, and their mean with a 95% interval. Exit 1 when a row could
     not be graded."""

@@ -38,7 +38,8 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """A run's flags (train; tune, for every trial): None unless given, so a CONFIG.yaml's values stand."""
     options = [
         click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default)."),
-        click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method})."),
+        click.option("--method", type=click.Choice(METHODS),
+                     help=f"Fine-tuning method (default {TrainConfig.method})."),
         click.option("--epochs", type=float, help="Passes over the data (default: from the data size)."),
         click.option("--max-steps", type=int, help="Optimizer steps; wins over --epochs."),
         click.option("--lr", type=float, help="Peak learning rate (default: per method)."),
@@ -46,7 +47,8 @@ def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA)."),
         click.option("--columns", callback=columns_flag, help=COLUMNS_HELP),
         click.option("--system-prompt", help=SYSTEM_PROMPT_HELP),
-        click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens})."),
+        click.option("--max-seq-tokens", type=int,
+                     help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens})."),
         click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size})."),
     ]
     for option in reversed(options):  # the first listed comes first in --help

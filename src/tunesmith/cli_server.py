@@ -35,7 +35,8 @@ def _server_options(command: Any) -> Any:
                      help="Extra Host header name to accept (repeatable)."),
         click.option("--max-upload-bytes", type=int,
                      help=f"Largest uploaded file (default {ServerLimits.max_upload_bytes})."),
-        click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` after a job (no report.html in result_files)."),
+        click.option("--no-eval", is_flag=True,
+                     help="Skip `tunesmith eval` after a job (no report.html in result_files)."),
         click.option("--allow-python-graders", is_flag=True,
                      help="Run python graders sent to graders/run and reinforcement jobs: code run on this machine "
                           "as you, not sandboxed against reading your files (off: refused with a 400)."),

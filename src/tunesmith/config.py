@@ -274,8 +274,10 @@ class TrainConfig:
         require(0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         require(self.weight_decay >= 0, "weight_decay", f"must be non-negative, got {self.weight_decay}")
         require(self.grad_clip >= 0, "grad_clip", f"must be non-negative, got {self.grad_clip}")
-        require(self.eval_every is None or self.eval_every >= 1, "eval_every", f"must be at least 1, got {self.eval_every}")
-        require(self.save_every is None or self.save_every >= 1, "save_every", f"must be at least 1, got {self.save_every}")
+        require(self.eval_every is None or self.eval_every >= 1, "eval_every",
+                f"must be at least 1, got {self.eval_every}")
+        require(self.save_every is None or self.save_every >= 1, "save_every",
+                f"must be at least 1, got {self.save_every}")
         require(self.keep_last >= 0, "keep_last", f"must be non-negative, got {self.keep_last}")
         require(0.0 < self.val_fraction < 1.0, "val_fraction", f"must be in (0, 1), got {self.val_fraction}")
         require(0.0 < self.train_fraction <= 1.0, "train_fraction", f"must be in (0, 1], got {self.train_fraction}")
@@ -287,7 +289,8 @@ class TrainConfig:
         require(isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)
                 and len(set(self.report_to)) == len(self.report_to), "report_to",
                 f"must be a list of distinct trackers from {', '.join(TRACKERS)}, got {self.report_to!r}")
-        require(self.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        require(self.precision in PRECISIONS, "precision",
+                f"must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def resolve(self, n_train_examples: int) -> TrainConfig:
         """Fill `epochs` and `lr` from the data size and method, so the saved config is complete."""
@@ -450,7 +453,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     # Only unions are split into their members: get_args(list[str]) is (str,), not a choice of types.
     is_union = get_origin(hint) in (Union, types.UnionType)
     allowed = [a for a in get_args(hint) if a is not type(None)] if is_union else [hint]
-    if any(getattr(a, "__origin__", None) is Literal for a in allowed) or hint.__class__.__name__ == "_LiteralGenericAlias":
+    if (any(getattr(a, "__origin__", None) is Literal for a in allowed)
+            or hint.__class__.__name__ == "_LiteralGenericAlias"):
         return value
     for kind in allowed:
         if kind is bool and isinstance(value, bool):

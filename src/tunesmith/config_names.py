@@ -10,7 +10,8 @@ OTHER_TOOLS_NAMES = {
     "lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout", "max_grad_norm": "grad_clip",
     "max_step": "max_steps", "steps": "max_steps", "warmup_steps": "warmup_ratio", "seq_len": "max_seq_tokens",
     # inside a section, the section's prefix first
-    "lora.rank": "lora.r", "lora.lora_r": "lora.r", "lora.lora_alpha": "lora.alpha", "lora.lora_dropout": "lora.dropout",
+    "lora.rank": "lora.r", "lora.lora_r": "lora.r", "lora.lora_alpha": "lora.alpha",
+    "lora.lora_dropout": "lora.dropout",
     "lora.target": "lora.target_modules",
     "beta": "preference.beta", "dpo_beta": "preference.beta", "orpo_alpha": "preference.orpo_lambda",
     "loss_type": "objective",

@@ -16,9 +16,9 @@ pages it frees (`INFERENCE_MALLOC_CONF`). By default it hands every large freed 
 kernel at once, and an eval's next batch faults the same ~100 MB of logits in again: scoring the
 demo's 50 held-out examples took 14.6-19.0 s against 11.8-14.3 s on glibc, with 4.6-5.0 million
 page faults against 1.4 million. Keeping the pages: 11.6-12.7 s, 0.3 million faults; the whole eval
-peaks at 1.96 GiB against 1.49 GiB. Training keeps jemalloc's defaults: there the same setting gained 8% in speed and cost
-0.74 GiB of peak memory (3.42 against 2.68 GiB, the bench's 30 varlen steps). A MALLOC_CONF of the
-user's own is left as it is.
+peaks at 1.96 GiB against 1.49 GiB. Training keeps jemalloc's defaults: there the same setting
+gained 8% in speed and cost 0.74 GiB of peak memory (3.42 against 2.68 GiB, the bench's 30 varlen
+steps). A MALLOC_CONF of the user's own is left as it is.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def preferred_allocator(environ: Mapping[str, str], dirs: Sequence[str | Path] |
     off Linux, with TUNESMITH_ALLOCATOR=system, when one is preloaded already, or when none is found."""
     choice = environ.get("TUNESMITH_ALLOCATOR", "auto")
     preloaded = environ.get("LD_PRELOAD", "")
-    if choice == "system" or not sys.platform.startswith("linux") or any(a.split(".so")[0] in preloaded for a in ALLOCATORS):
+    if (choice == "system" or not sys.platform.startswith("linux")
+            or any(a.split(".so")[0] in preloaded for a in ALLOCATORS)):
         return None
     if choice != "auto":
         if Path(choice).is_file():
@@ -76,7 +77,8 @@ def start(argv: Sequence[str] | None = None) -> None:
     library = preferred_allocator(os.environ)
     if library is not None:
         try:
-            os.execve(sys.executable, [sys.executable, "-m", "tunesmith", *argv], allocator_env(os.environ, library, argv))
+            os.execve(sys.executable, [sys.executable, "-m", "tunesmith", *argv],
+                      allocator_env(os.environ, library, argv))
         except OSError as error:  # the interpreter cannot be re-executed here: run on as we are
             print(f"tunesmith: could not restart with {library} ({error}); running on the system's malloc",
                   file=sys.stderr)

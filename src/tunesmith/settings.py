@@ -228,7 +228,8 @@ class ServeLimits:
         require(self.max_queued >= 0, "serve.max_queued", f"must be non-negative, got {self.max_queued}")
         require(self.default_max_tokens <= self.max_tokens, "serve.default_max_tokens",
                f"must not exceed serve.max_tokens ({self.max_tokens}), got {self.default_max_tokens}")
-        require(self.shutdown_grace_s >= 0, "serve.shutdown_grace_s", f"must be non-negative, got {self.shutdown_grace_s}")
+        require(self.shutdown_grace_s >= 0, "serve.shutdown_grace_s",
+                f"must be non-negative, got {self.shutdown_grace_s}")
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,8 @@ def compare_run(run_path: str | Path, knowledge: str | Path | None, eval_data: s
     unseen, seen = question_splits(config, tokenizer, eval_data)
     if not unseen:
         raise DataError([DataIssue(str(eval_data or config.eval or config.data), 0, "(file)",
-                                   "has no held-out questions with answers: pass --eval FILE with question/answer rows")])
+                                   "has no held-out questions with answers: "
+                                   "pass --eval FILE with question/answer rows")])
     markers = style_markers([q.reference for q in seen], general_texts())
     unseen, seen = sample(unseen, settings.limit, config.seed), sample(seen, settings.seen, config.seed)
     questions = unseen + seen

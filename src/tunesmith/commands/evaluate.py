@@ -262,8 +262,8 @@ def disagreement(training: dict[str, Any], ok: bool) -> str:
         return (f"Note: during training the fast probe set judged step {training['step']} {said} the budget; this "
                 f"report's larger probe set finds it within: the fast set's few items are noisier.")
     return (f"Note: during training the fast probe set judged step {training['step']} {said} the budget; this "
-            f"report's larger probe set finds it over: trust this report (the fast set has about a third of its items), "
-            f"and lower the learning rate or turn on a mitigation before training again.")
+            f"report's larger probe set finds it over: trust this report (the fast set has about a third "
+            f"of its items), and lower the learning rate or turn on a mitigation before training again.")
 
 
 def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], None] | None = None,

@@ -19,7 +19,6 @@ from ..graders import GradeResult, GraderLimits, GradingSession, Judge, check_ro
 from ..graders.rows import split_row
 from ..settings import Sampling
 
-
 NO_ANSWER = "the row has no answer to grade: end its messages with an assistant message (or give --run RUN)"
 NO_PROMPT = "the row has no prompt for the run to answer: give it messages (or a prompt)"
 
@@ -131,8 +130,8 @@ def run_answers(run: str | Path, prompts: list[list[dict[str, str]]],
     """RUN's tuned model's greedy answer to each prompt (its system prompt added, as in training),
     decoded in batches as eval and compare decode; None where a prompt is empty."""
     from ..data.render import encode_prompt, end_of_turn_ids, pad_id, with_system_prompt
-    from ..run import load_run, run_system_prompt
     from ..inference.decode import adapters_merged, generate_batch
+    from ..run import load_run, run_system_prompt
 
     model, tokenizer = load_run(run)
     system = run_system_prompt(run)

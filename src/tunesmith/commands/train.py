@@ -220,7 +220,8 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     dtype = compute_dtype(config.precision)
     model, sharded = build_model(config, accelerator, dtype, console)
     fg = config.forgetting
-    base_copy = load_base_copy(config, needed=fg.kl_weight > 0 or fg.measure_during_training or reference_needed(config))
+    base_copy = load_base_copy(config,
+                               needed=fg.kl_weight > 0 or fg.measure_during_training or reference_needed(config))
     micro_per_epoch = len(epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens))
     schedule = plan_schedule(config, micro_per_epoch, accelerator.num_processes)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -277,7 +278,8 @@ def print_header(s: Session) -> None:
     length = f"{config.epochs:g} epoch(s) = {schedule.total_steps} steps" if not config.max_steps else \
         f"{schedule.total_steps} steps (max_steps; {schedule.total_steps / schedule.steps_per_epoch:.2g} epoch(s))"
     s.console.print(
-        f"[bold]tunesmith train[/] {config.method}{'' if config.objective == 'sft' else ' ' + config.objective} on {config.model}: {len(s.data.train)} train / {len(s.data.val)} "
+        f"[bold]tunesmith train[/] {config.method}{'' if config.objective == 'sft' else ' ' + config.objective} "
+        f"on {config.model}: {len(s.data.train)} train / {len(s.data.val)} "
         f"val examples, {length} of {step_size} "
         f"({per_micro} per micro-batch x {config.grad_accum_steps} accumulation x {world} process(es)"
         f"{', sharded (FSDP)' if s.sharded else ''}, packed: 0% padding"
@@ -285,9 +287,9 @@ def print_header(s: Session) -> None:
         f"{n_trainable:,} trainable parameters, precision {str(s.dtype).removeprefix('torch.')}, output {s.run.path}"
     )
     if schedule.total_steps < MIN_SCHEDULE_STEPS:
-        s.console.print(f"[yellow]warning:[/] only {schedule.total_steps} optimizer step(s): warmup and the cosine decay "
-                        f"have little room and evaluations come {schedule.eval_every} step(s) apart; add data, raise "
-                        "epochs, or lower batch_size")
+        s.console.print(f"[yellow]warning:[/] only {schedule.total_steps} optimizer step(s): warmup and the "
+                        f"cosine decay have little room and evaluations come {schedule.eval_every} step(s) apart; "
+                        "add data, raise epochs, or lower batch_size")
     if s.sharded:
         local, total = local_share(s.model)
         s.console.print(f"FSDP: rank 0 stores {local:,} of the model's {total:,} weights ({local / total:.0%})")
@@ -375,7 +377,8 @@ def optimizer_step(s: Session, step: int, step_loss: float, batches: list[Batch]
     rows (no checkpoint is written from this state), or with `skip_nonfinite` skips the update.
     Returns the step's learning rate, its gradient norm before clipping, and the skipped-step count."""
     config = s.config
-    grad_norm = float(s.accelerator.clip_grad_norm_(s.trainable, config.grad_clip if config.grad_clip > 0 else math.inf))
+    max_norm = config.grad_clip if config.grad_clip > 0 else math.inf
+    grad_norm = float(s.accelerator.clip_grad_norm_(s.trainable, max_norm))
     lr = s.optimizer.param_groups[0]["lr"]
     if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
         rows = [src for b in batches for src in b.sources]
@@ -465,8 +468,8 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     save_trained(unwrapped, s.tokenizer, method, s.run.path, final_weights)
     if chosen is not None:
         s.console.print(f"final model: step {chosen} of {total_steps}, {why}")
-    within = next((r["within_budget"] for r in metrics if r["step"] == (chosen or total_steps) and "within_budget" in r),
-                  None)
+    within = next((r["within_budget"] for r in metrics
+                   if r["step"] == (chosen or total_steps) and "within_budget" in r), None)
     finished = FinishedEvent(
         base_val_loss=base_val_loss, final_val_loss=val_loss, last_val_loss=last_val_loss,
         selected_step=chosen or total_steps, selection=why, within_budget=within,

@@ -40,7 +40,8 @@ from ..tuning.trials import TrialRecord, choose, figures, read_trial, table_csv,
 
 __all__ = ["TuneConfig", "TuneResult", "load_tune", "result_lines", "tune"]
 
-TRIALS_CSV, TRIALS_JSON, TRADEOFF_PNG, BEST_YAML, BEST_LINK = "trials.csv", "trials.json", "tradeoff.png", "best.yaml", "best"
+TRIALS_CSV, TRIALS_JSON, TRADEOFF_PNG = "trials.csv", "trials.json", "tradeoff.png"
+BEST_YAML, BEST_LINK = "best.yaml", "best"
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,8 @@ def print_progress(search: Search, done: int, console: Console) -> None:
         verdict = "within budget" if last.within_budget else "OVER budget"
         outcome += (f": held-out loss {last.val_loss:.4f} ({-last.task_gain:+.1%}), {verdict} (worst probe "
                     f"{last.worst_probe} at {last.budget_share:.0%} of its budget)")
-    best_text = f"{best.run_dir} {best.val_loss:.4f}{'' if best.within_budget else ' (over budget)'}" if best else "none yet"
+    best_text = (f"{best.run_dir} {best.val_loss:.4f}{'' if best.within_budget else ' (over budget)'}"
+                 if best else "none yet")
     console.print(f"trial {done} of {total} {outcome}; {last.minutes or 0:.1f} min | best so far: {best_text} | "
                   f"ETA {eta:.0f} min", highlight=False)
 
@@ -309,8 +311,8 @@ def result_lines(result: TuneResult) -> list[str]:
     if chosen is None:
         return [*lines, f"  [red]{escape(result.choice)}[/]"]
     verdict = "within" if result.within_budget else "[red]OVER[/]"
-    lines += [f"  chosen            {chosen.run_dir}: held-out loss {chosen.base_val_loss:.4f} -> {chosen.val_loss:.4f} "
-              f"({-(chosen.task_gain or 0):+.1%}), {verdict} the forgetting budget",
+    lines += [f"  chosen            {chosen.run_dir}: held-out loss {chosen.base_val_loss:.4f} -> "
+              f"{chosen.val_loss:.4f} ({-(chosen.task_gain or 0):+.1%}), {verdict} the forgetting budget",
               f"  why               {escape(result.choice)}",
               "  settings          " + ", ".join(f"{k} {v:g}" for k, v in chosen.settings.items() if v is not None)]
     if result.evaluation is not None:

@@ -50,7 +50,8 @@ def entry_path(path: str | Path, file_sha: str, tokenizer: Any, max_seq_tokens: 
     # mapping and the system prompt because they change what a row renders to.
     where = hashlib.sha256(json.dumps([str(path), sorted((columns or {}).items()), system_prompt or None])
                            .encode()).hexdigest()[:8]
-    return tokens_dir() / f"v{CACHE_VERSION}-{file_sha[:16]}-{where}-{tokenizer_fingerprint(tokenizer)}-{max_seq_tokens}"
+    return tokens_dir() / (f"v{CACHE_VERSION}-{file_sha[:16]}-{where}-{tokenizer_fingerprint(tokenizer)}"
+                           f"-{max_seq_tokens}")
 
 
 def _read_entry(entry: Path) -> tuple[list[Example], list[str]] | None:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-
+from .check_report import CheckReport, SplitStats
 from .columns import ColumnMap, check_columns
 from .formats import GRADED_FORMATS, RFT_NOT_SUPERVISED
 from .limits import CheckLimits
@@ -43,7 +43,6 @@ from .render import (
     end_of_turn_ids,
     template_layout,
 )
-from .check_report import CheckReport, SplitStats
 from .similarity import DuplicateIndex, RowPlaces, normalize, signature
 
 BATCH_ROWS = 512
@@ -317,20 +316,22 @@ class _Checker:
             kind, first, score = match
             if kind == "exact":
                 stats.exact_duplicates += 1
-                self.warn(file, line, "(row)", "duplicate", f"duplicates {self.places.text(first, file)} (after normalizing case, "
-                          "spacing and punctuation) — drop one: duplicates over-weight a row and leak into the "
-                          "validation split")
+                self.warn(file, line, "(row)", "duplicate",
+                          f"duplicates {self.places.text(first, file)} (after normalizing case, spacing and "
+                          "punctuation) — drop one: duplicates over-weight a row and leak into the validation split")
             else:
                 stats.near_duplicates += 1
-                self.warn(file, line, "(row)", "near duplicate", f"is a near-duplicate of {self.places.text(first, file)} "
-                          f"(~{score:.0%} overlap) — keep the better one")
+                self.warn(file, line, "(row)", "near duplicate",
+                          f"is a near-duplicate of {self.places.text(first, file)} (~{score:.0%} overlap) "
+                          "— keep the better one")
         if reference is not None:
             leak = reference.find(body, sig)
             if leak is not None:
                 kind, first, score = leak
                 self.leakage[kind] += 1
                 how = "the same as" if kind == "exact" else f"a near-duplicate (~{score:.0%}) of"
-                self.warn(file, line, "(row)", "leakage", f"is {how} training {self.places.text(first, self.train_file)} — evaluation rows seen "
+                self.warn(file, line, "(row)", "leakage",
+                          f"is {how} training {self.places.text(first, self.train_file)} — evaluation rows seen "
                           "in training overstate the score; remove it from one of the files")
         if match is None or match[0] != "exact":
             index.add(body, sig, self.places.number(file, line))
@@ -342,15 +343,17 @@ class _Checker:
         answer = hash(normalize(" ".join(m.content for m in record.messages if m.role == "assistant")))
         earlier = self.prompts.get(prompt)
         if earlier is not None and self.answers[prompt] != answer and distinct:
-            self.warn(file, line, "(row)", "conflicting answers", f"asks the same as {self.places.text(earlier, file)} but answers "
-                      "differently — the model learns a blend; keep one answer")
+            self.warn(file, line, "(row)", "conflicting answers",
+                      f"asks the same as {self.places.text(earlier, file)} but answers differently — the model "
+                      "learns a blend; keep one answer")
         if earlier is None:
             self.prompts[prompt], self.answers[prompt] = self.places.number(file, line), answer
         if is_eval:
             seen = self.train_prompts.get(prompt)
             if seen is not None and self.train_answers[prompt] != answer:
                 self.leakage["same_prompt"] += 1
-                self.warn(file, line, "(row)", "leakage", f"asks the same as training {self.places.text(seen, self.train_file)} — the "
+                self.warn(file, line, "(row)", "leakage",
+                          f"asks the same as training {self.places.text(seen, self.train_file)} — the "
                           "evaluation then tests recall of a training question; remove it from one of the files")
 
     def _after_file(self, stats: SplitStats) -> None:

@@ -46,7 +46,8 @@ def parse_columns(text: str) -> dict[str, str]:
             raise ConfigError(f"--columns: {target} is given twice — map each field once")
         pairs[target] = column
     if not pairs:
-        raise ConfigError("--columns: no FIELD=COLUMN pairs given — write e.g. --columns prompt=question,completion=answer")
+        raise ConfigError("--columns: no FIELD=COLUMN pairs given — "
+                          "write e.g. --columns prompt=question,completion=answer")
     return check_columns(pairs)
 
 

@@ -210,7 +210,8 @@ def read_text_file(path: Path) -> list[Record]:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError([DataIssue(str(path), line, "text", "is not valid UTF-8 — re-save the file as UTF-8")]) from None
+        raise DataError([DataIssue(str(path), line, "text",
+                                   "is not valid UTF-8 — re-save the file as UTF-8")]) from None
     if not text.strip():
         raise DataError([DataIssue(str(path), 1, "text", "the file is empty — add the document's text")])
     bad = _CONTROL_CHARS.search(text)
@@ -389,7 +390,8 @@ def _to_pair(row: dict[str, Any], fmt: str, source: str, at: Any, need_text: Any
         given = row.get("input")
         prompt_value = given.get("messages") if isinstance(given, dict) else given
     prompt = _turns(prompt_value, names[0], "user", at, need_text, issues)
-    chosen, rejected = (_turns(row.get(key.split(".")[0]), key, "assistant", at, need_text, issues) for key in names[1:])
+    chosen, rejected = (_turns(row.get(key.split(".")[0]), key, "assistant", at, need_text, issues)
+                        for key in names[1:])
     if len(issues) > before:
         return None
     if not all(m.role == "assistant" for m in chosen + rejected):

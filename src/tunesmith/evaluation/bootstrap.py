@@ -63,7 +63,8 @@ def _percentiles(samples: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def paired_summary(base: np.ndarray, tuned: np.ndarray, weights: np.ndarray,
-                   transform: Callable[[np.ndarray], np.ndarray] = np.asarray, seed: int = 0) -> dict[str, float | list[float]]:
+                   transform: Callable[[np.ndarray], np.ndarray] = np.asarray,
+                   seed: int = 0) -> dict[str, float | list[float]]:
     """{"base", "tuned", "delta", "ci95": [lo, hi], "n"} of a ratio-of-sums metric on paired examples."""
     b, t = ratio_metric(base, weights, transform), ratio_metric(tuned, weights, transform)
     lo, hi = paired_bootstrap_ci(base, tuned, weights, transform, seed=seed)

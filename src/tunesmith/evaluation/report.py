@@ -164,6 +164,8 @@ def write_report(run: RunDir, result: dict[str, Any]) -> Path:
         for s in task.get("samples", [])
     )
     verdict = "".join(f"<p>{html.escape(line)}</p>" for line in result["verdict"].splitlines())
+    figures = "".join(f'<figure><img src="{name}" alt="{html.escape(caption)}">'
+                      f'<figcaption>{html.escape(caption)}</figcaption></figure>' for name, caption in images)
     body = f"""<h1>{html.escape(run.path.name)}: {'within' if ok else 'OVER'} the forgetting budget</h1>
 <div class="verdict">{verdict}</div>
 <p><small>{html.escape(result['method'])} on {html.escape(result['model'])}; probe set
@@ -173,7 +175,7 @@ over examples; generated {result['created']} in {result['seconds']:.0f} s.</smal
 {_table(task_rows)}
 <h2>General abilities</h2>
 {_table(general_rows)}
-{''.join(f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>' for name, caption in images)}
+{figures}
 <h2>Sample answers</h2>
 <table><tr><th>question</th><th>reference</th><th>base</th><th>tuned</th></tr>{samples}</table>
 """
@@ -218,7 +220,8 @@ def plot_curve(report: dict[str, Any], path: Path) -> None:
     band = list(zip(*fit["band"]))  # n, fitted, lo, hi
     ax.fill_between(band[0], band[2], band[3], color="#7a9cc6", alpha=0.25, label="fit: 95% band")
     inside = [i for i, n in enumerate(band[0]) if n <= top * 1.0001]
-    ax.plot([band[0][i] for i in inside], [band[1][i] for i in inside], color="#3a6ea5", label=f"fit ({fit['fit']['kind']})")
+    ax.plot([band[0][i] for i in inside], [band[1][i] for i in inside], color="#3a6ea5",
+            label=f"fit ({fit['fit']['kind']})")
     beyond = [i for i, n in enumerate(band[0]) if n >= top * 0.9999]
     ax.plot([band[0][i] for i in beyond], [band[1][i] for i in beyond], "--", color="#3a6ea5", label="extrapolation")
     for k, key in ((2, "at_2x"), (4, "at_4x")):

@@ -34,7 +34,8 @@ class ExportResult:
 
 
 def export_run(run_path: str | Path, fmt: str, output: str | Path | None = None, *, tolerance: float | None = None,
-               gguf_type: str = DEFAULT_GGUF_TYPE, overwrite: bool = False, log: Callable[[str], None] = print) -> ExportResult:
+               gguf_type: str = DEFAULT_GGUF_TYPE, overwrite: bool = False,
+               log: Callable[[str], None] = print) -> ExportResult:
     """Write RUN's tuned model as `fmt` into `output` (default RUN/export-FMT)."""
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format '{fmt}': choose one of {', '.join(EXPORT_FORMATS)}")
@@ -64,7 +65,8 @@ def export_run(run_path: str | Path, fmt: str, output: str | Path | None = None,
 def _export_adapter(run: RunDir, out: Path) -> tuple[None, None]:
     config = run.config()
     if config.method == "full":
-        raise ExportError(f"run '{run.path}' is a full fine-tune and has no adapter: export it with --format merged or gguf")
+        raise ExportError(f"run '{run.path}' is a full fine-tune and has no adapter: "
+                          "export it with --format merged or gguf")
     source = run.path / "adapter"
     if not source.is_dir():
         raise FileNotFoundError(f"run '{run.path}' has no adapter/: it did not finish; train it again")

@@ -33,7 +33,7 @@ LLAMA_TYPES = ("llama", "mistral")
 PRE_TOKENIZERS_FILE = Path(__file__).with_name("llama_cpp_pre_tokenizers.json")
 # llama.cpp's probe text for telling BPE pre-tokenizers apart (conversion/base.py, `chktxt`): runs of
 # whitespace, emoji, digits, scripts and contractions that pre-tokenizers split differently.
-CHECK_TEXT = '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL'
+CHECK_TEXT = '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!!!?????? I\'ve been \'told he\'s there, \'RE you sure? \'M not sure I\'ll make it, \'D you like some tea? We\'Ve a\'lL'  # noqa: E501 (verbatim, as llama.cpp has it)
 
 
 def permute_qk(weight: np.ndarray, n_head: int) -> np.ndarray:
@@ -54,7 +54,8 @@ def export_gguf(run: RunDir, out: Path, gguf_type: str, tolerance: float | None,
     model_type = merged.config.model_type
     if model_type not in LLAMA_TYPES:
         raise ExportError(f"GGUF export supports llama-family models ({', '.join(LLAMA_TYPES)}); this run's model "
-                          f"is '{model_type}': export --format merged and convert it with llama.cpp's convert_hf_to_gguf.py")
+                          f"is '{model_type}': export --format merged and convert it with llama.cpp's "
+                          "convert_hf_to_gguf.py")
     name = f"model-{gguf_type}.gguf"
     write_gguf(merged, tokenizer, out / name, gguf_type, run.path.name)
     write_atomic(out / "Modelfile", modelfile(tokenizer, name))
@@ -161,8 +162,10 @@ def _add_tokenizer(writer: Any, tokenizer: Any, vocab_size: int) -> None:
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    for setter, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
-                             (writer.add_pad_token_id, tokenizer.pad_token_id), (writer.add_unk_token_id, tokenizer.unk_token_id)):
+    for setter, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id),
+                             (writer.add_eos_token_id, tokenizer.eos_token_id),
+                             (writer.add_pad_token_id, tokenizer.pad_token_id),
+                             (writer.add_unk_token_id, tokenizer.unk_token_id)):
         if token_id is not None:
             setter(token_id)
     eot = sorted(end_of_turn_ids(tokenizer))
@@ -182,9 +185,9 @@ def pre_tokenizer_name(tokenizer: Any) -> str:
     digest = hashlib.sha256(str(tokenizer.encode(CHECK_TEXT)).encode()).hexdigest()
     name = known_pre_tokenizers().get(digest)
     if name is None:
-        raise ExportError(f"llama.cpp does not know this tokenizer's pre-tokenizer (check hash {digest[:16]}...), so it "
-                          "would refuse the GGUF file: export --format merged and convert that folder with llama.cpp's "
-                          "convert_hf_to_gguf.py once llama.cpp supports the tokenizer")
+        raise ExportError(f"llama.cpp does not know this tokenizer's pre-tokenizer (check hash {digest[:16]}...), "
+                          "so it would refuse the GGUF file: export --format merged and convert that folder with "
+                          "llama.cpp's convert_hf_to_gguf.py once llama.cpp supports the tokenizer")
     return name
 
 

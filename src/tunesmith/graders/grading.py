@@ -19,15 +19,7 @@ from .judge import Judge, JudgeError, ask_judge, judge_body, read_score
 from .limits import GraderLimits
 from .sandbox import PythonSandbox
 from .similarity import similarity
-from .spec import (
-    Grader,
-    JsonSchemaCheck,
-    MultiGrader,
-    PythonGrader,
-    ScoreModel,
-    StringCheck,
-    TextSimilarity,
-)
+from .spec import Grader, JsonSchemaCheck, MultiGrader, PythonGrader, ScoreModel, StringCheck, TextSimilarity
 from .templates import MissingField, render
 
 

@@ -2,14 +2,15 @@
 
 | metric | computed by |
 |---|---|
-| fuzzy_match | rapidfuzz `fuzz.WRatio` with `utils.default_process`, / 100 (the scorer of OpenAI's own python-grader example) |
+| fuzzy_match | rapidfuzz `fuzz.WRatio` with `utils.default_process`, / 100 (OpenAI's python-grader example's scorer) |
 | bleu | sacrebleu `sentence_bleu` (13a tokens, exponential smoothing), / 100 |
 | gleu | nltk `sentence_gleu` (Google BLEU) over whitespace tokens |
-| meteor | nltk `meteor_score` over lower-cased whitespace tokens; WordNet synonyms when nltk's wordnet corpus is installed, else exact and stem matches only |
+| meteor | nltk `meteor_score` over lower-cased whitespace tokens (synonyms: below) |
 | rouge_1..5, rouge_l | rouge-score `RougeScorer` F-measure (its default tokenizer, no stemming) |
 | cosine | all-MiniLM-L6-v2 embeddings (tunesmith's retrieval embedder), not OpenAI's text-embedding-3-large |
 
-The libraries load on first use, so that parsing a grader stays light.
+meteor matches WordNet synonyms when nltk's wordnet corpus is installed, else exact and stem matches
+only. The libraries load on first use, so that parsing a grader stays light.
 """
 
 from __future__ import annotations

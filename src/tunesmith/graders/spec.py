@@ -195,7 +195,8 @@ def _string_check(f: _Fields, limits: GraderLimits) -> StringCheck:
 
 
 def _text_similarity(f: _Fields, limits: GraderLimits) -> TextSimilarity:
-    hint = " (write rouge_1 ... rouge_5, rouge_l)" if str(f.spec.get("evaluation_metric", "")).startswith("rouge") else ""
+    is_rouge = str(f.spec.get("evaluation_metric", "")).startswith("rouge")
+    hint = " (write rouge_1 ... rouge_5, rouge_l)" if is_rouge else ""
     return TextSimilarity(f.name(), f.text("input"), f.text("reference"),
                           f.choice("evaluation_metric", SIMILARITY_METRICS, hint), f.number("pass_threshold"))
 
@@ -275,7 +276,8 @@ def _json_schema(f: _Fields, limits: GraderLimits) -> JsonSchemaCheck:
         from jsonschema import SchemaError
         from jsonschema.validators import validator_for
     except ModuleNotFoundError:
-        raise GraderError("a json_schema grader needs the jsonschema package: pip install 'tunesmith[graders]'") from None
+        raise GraderError("a json_schema grader needs the jsonschema package: "
+                          "pip install 'tunesmith[graders]'") from None
 
     schema = f.spec.get("schema")
     if not isinstance(schema, dict):

@@ -225,7 +225,8 @@ class EngineDecoder:
 
 def _picking(sampling: Sampling, model: Any) -> tuple[Any, torch.Generator | None]:
     """generate()'s logits processors for `sampling`, in its order (penalties, then temperature,
-    top-k from the model's generation config or generate()'s default, top-p), and a generator seeded as `torch.manual_seed`."""
+    top-k from the model's generation config or generate()'s default, top-p), and a generator seeded
+    as `torch.manual_seed`."""
     from transformers import (
         LogitsProcessorList,
         NoRepeatNGramLogitsProcessor,

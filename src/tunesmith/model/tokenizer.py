@@ -36,7 +36,8 @@ def resolve_model_path(name: str) -> str:
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser())
     if Path(name).expanduser().exists():
-        raise ModelError(f"model '{name}' is a file, not a model directory: point `model` at the folder holding config.json")
+        raise ModelError(f"model '{name}' is a file, not a model directory: "
+                         "point `model` at the folder holding config.json")
     return name  # a hub id: transformers resolves it (HF_HUB_OFFLINE honoured there)
 
 

@@ -113,7 +113,8 @@ def raft_examples(questions: Sequence[QA], retriever: Retriever, config: Retriev
     golds = [gold_index(q.reference, counts) for q in questions]
     # 2k candidates: the passages holding the answer are taken out of hand-off and distractor prompts.
     ranked = retriever.retrieve([q.messages[-1]["content"] for q in questions], 2 * k)
-    holds = [[f >= ANSWER_F1 for f in answer_f1s(q.reference, [p.text for p in row])] for q, row in zip(questions, ranked)]
+    holds = [[f >= ANSWER_F1 for f in answer_f1s(q.reference, [p.text for p in row])]
+             for q, row in zip(questions, ranked)]
     with_gold = [i for i, g in enumerate(golds) if g is not None]
     recall = sum(any(holds[i][:k]) for i in with_gold) / len(with_gold) if with_gold else 0.0
     gold_share = recall if config.gold_share is None else config.gold_share
@@ -132,7 +133,8 @@ def raft_examples(questions: Sequence[QA], retriever: Retriever, config: Retriev
         if role == "gold" and config.cite and passages:
             answer = with_citation(answer, 1 + max(range(len(passages)), key=answer_f1s(q.reference, [
                 p.text for p in passages]).__getitem__))
-        examples.append(RaftExample(q.source, role, tuple(passages), prompt + [{"role": "assistant", "content": answer}]))
+        examples.append(RaftExample(q.source, role, tuple(passages),
+                                    prompt + [{"role": "assistant", "content": answer}]))
     summary = RaftSummary(gold_share, handoff_share, recall, {r: roles.count(r) for r in ROLES})
     return examples, summary
 

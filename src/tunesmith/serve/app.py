@@ -48,7 +48,8 @@ log = logging.getLogger("tunesmith.serve")
 
 
 class GenerationGate:
-    """At most `max_batch` generations at once; at most `max_queued` requests wait for a place; the next is turned away."""
+    """At most `max_batch` generations at once; at most `max_queued` requests wait for a place; the next
+    is turned away."""
 
     def __init__(self, max_queued: int, max_batch: int = ServeLimits.max_batch) -> None:
         self._places = asyncio.Semaphore(max_batch)
@@ -153,7 +154,8 @@ def inference_routes(served: Served) -> list[Route]:
 
     async def model_detail(request: Request) -> Response:
         if request.path_params["model"] not in served.model_ids:
-            raise RequestError(404, f"The model '{request.path_params['model']}' does not exist", "model", "model_not_found")
+            raise RequestError(404, f"The model '{request.path_params['model']}' does not exist", "model",
+                               "model_not_found")
         return JSONResponse(_model_card(request.path_params["model"]))
 
     async def chat_completions(request: Request) -> Response:

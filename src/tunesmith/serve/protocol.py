@@ -121,8 +121,8 @@ def _check_model(body: dict[str, Any], model_ids: str | Sequence[str]) -> str:
 def _content(content: Any, param: str) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                                         for p in content):
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
         return "".join(p["text"] for p in content)
     raise RequestError(400, f"{param} must be a string or a list of text parts", param)
 

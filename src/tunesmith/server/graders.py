@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import GraderError
-from ..graders import GradeResult, Grader, GraderLimits, Judge, grade, make_sample, parse_grader
+from ..graders import Grader, GradeResult, GraderLimits, Judge, grade, make_sample, parse_grader
 from ..graders.spec import MultiGrader, PythonGrader, ScoreModel
 from ..web.bodies import read_json
 from ..web.errors import RequestError

@@ -177,7 +177,8 @@ def load_checkpoint(path: Path, model: Any, optimizer: torch.optim.Optimizer, sc
                              options=_state_dict_options())
     scheduler.load_state_dict(meta["scheduler"])
     prefix = f"rank{rank}."
-    rng_tensors = {k[len(prefix):]: v for k, v in load_file(str(path / "rng.safetensors")).items() if k.startswith(prefix)}
+    rng_tensors = {k[len(prefix):]: v for k, v in load_file(str(path / "rng.safetensors")).items()
+                   if k.startswith(prefix)}
     _set_rng_state(rng_tensors, meta["rng"][rank])
     return TrainState(**meta["train_state"]), meta["metrics"]
 

@@ -32,7 +32,8 @@ def resume_point(run_path: Path, resume: str) -> Path | None:
         return run_path
     complete = list_complete(run_path)
     if not complete and resume != "auto":
-        raise RunDirError(f"run '{run_path}' has no complete checkpoint to resume from; start it again with --overwrite")
+        raise RunDirError(f"run '{run_path}' has no complete checkpoint to resume from; "
+                          "start it again with --overwrite")
     return complete[-1][1] if complete else None
 
 

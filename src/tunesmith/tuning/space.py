@@ -60,7 +60,8 @@ class TuneConfig:
         if self.lr is not None:
             _require_range(self.lr, "tune.lr", low_above=0.0)
         _require_range(self.epochs, "tune.epochs", low_above=0.0)
-        require(len(self.lora_r) >= 1 and all(r >= 1 for r in self.lora_r) and len(set(self.lora_r)) == len(self.lora_r),
+        require(len(self.lora_r) >= 1 and all(r >= 1 for r in self.lora_r)
+                and len(set(self.lora_r)) == len(self.lora_r),
                 "tune.lora_r", f"must be a list of distinct ranks of at least 1, got {self.lora_r}")
         _require_range(self.replay_fraction, "tune.replay_fraction", low_above=None)
         require(0.0 <= self.replay_fraction[0] and self.replay_fraction[1] < 1.0, "tune.replay_fraction",

@@ -150,8 +150,8 @@ def table_csv(records: list[TrialRecord]) -> str:
     for r in records:
         row: dict[str, Any] = {**r.to_dict(), "trial": r.number, **r.settings}
         for name, p in r.probes.items():
-            row.update({f"{name}.delta": p["delta"], f"{name}.ci95_low": p["ci95"][0], f"{name}.ci95_high": p["ci95"][1],
-                        f"{name}.share": p["share"]})
+            row.update({f"{name}.delta": p["delta"], f"{name}.ci95_low": p["ci95"][0],
+                        f"{name}.ci95_high": p["ci95"][1], f"{name}.share": p["share"]})
         writer.writerow({c: _cell(row.get(c)) for c in columns})
     return out.getvalue()
 
@@ -166,5 +166,6 @@ def _cell(value: Any) -> Any:
 
 def table_json(records: list[TrialRecord], chosen: TrialRecord | None, choice: str) -> str:
     """trials.json: the records in full, and which one the search chose and why."""
-    return json.dumps({"chosen": chosen.number if chosen else None, "chosen_run_dir": chosen.run_dir if chosen else None,
-                       "choice": choice, "trials": [r.to_dict() for r in records]}, indent=2, default=str) + "\n"
+    return json.dumps({"chosen": chosen.number if chosen else None,
+                       "chosen_run_dir": chosen.run_dir if chosen else None, "choice": choice,
+                       "trials": [r.to_dict() for r in records]}, indent=2, default=str) + "\n"

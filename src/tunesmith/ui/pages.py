@@ -13,7 +13,8 @@ from starlette.routing import Route
 STATIC = Path(__file__).with_name("static")
 PAGES = {"/": "index.html", "/ui/static/app.js": "app.js", "/ui/static/core.js": "core.js",
          "/ui/static/tasks.js": "tasks.js", "/ui/static/style.css": "style.css"}
-TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8"}
 
 
 async def _page(request: Request) -> Response:
