@@ -349,8 +349,8 @@ def test_serve_answers_a_raft_run_with_its_settings_and_names_cited_sources(raft
     from starlette.testclient import TestClient
 
     import tunesmith.serve.app as app_module
-    from tunesmith.run import load_run
     from tunesmith.inference.streaming import Completion
+    from tunesmith.run import load_run
 
     built = {}
     build_app = app_module.build_app
