@@ -20,16 +20,15 @@ from .cli_options import (
     columns_flag,
     engine_option,
     repetition_options,
-    report_to_flag,
     retrieval_options,
-    run_options,
 )
 
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
+from .cli_config import RUN_KEYS, config_options
 from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
 from .cli_server import jobs_group, server_command, ui_command
-from .config import DEFAULT_MODEL, METHODS, TrainConfig
+from .config import DEFAULT_MODEL, TrainConfig
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 from .settings import (
     DEFAULT_EXPORT_FORMAT,
@@ -134,19 +133,15 @@ def main() -> None:
 
 @main.command("train")
 @click.argument("source", type=click.Path(), required=False)
-@run_options
-@click.option("--output", help="Run directory (default runs/<data-name>-<timestamp>).")
-@click.option("--save-every", type=int, help="Checkpoint every N steps (default: at every evaluation).")
-@click.option("--report-to", callback=report_to_flag,
-              help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio; none for none "
-                   "(default none; config: report_to).")
+@config_options(*RUN_KEYS, "output", "save_every", "report_to",
+                helps={"output": "Run directory (default runs/<data-name>-<timestamp>)."})
 @click.option("--knowledge", help=f"Train with passages retrieved from this {KNOWLEDGE_HELP} (RAFT; sets retrieval.knowledge).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
 @click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
-def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_data: str | None,
-                  resume: str | None, force: bool, **flags: Any) -> None:
+def train_command(source: str | None, overrides: dict[str, Any], knowledge: str | None, resume: str | None, force: bool,
+                  overwrite: bool, no_progress: bool) -> None:
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
@@ -154,13 +149,12 @@ def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_d
     from .retrieval.raft import with_knowledge
     from .run import RunDir, checkpoint_run
 
-    flags["eval"], knowledge = eval_data, flags.pop("knowledge")
     if source is None:
         if resume in (None, "auto"):
             raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
-        config = RunDir.open(checkpoint_run(resume)).config(flags)
+        config = RunDir.open(checkpoint_run(resume)).config(overrides)
     else:
-        config = _load_source(source, flags)
+        config = _load_source(source, overrides)
     result = train(with_knowledge(config, knowledge), overwrite=overwrite, console=console, show_progress=not no_progress,
                    resume=resume, force=force)
     end_processes()  # this command owns the process: close its group cleanly (not on errors)
@@ -206,17 +200,15 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
 
 @main.command("plan")
 @click.argument("source", type=click.Path())
-@click.option("--model", help=f"Model directory, hub id, or {DEFAULT_MODEL} (default).")
-@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
-@click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
-@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
+@config_options("model", "method", "max_seq_tokens", "batch_size",
+                helps={"model": f"Model directory, hub id, or {DEFAULT_MODEL} (default)."})
 @click.option("--devices", type=int, default=1, show_default=True, help="Processes (GPUs or CPU ranks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
-def plan_command(source: str, devices: int, as_json: bool, **flags: Any) -> None:
+def plan_command(source: str, overrides: dict[str, Any], devices: int, as_json: bool) -> None:
     """Estimate the peak memory per device of training on SOURCE (data file or CONFIG.yaml)."""
     from .commands.plan import plan_memory
 
-    config = _load_source(source, flags)
+    config = _load_source(source, overrides)
     plan = plan_memory(config, devices=devices)
     if _print_json(plan.to_dict(), as_json):
         return
@@ -422,23 +414,20 @@ def compare_command(run: str, knowledge: str | None, eval_data: str | None, limi
                                   f"{','.join(f'{f:g}' for f in CurveSettings.fractions)}).")
 @click.option("--output", help="The curve's folder (default <config output>-curve, else runs/<data-name>-curve).")
 @click.option("--generate", is_flag=True, help="Also score answer token F1 / ROUGE-L on a fixed held-out sample.")
-@click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
-@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
-@click.option("--epochs", type=float, help="Passes over each share (default: from the full data's size, for all).")
-@click.option("--max-steps", type=int, hidden=True)  # refused, with the reason, by curve_root
-@click.option("--lr", type=float, help="Peak learning rate (default: per method).")
-@click.option("--seed", type=int, help=f"Seeds the split, the shares and training (default {TrainConfig.seed}).")
-@click.option("--eval", "eval_data", help="Held-out file (default: a val_fraction split of DATA).")
-@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
+@config_options("model", "method", "epochs", "max_steps", "lr", "seed", "eval", "batch_size",
+                hidden=("max_steps",),  # refused, with the reason, by curve_root
+                helps={"epochs": "Passes over each share (default: from the full data's size, for all).",
+                       "seed": f"Seeds the split, the shares and training (default {TrainConfig.seed}).",
+                       "eval": "Held-out file (default: a val_fraction split of DATA)."})
 @click.option("--overwrite", is_flag=True, help="Train every point afresh instead of reusing finished ones.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
 @click.option("--json", "as_json", is_flag=True, help="Print curve.json to stdout instead of the summary.")
-def curve_command(source: str, fractions: str | None, output: str | None, generate: bool, eval_data: str | None,
-                  overwrite: bool, no_progress: bool, as_json: bool, **flags: Any) -> None:
+def curve_command(source: str, fractions: str | None, output: str | None, generate: bool, overrides: dict[str, Any],
+                  overwrite: bool, no_progress: bool, as_json: bool) -> None:
     """Learning curve: train SOURCE (data or CONFIG.yaml) on nested shares of its data; do I have enough?"""
     from .commands.curve import curve, print_summary
 
-    result = curve(_load_source(source, {**flags, "eval": eval_data}), CurveSettings.parse_fractions(fractions)
+    result = curve(_load_source(source, overrides), CurveSettings.parse_fractions(fractions)
                    if fractions else None, output, generate, overwrite, console, show_progress=not no_progress)
     if not _print_json(result.report, as_json):
         print_summary(result, click.echo)
@@ -471,17 +460,18 @@ def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_ta
 @click.argument("source", type=click.Path())
 @click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials, 8).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-time limit (default: tune.minutes).")
-@run_options  # for every trial; --lr, --epochs and --max-steps take their setting out of the search
-@click.option("--output", help="The search's folder (default runs/<data-name>-tune); the same one continues it.")
+# for every trial; --lr, --epochs and --max-steps take their setting out of the search
+@config_options(*RUN_KEYS, "output",
+                helps={"output": "The search's folder (default runs/<data-name>-tune); the same one continues it."})
 @click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` of the chosen run at the end.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder instead of continuing its search.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
-def tune_command(source: str, trials: int | None, minutes: float | None, eval_data: str | None, no_eval: bool,
-                 overwrite: bool, no_progress: bool, **flags: Any) -> None:
+def tune_command(source: str, trials: int | None, minutes: float | None, overrides: dict[str, Any], no_eval: bool,
+                 overwrite: bool, no_progress: bool) -> None:
     """Search settings on SOURCE (data, or a CONFIG.yaml with a `tune:` section) for the best model within budget."""
     from .commands.tune import load_tune, result_lines, tune
 
-    config, settings, fixed = load_tune(source, {**flags, "eval": eval_data})
+    config, settings, fixed = load_tune(source, overrides)
     result = tune(config, settings, fixed, trials=trials, minutes=minutes, evaluate=not no_eval, overwrite=overwrite,
                   console=console, show_progress=not no_progress)
     if not result.interrupted:  # soft wrap: paths and the reason stay whole in a log
