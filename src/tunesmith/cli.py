@@ -19,6 +19,7 @@ from .cli_options import (
     SYSTEM_PROMPT_HELP,
     columns_flag,
     engine_option,
+    listen_options,
     repetition_options,
     retrieval_options,
 )
@@ -343,10 +344,7 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
 
 @main.command("serve")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default.")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--api-key", envvar="TUNESMITH_API_KEY", help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
-@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header name to accept (repeatable).")
+@listen_options("Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
 @click.option("--model-name", help="Model id clients send (default: the run folder's name).")
 @click.option("--max-tokens", type=int,
               help=f"Largest max_tokens a request may ask for (default {ServeLimits.max_tokens}).")

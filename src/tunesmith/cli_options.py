@@ -1,6 +1,6 @@
 """Flags that several commands of cli.py share: the parsed --columns and --report-to values, the
-repetition controls of generate and chat, the retrieval of chat, serve and compare (a run's settings
-are built from the config in cli_config.py)."""
+repetition controls of generate and chat, the retrieval of chat, serve and compare, where serve and
+server listen (a run's settings are built from the config in cli_config.py)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,20 @@ def retrieval_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):  # the first listed comes first in --help
         with_settings = option(with_settings)
     return with_settings
+
+
+def listen_options(api_key_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--host, --port, --api-key and --allowed-host: where `serve` and `server` (and `ui`) listen and whom
+    they answer; `api_key_help` says what the command does without a key."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed((
+            click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default."),
+            click.option("--port", type=int, default=8000, show_default=True),
+            click.option("--api-key", envvar="TUNESMITH_API_KEY", help=api_key_help),
+            click.option("--allowed-host", "allowed_hosts", multiple=True,
+                         help="Extra Host header name to accept (repeatable)."),
+        )):  # the first listed comes first in --help
+            command = option(command)
+        return command
+
+    return decorate
