@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -146,7 +145,7 @@ def train_command(source: str | None, overrides: dict[str, Any], knowledge: str 
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
-    from .commands.train import end_processes, train
+    from .commands.train import end_processes, result_lines, train
     from .retrieval.raft import with_knowledge
     from .run import RunDir, checkpoint_run
 
@@ -159,18 +158,8 @@ def train_command(source: str | None, overrides: dict[str, Any], knowledge: str 
     result = train(with_knowledge(config, knowledge), overwrite=overwrite, console=console, show_progress=not no_progress,
                    resume=resume, force=force)
     end_processes()  # this command owns the process: close its group cleanly (not on errors)
-    if result.interrupted or not result.main_process:
-        return
-    change = (result.final_val_loss - result.base_val_loss) / result.base_val_loss
-    out = Console()
-    out.print()
-    out.print("[bold]tunesmith: run finished[/]")
-    out.print(f"  validation loss   base {result.base_val_loss:.4f} -> tuned {result.final_val_loss:.4f} "
-              f"({change:+.1%})")
-    out.print(f"  tokens trained    {result.train_tokens:,} in {result.steps} steps")
-    out.print(f"  wall time         {result.wall_seconds:.0f} s")
-    out.print(f"  run directory     {result.run_dir}")
-    out.print(f"  try it            tunesmith generate {result.run_dir} --prompt \"...\"")
+    if not result.interrupted and result.main_process:
+        Console().print("\n".join(result_lines(result)))
 
 
 @main.command("generate")
@@ -207,21 +196,12 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
 def plan_command(source: str, overrides: dict[str, Any], devices: int, as_json: bool) -> None:
     """Estimate the peak memory per device of training on SOURCE (data file or CONFIG.yaml)."""
-    from .commands.plan import plan_memory
+    from .commands.plan import plan_lines, plan_memory
 
     config = _load_source(source, overrides)
     plan = plan_memory(config, devices=devices)
-    if _print_json(plan.to_dict(), as_json):
-        return
-    click.echo(f"{config.method} on {config.model}: {plan.parameters:,} parameters, "
-               f"{plan.trainable_parameters:,} trained, {devices} device(s)")
-    click.echo(f"  tokens per optimizer step   {plan.tokens_per_step:,} (largest micro-batch "
-               f"{plan.max_micro_batch_tokens:,} tokens, largest forward pass {plan.max_forward_tokens:,})")
-    for label, value in (("frozen weights", plan.weights_gib), ("trained weights + grads + AdamW", plan.trainable_state_gib),
-                         ("activations", plan.activations_gib), ("LM head logits", plan.logits_gib),
-                         ("runtime", plan.runtime_gib), ("peak while loading", plan.load_peak_gib)):
-        click.echo(f"  {label:<30} {value:7.2f} GiB")
-    click.echo(f"  estimated peak per device     {plan.peak_gib:7.2f} GiB")
+    if not _print_json(plan.to_dict(), as_json):
+        click.echo("\n".join(plan_lines(plan, config, devices)))
 
 
 @main.group("data")
@@ -384,26 +364,14 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 def compare_command(run: str, knowledge: str | None, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
                     batch_size: int, no_cache: bool, as_json: bool, engine: str, retrieval: RetrievalSettings) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
-    from .commands.compare import compare_run, format_table
-    from .run import COMPARE
+    from .commands.compare import compare_run, result_lines
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                retrieval=retrieval)
     result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
                          use_cache=not no_cache, engine=engine)
-    if _print_json(result, as_json):
-        return
-    out = Console(highlight=False)
-    for name, split in result["splits"].items():
-        if name == "all":
-            continue
-        out.print()
-        out.print(f"[bold]{split['n']} {escape(split['description'])}[/] (value [95% CI])")
-        for line in format_table(split["systems"]):
-            out.print("  " + escape(line))
-    out.print()
-    out.print(escape(result["recommendation"]))
-    out.print(f"  report            {Path(run) / COMPARE}")
+    if not _print_json(result, as_json):
+        Console(highlight=False).print("\n".join(result_lines(result, run)))
 
 
 @main.command("curve")
@@ -439,19 +407,13 @@ def curve_command(source: str, fractions: str | None, output: str | None, genera
 @click.option("--lm-eval", "lm_eval_tasks", help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
 def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
     """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
-    from .commands.evaluate import evaluate_run
+    from .commands.evaluate import evaluate_run, print_verdict
 
     tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
     result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
                           use_cache=not no_cache, lm_eval_tasks=tasks)
-    if _print_json(result, as_json):
-        return
-    out = Console()
-    out.print()
-    out.print(f"[bold]tunesmith eval: {'within' if result['within_budget'] else '[red]OVER[/]'} the forgetting budget[/]")
-    for line in result["verdict"].splitlines():
-        out.print(f"  {line}", highlight=False)
-    out.print(f"  report            {Path(run) / 'report.html'}")
+    if not _print_json(result, as_json):
+        print_verdict(result, run, Console())
 
 
 @main.command("tune")
