@@ -232,7 +232,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
 
     from .data import data_options, resolve_data_path
     from .data.limits import CheckLimits
-    from .data.preview import render_preview, split_lines
+    from .data.preview import print_report
     from .model.tokenizer import load_tokenizer
 
     try:
@@ -251,20 +251,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
     out = Console(highlight=False, soft_wrap=True)  # a FILE:LINE stays whole in a pipe or a log
-    for title, issues, color in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
-        for issue in issues[: limits.max_issues_shown]:
-            out.print(f"[{color}]{title}:[/] {escape(str(issue))}")
-        if len(issues) > limits.max_issues_shown:
-            out.print(f"[{color}]... and {len(issues) - limits.max_issues_shown} more {title}(s)[/] (all with --json)")
-    for name, split in report.stats["splits"].items():
-        out.print("\n".join(split_lines(name, split, config.max_seq_tokens)))
-    for i, example in enumerate(report.previews):
-        out.rule(f"{escape(example.source)} — trained tokens highlighted")
-        out.print(render_preview(example, tokenizer, config.max_seq_tokens, color=out.is_terminal))
-    if report.ok:
-        out.print(f"[bold green]data check passed[/] ({len(report.warnings)} warning(s))")
-    else:
-        out.print(f"[bold red]data check failed:[/] {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    print_report(report, tokenizer, config.max_seq_tokens, limits.max_issues_shown, out)
     sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
 
 
