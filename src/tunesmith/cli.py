@@ -13,10 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .cli_options import (
-    COLUMNS_HELP,
     KNOWLEDGE_HELP,
-    SYSTEM_PROMPT_HELP,
-    columns_flag,
     engine_option,
     listen_options,
     repetition_options,
@@ -211,22 +208,19 @@ def data_group() -> None:
 
 @data_group.command("check")
 @click.argument("data")
-@click.option("--eval", "eval_data", help="Evaluation file: checked too, and for leakage from DATA.")
-@click.option("--model", help=f"Model whose tokenizer and chat template are used (default {DEFAULT_MODEL}).")
-@click.option("--max-seq-tokens", type=int,
-              help=f"Longest example in tokens, as in training (default {TrainConfig.max_seq_tokens}).")
+@config_options("eval", "model", "max_seq_tokens", "columns", "system_prompt", helps={
+    "eval": "Evaluation file: checked too, and for leakage from DATA.",
+    "model": f"Model whose tokenizer and chat template are used (default {DEFAULT_MODEL}).",
+    "max_seq_tokens": f"Longest example in tokens, as in training (default {TrainConfig.max_seq_tokens})."})
 # CheckLimits.max_line_bytes is not read here: its package, tunesmith.data, imports torch.
 # tests/test_cli.py holds this text to the field.
 @click.option("--max-line-bytes", type=int, help="Longest accepted line in bytes (default 1 MiB).")
 @click.option("--show", type=click.IntRange(min=0), default=0,
               help="Print N rendered examples, trained tokens highlighted.")
-@click.option("--columns", callback=columns_flag, help=COLUMNS_HELP)
-@click.option("--system-prompt", help=SYSTEM_PROMPT_HELP)
 @click.option("--grader", type=click.Path(exists=True, dir_okay=False), help=GRADER_CHECK_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
-def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
-                       max_line_bytes: int | None, show: int, columns: dict[str, str] | None,
-                       system_prompt: str | None, grader: str | None, as_json: bool) -> None:
+def data_check_command(data: str, overrides: dict[str, Any], max_line_bytes: int | None, show: int, grader: str | None,
+                       as_json: bool) -> None:
     """Check DATA (a data file, a folder of them, or a CONFIG.yaml): exit 0 clean, 1 errors, 2 usage errors."""
     import json
 
@@ -236,8 +230,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
     from .model.tokenizer import load_tokenizer
 
     try:
-        config = _load_source(data, {"eval": eval_data, "model": model, "max_seq_tokens": max_seq_tokens,
-                                     "columns": columns, "system_prompt": system_prompt})
+        config = _load_source(data, overrides)
         for path in filter(None, (config.data, config.eval)):
             if not resolve_data_path(path).exists():
                 raise FileNotFoundError(f"{path}: no such data file or folder — check the path")
