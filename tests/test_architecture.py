@@ -88,8 +88,8 @@ def test_no_import_cycles() -> None:
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph) or [])}"
 
 
-TOP_LAYER = ("tunesmith.cli", "tunesmith.cli_server", "tunesmith.cli_options", "tunesmith.cli_grade",
-             "tunesmith.runtime", "tunesmith.__main__", "tunesmith.commands", "tunesmith.ui")
+TOP_LAYER = ("tunesmith.cli", "tunesmith.cli_server", "tunesmith.cli_options", "tunesmith.cli_config",
+             "tunesmith.cli_grade", "tunesmith.runtime", "tunesmith.__main__", "tunesmith.commands", "tunesmith.ui")
 """What parses flags, runs a command's recipe or serves the page: everything else is machinery."""
 
 UPWARD = (

@@ -1,5 +1,6 @@
 """The command line end to end on the tiny model: train, generate, resume, and clear errors."""
 
+import dataclasses
 import json
 
 import pytest
@@ -7,6 +8,7 @@ from click.testing import CliRunner
 
 import tunesmith.cli
 from tunesmith.cli import main
+from tunesmith.config import TrainConfig
 from tunesmith.errors import CheckpointError, ConfigError
 
 
@@ -81,6 +83,49 @@ def test_help_states_the_config_defaults():
     assert f"(default {TrainConfig.batch_size})" in train_help and "[lora|dora|full|qlora]" in train_help
     check_help = CliRunner().invoke(main, ["data", "check", "--help"], terminal_width=200).output
     assert CheckLimits.max_line_bytes == 1 << 20 and "(default 1 MiB)" in check_help  # written out, see cli.py
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "curve", "plan"])
+def test_run_flags_reach_the_config_as_overrides_of_its_keys(monkeypatch, command):
+    seen = {}
+
+    def load_source(source, overrides):
+        seen.update(overrides)
+        raise KeyboardInterrupt  # stop before anything is loaded
+
+    monkeypatch.setattr(tunesmith.cli, "load_source", load_source)
+    monkeypatch.setattr("tunesmith.commands.tune.load_source", load_source)
+    more = ["--lr", "2e-4", "--eval", "e.jsonl"] if command != "plan" else []
+    flags = ["--method", "dora", "--batch-size", "3", *more]
+    result = CliRunner().invoke(main, [command, "data.jsonl", *flags])
+    assert result.exit_code == 130, result.output
+    given = {k: v for k, v in seen.items() if v is not None}
+    expected_more = {"lr": 2e-4, "eval": "e.jsonl"} if command != "plan" else {}
+    assert given == {"method": "dora", "batch_size": 3, **expected_more}
+    assert set(seen) <= {f.name for f in dataclasses.fields(TrainConfig)}  # config keys, each None unless given
+
+
+def test_objective_is_a_flag_and_method_dpo_points_to_it(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(tunesmith.cli, "load_source", lambda source, overrides: seen.update(overrides) or raising(
+        KeyboardInterrupt())())
+    assert CliRunner().invoke(main, ["train", "pairs.jsonl", "--objective", "dpo"]).exit_code == 130
+    assert seen["objective"] == "dpo" and seen["method"] is None
+    result = CliRunner().invoke(main, ["train", "pairs.jsonl", "--method", "dpo"])
+    assert result.exit_code == 2 and "dpo is an objective: use --objective dpo" in result.stderr
+    result = CliRunner().invoke(main, ["train", "pairs.jsonl", "--method", "lorax"])
+    assert "'lorax' is not one of 'lora', 'dora', 'full', 'qlora'" in result.stderr  # click's own message otherwise
+
+
+def test_a_flag_without_written_help_takes_its_fields_docstring():
+    import click
+
+    from tunesmith.cli_config import config_option
+    from tunesmith.field_docs import field_docs
+
+    option = config_option("warmup_ratio")(lambda **kwargs: None).__click_params__[0]
+    assert option.opts == ["--warmup-ratio"] and option.type is click.FLOAT and option.default is None
+    assert option.help == field_docs(TrainConfig)["warmup_ratio"] and option.help.startswith("Fraction of steps")
 
 
 def test_resume_a_run_by_its_directory_alone(faq_file, tiny_model_dir, tmp_path):

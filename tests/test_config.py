@@ -82,3 +82,11 @@ def test_moved_settings_are_checked_as_config():
         CompareSettings(seen=-1)
     with pytest.raises(ConfigError, match=r"'retrieval.overlap_words' must be in \[0, chunk_words\), got 120"):
         RetrievalSettings(overlap_words=120)
+
+
+def test_a_method_that_is_an_objective_names_the_objective_key():
+    with pytest.raises(ConfigError,
+                       match="config key 'method' is the kind of weights trained; for dpo set objective: dpo"):
+        load_config(None, {"data": "x.jsonl", "method": "dpo"})
+    with pytest.raises(ConfigError, match="must be one of lora, dora, full, qlora, got 'lorax'"):
+        load_config(None, {"data": "x.jsonl", "method": "lorax"})

@@ -235,10 +235,10 @@ def test_figures_of_a_pruned_trial_are_those_training_would_select():
     assert found["budget_share"] == 0.5 and found["probes"]["kl_drift"]["ci95"] == [0.4, 0.6]
 
 
-def test_the_readme_documents_every_tune_key_with_its_default():
-    from test_docs import readme_table
+def test_the_docs_document_every_tune_key_with_its_default():
+    from test_docs import doc_table
 
-    table = readme_table("### The `tune:` section", "| key | default | meaning |")
+    table = doc_table("tune.md", "## The `tune:` section", "| key | default | meaning |")
     fields = {f.name: f for f in dataclasses.fields(TuneConfig)}
     assert set(table) == {f"`{name}`" for name in fields}
     for name in fields:

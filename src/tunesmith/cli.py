@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -15,20 +14,14 @@ from rich.markup import escape
 
 # Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
 # what it needs (torch, transformers) inside its function.
+from .cli_config import RUN_KEYS, config_options
+
+# Only light modules at the top, so that `tunesmith --help` starts at once; each command imports
+# what it needs (torch, transformers) inside its function.
 from .cli_grade import GRADER_CHECK_HELP, check_files_with_grader, grade_command
-from .cli_options import (
-    COLUMNS_HELP,
-    KNOWLEDGE_HELP,
-    SYSTEM_PROMPT_HELP,
-    columns_flag,
-    engine_option,
-    repetition_options,
-    report_to_flag,
-    retrieval_options,
-    run_options,
-)
+from .cli_options import KNOWLEDGE_HELP, engine_option, listen_options, repetition_options, retrieval_options
 from .cli_server import jobs_group, server_command, ui_command
-from .config import DEFAULT_MODEL, METHODS, TrainConfig
+from .config import DEFAULT_MODEL, TrainConfig
 from .errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, TunesmithError
 from .settings import (
     DEFAULT_EXPORT_FORMAT,
@@ -133,49 +126,34 @@ def main() -> None:
 
 @main.command("train")
 @click.argument("source", type=click.Path(), required=False)
-@run_options
-@click.option("--output", help="Run directory (default runs/<data-name>-<timestamp>).")
-@click.option("--save-every", type=int, help="Checkpoint every N steps (default: at every evaluation).")
-@click.option("--report-to", callback=report_to_flag,
-              help="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, trackio; none for none "
-                   "(default none; config: report_to).")
+@config_options(*RUN_KEYS, "output", "save_every", "report_to",
+                helps={"output": "Run directory (default runs/<data-name>-<timestamp>)."})
 @click.option("--knowledge",
               help=f"Train with passages retrieved from this {KNOWLEDGE_HELP} (RAFT; sets retrieval.knowledge).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
 @click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
-def train_command(source: str | None, overwrite: bool, no_progress: bool, eval_data: str | None,
-                  resume: str | None, force: bool, **flags: Any) -> None:
+def train_command(source: str | None, overrides: dict[str, Any], knowledge: str | None, resume: str | None, force: bool,
+                  overwrite: bool, no_progress: bool) -> None:
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
-    from .commands.train import end_processes, train
+    from .commands.train import end_processes, result_lines, train
     from .retrieval.raft import with_knowledge
     from .run import RunDir, checkpoint_run
 
-    flags["eval"], knowledge = eval_data, flags.pop("knowledge")
     if source is None:
         if resume in (None, "auto"):
             raise click.UsageError("give a data file or CONFIG.yaml (or --resume RUN)")
-        config = RunDir.open(checkpoint_run(resume)).config(flags)
+        config = RunDir.open(checkpoint_run(resume)).config(overrides)
     else:
-        config = _load_source(source, flags)
+        config = _load_source(source, overrides)
     result = train(with_knowledge(config, knowledge), overwrite=overwrite, console=console,
                    show_progress=not no_progress, resume=resume, force=force)
     end_processes()  # this command owns the process: close its group cleanly (not on errors)
-    if result.interrupted or not result.main_process:
-        return
-    change = (result.final_val_loss - result.base_val_loss) / result.base_val_loss
-    out = Console()
-    out.print()
-    out.print("[bold]tunesmith: run finished[/]")
-    out.print(f"  validation loss   base {result.base_val_loss:.4f} -> tuned {result.final_val_loss:.4f} "
-              f"({change:+.1%})")
-    out.print(f"  tokens trained    {result.train_tokens:,} in {result.steps} steps")
-    out.print(f"  wall time         {result.wall_seconds:.0f} s")
-    out.print(f"  run directory     {result.run_dir}")
-    out.print(f"  try it            tunesmith generate {result.run_dir} --prompt \"...\"")
+    if not result.interrupted and result.main_process:
+        Console().print("\n".join(result_lines(result)))
 
 
 @main.command("generate")
@@ -206,30 +184,18 @@ def generate_command(run: str, prompt: str, system: str | None, base: bool, max_
 
 @main.command("plan")
 @click.argument("source", type=click.Path())
-@click.option("--model", help=f"Model directory, hub id, or {DEFAULT_MODEL} (default).")
-@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
-@click.option("--max-seq-tokens", type=int, help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens}).")
-@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
+@config_options("model", "method", "max_seq_tokens", "batch_size",
+                helps={"model": f"Model directory, hub id, or {DEFAULT_MODEL} (default)."})
 @click.option("--devices", type=int, default=1, show_default=True, help="Processes (GPUs or CPU ranks).")
 @click.option("--json", "as_json", is_flag=True, help="Print the estimate as JSON.")
-def plan_command(source: str, devices: int, as_json: bool, **flags: Any) -> None:
+def plan_command(source: str, overrides: dict[str, Any], devices: int, as_json: bool) -> None:
     """Estimate the peak memory per device of training on SOURCE (data file or CONFIG.yaml)."""
-    from .commands.plan import plan_memory
+    from .commands.plan import plan_lines, plan_memory
 
-    config = _load_source(source, flags)
+    config = _load_source(source, overrides)
     plan = plan_memory(config, devices=devices)
-    if _print_json(plan.to_dict(), as_json):
-        return
-    click.echo(f"{config.method} on {config.model}: {plan.parameters:,} parameters, "
-               f"{plan.trainable_parameters:,} trained, {devices} device(s)")
-    click.echo(f"  tokens per optimizer step   {plan.tokens_per_step:,} (largest micro-batch "
-               f"{plan.max_micro_batch_tokens:,} tokens, largest forward pass {plan.max_forward_tokens:,})")
-    for label, value in (("frozen weights", plan.weights_gib),
-                         ("trained weights + grads + AdamW", plan.trainable_state_gib),
-                         ("activations", plan.activations_gib), ("LM head logits", plan.logits_gib),
-                         ("runtime", plan.runtime_gib), ("peak while loading", plan.load_peak_gib)):
-        click.echo(f"  {label:<30} {value:7.2f} GiB")
-    click.echo(f"  estimated peak per device     {plan.peak_gib:7.2f} GiB")
+    if not _print_json(plan.to_dict(), as_json):
+        click.echo("\n".join(plan_lines(plan, config, devices)))
 
 
 @main.group("data")
@@ -239,33 +205,29 @@ def data_group() -> None:
 
 @data_group.command("check")
 @click.argument("data")
-@click.option("--eval", "eval_data", help="Evaluation file: checked too, and for leakage from DATA.")
-@click.option("--model", help=f"Model whose tokenizer and chat template are used (default {DEFAULT_MODEL}).")
-@click.option("--max-seq-tokens", type=int,
-              help=f"Longest example in tokens, as in training (default {TrainConfig.max_seq_tokens}).")
+@config_options("eval", "model", "max_seq_tokens", "columns", "system_prompt", helps={
+    "eval": "Evaluation file: checked too, and for leakage from DATA.",
+    "model": f"Model whose tokenizer and chat template are used (default {DEFAULT_MODEL}).",
+    "max_seq_tokens": f"Longest example in tokens, as in training (default {TrainConfig.max_seq_tokens})."})
 # CheckLimits.max_line_bytes is not read here: its package, tunesmith.data, imports torch.
 # tests/test_cli.py holds this text to the field.
 @click.option("--max-line-bytes", type=int, help="Longest accepted line in bytes (default 1 MiB).")
 @click.option("--show", type=click.IntRange(min=0), default=0,
               help="Print N rendered examples, trained tokens highlighted.")
-@click.option("--columns", callback=columns_flag, help=COLUMNS_HELP)
-@click.option("--system-prompt", help=SYSTEM_PROMPT_HELP)
 @click.option("--grader", type=click.Path(exists=True, dir_okay=False), help=GRADER_CHECK_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (schema in the README).")
-def data_check_command(data: str, eval_data: str | None, model: str | None, max_seq_tokens: int | None,
-                       max_line_bytes: int | None, show: int, columns: dict[str, str] | None,
-                       system_prompt: str | None, grader: str | None, as_json: bool) -> None:
+def data_check_command(data: str, overrides: dict[str, Any], max_line_bytes: int | None, show: int, grader: str | None,
+                       as_json: bool) -> None:
     """Check DATA (a data file, a folder of them, or a CONFIG.yaml): exit 0 clean, 1 errors, 2 usage errors."""
     import json
 
     from .data import data_options, resolve_data_path
     from .data.limits import CheckLimits
-    from .data.preview import render_preview, split_lines
+    from .data.preview import print_report
     from .model.tokenizer import load_tokenizer
 
     try:
-        config = _load_source(data, {"eval": eval_data, "model": model, "max_seq_tokens": max_seq_tokens,
-                                     "columns": columns, "system_prompt": system_prompt})
+        config = _load_source(data, overrides)
         for path in filter(None, (config.data, config.eval)):
             if not resolve_data_path(path).exists():
                 raise FileNotFoundError(f"{path}: no such data file or folder — check the path")
@@ -279,20 +241,7 @@ def data_check_command(data: str, eval_data: str | None, model: str | None, max_
         click.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
     out = Console(highlight=False, soft_wrap=True)  # a FILE:LINE stays whole in a pipe or a log
-    for title, issues, color in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
-        for issue in issues[: limits.max_issues_shown]:
-            out.print(f"[{color}]{title}:[/] {escape(str(issue))}")
-        if len(issues) > limits.max_issues_shown:
-            out.print(f"[{color}]... and {len(issues) - limits.max_issues_shown} more {title}(s)[/] (all with --json)")
-    for name, split in report.stats["splits"].items():
-        out.print("\n".join(split_lines(name, split, config.max_seq_tokens)))
-    for i, example in enumerate(report.previews):
-        out.rule(f"{escape(example.source)} — trained tokens highlighted")
-        out.print(render_preview(example, tokenizer, config.max_seq_tokens, color=out.is_terminal))
-    if report.ok:
-        out.print(f"[bold green]data check passed[/] ({len(report.warnings)} warning(s))")
-    else:
-        out.print(f"[bold red]data check failed:[/] {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    print_report(report, tokenizer, config.max_seq_tokens, limits.max_issues_shown, out)
     sys.exit(EXIT_OK if report.ok else EXIT_ERROR)
 
 
@@ -352,11 +301,7 @@ def export_command(run: str, fmt: str, output: str | None, gguf_type: str, toler
 
 @main.command("serve")
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default.")
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--api-key", envvar="TUNESMITH_API_KEY",
-              help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
-@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Extra Host header name to accept (repeatable).")
+@listen_options("Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY).")
 @click.option("--model-name", help="Model id clients send (default: the run folder's name).")
 @click.option("--max-tokens", type=int,
               help=f"Largest max_tokens a request may ask for (default {ServeLimits.max_tokens}).")
@@ -396,26 +341,14 @@ def serve_command(run: str, host: str, port: int, api_key: str | None, allowed_h
 def compare_command(run: str, knowledge: str | None, eval_data: str | None, limit: int, seen: int, max_new_tokens: int,
                     batch_size: int, no_cache: bool, as_json: bool, engine: str, retrieval: RetrievalSettings) -> None:
     """Base, base+RAG, tuned and tuned+RAG on held-out questions; writes RUN/compare.json."""
-    from .commands.compare import compare_run, format_table
-    from .run import COMPARE
+    from .commands.compare import compare_run, result_lines
 
     settings = CompareSettings(limit=limit, seen=seen, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                retrieval=retrieval)
     result = compare_run(run, knowledge, eval_data, settings, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
                          use_cache=not no_cache, engine=engine)
-    if _print_json(result, as_json):
-        return
-    out = Console(highlight=False)
-    for name, split in result["splits"].items():
-        if name == "all":
-            continue
-        out.print()
-        out.print(f"[bold]{split['n']} {escape(split['description'])}[/] (value [95% CI])")
-        for line in format_table(split["systems"]):
-            out.print("  " + escape(line))
-    out.print()
-    out.print(escape(result["recommendation"]))
-    out.print(f"  report            {Path(run) / COMPARE}")
+    if not _print_json(result, as_json):
+        Console(highlight=False).print("\n".join(result_lines(result, run)))
 
 
 @main.command("curve")
@@ -424,23 +357,20 @@ def compare_command(run: str, knowledge: str | None, eval_data: str | None, limi
                                   f"{','.join(f'{f:g}' for f in CurveSettings.fractions)}).")
 @click.option("--output", help="The curve's folder (default <config output>-curve, else runs/<data-name>-curve).")
 @click.option("--generate", is_flag=True, help="Also score answer token F1 / ROUGE-L on a fixed held-out sample.")
-@click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default).")
-@click.option("--method", type=click.Choice(METHODS), help=f"Fine-tuning method (default {TrainConfig.method}).")
-@click.option("--epochs", type=float, help="Passes over each share (default: from the full data's size, for all).")
-@click.option("--max-steps", type=int, hidden=True)  # refused, with the reason, by curve_root
-@click.option("--lr", type=float, help="Peak learning rate (default: per method).")
-@click.option("--seed", type=int, help=f"Seeds the split, the shares and training (default {TrainConfig.seed}).")
-@click.option("--eval", "eval_data", help="Held-out file (default: a val_fraction split of DATA).")
-@click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size}).")
+@config_options("model", "method", "epochs", "max_steps", "lr", "seed", "eval", "batch_size",
+                hidden=("max_steps",),  # refused, with the reason, by curve_root
+                helps={"epochs": "Passes over each share (default: from the full data's size, for all).",
+                       "seed": f"Seeds the split, the shares and training (default {TrainConfig.seed}).",
+                       "eval": "Held-out file (default: a val_fraction split of DATA)."})
 @click.option("--overwrite", is_flag=True, help="Train every point afresh instead of reusing finished ones.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
 @click.option("--json", "as_json", is_flag=True, help="Print curve.json to stdout instead of the summary.")
-def curve_command(source: str, fractions: str | None, output: str | None, generate: bool, eval_data: str | None,
-                  overwrite: bool, no_progress: bool, as_json: bool, **flags: Any) -> None:
+def curve_command(source: str, fractions: str | None, output: str | None, generate: bool, overrides: dict[str, Any],
+                  overwrite: bool, no_progress: bool, as_json: bool) -> None:
     """Learning curve: train SOURCE (data or CONFIG.yaml) on nested shares of its data; do I have enough?"""
     from .commands.curve import curve, print_summary
 
-    result = curve(_load_source(source, {**flags, "eval": eval_data}), CurveSettings.parse_fractions(fractions)
+    result = curve(_load_source(source, overrides), CurveSettings.parse_fractions(fractions)
                    if fractions else None, output, generate, overwrite, console, show_progress=not no_progress)
     if not _print_json(result.report, as_json):
         print_summary(result, click.echo)
@@ -455,37 +385,31 @@ def curve_command(source: str, fractions: str | None, output: str | None, genera
               help="Comma-separated lm-eval tasks (needs lm-eval installed and a network).")
 def eval_command(run: str, as_json: bool, full: bool, no_cache: bool, lm_eval_tasks: str | None) -> None:
     """Base vs tuned on the task and general probes; writes RUN/eval.json and RUN/report.html."""
-    from .commands.evaluate import evaluate_run
+    from .commands.evaluate import evaluate_run, print_verdict
 
     tasks = [t.strip() for t in (lm_eval_tasks or "").split(",") if t.strip()]
     result = evaluate_run(run, full=full, log=lambda m: console.print(f"[dim]{escape(m)}[/]"),
                           use_cache=not no_cache, lm_eval_tasks=tasks)
-    if _print_json(result, as_json):
-        return
-    out = Console()
-    out.print()
-    within = "within" if result["within_budget"] else "[red]OVER[/]"
-    out.print(f"[bold]tunesmith eval: {within} the forgetting budget[/]")
-    for line in result["verdict"].splitlines():
-        out.print(f"  {line}", highlight=False)
-    out.print(f"  report            {Path(run) / 'report.html'}")
+    if not _print_json(result, as_json):
+        print_verdict(result, run, Console())
 
 
 @main.command("tune")
 @click.argument("source", type=click.Path())
 @click.option("--trials", type=click.IntRange(min=1), help="Trials to finish (default: tune.trials, 8).")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Wall-time limit (default: tune.minutes).")
-@run_options  # for every trial; --lr, --epochs and --max-steps take their setting out of the search
-@click.option("--output", help="The search's folder (default runs/<data-name>-tune); the same one continues it.")
+# for every trial; --lr, --epochs and --max-steps take their setting out of the search
+@config_options(*RUN_KEYS, "output",
+                helps={"output": "The search's folder (default runs/<data-name>-tune); the same one continues it."})
 @click.option("--no-eval", is_flag=True, help="Skip `tunesmith eval` of the chosen run at the end.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder instead of continuing its search.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
-def tune_command(source: str, trials: int | None, minutes: float | None, eval_data: str | None, no_eval: bool,
-                 overwrite: bool, no_progress: bool, **flags: Any) -> None:
+def tune_command(source: str, trials: int | None, minutes: float | None, overrides: dict[str, Any], no_eval: bool,
+                 overwrite: bool, no_progress: bool) -> None:
     """Search settings on SOURCE (data, or a CONFIG.yaml with a `tune:` section) for the best model within budget."""
     from .commands.tune import load_tune, result_lines, tune
 
-    config, settings, fixed = load_tune(source, {**flags, "eval": eval_data})
+    config, settings, fixed = load_tune(source, overrides)
     result = tune(config, settings, fixed, trials=trials, minutes=minutes, evaluate=not no_eval, overwrite=overwrite,
                   console=console, show_progress=not no_progress)
     if not result.interrupted:  # soft wrap: paths and the reason stay whole in a log

@@ -1,5 +1,6 @@
-"""Flags that several commands of cli.py share: a run's settings (train, tune), the parsed --columns and
---report-to values, the repetition controls of generate and chat, the retrieval of chat, serve and compare."""
+"""Flags that several commands of cli.py share: the parsed --columns and --report-to values, the
+repetition controls of generate and chat, the retrieval of chat, serve and compare, where serve and
+server listen (a run's settings are built from the config in cli_config.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any, Callable
 
 import click
 
-from .config import DEFAULT_MODEL, METHODS, TrainConfig
 from .inference.engines import DEFAULT_ENGINE, ENGINES
 from .settings import RETRIEVERS, UNREADABLE_POLICIES, RetrievalSettings, Sampling
 
@@ -32,28 +32,6 @@ def report_to_flag(ctx: click.Context, param: click.Parameter, value: str | None
 COLUMNS_HELP = ("Your file's columns for our fields, e.g. prompt=customer_message,completion=agent_reply "
                  "(config: columns).")
 SYSTEM_PROMPT_HELP = "A system turn for rows without one: text or a .txt/.md file (config: system_prompt)."
-
-
-def run_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """A run's flags (train; tune, for every trial): None unless given, so a CONFIG.yaml's values stand."""
-    options = [
-        click.option("--model", help=f"Local model directory, hub id, or {DEFAULT_MODEL} (default)."),
-        click.option("--method", type=click.Choice(METHODS),
-                     help=f"Fine-tuning method (default {TrainConfig.method})."),
-        click.option("--epochs", type=float, help="Passes over the data (default: from the data size)."),
-        click.option("--max-steps", type=int, help="Optimizer steps; wins over --epochs."),
-        click.option("--lr", type=float, help="Peak learning rate (default: per method)."),
-        click.option("--seed", type=int, help=f"Random seed (default {TrainConfig.seed})."),
-        click.option("--eval", "eval_data", help="Validation data file (default: a val_fraction split of DATA)."),
-        click.option("--columns", callback=columns_flag, help=COLUMNS_HELP),
-        click.option("--system-prompt", help=SYSTEM_PROMPT_HELP),
-        click.option("--max-seq-tokens", type=int,
-                     help=f"Longest example in tokens (default {TrainConfig.max_seq_tokens})."),
-        click.option("--batch-size", type=int, help=f"Examples per micro-batch (default {TrainConfig.batch_size})."),
-    ]
-    for option in reversed(options):  # the first listed comes first in --help
-        command = option(command)
-    return command
 
 
 def repetition_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,3 +75,21 @@ def retrieval_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):  # the first listed comes first in --help
         with_settings = option(with_settings)
     return with_settings
+
+
+def listen_options(api_key_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--host, --port, --api-key and --allowed-host: where `serve` and `server` (and `ui`) listen and whom
+    they answer; `api_key_help` says what the command does without a key."""
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed((
+            click.option("--host", default="127.0.0.1", show_default=True,
+                         help="Address to bind; loopback by default."),
+            click.option("--port", type=int, default=8000, show_default=True),
+            click.option("--api-key", envvar="TUNESMITH_API_KEY", help=api_key_help),
+            click.option("--allowed-host", "allowed_hosts", multiple=True,
+                         help="Extra Host header name to accept (repeatable)."),
+        )):  # the first listed comes first in --help
+            command = option(command)
+        return command
+
+    return decorate

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from .cli_options import listen_options
 from .errors import TunesmithError
 from .settings import ServerLimits
 
@@ -19,20 +20,13 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 def _server_options(command: Any) -> Any:
-    """The options `server` and `ui` share: where to listen, the key, the home and the base model."""
+    """The options `server` and `ui` share: where to listen and the key (as `serve`), the home and the base model."""
     for option in reversed((
-        click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; loopback by default."),
-        click.option("--port", type=int, default=8000, show_default=True),
-        click.option("--api-key", envvar="TUNESMITH_API_KEY",
-                     help="Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY); default: a random key "
-                          "made and printed at each start."),
         click.option("--home", default="tunesmith-home", show_default=True, type=click.Path(file_okay=False),
                      help="Folder of the database, uploaded files, run directories and logs."),
         click.option("--model", help="Base model every job trains (default: --config's, else tunesmith's default)."),
         click.option("--config", "config", type=click.Path(exists=True, dir_okay=False),
                      help="YAML of run settings under every job (method, lora, forgetting, precision, ...)."),
-        click.option("--allowed-host", "allowed_hosts", multiple=True,
-                     help="Extra Host header name to accept (repeatable)."),
         click.option("--max-upload-bytes", type=int,
                      help=f"Largest uploaded file (default {ServerLimits.max_upload_bytes})."),
         click.option("--no-eval", is_flag=True,
@@ -48,7 +42,8 @@ def _server_options(command: Any) -> Any:
         click.option("--judge-model", help="Model id sent to the judge instead of each grader's `model`."),
     )):
         command = option(command)
-    return command
+    return listen_options("Require 'Authorization: Bearer KEY' (or set TUNESMITH_API_KEY); default: a random key "
+                          "made and printed at each start.")(command)
 
 
 def _settings(host: str, port: int, api_key: str | None, home: str, model: str | None, config: str | None,

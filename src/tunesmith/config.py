@@ -14,7 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .config_names import OTHER_TOOLS_NAMES
+from .config_names import OTHER_TOOLS_NAMES, other_key_of
 from .errors import ConfigError, require
 from .settings import RetrievalTrainConfig
 
@@ -254,6 +254,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         require(bool(self.data), "data", "is required: the training data file")
+        home = other_key_of("method", self.method)  # method: dpo, as TRL names its trainers
+        require(home is None, "method", f"is the kind of weights trained; for {self.method} set {home}: {self.method}")
         require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}, got {self.method!r}")
         require(self.objective in OBJECTIVES, "objective",
                f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")

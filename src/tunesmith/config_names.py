@@ -16,3 +16,12 @@ OTHER_TOOLS_NAMES = {
     "beta": "preference.beta", "dpo_beta": "preference.beta", "orpo_alpha": "preference.orpo_lambda",
     "loss_type": "objective",
 }
+
+OTHER_KEYS_VALUES = {"method": {"sft": "objective", "dpo": "objective", "orpo": "objective"}}
+"""Values that other tools give one setting and tunesmith another (TRL's DPOTrainer is a 'method' beside
+SFT; here the method is the kind of weights trained and DPO the objective): {key: {value: its key}}."""
+
+
+def other_key_of(key: str, value: str) -> str | None:
+    """The key that `value` belongs to when it was given to `key` (method dpo -> objective), else None."""
+    return OTHER_KEYS_VALUES.get(key, {}).get(value)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from rich.markup import escape
 
 from ..config import ConfigError, TrainConfig
 from ..data import (
@@ -41,7 +42,7 @@ from ..model.base import cached_base
 from ..retrieval import Passage, Retriever, recall_at_k
 from ..retrieval.raft import run_retrieval
 from ..retrieval.recall import ANSWER_F1
-from ..run import RunDir, load_run_and_base
+from ..run import COMPARE, RunDir, load_run_and_base
 from ..settings import CompareSettings, RetrievalSettings
 
 SYSTEMS = ("base", "base+rag", "tuned", "tuned+rag")
@@ -329,3 +330,14 @@ def format_table(systems: dict[str, Any]) -> list[str]:
             cells.append(f"{score['value']:.2f} [{lo:.2f}, {hi:.2f}]".rjust(22))
         lines.append(f"{name:<10}" + "".join(cells))
     return lines
+
+
+def result_lines(result: dict[str, Any], run: str | Path) -> list[str]:
+    """The comparison for the terminal (rich markup): a table per split of questions, the recommendation,
+    where compare.json is."""
+    lines = []
+    for name, split in result["splits"].items():
+        if name != "all":
+            lines += ["", f"[bold]{split['n']} {escape(split['description'])}[/] (value [95% CI])",
+                      *("  " + escape(line) for line in format_table(split["systems"]))]
+    return [*lines, "", escape(result["recommendation"]), f"  report            {Path(run) / COMPARE}"]

@@ -323,3 +323,14 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     write_report(run, result)
     log_evaluation(config, run.path, result, Console(stderr=True, soft_wrap=True))  # into the run's trackers
     return result
+
+
+def print_verdict(result: dict[str, Any], run: str | Path, out: Any) -> None:
+    """The evaluation for the terminal, on the rich Console `out`: within the budget or over it, the
+    verdict's lines as written (not highlighted), where report.html is."""
+    out.print()
+    within = "within" if result["within_budget"] else "[red]OVER[/]"
+    out.print(f"[bold]tunesmith eval: {within} the forgetting budget[/]")
+    for line in result["verdict"].splitlines():
+        out.print(f"  {line}", highlight=False)
+    out.print(f"  report            {Path(run) / 'report.html'}")

@@ -100,3 +100,17 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
         logits_gib=logits / GIB, runtime_gib=runtime / GIB, load_peak_gib=load_peak / GIB,
         peak_gib=max(train_peak, load_peak) / GIB,
     )
+
+
+def plan_lines(plan: MemoryPlan, config: TrainConfig, devices: int) -> list[str]:
+    """The estimate for the terminal: the model and method, the tokens per step, each share of the peak."""
+    lines = [(f"{config.method} on {config.model}: {plan.parameters:,} parameters, "
+              f"{plan.trainable_parameters:,} trained, {devices} device(s)"),
+             (f"  tokens per optimizer step   {plan.tokens_per_step:,} (largest micro-batch "
+              f"{plan.max_micro_batch_tokens:,} tokens, largest forward pass {plan.max_forward_tokens:,})")]
+    for label, value in (("frozen weights", plan.weights_gib),
+                         ("trained weights + grads + AdamW", plan.trainable_state_gib),
+                         ("activations", plan.activations_gib), ("LM head logits", plan.logits_gib),
+                         ("runtime", plan.runtime_gib), ("peak while loading", plan.load_peak_gib)):
+        lines.append(f"  {label:<30} {value:7.2f} GiB")
+    return [*lines, f"  estimated peak per device     {plan.peak_gib:7.2f} GiB"]

@@ -479,3 +479,14 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     s.run.write_summary(finished.to_dict())
     record(finished)
     return result
+
+
+def result_lines(result: TrainResult) -> list[str]:
+    """A finished run for the terminal (rich markup): the loss before and after, and where the run is."""
+    change = (result.final_val_loss - result.base_val_loss) / result.base_val_loss
+    return ["", "[bold]tunesmith: run finished[/]",
+            f"  validation loss   base {result.base_val_loss:.4f} -> tuned {result.final_val_loss:.4f} ({change:+.1%})",
+            f"  tokens trained    {result.train_tokens:,} in {result.steps} steps",
+            f"  wall time         {result.wall_seconds:.0f} s",
+            f"  run directory     {result.run_dir}",
+            f"  try it            tunesmith generate {result.run_dir} --prompt \"...\""]

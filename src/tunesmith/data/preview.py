@@ -1,5 +1,5 @@
 """What the model learns from one example, shown: its rendered text with the trained tokens marked
-(`data check --show`, and the web page's Data page)."""
+(`data check --show`, and the web page's Data page); and the whole data check's report in a terminal."""
 
 from __future__ import annotations
 
@@ -71,3 +71,22 @@ def split_lines(name: str, split: dict[str, Any], max_seq_tokens: int) -> list[s
         empty = f", {len(doc['empty_pages'])} empty" if doc["empty_pages"] else ""
         lines.append(f"  {escape(doc['file'])}: {doc['pages']} {unit}, {doc['characters']:,} characters{empty}")
     return lines
+
+
+def print_report(report: Any, tokenizer: Any, max_seq_tokens: int, max_issues_shown: int, out: Any) -> None:
+    """`data check`'s report on the rich Console `out`: the first `max_issues_shown` errors and warnings,
+    each split's token lengths, the previews, then passed or failed."""
+    for title, issues, color in (("error", report.errors, "red"), ("warning", report.warnings, "yellow")):
+        for issue in issues[:max_issues_shown]:
+            out.print(f"[{color}]{title}:[/] {escape(str(issue))}")
+        if len(issues) > max_issues_shown:
+            out.print(f"[{color}]... and {len(issues) - max_issues_shown} more {title}(s)[/] (all with --json)")
+    for name, split in report.stats["splits"].items():
+        out.print("\n".join(split_lines(name, split, max_seq_tokens)))
+    for example in report.previews:
+        out.rule(f"{escape(example.source)} — trained tokens highlighted")
+        out.print(render_preview(example, tokenizer, max_seq_tokens, color=out.is_terminal))
+    if report.ok:
+        out.print(f"[bold green]data check passed[/] ({len(report.warnings)} warning(s))")
+    else:
+        out.print(f"[bold red]data check failed:[/] {len(report.errors)} error(s), {len(report.warnings)} warning(s)")

@@ -5,11 +5,8 @@ exports) and retrieval are in api_tasks.py. Every figure the page shows comes fr
 
 from __future__ import annotations
 
-import ast
-import inspect
 import io
 import json
-import textwrap
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +17,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ..config import TrainConfig, default_lr, dotted, load_config
+from ..field_docs import field_docs
 from ..run import RunDir
 from ..server.files import file_path
 from ..server.lookups import find_file, find_job
@@ -39,17 +37,6 @@ FORM = (("n_epochs", "epochs"), ("batch_size", "batch_size"), ("learning_rate_mu
 SETTINGS = ("model", "method", "objective", "max_seq_tokens", "val_fraction", "max_steps", "eval_every",
             "system_prompt", "precision")
 """Base-config fields the Train page shows read-only: the server's --config sets them for every job."""
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Each dataclass field's docstring (the string right under it), whitespace folded: the form's help."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
-                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
-            docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
 
 
 def train_form(config: TrainConfig) -> dict[str, Any]:
