@@ -68,8 +68,7 @@ def config_file(faq_file, tiny_model_dir, tmp_path):
     return path
 
 
-@pytest.mark.numerics
-@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+@pytest.mark.parametrize("distributed", [pytest.param("ddp", marks=pytest.mark.numerics), "fsdp"])
 def test_two_processes_match_one_with_the_same_global_batch_and_resume_exactly(config_file, tmp_path, distributed):
     update_config(config_file, distributed=distributed)
     run = tmp_path / "two"

@@ -234,7 +234,6 @@ def test_gguf_refuses_a_tokenizer_llama_cpp_does_not_know(tiny_run, tmp_path, mo
     assert not (tmp_path / "g").exists() and not list(tmp_path.glob(".g.*"))
 
 
-@pytest.mark.numerics
 def test_gguf_runs_in_llama_cpp_with_transformers_greedy_tokens(tiny_run, tuned, tmp_path):
     """The file loads in a real llama.cpp (not only in transformers' GGUF reader) and decodes the
     same greedy tokens as base + adapter in transformers."""
@@ -247,7 +246,6 @@ def test_gguf_runs_in_llama_cpp_with_transformers_greedy_tokens(tiny_run, tuned,
     assert llama_cpp_greedy(tmp_path / "g" / "model-f32.gguf", prompt, 12) == expected[:12]
 
 
-@pytest.mark.numerics
 def test_a_q8_0_export_generates_in_llama_cpp_on_two_threads(tiny_run, tuned, tmp_path):
     """q8_0, the quantisation users ship most, on two threads: the matrix kernels that a native build
     of llama.cpp on a host with AMX took there died with SIGILL (f16 and one thread did not reach them).
