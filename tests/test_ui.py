@@ -33,7 +33,7 @@ from test_server import BASE_CONFIG, wait_for
 from tunesmith.data.preview import length_histogram
 from tunesmith.server.store import DB_NAME, Store
 from tunesmith.settings import RetrievalSettings
-from tunesmith.ui.api import field_docs, run_view, settings_differ, train_form
+from tunesmith.ui.api import PREVIEWS, field_docs, run_view, settings_differ, train_form
 from tunesmith.ui.tasks import TaskRunner, read_task, run_task, write_task
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -197,7 +197,10 @@ def test_a_bad_file_is_named_by_its_line(page, tmp_path):
 def test_upload_train_watch_report_chat_and_download(page, ui, tmp_path):
     page.get_by_label("Training file").set_input_files(str(write_jsonl(tmp_path / "faq.jsonl", faq_rows("chat"))))
     page.get_by_text("Data check passed").wait_for()
-    assert page.locator("pre.preview mark").count() >= 1  # the trained tokens of the first examples, marked
+    # The first examples, each a question and its answer: one trained run apiece (the answer and its
+    # end-of-turn token), marked.
+    assert page.locator("pre.preview").count() == PREVIEWS
+    assert page.locator("pre.preview mark").count() == PREVIEWS
     assert page.locator("svg[aria-label^='token-length histogram'] rect").count() == 12
     page.get_by_role("link", name="Train on faq.jsonl").click()
     page.get_by_label("n_epochs").fill("4")
