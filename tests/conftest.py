@@ -193,3 +193,25 @@ def llama_cpp_greedy(path: Path, prompt: list[int], n_tokens: int, threads: int 
                     f"thread(s): its build does not run on this CPU\n{done.stderr[-2000:]}")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def twin_of_trl_model(trl_model, model_dir: Path, lora):
+    """Our packed-attention peft model holding the same weights as a TRL trainer's, whose LoRA B is
+    first made non-zero (seeded): with B = 0 the adapter is a no-op and a parity test of its
+    gradients would pass whatever the loss did with it."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.model.attention import use_packed_attention
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in trl_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    use_packed_attention(base)
+    ours = get_peft_model(base, lora)
+    ours.load_state_dict(trl_model.state_dict())
+    return ours

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import twin_of_trl_model
 from tunesmith.config import ConfigError
 from tunesmith.grpo_config import GrpoConfig
 from tunesmith.inference.decode import generate_batch
@@ -188,11 +189,10 @@ def trl_grpo(tiny_model_dir, tmp_path, temperature):
     """TRL's GRPOTrainer on the tiny model with a LoRA whose B is not zero (so the base, TRL's reference
     with adapters disabled, differs from the policy), and our packed copy of the same weights."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from tunesmith.model.attention import use_packed_attention
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear")
@@ -204,15 +204,7 @@ def trl_grpo(tiny_model_dir, tmp_path, temperature):
                           train_dataset=Dataset.from_list([{"prompt": "Hi"}] * 8), processing_class=tokenizer,
                           peft_config=lora)
     trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train(); one micro-batch a step here
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in trainer.model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    use_packed_attention(base)
-    ours = get_peft_model(base, lora)
-    ours.load_state_dict(trainer.model.state_dict())
+    ours = twin_of_trl_model(trainer.model, tiny_model_dir, lora)
     return trainer, ours
 
 

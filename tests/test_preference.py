@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import FAQ, write_jsonl
+from conftest import FAQ, twin_of_trl_model, write_jsonl
 from tunesmith import load_config, train
 from tunesmith.config import ConfigError, PreferenceConfig
 from tunesmith.data import DataError, read_records
@@ -200,11 +200,10 @@ def trl_setup(tiny_model_dir, tmp_path):
     """TRL's DPOTrainer on four FAQ pairs with a LoRA whose B is not zero (so gradients differ from
     the base's), the rows as TRL tokenized them, and our packed copy of the same model."""
     from datasets import Dataset
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from tunesmith.model.attention import use_packed_attention
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": a}],
@@ -215,15 +214,7 @@ def trl_setup(tiny_model_dir, tmp_path):
     # A new adapter: TRL's reference is then the model with its adapters disabled, as ours
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer, peft_config=lora)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in trainer.model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    use_packed_attention(base)
-    ours = get_peft_model(base, lora)
-    ours.load_state_dict(trainer.model.state_dict())
+    ours = twin_of_trl_model(trainer.model, tiny_model_dir, lora)
     tokenized = [trainer.train_dataset[i] for i in range(4)]
     return trainer, ours, tokenized
 
