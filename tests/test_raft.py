@@ -381,3 +381,76 @@ def RunDir_config(run):
     from tunesmith.run import RunDir
 
     return RunDir.open(run).config()
+
+
+def test_streamed_pieces_name_cited_sources_as_the_whole_answer_does():
+    from tunesmith.evaluation.handoff import SourcedStream
+
+    sources = ["faq.jsonl:1", "permits.pdf:p12"]
+    answer = "Four weeks [2], see [1][3] or [12 and [x]. [2]"
+    for cuts in ([5, 6, 7, 8], [20, 21, 22, 23, 24, 30], range(1, len(answer)), [len(answer) - 1]):
+        stream, edges = SourcedStream(sources), [0, *cuts, len(answer)]
+        joined = "".join(stream.feed(answer[a:b]) for a, b in zip(edges, edges[1:])) + stream.flush()
+        assert joined == with_sources(answer, sources)
+    assert joined == "Four weeks [permits.pdf:p12], see [faq.jsonl:1][3] or [12 and [x]. [permits.pdf:p12]"
+    held = SourcedStream(sources)
+    assert held.feed("weeks [") == "weeks " and held.feed("2") == "" and held.feed("] ok") == "[permits.pdf:p12] ok"
+
+
+def served_raft_job(raft_run, tmp_path):
+    """A jobs server's models over a home whose one job is the RAFT run: (served, its tuned model's id)."""
+    import shutil
+
+    from tunesmith.run import load_run
+    from tunesmith.serve.app import GenerationGate
+    from tunesmith.server.models import ServedJobs
+    from tunesmith.settings import ServeLimits
+
+    job_id = "ftjob-" + "a" * 24
+    shutil.copytree(raft_run, tmp_path / "runs" / job_id)
+    name = f"ft:base::{job_id}"
+
+    class Store:
+        def fine_tuned_models(self):
+            return [name]
+
+    model, tokenizer = load_run(raft_run)
+    served = ServedJobs(model, tokenizer, "base", ServeLimits(), GenerationGate(4), 2048, store=Store(), home=tmp_path)
+    return served, name
+
+
+def test_the_jobs_server_answers_a_raft_job_with_its_retrieval_and_streams_its_sources(raft_run, tmp_path,
+                                                                                        monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    import tunesmith.serve.app as app_module
+    from tunesmith.inference.streaming import Completion
+
+    served, name = served_raft_job(raft_run, tmp_path)
+    retriever = served.retriever_for(name)
+    saved = RunDir_config(raft_run).retrieval
+    assert retriever.settings == saved.answer_settings() and served.retriever_for("base") is None
+    assert served.retriever_for(name) is retriever  # loaded once
+    prompts = []
+
+    async def decoded(served, parsed, prompt_ids, index):  # the model's answer in pieces, citing passage 1
+        prompts.append(served.tokenizer.decode(prompt_ids))
+        for piece in ("Four to six ", "weeks. [", "1", "]"):
+            yield piece
+        yield Completion("Four to six weeks. [1]", 5, 5, "stop")
+
+    monkeypatch.setattr(app_module, "_decoded", decoded)
+    question = "How long does a permit take?"
+    source = retriever.retrieve([question])[0][0].source
+    with TestClient(Starlette(routes=app_module.inference_routes(served))) as client:
+        ask = {"model": name, "max_tokens": 8, "messages": [{"role": "user", "content": question}]}
+        whole = client.post("/v1/chat/completions", json=ask).json()["choices"][0]["message"]["content"]
+        streamed = client.post("/v1/chat/completions", json={**ask, "stream": True}).text
+        plain = client.post("/v1/chat/completions", json={**ask, "retrieval": False}).json()
+    assert whole == f"Four to six weeks. [{source}]"
+    pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+              for line in streamed.splitlines() if line.startswith("data: {")]
+    assert "".join(pieces) == whole  # an OpenAI client joins the deltas: the same text as a whole answer
+    assert saved.handoff in prompts[0] and saved.handoff in prompts[1]  # the run's prompt, passages and all
+    assert saved.handoff not in prompts[2] and plain["choices"][0]["message"]["content"] == "Four to six weeks. [1]"
