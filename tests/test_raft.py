@@ -410,9 +410,16 @@ def served_raft_job(raft_run, tmp_path):
     shutil.copytree(raft_run, tmp_path / "runs" / job_id)
     name = f"ft:base::{job_id}"
 
-    class Store:
+    class Store:  # the store's answers the chat and the page's retrieval read: one succeeded job
         def fine_tuned_models(self):
             return [name]
+
+        def file(self, file_id):
+            return None
+
+        def job(self, asked):
+            return {"id": job_id, "config": {"train": {"data": str(raft_run.parent / "faq.jsonl")}}} \
+                if asked == job_id else None
 
     model, tokenizer = load_run(raft_run)
     served = ServedJobs(model, tokenizer, "base", ServeLimits(), GenerationGate(4), 2048, store=Store(), home=tmp_path)
@@ -454,3 +461,36 @@ def test_the_jobs_server_answers_a_raft_job_with_its_retrieval_and_streams_its_s
     assert "".join(pieces) == whole  # an OpenAI client joins the deltas: the same text as a whole answer
     assert saved.handoff in prompts[0] and saved.handoff in prompts[1]  # the run's prompt, passages and all
     assert saved.handoff not in prompts[2] and plain["choices"][0]["message"]["content"] == "Four to six weeks. [1]"
+
+
+def test_the_playground_shows_the_passages_a_raft_job_answers_with(raft_run, tmp_path):
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from tunesmith.ui.api_tasks import task_routes
+    from tunesmith.ui.knowledge import Retrievers
+    from tunesmith.ui.tasks import TaskRunner
+    from tunesmith.web.errors import EXCEPTION_HANDLERS
+
+    served, name = served_raft_job(raft_run, tmp_path)
+    app = Starlette(routes=task_routes(tmp_path, served.store, TaskRunner(), Retrievers(served.model, served.tokenizer),
+                                       lambda request: raft_run), exception_handlers=EXCEPTION_HANDLERS)
+    app.state.served = served
+    question = "How long does a permit take?"
+    ask = {"max_tokens": 8, "messages": [{"role": "user", "content": question}]}
+    saved = RunDir_config(raft_run).retrieval
+    with TestClient(app) as client:
+        own = client.post("/ui/api/retrieve", json={**ask, "model": name}).json()
+        base = client.post("/ui/api/retrieve", json={**ask, "model": "base"}).json()
+        job_id = name.rsplit(":", 1)[-1]
+        as_raft = client.post("/ui/api/retrieve", json={**ask, "model": name, "knowledge": job_id}).json()
+        unknown = client.post("/ui/api/retrieve", json={**ask, "model": "ft:nobody"})
+    passages = served.retriever_for(name).retrieve([question])[0]  # what the server's chat puts in
+    assert [p["source"] for p in own["passages"]] == own["sources"] == [p.source for p in passages]
+    assert own["cite"] and 1 <= len(own["passages"]) <= saved.top_k  # bm25: those sharing a word
+    assert own["messages"][-1]["content"].startswith(context_header(saved.answer_settings()))
+    assert base["passages"] == [] and base["messages"] == ask["messages"]  # the base answers without passages
+    assert as_raft["cite"] and as_raft["messages"][-1]["content"].startswith(context_header(saved.answer_settings()))
+    assert "faq.jsonl:" in as_raft["sources"][0]  # the chosen file, searched as the RAFT job answers
+    assert unknown.status_code == 404
+

@@ -86,14 +86,27 @@ def task_routes(home: Path, store: Store, tasks: TaskRunner, retrievers: Retriev
 
     async def retrieve(request: Request) -> Response:
         body = await read_json(request, 65_536)
-        path = knowledge_path(home, store, body.get("knowledge"))
         max_tokens = body.get("max_tokens", 64)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestError(400, "'max_tokens' must be a positive integer", "max_tokens")
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise RequestError(400, "'messages' must be a list of chat turns", "messages")
-        return JSONResponse(await run_in_threadpool(retrievers.augment, path, messages, max_tokens))
+        retriever = await run_in_threadpool(chosen_retriever, request.app.state.served, body)
+        return JSONResponse(await run_in_threadpool(retrievers.augment, retriever, messages, max_tokens))
+
+    def chosen_retriever(served: Any, body: dict[str, Any]) -> Any:
+        """`knowledge` (a file or job id) searched as `model` answers (a RAFT job: its retriever, passage
+        count, hand-off and citations); without `knowledge`, the retriever the server's chat answers
+        `model` with (a RAFT job's own, else none); without `model`, plain retrieval."""
+        model = body.get("model")
+        if model is not None and model not in served.model_ids:
+            raise RequestError(404, f"The model '{model}' does not exist", "model", "model_not_found")
+        own = served.retriever_for(model) if model is not None else None
+        if body.get("knowledge") is None and model is not None:
+            return own
+        path = knowledge_path(home, store, body.get("knowledge"))
+        return retrievers.get(path, own.settings if own is not None else RetrievalSettings())
 
     jobs = "/ui/api/jobs/{job_id}"
     return [
