@@ -494,3 +494,21 @@ def test_the_playground_shows_the_passages_a_raft_job_answers_with(raft_run, tmp
     assert "faq.jsonl:" in as_raft["sources"][0]  # the chosen file, searched as the RAFT job answers
     assert unknown.status_code == 404
 
+
+def test_eval_of_a_raft_run_adds_compares_splits(raft_run, monkeypatch):
+    from tunesmith.cli import main
+    from tunesmith.commands.compare import compare_run
+    from tunesmith.commands.evaluate import TASK_SIZES
+    from tunesmith.settings import CompareSettings
+
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(raft_run.parent / "cache"))
+    out = CliRunner().invoke(main, ["eval", str(raft_run)])
+    assert out.exit_code == 0, out.output
+    splits = json.loads((raft_run / "eval.json").read_text())["splits"]
+    assert set(splits) <= {"found", "missed", "unanswerable"} and "unanswerable" in splits
+    assert f"unanswerable ({splits['unanswerable']['n']}): token_f1 base+rag" in " ".join(out.output.split())
+    sizes = TASK_SIZES["standard"]
+    compared = compare_run(raft_run, None, settings=CompareSettings(limit=sizes.generate, seen=0,
+                                                                     max_new_tokens=sizes.max_new_tokens))
+    assert splits["unanswerable"]["n"] == compared["splits"]["unseen"]["n"] >= 1  # every held-out question
+    assert {k: v for k, v in compared["splits"].items() if k in splits} == splits  # compare's split code, its figures
