@@ -495,11 +495,24 @@ def test_the_playground_shows_the_passages_a_raft_job_answers_with(raft_run, tmp
     assert unknown.status_code == 404
 
 
-def test_eval_of_a_raft_run_adds_compares_splits(raft_run, monkeypatch):
-    from tunesmith.cli import main
+@pytest.fixture(scope="module")
+def raft_compared(raft_run):
+    """compare of the RAFT run on as many held-out questions as `eval` answers, and none from training."""
     from tunesmith.commands.compare import compare_run
     from tunesmith.commands.evaluate import TASK_SIZES
     from tunesmith.settings import CompareSettings
+
+    sizes = TASK_SIZES["standard"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_CACHE_DIR", str(raft_run.parent / "cache"))
+        patch.setattr("tunesmith.retrieval.Embedder.load", classmethod(lambda cls: pytest.fail("bm25 needs no model")))
+        patch.setattr(compare_module, "general_texts", lambda: ["The cat sat on the mat.", "It is what it is."])
+        return compare_run(raft_run, None, settings=CompareSettings(limit=sizes.generate, seen=0,
+                                                                    max_new_tokens=sizes.max_new_tokens))
+
+
+def test_eval_of_a_raft_run_adds_compares_splits(raft_run, raft_compared, monkeypatch):
+    from tunesmith.cli import main
 
     monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(raft_run.parent / "cache"))
     out = CliRunner().invoke(main, ["eval", str(raft_run)])
@@ -507,8 +520,25 @@ def test_eval_of_a_raft_run_adds_compares_splits(raft_run, monkeypatch):
     splits = json.loads((raft_run / "eval.json").read_text())["splits"]
     assert set(splits) <= {"found", "missed", "unanswerable"} and "unanswerable" in splits
     assert f"unanswerable ({splits['unanswerable']['n']}): token_f1 base+rag" in " ".join(out.output.split())
-    sizes = TASK_SIZES["standard"]
-    compared = compare_run(raft_run, None, settings=CompareSettings(limit=sizes.generate, seen=0,
-                                                                     max_new_tokens=sizes.max_new_tokens))
-    assert splits["unanswerable"]["n"] == compared["splits"]["unseen"]["n"] >= 1  # every held-out question
-    assert {k: v for k, v in compared["splits"].items() if k in splits} == splits  # compare's split code, its figures
+    assert splits["unanswerable"]["n"] == raft_compared["splits"]["unseen"]["n"] >= 1  # every held-out question
+    assert {k: v for k, v in raft_compared["splits"].items() if k in splits} == splits  # compare's code, its figures
+
+
+def test_the_raft_demo_report_sets_the_raft_model_beside_the_four_way_table(raft_compared):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "raft-demo" / "report.py"
+    spec = importlib.util.spec_from_file_location("raft_demo_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    lines = report.report_lines(raft_compared, raft_compared)  # the RAFT run's compare as the plain one too
+    table = lines[2:7]
+    tuned_rag = raft_compared["splits"]["unseen"]["systems"]["tuned+rag"]["token_f1"]
+    assert [line.split()[0] for line in table] == ["base", "base+rag", "tuned", "tuned+rag", "raft+rag"]
+    assert table[-1].split()[1] == f"{tuned_rag['value']:.3f}"
+    unanswerable = next(i for i, line in enumerate(lines) if line.startswith("unanswerable ("))
+    assert "made_up_rate" in lines[unanswerable + 2] and lines[unanswerable + 2].split()[0] == "raft+rag"
+    sample = raft_compared["samples"][0]
+    assert f"Q: {sample['question']}" in lines and f"  raft+rag:  {sample['tuned+rag']}" in lines
+    assert lines[-1] == raft_compared["recommendation"]
