@@ -463,11 +463,11 @@ def test_the_jobs_server_answers_a_raft_job_with_its_retrieval_and_streams_its_s
     assert saved.handoff not in prompts[2] and plain["choices"][0]["message"]["content"] == "Four to six weeks. [1]"
 
 
-def test_the_playground_shows_the_passages_a_raft_job_answers_with(raft_run, tmp_path):
+def test_the_playground_and_the_compare_page_use_a_raft_jobs_own_retrieval(raft_run, tmp_path):
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
-    from tunesmith.ui.api_tasks import task_routes
+    from tunesmith.ui.api_tasks import compare_args, task_routes
     from tunesmith.ui.knowledge import Retrievers
     from tunesmith.ui.tasks import TaskRunner
     from tunesmith.web.errors import EXCEPTION_HANDLERS
@@ -485,6 +485,7 @@ def test_the_playground_shows_the_passages_a_raft_job_answers_with(raft_run, tmp
         job_id = name.rsplit(":", 1)[-1]
         as_raft = client.post("/ui/api/retrieve", json={**ask, "model": name, "knowledge": job_id}).json()
         unknown = client.post("/ui/api/retrieve", json={**ask, "model": "ft:nobody"})
+        compare_state = client.get(f"/ui/api/jobs/{job_id}/compare").json()
     passages = served.retriever_for(name).retrieve([question])[0]  # what the server's chat puts in
     assert [p["source"] for p in own["passages"]] == own["sources"] == [p.source for p in passages]
     assert own["cite"] and 1 <= len(own["passages"]) <= saved.top_k  # bm25: those sharing a word
@@ -493,6 +494,8 @@ def test_the_playground_shows_the_passages_a_raft_job_answers_with(raft_run, tmp
     assert as_raft["cite"] and as_raft["messages"][-1]["content"].startswith(context_header(saved.answer_settings()))
     assert "faq.jsonl:" in as_raft["sources"][0]  # the chosen file, searched as the RAFT job answers
     assert unknown.status_code == 404
+    assert compare_state["own_knowledge"] == saved.knowledge  # the Compare page offers it, first
+    assert compare_args({}, None)["knowledge"] is None  # which compare reads as the run's own
 
 
 @pytest.fixture(scope="module")

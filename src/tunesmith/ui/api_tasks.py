@@ -26,9 +26,20 @@ COMPARE_FIELDS = {"limit": (CompareSettings.limit, 1), "seen": (CompareSettings.
 """The Compare form's numbers: name -> (default, smallest allowed); the defaults are `tunesmith compare`'s."""
 
 
-def compare_args(body: dict[str, Any], knowledge: Path) -> dict[str, Any]:
-    """A compare request's settings, checked; a missing one is `tunesmith compare`'s default."""
-    args: dict[str, Any] = {"knowledge": str(knowledge)}
+OWN_KNOWLEDGE = "own"
+"""The Compare form's choice of a run trained with `retrieval:`: its own knowledge source (compare's default)."""
+
+
+def own_knowledge(run: Path) -> str | None:
+    """The knowledge source of a run trained with `retrieval:`, or None."""
+    section = RunDir(run).config().retrieval
+    return None if section is None else section.knowledge
+
+
+def compare_args(body: dict[str, Any], knowledge: Path | None) -> dict[str, Any]:
+    """A compare request's settings, checked; a missing one is `tunesmith compare`'s default; no
+    knowledge: the run's own (a run trained with `retrieval:`)."""
+    args: dict[str, Any] = {"knowledge": None if knowledge is None else str(knowledge)}
     for name, (default, least) in COMPARE_FIELDS.items():
         value = body.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -55,13 +66,16 @@ def task_routes(home: Path, store: Store, tasks: TaskRunner, retrievers: Retriev
 
     async def compare_start(request: Request) -> Response:
         run, body = succeeded_run(request), await read_json(request, 16_384)
-        return start(run, "compare", compare_args(body, knowledge_path(home, store, body.get("knowledge"))))
+        own = body.get("knowledge") == OWN_KNOWLEDGE and own_knowledge(run) is not None
+        return start(run, "compare", compare_args(body, None if own else
+                                                  knowledge_path(home, store, body.get("knowledge"))))
 
     async def compare_state(request: Request) -> Response:
         run = succeeded_run(request)
         result = RunDir(run).comparison()
         defaults = {name: default for name, (default, _) in COMPARE_FIELDS.items()}
-        return JSONResponse({"task": tasks.state(run, "compare"), "result": result, "defaults": defaults})
+        return JSONResponse({"task": tasks.state(run, "compare"), "result": result, "defaults": defaults,
+                             "own_knowledge": own_knowledge(run)})
 
     async def export_start(request: Request) -> Response:
         run, fmt, body = succeeded_run(request), request.path_params["fmt"], await read_json(request, 1024)

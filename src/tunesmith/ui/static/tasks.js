@@ -79,7 +79,9 @@ function compareResult(result) {
 
 export async function comparePage(jobId) {
   if (!jobId) return pickJob("Compare", "compare");
-  const [state, knowledge] = await Promise.all([api(`/ui/api/jobs/${jobId}/compare`), knowledgeOptions(jobId)]);
+  const state = await api(`/ui/api/jobs/${jobId}/compare`);
+  const knowledge = (state.own_knowledge ? `<option value="own" selected>the run's own: ${esc(state.own_knowledge
+    .split("/").pop())} (trained with retrieval:)</option>` : "") + await knowledgeOptions(state.own_knowledge ? "" : jobId);
   const number = (name, help) => `<label for="c-${name}">${name}</label><input id="c-${name}" type="number" min="0"
     value="${state.defaults[name]}" aria-describedby="ch-${name}"><p class="help" id="ch-${name}">${help}</p>`;
   render(`<h1>Compare <code>${esc(jobId)}</code>: fine-tuning vs RAG</h1>
@@ -87,7 +89,8 @@ export async function comparePage(jobId) {
       knowledge file (<code>tunesmith compare</code>); minutes on a real model, run by the server in the background.</p>
     <form id="compare" class="grid"><label for="c-knowledge">knowledge</label><select id="c-knowledge"
       aria-describedby="ch-knowledge">${knowledge}</select><p class="help" id="ch-knowledge">The file passages are
-      retrieved from: an upload, or a job's own training data.</p>
+      retrieved from: a run trained with retrieval: its own knowledge source, with its settings; an upload; or a job's
+      own training data.</p>
       ${number("limit", "Held-out questions answered.")}${number("seen", "Training questions answered (facts seen in training).")}
       ${number("max_new_tokens", "Longest answer.")}${number("top_k", "Passages retrieved per question.")}
       <span></span><div><button id="compare-start">Start the comparison</button></div></form>
