@@ -514,10 +514,10 @@ def raft_compared(raft_run):
                                                                     max_new_tokens=sizes.max_new_tokens))
 
 
-def test_eval_of_a_raft_run_adds_compares_splits(raft_run, raft_compared, monkeypatch):
+def test_eval_of_a_raft_run_adds_compares_splits(raft_run, raft_compared, private_caches, monkeypatch):
     from tunesmith.cli import main
 
-    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(raft_run.parent / "cache"))
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(private_caches))  # the base's probe scores of other evals
     out = CliRunner().invoke(main, ["eval", str(raft_run)])
     assert out.exit_code == 0, out.output
     splits = json.loads((raft_run / "eval.json").read_text())["splits"]
