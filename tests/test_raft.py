@@ -523,6 +523,10 @@ def test_eval_of_a_raft_run_adds_compares_splits(raft_run, raft_compared, privat
     splits = json.loads((raft_run / "eval.json").read_text())["splits"]
     assert set(splits) <= {"found", "missed", "unanswerable"} and "unanswerable" in splits
     assert f"unanswerable ({splits['unanswerable']['n']}): token_f1 base+rag" in " ".join(out.output.split())
+    made_up = splits["unanswerable"]["systems"]["tuned+rag"]["made_up_rate"]
+    report = (raft_run / "report.html").read_text()
+    row = report[report.index(f"<td>unanswerable ({splits['unanswerable']['n']})</td><td>tuned+rag</td>"):]
+    assert f"<td>{made_up['value']:.3f} [" in row[:row.index("</tr>")]  # the report's table of the splits
     assert splits["unanswerable"]["n"] == raft_compared["splits"]["unseen"]["n"] >= 1  # every held-out question
     assert {k: v for k, v in raft_compared["splits"].items() if k in splits} == splits  # compare's code, its figures
 
