@@ -27,7 +27,7 @@ SETUP_LOG := $(VENV)/setup.log
 ANNOUNCED_BREAK := 'by [0-9]{4}-[a-z]{3}-[0-9]{1,2}|by [0-9]{4}-[0-9]{2}-[0-9]{2}|maintenance mode|no longer be supported'
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo compare-demo tune-demo voice-demo test test-isa lint bench lock clean
+.PHONY: setup demo compare-demo raft-demo tune-demo voice-demo test test-isa lint bench lock clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,16 @@ demo: setup
 compare-demo: setup
 	$(VENV)/bin/tunesmith train examples/compare-demo.yaml --overwrite
 	$(VENV)/bin/tunesmith compare --run runs/compare-demo --knowledge pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl
+
+# Answers a support team can ship (docs/raft.md): the compare demo's plain tune (trained unless its
+# compare.json is there), the same run trained with retrieval: (examples/raft-demo.yaml), compare of it
+# with its own knowledge and settings, then the four-way table + the RAFT model, its found / missed /
+# unanswerable splits, and sample answers side by side.
+raft-demo: setup
+	test -f runs/compare-demo/compare.json || $(MAKE) compare-demo
+	$(VENV)/bin/tunesmith train examples/raft-demo.yaml --overwrite
+	$(VENV)/bin/tunesmith compare --run runs/raft-demo
+	$(PY) examples/raft-demo/report.py runs/compare-demo runs/raft-demo
 
 # Brand voice by preference (docs/preference.md): pairs of the FAQ's answer over the base model's own
 # (generated once, cached), SFT on the FAQ, merged, then DPO from it; the style score of the SFT run,
