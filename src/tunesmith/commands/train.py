@@ -347,7 +347,7 @@ def step_batches(s: Session, stream: Iterator[tuple[int, int, Batch]], replay: R
         if fg.replay_fraction > 0:
             batches = [replay.extend(b, fg.replay_fraction) for b in batches]
         if fg.kl_weight > 0:
-            kl_batches = [replay.batch(max(1, round(b.n_trained * fg.kl_tokens))) for b in batches]
+            kl_batches = [replay.batch(max(1, round(s.objective.trained_tokens(b) * fg.kl_tokens))) for b in batches]
             kl_term = KLTerm(fg.kl_weight, kl_batches[rank::world], s.base_copy)
     return group, batches, kl_term
 
@@ -473,8 +473,9 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     finished = FinishedEvent(
         base_val_loss=base_val_loss, final_val_loss=val_loss, last_val_loss=last_val_loss,
         selected_step=chosen or total_steps, selection=why, within_budget=within,
-        # GRPO's loss is minus a reward, which may be 0 at the base: no relative change then
-        val_loss_change=(val_loss - base_val_loss) / (abs(base_val_loss) or math.nan), train_tokens=state.train_tokens,
+        # GRPO's loss is minus a reward, which may be 0 at the base: no relative change then (None)
+        val_loss_change=(val_loss - base_val_loss) / abs(base_val_loss) if base_val_loss else None,
+        train_tokens=state.train_tokens,
         wall_seconds=wall, steps=total_steps, skipped_steps=state.skipped_steps, method=method,
         model=s.config.model)
     s.run.write_summary(finished.to_dict())

@@ -131,8 +131,8 @@ class FinishedEvent:
     """Why that step: 'last step', or the forgetting-budget rule that picked it."""
     within_budget: bool | None
     """Whether the selected step was within the forgetting budget (None: not measured)."""
-    val_loss_change: float
-    """(final - base) / base."""
+    val_loss_change: float | None
+    """(final - base) / |base|; None when base is 0 (objective grpo's loss is minus a reward, which can be)."""
     train_tokens: int
     """Tokens trained on."""
     wall_seconds: float

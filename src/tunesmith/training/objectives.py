@@ -128,6 +128,14 @@ class Objective:
         if self.rewards is not None:
             self.rewards.grading.close()
 
+    def trained_tokens(self, batch: Batch) -> int:
+        """The tokens a micro-batch trains, which size the KL term's general text (forgetting.kl_tokens
+        per trained token): its answers' tokens; for grpo, the most its completions can have (prompts x
+        group_size x max_completion_tokens), as the text is drawn before the step samples them."""
+        if self.rewards is None:
+            return batch.n_trained
+        return len(batch.sources) * self.rewards.settings.group_size * self.rewards.settings.max_completion_tokens
+
     @property
     def splits_batches(self) -> bool:
         """Whether a micro-batch may run in pieces of `forward_tokens`: not GRPO's, whose prompts are
