@@ -132,3 +132,19 @@ def test_grpo_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_mod
     assert train(load_config(config), resume="auto", show_progress=False).steps == 6
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")  # bit for bit, every step
     assert rewards(tmp_path / "run") == rewards(tmp_path / "ref")  # the same samples, graded the same
+
+
+def test_data_check_of_a_grpo_config_takes_its_prompts_and_its_grader(tmp_path, tiny_tokenizer):
+    import json
+
+    from tunesmith.cli_grade import check_files_with_grader
+    from tunesmith.data.limits import CheckLimits
+
+    rows = rft_rows()
+    del rows[2]["answer"]
+    grader = tmp_path / "grader.json"
+    grader.write_text(json.dumps(GRADER))
+    config = load_config(None, {"data": str(write_jsonl(tmp_path / "rft.jsonl", rows)), "objective": "grpo",
+                                "grader": str(grader)})
+    report = check_files_with_grader(config, tiny_tokenizer, CheckLimits(), 0, {}, None)
+    assert [(e.line, e.field) for e in report.errors] == [(3, "item.answer")]  # not "has no answer to learn"
