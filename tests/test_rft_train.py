@@ -69,10 +69,11 @@ def test_rows_lacking_a_field_the_grader_reads_are_named_before_anything_trains(
 
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory, tiny_model_dir):
-    """Full fine-tuning at a high rate, 8 steps of 4 prompts x 8 samples: evaluations at 0 and 8."""
+    """Full fine-tuning at a high rate (the tiny model learns in a few steps), 8 steps of 4 prompts x 8
+    samples: evaluations at 0 and 8."""
     tmp = tmp_path_factory.mktemp("grpo")
     out = tmp / "run"
-    train(load_config(None, {**grpo_config(tmp, tiny_model_dir), "output": str(out), "method": "full", "lr": 3e-2,
+    train(load_config(None, {**grpo_config(tmp, tiny_model_dir), "output": str(out), "method": "full", "lr": 5e-2,
                              "max_steps": 8, "eval_every": 8}), show_progress=False)
     return out
 
@@ -84,11 +85,13 @@ def test_a_learnable_reward_rises_in_train(learned_run):
     assert [r["step"] for r in steps] == list(range(1, 9))
     assert all({"reward", "reward_std", "flat_groups", "clip_fraction", "kl"} <= set(r) for r in steps)
     first, last = (sum(r["reward"] for r in part) / 3 for part in (steps[:3], steps[-3:]))
-    assert last > first + 0.03, [r["reward"] for r in steps]  # measured: 0.227 -> 0.32
+    # measured with seeds 0 / 1 / 2 (other samples, as another CPU's last bits could give): 0.21 -> 0.54,
+    # 0.29 -> 0.81, 0.26 -> 0.40; the held-out greedy reward 0.0 -> 0.9 with each
+    assert last > first + 0.1, [r["reward"] for r in steps]
     base, tuned = evals[0], evals[-1]
     assert base["step"] == 0 and tuned["step"] == 8 and base["prompts"] == 4
     assert {"reward_ci", "reward_sampled", "reward_sampled_ci"} <= set(tuned)
-    assert tuned["reward"] > base["reward"] + 0.5  # measured: greedy 0.0 -> 0.9
+    assert tuned["reward"] > base["reward"] + 0.5
     assert tuned["val_loss"] == -tuned["reward"]
     config = RunDir(learned_run).config()
     assert config.grader == GRADER  # the run keeps the grader it trained on

@@ -15,6 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..config import TrainConfig
+from ..data import PreparedData
 from ..errors import ConfigError
 from ..evaluation.bootstrap import bootstrap_ci
 from ..grpo_config import GrpoConfig
@@ -49,8 +51,8 @@ class RewardTask:
         return [self.items.get(source, {}) for source in batch.sources]
 
 
-def open_reward_task(config: Any, tokenizer: Any, data: Any,
-                     processes: int) -> tuple[Any, RewardTask]:
+def open_reward_task(config: TrainConfig, tokenizer: Any, data: PreparedData,
+                     processes: int) -> tuple[TrainConfig, RewardTask]:
     """Objective grpo's grader, checked against every prompt's row (each row lacking a field the grader
     reads named, file:line, before anything trains) and opened for grading; the config with the grader
     inline, so that the run's config.yaml holds the grader it trained on."""
@@ -63,8 +65,7 @@ def open_reward_task(config: Any, tokenizer: Any, data: Any,
                           "torchrun / accelerate launch")
     spec = read_grader_spec(config.grader) if isinstance(config.grader, str) else config.grader
     grader = parse_grader(spec, config.grader if isinstance(config.grader, str) else "grader")
-    rows = [(file, int(line), item) for (file, line), item in
-            ((source.rsplit(":", 1), item) for source, item in data.items.items())]
+    rows = [(*_file_line(source), item) for source, item in data.items.items()]
     issues = check_rows(grader, rows)
     if issues:
         raise DataError(issues)
@@ -72,6 +73,11 @@ def open_reward_task(config: Any, tokenizer: Any, data: Any,
     return replace(config, grader=spec), RewardTask(
         config.grpo, grader_reward(grading), tokenizer, data.items, sorted(end_of_turn_ids(tokenizer)),
         pad_id(tokenizer), config.seed, grading)
+
+
+def _file_line(source: str) -> tuple[str, int]:
+    file, _, line = source.rpartition(":")
+    return file, int(line)
 
 
 def batch_prompts(batch: Batch) -> list[list[int]]:
