@@ -127,7 +127,8 @@ def test_the_kept_checkpoint_is_the_best_held_out_reward_within_the_budget():
 
 
 def test_grpo_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
-    """LoRA with beta > 0: the KL to the base (the adapters disabled) is part of every step's loss."""
+    """LoRA with beta > 0 (the KL to the base, its adapters disabled, in every step's loss), two
+    micro-batches a step (one rollout, its loss in two pieces over the step's totals)."""
     from test_nothing_lost import losses, run_cli, wait_for_step
 
     def rewards(run):
@@ -136,7 +137,8 @@ def test_grpo_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_mod
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**grpo_config(tmp_path, tiny_model_dir), "output": str(tmp_path / "run"),
                                       "grpo": {"group_size": 4, "max_completion_tokens": 4, "beta": 0.04},
-                                      "max_steps": 6, "batch_size": 2, "lr": 1e-2, "save_every": 1, "eval_every": 6}))
+                                      "max_steps": 6, "batch_size": 1, "grad_accum_steps": 2, "lr": 1e-2,
+                                      "save_every": 1, "eval_every": 6}))
     train(load_config(config, {"output": str(tmp_path / "ref")}), show_progress=False)
     proc = run_cli([str(config), "--no-progress"])
     wait_for_step(tmp_path / "run", 2, proc)
@@ -147,6 +149,16 @@ def test_grpo_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_mod
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")  # bit for bit, every step
     assert rewards(tmp_path / "run") == rewards(tmp_path / "ref")  # the same samples, graded the same
     assert any(r["kl"] > 0 for r in RunDir(tmp_path / "run").metrics() if "loss" in r)  # beta: the base read
+
+
+def test_the_grader_flag_is_a_train_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from tunesmith.cli import main
+
+    data = write_jsonl(tmp_path / "rft.jsonl", rft_rows())
+    result = CliRunner().invoke(main, ["train", str(data), "--grader", "g.json"])  # no --objective grpo
+    assert result.exit_code != 0 and "set objective: grpo" in result.output
 
 
 def test_data_check_of_a_grpo_config_takes_its_prompts_and_its_grader(tmp_path, tiny_tokenizer):
