@@ -381,3 +381,171 @@ def RunDir_config(run):
     from tunesmith.run import RunDir
 
     return RunDir.open(run).config()
+
+
+def test_streamed_pieces_name_cited_sources_as_the_whole_answer_does():
+    from tunesmith.evaluation.handoff import SourcedStream
+
+    sources = ["faq.jsonl:1", "permits.pdf:p12"]
+    answer = "Four weeks [2], see [1][3] or [12 and [x]. [2]"
+    for cuts in ([5, 6, 7, 8], [20, 21, 22, 23, 24, 30], range(1, len(answer)), [len(answer) - 1]):
+        stream, edges = SourcedStream(sources), [0, *cuts, len(answer)]
+        joined = "".join(stream.feed(answer[a:b]) for a, b in zip(edges, edges[1:])) + stream.flush()
+        assert joined == with_sources(answer, sources)
+    assert joined == "Four weeks [permits.pdf:p12], see [faq.jsonl:1][3] or [12 and [x]. [permits.pdf:p12]"
+    held = SourcedStream(sources)
+    assert held.feed("weeks [") == "weeks " and held.feed("2") == "" and held.feed("] ok") == "[permits.pdf:p12] ok"
+
+
+def served_raft_job(raft_run, tmp_path):
+    """A jobs server's models over a home whose one job is the RAFT run: (served, its tuned model's id)."""
+    import shutil
+
+    from tunesmith.run import load_run
+    from tunesmith.serve.app import GenerationGate
+    from tunesmith.server.models import ServedJobs
+    from tunesmith.settings import ServeLimits
+
+    job_id = "ftjob-" + "a" * 24
+    shutil.copytree(raft_run, tmp_path / "runs" / job_id)
+    name = f"ft:base::{job_id}"
+
+    class Store:  # the store's answers the chat and the page's retrieval read: one succeeded job
+        def fine_tuned_models(self):
+            return [name]
+
+        def file(self, file_id):
+            return None
+
+        def job(self, asked):
+            return {"id": job_id, "config": {"train": {"data": str(raft_run.parent / "faq.jsonl")}}} \
+                if asked == job_id else None
+
+    model, tokenizer = load_run(raft_run)
+    served = ServedJobs(model, tokenizer, "base", ServeLimits(), GenerationGate(4), 2048, store=Store(), home=tmp_path)
+    return served, name
+
+
+def test_the_jobs_server_answers_a_raft_job_with_its_retrieval_and_streams_its_sources(raft_run, tmp_path,
+                                                                                        monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    import tunesmith.serve.app as app_module
+    from tunesmith.inference.streaming import Completion
+
+    served, name = served_raft_job(raft_run, tmp_path)
+    retriever = served.retriever_for(name)
+    saved = RunDir_config(raft_run).retrieval
+    assert retriever.settings == saved.answer_settings() and served.retriever_for("base") is None
+    assert served.retriever_for(name) is retriever  # loaded once
+    prompts = []
+
+    async def decoded(served, parsed, prompt_ids, index):  # the model's answer in pieces, citing passage 1
+        prompts.append(served.tokenizer.decode(prompt_ids))
+        for piece in ("Four to six ", "weeks. [", "1", "]"):
+            yield piece
+        yield Completion("Four to six weeks. [1]", 5, 5, "stop")
+
+    monkeypatch.setattr(app_module, "_decoded", decoded)
+    question = "How long does a permit take?"
+    source = retriever.retrieve([question])[0][0].source
+    with TestClient(Starlette(routes=app_module.inference_routes(served))) as client:
+        ask = {"model": name, "max_tokens": 8, "messages": [{"role": "user", "content": question}]}
+        whole = client.post("/v1/chat/completions", json=ask).json()["choices"][0]["message"]["content"]
+        streamed = client.post("/v1/chat/completions", json={**ask, "stream": True}).text
+        plain = client.post("/v1/chat/completions", json={**ask, "retrieval": False}).json()
+    assert whole == f"Four to six weeks. [{source}]"
+    pieces = [json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+              for line in streamed.splitlines() if line.startswith("data: {")]
+    assert "".join(pieces) == whole  # an OpenAI client joins the deltas: the same text as a whole answer
+    assert saved.handoff in prompts[0] and saved.handoff in prompts[1]  # the run's prompt, passages and all
+    assert saved.handoff not in prompts[2] and plain["choices"][0]["message"]["content"] == "Four to six weeks. [1]"
+
+
+def test_the_playground_and_the_compare_page_use_a_raft_jobs_own_retrieval(raft_run, tmp_path):
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from tunesmith.ui.api_tasks import compare_args, task_routes
+    from tunesmith.ui.knowledge import Retrievers
+    from tunesmith.ui.tasks import TaskRunner
+    from tunesmith.web.errors import EXCEPTION_HANDLERS
+
+    served, name = served_raft_job(raft_run, tmp_path)
+    app = Starlette(routes=task_routes(tmp_path, served.store, TaskRunner(), Retrievers(served.model, served.tokenizer),
+                                       lambda request: raft_run), exception_handlers=EXCEPTION_HANDLERS)
+    app.state.served = served
+    question = "How long does a permit take?"
+    ask = {"max_tokens": 8, "messages": [{"role": "user", "content": question}]}
+    saved = RunDir_config(raft_run).retrieval
+    with TestClient(app) as client:
+        own = client.post("/ui/api/retrieve", json={**ask, "model": name}).json()
+        base = client.post("/ui/api/retrieve", json={**ask, "model": "base"}).json()
+        job_id = name.rsplit(":", 1)[-1]
+        as_raft = client.post("/ui/api/retrieve", json={**ask, "model": name, "knowledge": job_id}).json()
+        unknown = client.post("/ui/api/retrieve", json={**ask, "model": "ft:nobody"})
+        compare_state = client.get(f"/ui/api/jobs/{job_id}/compare").json()
+    passages = served.retriever_for(name).retrieve([question])[0]  # what the server's chat puts in
+    assert [p["source"] for p in own["passages"]] == own["sources"] == [p.source for p in passages]
+    assert own["cite"] and 1 <= len(own["passages"]) <= saved.top_k  # bm25: those sharing a word
+    assert own["messages"][-1]["content"].startswith(context_header(saved.answer_settings()))
+    assert base["passages"] == [] and base["messages"] == ask["messages"]  # the base answers without passages
+    assert as_raft["cite"] and as_raft["messages"][-1]["content"].startswith(context_header(saved.answer_settings()))
+    assert "faq.jsonl:" in as_raft["sources"][0]  # the chosen file, searched as the RAFT job answers
+    assert unknown.status_code == 404
+    assert compare_state["own_knowledge"] == saved.knowledge  # the Compare page offers it, first
+    assert compare_args({}, None)["knowledge"] is None  # which compare reads as the run's own
+
+
+@pytest.fixture(scope="module")
+def raft_compared(raft_run):
+    """compare of the RAFT run on as many held-out questions as `eval` answers, and none from training."""
+    from tunesmith.commands.compare import compare_run
+    from tunesmith.commands.evaluate import TASK_SIZES
+    from tunesmith.settings import CompareSettings
+
+    sizes = TASK_SIZES["standard"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TUNESMITH_CACHE_DIR", str(raft_run.parent / "cache"))
+        patch.setattr("tunesmith.retrieval.Embedder.load", classmethod(lambda cls: pytest.fail("bm25 needs no model")))
+        patch.setattr(compare_module, "general_texts", lambda: ["The cat sat on the mat.", "It is what it is."])
+        return compare_run(raft_run, None, settings=CompareSettings(limit=sizes.generate, seen=0,
+                                                                    max_new_tokens=sizes.max_new_tokens))
+
+
+def test_eval_of_a_raft_run_adds_compares_splits(raft_run, raft_compared, private_caches, monkeypatch):
+    from tunesmith.cli import main
+
+    monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(private_caches))  # the base's probe scores of other evals
+    out = CliRunner().invoke(main, ["eval", str(raft_run)])
+    assert out.exit_code == 0, out.output
+    splits = json.loads((raft_run / "eval.json").read_text())["splits"]
+    assert set(splits) <= {"found", "missed", "unanswerable"} and "unanswerable" in splits
+    assert f"unanswerable ({splits['unanswerable']['n']}): token_f1 base+rag" in " ".join(out.output.split())
+    made_up = splits["unanswerable"]["systems"]["tuned+rag"]["made_up_rate"]
+    report = (raft_run / "report.html").read_text()
+    row = report[report.index(f"<td>unanswerable ({splits['unanswerable']['n']})</td><td>tuned+rag</td>"):]
+    assert f"<td>{made_up['value']:.3f} [" in row[:row.index("</tr>")]  # the report's table of the splits
+    assert splits["unanswerable"]["n"] == raft_compared["splits"]["unseen"]["n"] >= 1  # every held-out question
+    assert {k: v for k, v in raft_compared["splits"].items() if k in splits} == splits  # compare's code, its figures
+
+
+def test_the_raft_demo_report_sets_the_raft_model_beside_the_four_way_table(raft_compared):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "raft-demo" / "report.py"
+    spec = importlib.util.spec_from_file_location("raft_demo_report", path)
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    lines = report.report_lines(raft_compared, raft_compared)  # the RAFT run's compare as the plain one too
+    table = lines[2:7]
+    tuned_rag = raft_compared["splits"]["unseen"]["systems"]["tuned+rag"]["token_f1"]
+    assert [line.split()[0] for line in table] == ["base", "base+rag", "tuned", "tuned+rag", "raft+rag"]
+    assert table[-1].split()[1] == f"{tuned_rag['value']:.3f}"
+    unanswerable = next(i for i, line in enumerate(lines) if line.startswith("unanswerable ("))
+    assert "made_up_rate" in lines[unanswerable + 2] and lines[unanswerable + 2].split()[0] == "raft+rag"
+    sample = raft_compared["samples"][0]
+    assert f"Q: {sample['question']}" in lines and f"  raft+rag:  {sample['tuned+rag']}" in lines
+    assert lines[-1] == raft_compared["recommendation"]

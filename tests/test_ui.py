@@ -328,6 +328,11 @@ def test_compare_page_runs_fine_tuning_vs_rag_in_the_background(page, ui, tmp_pa
     f1 = result["splits"]["unseen"]["systems"]["tuned"]["token_f1"]
     assert tuned.inner_text() == f"{js_fmt(f1['value'], 3)} [{js_fmt(f1['ci95'][0], 3)}, {js_fmt(f1['ci95'][1], 3)}]"
     assert page.locator("table.compare-table").count() == len([s for s in result["splits"] if s != "all"])
+    bars = page.locator("figure[data-metric=token_f1] rect.bar")  # the picture: per split, per system
+    assert bars.count() == 4 * len([s for s in result["splits"] if s != "all"])
+    assert float(bars.and_(page.locator("[data-split=unseen][data-system=tuned]")).get_attribute("data-value")) \
+        == f1["value"]
+    assert page.locator("figure[data-metric=made_up_rate]").count() == 0  # no RAFT splits: no rates shown
     r = result["retrieval"]
     assert (f"{r['passages']} passages, top {r['top_k']}, prompts within {r['prompt_budget_tokens']} tokens; "
             f"the answer was in a retrieved passage for {js_fmt(100 * r['answer_found_rate'], 1)}% of the questions") \
@@ -342,7 +347,34 @@ def test_compare_page_runs_fine_tuning_vs_rag_in_the_background(page, ui, tmp_pa
     page.wait_for_function("document.querySelector('.task-state')?.textContent === 'failed'", timeout=600_000)
     assert "text: the file is empty" in page.locator("#compare-status [role=alert]").inner_text()
     assert page.locator("#recommendation p").inner_text() == result["recommendation"]  # the last good one stays
+    raft_rates_are_drawn(page, ui.home / "runs" / job_id / "compare.json", result)
     assert page.errors == []
+
+
+def raft_rates_are_drawn(page, path: Path, result: dict) -> None:
+    """compare.json with the splits of a run trained with retrieval (its rates as add_rates writes
+    them: tuned+rag hands every unanswerable question off, the others none) draws the rates per split."""
+    import copy
+
+    import numpy as np
+
+    from tunesmith.commands.compare import COMPARISONS, SYSTEMS
+    from tunesmith.evaluation.handoff import add_rates
+
+    n = result["splits"]["unseen"]["n"]
+    for name in ("found", "unanswerable"):
+        flags = {s: np.full(n, float(s == "tuned+rag" and name == "unanswerable")) for s in SYSTEMS}
+        result["splits"][name] = add_rates(copy.deepcopy(result["splits"]["unseen"]), name, flags, COMPARISONS)
+    path.write_text(json.dumps(result))
+    page.reload()
+    made_up = page.locator("figure[data-metric=made_up_rate] rect.bar")
+    made_up.first.wait_for()
+    assert made_up.count() == 4 and {made_up.nth(k).get_attribute("data-split") for k in range(4)} == {"unanswerable"}
+    assert page.locator("figure[data-metric=made_up_rate] rect.bar[data-system='tuned+rag']").get_attribute(
+        "data-value") == "0" and made_up.first.get_attribute("data-value") == "1"
+    assert page.locator("figure[data-metric=false_handoff_rate] rect.bar").count() == 4  # found
+    assert page.locator("table[data-split=unanswerable] th", has_text="made_up_rate").count() == 1
+    shoot(page, "compare-raft")
 
 
 def test_two_runs_side_by_side(page, ui):
@@ -376,12 +408,12 @@ def test_playground_retrieves_passages_from_a_knowledge_file(page, ui):
     page.get_by_label("Message").fill(question)
     page.get_by_label("max_tokens").fill("6")
     page.get_by_role("button", name="Send to both").click()
-    page.locator("#passage-list li").first.wait_for()
+    page.locator("#right-passage-list li").first.wait_for()
     for side in ("left", "right"):
         page.locator(f"#{side}-answer[data-done]").wait_for()
     found = ui.api("POST", "/ui/api/retrieve", json={"knowledge": job["id"], "max_tokens": 6,
                                                      "messages": [{"role": "user", "content": question}]})
-    shown = page.locator("#passage-list li").all_inner_texts()
+    shown = page.locator("#right-passage-list li").all_inner_texts()
     assert len(shown) == len(found["passages"]) == RetrievalSettings.top_k  # the index holds far more passages
     assert all(text.endswith(p["text"]) for text, p in zip(shown, found["passages"]))
     assert answer in found["passages"][0]["text"]  # MiniLM finds the FAQ's own answer first

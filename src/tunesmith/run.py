@@ -1,10 +1,13 @@
 """A run directory: the only code that reads or writes a run's files (config.yaml, manifest.json,
-metrics.jsonl, summary.json, eval.json, compare.json, trackers.json; a curve folder's curve.json), each
-written atomically, and the loader of a finished run's model. Torch-free at import: the loader and the
+metrics.jsonl, summary.json, eval.json, compare.json, trackers.json, the jobs server's
+step_metrics.csv, curve's heldout.json; a curve folder's curve.json and heldout.json), each written
+atomically, and the loader of a finished run's model. Torch-free at import: the loader and the
 manifest's hardware line import torch when they run."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import platform
@@ -20,13 +23,14 @@ from .config import TrainConfig, dump_config, load_config
 from .errors import RunDirError
 from .files import write_atomic, write_atomic_bytes
 
-__all__ = ["RunDir", "base_model_id", "base_of", "checkpoint_run", "load_run", "load_run_and_base", "refuse_occupied",
-           "run_system_prompt", "write_atomic", "write_atomic_bytes", "write_curve"]
+__all__ = ["RunDir", "base_model_id", "base_of", "checkpoint_run", "heldout", "load_run", "load_run_and_base",
+           "refuse_occupied", "run_system_prompt", "write_atomic", "write_atomic_bytes", "write_curve", "write_heldout"]
 
 PACKAGES = ("tunesmith", "torch", "transformers", "peft", "accelerate", "safetensors", "numpy")
 
 CONFIG, MANIFEST, METRICS, SUMMARY = "config.yaml", "manifest.json", "metrics.jsonl", "summary.json"
 EVAL, COMPARE, TRACKERS, CURVE = "eval.json", "compare.json", "trackers.json", "curve.json"
+HELDOUT, STEP_METRICS = "heldout.json", "step_metrics.csv"
 
 
 def checkpoint_run(path: str | Path) -> Path:
@@ -149,10 +153,35 @@ class RunDir:
     def write_tracker_ids(self, ids: dict[str, Any]) -> None:
         _write_json(self.path / TRACKERS, ids)
 
+    def write_step_metrics_csv(self) -> Path:
+        """step_metrics.csv, OpenAI's result file of a job: one row per step, its training and (when
+        measured) validation loss."""
+        rows: dict[int, dict[str, Any]] = {}
+        for row in self.metrics():
+            figures = rows.setdefault(row["step"], {"step": row["step"], "train_loss": "", "valid_loss": ""})
+            figures["train_loss"] = row.get("loss", figures["train_loss"])
+            figures["valid_loss"] = row.get("val_loss", figures["valid_loss"])
+        out = io.StringIO()
+        writer = csv.DictWriter(out, ["step", "train_loss", "valid_loss"], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows[step] for step in sorted(rows))
+        write_atomic(self.path / STEP_METRICS, out.getvalue())
+        return self.path / STEP_METRICS
+
 
 def write_curve(folder: Path, report: dict[str, Any]) -> Path:
     """A learning curve's folder (its point runs inside): curve.json."""
     return _write_json(folder / CURVE, report)
+
+
+def heldout(folder: Path) -> dict[str, Any] | None:
+    """heldout.json of a curve's point run or of the curve's folder (the base's): held-out losses, or None."""
+    return _read_json(folder / HELDOUT)
+
+
+def write_heldout(folder: Path, measured: dict[str, Any]) -> Path:
+    write_atomic(folder / HELDOUT, json.dumps(measured) + "\n")
+    return folder / HELDOUT
 
 
 def _read_json(path: Path) -> Any:

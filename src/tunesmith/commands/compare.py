@@ -11,6 +11,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -238,27 +239,34 @@ def run_settings(config: TrainConfig, knowledge: str | Path | None,
     return knowledge, dataclasses.replace(settings, retrieval=retrieval)
 
 
-def compare_run(run_path: str | Path, knowledge: str | Path | None, eval_data: str | None = None,
-                settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None,
-                use_cache: bool = True, engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
-    """Answer held-out and training questions with the four systems; score, recommend, write
-    RUN/compare.json and return its content. The base model's answers come from the cache when an
-    earlier compare asked it the same prompts (`cached_base`; use_cache=False recomputes them).
-    Another `engine` than transformers answers for the tuned model (the base stays transformers')."""
-    log = log or (lambda message: None)
-    started = time.perf_counter()
-    run = RunDir.open(run_path)
-    config = run.config()
-    model, tokenizer, _, view = load_run_and_base(run.path)
-    knowledge, settings = run_settings(config, knowledge, settings)
-    raft, retrieval = config.retrieval is not None, settings.retrieval
-    unseen, seen = question_splits(config, tokenizer, eval_data)
-    if not unseen:
-        raise DataError([DataIssue(str(eval_data or config.eval or config.data), 0, "(file)",
-                                   "has no held-out questions with answers: "
-                                   "pass --eval FILE with question/answer rows")])
-    markers = style_markers([q.reference for q in seen], general_texts())
-    unseen, seen = sample(unseen, settings.limit, config.seed), sample(seen, settings.seen, config.seed)
+@dataclass(frozen=True)
+class Answered:
+    """The four systems' answers to a run's questions, scored and split (`answer_four_ways`)."""
+
+    questions: list[QA]
+    """The held-out questions, then the training ones."""
+    answers: dict[str, list[str]]
+    """Per system, its answers in the order of `questions` (and the +rag systems' `... unanswerable`)."""
+    splits: dict[str, Any]
+    """compare.json's `splits`: unseen, seen, all, and for a RAFT run found, missed, unanswerable."""
+    retriever: Retriever
+    ranked: list[list[Passage]]
+    """Per question, the passages retrieved, best first."""
+    budget: int
+    """Tokens a prompt may take."""
+    seconds: dict[str, float]
+    """Generation time of the base model (both its systems) and of the tuned one."""
+    base_cached: bool
+
+
+def answer_four_ways(run_path: Path, model: Any, tokenizer: Any, view: Callable, config: TrainConfig,
+                     knowledge: str | Path, settings: CompareSettings, unseen: list[QA], seen: list[QA],
+                     markers: list[str], log: Callable[[str], None], use_cache: bool = True,
+                     engine: str = DEFAULT_ENGINE) -> Answered:
+    """Base, base+RAG, tuned and tuned+RAG answer `unseen` and `seen`, scored per split with paired
+    intervals; a run trained with `retrieval:` also answers `unseen` with no passage holding the answer
+    (the unanswerable split). `compare` and `eval` of a RAFT run both measure through this."""
+    raft = config.retrieval is not None
     questions = unseen + seen
     retriever = Retriever.load(knowledge, settings.retrieval, log)
     budget = retriever.prompt_budget(model, settings.max_new_tokens)
@@ -274,7 +282,6 @@ def compare_run(run_path: str | Path, knowledge: str | Path | None, eval_data: s
     timer = time.perf_counter()
     base, cached = cached_base(config.model, tokenizer, answers_fingerprint(plain + rag, settings, model),
                                lambda: _base_answers(view, generate), use_cache)
-    base_out = base["answers"]
     seconds = {"base": time.perf_counter() - timer}
     log(f"compare: base and base+rag answered in {seconds['base']:.0f} s" + (" (from the cache)" if cached else ""))
     timer = time.perf_counter()
@@ -282,16 +289,42 @@ def compare_run(run_path: str | Path, knowledge: str | Path | None, eval_data: s
         with adapters_merged(model) as decoding:
             tuned_out = generate(decoding)
     else:
-        tuned_out = open_engine(engine, run.path, eos, log=log).generate(plain + rag, settings.max_new_tokens)
+        tuned_out = open_engine(engine, run_path, eos, log=log).generate(plain + rag, settings.max_new_tokens)
     seconds["tuned"] = time.perf_counter() - timer
-    answers = decoded_answers(base_out, tuned_out, len(questions), tokenizer)
+    answers = decoded_answers(base["answers"], tuned_out, len(questions), tokenizer)
     scores = {s: per_question_scores(answers[s], questions, markers) for s in SYSTEMS}
     in_unseen = np.arange(len(questions)) < len(unseen)
     masks = {"unseen": in_unseen, "seen": ~in_unseen, "all": np.ones(len(questions), bool)}
     splits = {name: {"description": SPLITS[name], **summarize_split(scores, keep)}
               for name, keep in masks.items() if keep.any()}
     if raft:
-        splits.update(raft_splits(scores, answers, unseen, holds, markers, retrieval))
+        splits.update(raft_splits(scores, answers, unseen, holds, markers, settings.retrieval))
+    return Answered(questions, answers, splits, retriever, ranked, budget, seconds, cached)
+
+
+def compare_run(run_path: str | Path, knowledge: str | Path | None, eval_data: str | None = None,
+                settings: CompareSettings = CompareSettings(), log: Callable[[str], None] | None = None,
+                use_cache: bool = True, engine: str = DEFAULT_ENGINE) -> dict[str, Any]:
+    """Answer held-out and training questions with the four systems; score, recommend, write
+    RUN/compare.json and return its content. The base model's answers come from the cache when an
+    earlier compare asked it the same prompts (`cached_base`; use_cache=False recomputes them).
+    Another `engine` than transformers answers for the tuned model (the base stays transformers')."""
+    log = log or (lambda message: None)
+    started = time.perf_counter()
+    run = RunDir.open(run_path)
+    config = run.config()
+    model, tokenizer, _, view = load_run_and_base(run.path)
+    knowledge, settings = run_settings(config, knowledge, settings)
+    unseen, seen = question_splits(config, tokenizer, eval_data)
+    if not unseen:
+        raise DataError([DataIssue(str(eval_data or config.eval or config.data), 0, "(file)",
+                                   "has no held-out questions with answers: "
+                                   "pass --eval FILE with question/answer rows")])
+    markers = style_markers([q.reference for q in seen], general_texts())
+    unseen, seen = sample(unseen, settings.limit, config.seed), sample(seen, settings.seen, config.seed)
+    done = answer_four_ways(run.path, model, tokenizer, view, config, knowledge, settings, unseen, seen, markers, log,
+                            use_cache, engine)
+    splits, answers, retriever = done.splits, done.answers, done.retriever
     advice = recommend(evidence(splits), raft_evidence(splits))
     result = {
         "run": str(run.path),
@@ -303,19 +336,38 @@ def compare_run(run_path: str | Path, knowledge: str | Path | None, eval_data: s
         "splits": splits,
         "recommendation": advice.text,
         "choice": advice.choice,
-        "retrieval": {**retrieval_summary(retriever.settings, ranked, questions, len(unseen), settings.recall_ks),
-                      "passages": len(retriever.passages), "prompt_budget_tokens": budget},
+        "retrieval": {**retrieval_summary(retriever.settings, done.ranked, done.questions, len(unseen),
+                                          settings.recall_ks),
+                      "passages": len(retriever.passages), "prompt_budget_tokens": done.budget},
         "style_markers": markers,
         "settings": {"limit": settings.limit, "seen": settings.seen, "max_new_tokens": settings.max_new_tokens},
         "samples": [{"question": q.messages[-1]["content"], "reference": q.reference,
-                     **{s: answers[s][i] for s in SYSTEMS}} for i, q in enumerate(questions[:SAMPLES_SHOWN])],
-        "generation_seconds": seconds,
-        "base_cached": cached,
+                     **{s: answers[s][i] for s in SYSTEMS}} for i, q in enumerate(done.questions[:SAMPLES_SHOWN])],
+        "generation_seconds": done.seconds,
+        "base_cached": done.base_cached,
         "engine": engine,
         "seconds": time.perf_counter() - started,
     }
     run.write_compare(result)
     return result
+
+
+RAFT_SPLITS = ("found", "missed", "unanswerable")
+"""The splits of a run trained with retrieval: what `eval` of such a run adds to eval.json."""
+
+
+def raft_eval_splits(run_path: Path, model: Any, tokenizer: Any, view: Callable, config: TrainConfig, questions: int,
+                     max_new_tokens: int, log: Callable[[str], None], use_cache: bool = True) -> dict[str, Any]:
+    """`eval` of a RAFT run: compare's found / missed / unanswerable splits (`answer_four_ways`) on
+    `questions` held-out questions, the sample compare takes with `--limit` as many, answered with the
+    run's own knowledge source and retrieval settings."""
+    knowledge, settings = run_settings(config, None, CompareSettings(limit=questions, seen=0,
+                                                                     max_new_tokens=max_new_tokens))
+    unseen, seen = question_splits(config, tokenizer, None)
+    markers = style_markers([q.reference for q in seen], general_texts())
+    done = answer_four_ways(run_path, model, tokenizer, view, config, knowledge, settings,
+                            sample(unseen, settings.limit, config.seed), [], markers, log, use_cache)
+    return {name: split for name, split in done.splits.items() if name in RAFT_SPLITS}
 
 
 def format_table(systems: dict[str, Any]) -> list[str]:

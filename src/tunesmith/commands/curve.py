@@ -13,7 +13,6 @@ from its newest checkpoint, as `train --resume auto` would).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,14 +32,13 @@ from ..evaluation.report import budget_points, plot_curve, write_curve_report
 from ..evaluation.text_metrics import rouge_l, token_f1
 from ..forgetting.scoring import target_logprobs
 from ..model.tokenizer import load_tokenizer
-from ..run import RunDir, base_of, load_run, write_atomic, write_curve
+from ..run import RunDir, base_of, heldout, load_run, write_curve, write_heldout
 from ..settings import CurveSettings
 from ..training.batching import epoch_plan
 from ..training.resume import check_resumable
 from ..training.schedule import plan_schedule
 from .evaluate import TASK_SIZES, generate_answers, generation_sample
 
-HELDOUT_FILE = "heldout.json"
 """Per point (and for the base, in OUTPUT): every held-out example's summed NLL and target tokens."""
 GENERATION = TASK_SIZES["standard"]
 """With --generate: eval's standard sample (12 held-out questions, 64 new tokens), the same for every point."""
@@ -214,25 +212,22 @@ def scored_answers(model: Any, tokenizer: Any, pairs: list[tuple[list[dict[str, 
     return out
 
 
-def read_heldout(path: Path, val: Sequence[Example]) -> dict[str, Any] | None:
-    """A stored measurement, if it was taken on these held-out examples."""
-    if not path.exists():
-        return None
-    stored = json.loads(path.read_text(encoding="utf-8"))
-    return stored if stored["sources"] == [e.source for e in val] else None
+def read_heldout(folder: Path, val: Sequence[Example]) -> dict[str, Any] | None:
+    """A stored measurement (FOLDER/heldout.json), if it was taken on these held-out examples."""
+    stored = heldout(folder)
+    return stored if stored is not None and stored["sources"] == [e.source for e in val] else None
 
 
 def measure_point(config: TrainConfig, n: int, val: Sequence[Example], pairs: list, reused: bool,
                   overwrite: bool, settings: CurveSettings) -> CurvePoint:
     """The point's held-out losses (measured once, then read from RUN/heldout.json) and its verdicts."""
     run = RunDir.open(config.output)
-    path = run.path / HELDOUT_FILE
-    stored = None if overwrite else read_heldout(path, val)
+    stored = None if overwrite else read_heldout(run.path, val)
     if stored is None or (pairs and stored.get("generated") is None):
         model, tokenizer = load_run(run.path)
         stored = {**heldout_losses(model, val), "fraction": config.train_fraction, "examples": n,
                   "generated": scored_answers(model, tokenizer, pairs) if pairs else None}
-        write_atomic(path, json.dumps(stored) + "\n")
+        write_heldout(run.path, stored)
     summary = run.summary()
     nll, tokens = np.array(stored["nll"]), np.array(stored["tokens"], float)
     return CurvePoint(config.train_fraction, n, run.path, float(nll.sum() / tokens.sum()),
@@ -254,13 +249,12 @@ def forgetting_text(run: RunDir, summary: dict[str, Any]) -> str:
 
 def measure_base(root: Path, config: TrainConfig, val: Sequence[Example], overwrite: bool) -> dict[str, Any]:
     """The base model's held-out losses, measured once with the same code as the points (OUTPUT/heldout.json)."""
-    path = root / HELDOUT_FILE
-    stored = None if overwrite else read_heldout(path, val)
+    stored = None if overwrite else read_heldout(root, val)
     if stored is None:
         model, _ = load_run(config.output)
         with base_of(model, config)() as base:
             stored = heldout_losses(base, val)
-        write_atomic(path, json.dumps(stored) + "\n")
+        write_heldout(root, stored)
     return stored
 
 
@@ -270,7 +264,7 @@ def report_curve(root: Path, planned: TrainConfig, points: list[CurvePoint], bas
                  val: Sequence[Example], settings: CurveSettings, seconds: float) -> CurveResult:
     """Fit the points, write curve.json, curve.png and report.html; return the result. `planned` is
     a point's config (every point has its epochs and evaluation interval)."""
-    stored = [json.loads((p.run_dir / HELDOUT_FILE).read_text(encoding="utf-8")) for p in points]
+    stored = [heldout(p.run_dir) for p in points]
     nll = np.array([s["nll"] for s in stored])  # (K, E)
     tokens = np.array(base["tokens"], float)
     base_loss = float(np.sum(base["nll"]) / tokens.sum())

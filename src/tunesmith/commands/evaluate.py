@@ -298,6 +298,13 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
     model, tokenizer, base_model, view = load_run_and_base(run.path)
     preset = "full" if full else "standard"
     task = task_metrics(model, tokenizer, config, view, TASK_SIZES[preset], log, use_cache)
+    splits = None
+    if config.retrieval is not None:  # a RAFT run: compare's found / missed / unanswerable splits, its own
+        from .compare import raft_eval_splits
+
+        sizes = TASK_SIZES[preset]
+        splits = raft_eval_splits(run.path, model, tokenizer, view, config, sizes.generate, sizes.max_new_tokens, log,
+                                  use_cache)
     general = measure_probes(model, tokenizer, config.model, preset, config.forgetting.probes, base_model,
                              use_cache=use_cache, log=log)
     if lm_eval_tasks:
@@ -325,6 +332,8 @@ def evaluate_run(run_path: str | Path, full: bool = False, log: Callable[[str], 
         "base_cached": general.base_cached,
         "seconds": time.perf_counter() - started,
     }
+    if splits is not None:
+        result["splits"] = splits
     if lm_eval_tasks:
         result["lm_eval"] = lm_eval_results
     run.write_evaluation(result)
@@ -341,4 +350,20 @@ def print_verdict(result: dict[str, Any], run: str | Path, out: Any) -> None:
     out.print(f"[bold]tunesmith eval: {within} the forgetting budget[/]")
     for line in result["verdict"].splitlines():
         out.print(f"  {line}", highlight=False)
+    for line in split_lines(result.get("splits", {})):
+        out.print(f"  {line}", highlight=False)
     out.print(f"  report            {Path(run) / 'report.html'}")
+
+
+def split_lines(splits: dict[str, Any]) -> list[str]:
+    """One line per split of a run trained with retrieval: tuned+RAG against base+RAG on token F1 and
+    the split's rates (evaluation/handoff.py RATES), each with its 95% interval."""
+    from ..evaluation.handoff import RATES
+
+    def cell(split: dict[str, Any], system: str, metric: str) -> str:
+        m = split["systems"][system][metric]
+        return f"{m['value']:.2f} [{m['ci95'][0]:.2f}, {m['ci95'][1]:.2f}]"
+
+    return [f"{name} ({split['n']}): " + "; ".join(
+        f"{metric} base+rag {cell(split, 'base+rag', metric)}, tuned+rag {cell(split, 'tuned+rag', metric)}"
+        for metric in ("token_f1", *RATES[name])) for name, split in splits.items()]

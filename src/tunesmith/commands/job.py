@@ -13,10 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+from ..run import RunDir
 from ..server.jobs import fine_tuned_name
 from ..server.locks import hold_lock
 from ..server.store import DB_NAME, Store
-from ..server.worker import JobEvents, fail, register_result, runs_dir, write_metrics_csv
+from ..server.worker import JobEvents, fail, register_result, runs_dir
 from ..web.children import exit_with_parent
 
 
@@ -45,7 +46,7 @@ def run_job(store: Store, home: Path, job_id: str) -> None:
         if store.job(job_id)["cancel_requested"]:
             store.update_job(job_id, status="cancelled", finished_at=int(time.time()))
         return
-    results = [register_result(store, home, write_metrics_csv(result.run_dir), "step_metrics.csv")]
+    results = [register_result(store, home, RunDir(result.run_dir).write_step_metrics_csv(), "step_metrics.csv")]
     if job["config"]["evaluate"]:
         from .evaluate import evaluate_run
 

@@ -15,6 +15,8 @@ from .text_metrics import normalize_answer, token_f1
 
 CITATION = re.compile(r"\[(\d{1,3})\]")
 """A citation in an answer: the number of a passage in its prompt, as `[2]`."""
+CITATION_START = re.compile(r"\[\d{0,3}")
+"""What a streamed piece may end with while a citation is still being written: `[`, `[1`, `[12`."""
 HANDOFF_F1 = 0.8
 """An answer whose words (citations left out) have at least this token F1 with the hand-off is one:
 light variants — "I cannot find that in our documentation, I will pass your question on to a
@@ -65,6 +67,28 @@ def with_sources(answer: str, sources: Sequence[str]) -> str:
         return f"[{sources[n - 1]}]" if 1 <= n <= len(sources) else match.group(0)
 
     return CITATION.sub(source, answer)
+
+
+class SourcedStream:
+    """An answer's streamed pieces with its citations written as sources, as `with_sources` writes the
+    whole answer: the pieces joined equal `with_sources` of the answer. A piece that ends in what may
+    be the start of a citation (`... weeks. [`) holds that back until the next piece or `flush` says
+    whether it is one; a citation has no `[` but its first character, so no held text splits one."""
+
+    def __init__(self, sources: Sequence[str]) -> None:
+        self.sources, self.held = list(sources), ""
+
+    def feed(self, piece: str) -> str:
+        text = self.held + piece
+        start = text.rfind("[")
+        cut = start if start >= 0 and CITATION_START.fullmatch(text, start) else len(text)
+        self.held = text[cut:]
+        return with_sources(text[:cut], self.sources)
+
+    def flush(self) -> str:
+        """What is held at the end of the answer."""
+        text, self.held = self.held, ""
+        return with_sources(text, self.sources)
 
 
 def sources_line(answer: str, sources: Sequence[str]) -> str:

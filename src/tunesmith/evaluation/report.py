@@ -138,6 +138,23 @@ def _table(rows: list[tuple[str, dict[str, Any], str, str]]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+SPLIT_COLUMNS = ("token_f1", "handoff_rate", "made_up_rate", "false_handoff_rate", "citation_accuracy")
+"""What the report shows of each found / missed / unanswerable split (a run trained with retrieval)."""
+
+
+def _splits_table(splits: dict[str, Any]) -> str:
+    """base+RAG and tuned+RAG on each split of a run trained with retrieval: value [95% CI] per column."""
+    def cell(score: dict[str, Any] | None) -> str:
+        return "<td>—</td>" if score is None else \
+            f"<td>{score['value']:.3f} [{score['ci95'][0]:.3f}, {score['ci95'][1]:.3f}]</td>"
+
+    head = "<tr><th>split</th><th>system</th>" + "".join(f"<th>{c}</th>" for c in SPLIT_COLUMNS) + "</tr>"
+    rows = [f"<tr><td>{html.escape(name)} ({split['n']})</td><td>{system}</td>"
+            + "".join(cell(split["systems"][system].get(c)) for c in SPLIT_COLUMNS) + "</tr>"
+            for name, split in splits.items() for system in ("base+rag", "tuned+rag")]
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
 def write_report(run: RunDir, result: dict[str, Any]) -> Path:
     """Write report.html and its PNGs into the run directory; return the HTML path."""
     rows = run.metrics()
@@ -165,6 +182,11 @@ def write_report(run: RunDir, result: dict[str, Any]) -> Path:
         for s in task.get("samples", [])
     )
     verdict = "".join(f"<p>{html.escape(line)}</p>" for line in result["verdict"].splitlines())
+    splits = "" if not result.get("splits") else (
+        "<h2>Answering with retrieval: found, missed, unanswerable</h2><p><small>Held-out questions whose retrieved "
+        "passages held the answer, did not, and the same questions with every passage holding it left out "
+        "(as <code>tunesmith compare</code> splits them); value [95% CI].</small></p>"
+        + _splits_table(result["splits"]))
     figures = "".join(f'<figure><img src="{name}" alt="{html.escape(caption)}">'
                       f'<figcaption>{html.escape(caption)}</figcaption></figure>' for name, caption in images)
     body = f"""<h1>{html.escape(run.path.name)}: {'within' if ok else 'OVER'} the forgetting budget</h1>
@@ -174,7 +196,7 @@ def write_report(run: RunDir, result: dict[str, Any]) -> Path:
 over examples; generated {result['created']} in {result['seconds']:.0f} s.</small></p>
 <h2>Task (held-out data, {task['n_examples']} examples; {task.get('n_generated', 0)} answers generated)</h2>
 {_table(task_rows)}
-<h2>General abilities</h2>
+{splits}<h2>General abilities</h2>
 {_table(general_rows)}
 {figures}
 <h2>Sample answers</h2>

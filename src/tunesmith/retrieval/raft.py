@@ -211,6 +211,15 @@ def run_retrieval(run_config: Any, knowledge: str | Path | None,
     return (knowledge if knowledge is not None else section.knowledge), answer
 
 
+def run_retriever(run_config: Any, knowledge: str | Path | None = None,
+                  settings: RetrievalSettings = RetrievalSettings(), log: Callable[[str], None] = lambda m: None,
+                  embedder: Any = None) -> Retriever | None:
+    """The `Retriever` a command answers a run with (`run_retrieval`: a RAFT run's own by default), or
+    None when it has no knowledge source; `embedder` shares one loaded embedding model."""
+    knowledge, settings = run_retrieval(run_config, knowledge, settings)
+    return None if knowledge is None else Retriever.load(knowledge, settings, log, embedder)
+
+
 def training_files(config: Any, tokenizer: Any, log: Callable[[str], None] = lambda m: None
                    ) -> tuple[Any, tuple[str, str | None], dict[str, Any]]:
     """The files `train` reads (data, eval) and how (`data_options`): the user's, or with `retrieval:`
@@ -233,10 +242,9 @@ def chat_retrieval(run_config: Any, knowledge: str | Path | None, settings: Retr
     and for a run trained to cite, what names the sources an answer cites (`sources: [2] faq.jsonl:3`)."""
     from ..evaluation.handoff import sources_line
 
-    knowledge, settings = run_retrieval(run_config, knowledge, settings)
-    if knowledge is None:
+    retriever = run_retriever(run_config, knowledge, settings, log)
+    if retriever is None:
         return None, None
-    retriever = Retriever.load(knowledge, settings, log)
     budget = retriever.prompt_budget(model, max_new_tokens)
     shown: list[str] = []  # the sources of the passages in the last prompt, for its citations
 
@@ -245,7 +253,7 @@ def chat_retrieval(run_config: Any, knowledge: str | Path | None, settings: Retr
         shown[:] = [p.source for p in passages]
         return retriever.augment_with(messages, passages, tokenizer, budget)
 
-    return augment, ((lambda answer: sources_line(answer, shown)) if settings.cite else None)
+    return augment, ((lambda answer: sources_line(answer, shown)) if retriever.settings.cite else None)
 
 
 def with_knowledge(config: Any, knowledge: str | None) -> Any:

@@ -15,7 +15,7 @@ import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Iterable, Sequence
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from ..data.render import encode_prompt, encode_text, with_system_prompt
-from ..evaluation.handoff import with_sources
+from ..evaluation.handoff import SourcedStream, with_sources
 from ..inference.batching import BatchDecoder, EngineDecoder
 from ..inference.engines import DEFAULT_ENGINE
 from ..inference.streaming import Completion
@@ -117,6 +117,11 @@ class Served:
     def model_ids(self) -> tuple[str, ...]:
         return (self.model_id,) + ((self.base_id,) if self.base_id else ())
 
+    def retriever_for(self, model_id: str) -> Any:
+        """The retriever whose passages go into chat prompts to `model_id`, or None: `serve`'s one
+        (`--knowledge`, or the run's own), for its tuned and base model alike."""
+        return self.retriever
+
     def answering(self, model_id: str) -> Any:
         """A context manager giving the model that answers as `model_id`. Only the decode thread enters
         it, for one batch of requests to the same model id, so switching the adapters off for one never
@@ -162,11 +167,11 @@ def inference_routes(served: Served) -> list[Route]:
         parsed = parse_chat_request(await read_json(request, limits.max_body_bytes), served.model_ids, limits)
         messages = with_system_prompt([dict(m) for m in parsed.messages or ()], served.system_prompt)
         sources: list[str] = []  # of the passages in the prompt, when the run was trained to cite them
-        if served.retriever is not None:
+        retriever = await run_in_threadpool(served.retriever_for, parsed.model) if parsed.retrieval else None
+        if retriever is not None:
             room = min(served.limits.max_prompt_tokens, served.context_tokens - parsed.sampling.max_new_tokens)
-            messages, sources = await run_in_threadpool(served.retriever.augment_sourced, messages, served.tokenizer,
-                                                        room)
-            sources = sources if served.retriever.settings.cite else []
+            messages, sources = await run_in_threadpool(retriever.augment_sourced, messages, served.tokenizer, room)
+            sources = sources if retriever.settings.cite else []
         prompt_ids = encode_prompt(messages, served.tokenizer)
         return await _respond(served, parsed, prompt_ids, chat=True, sources=sources)
 
@@ -188,8 +193,8 @@ def _model_card(model_id: str) -> dict[str, Any]:
 
 async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[int], chat: bool,
                    sources: list[str] | None = None) -> Response:
-    """The answer (streamed or whole); a whole answer's citations `[n]` written as their passages'
-    `sources` (a run trained with `retrieval.cite`; streamed pieces go out as the model wrote them)."""
+    """The answer (streamed or whole), its citations `[n]` written as their passages' `sources` (a run
+    trained with `retrieval.cite`): a streamed answer's pieces joined are the whole answer's text."""
     room = min(served.limits.max_prompt_tokens, served.context_tokens - parsed.sampling.max_new_tokens)
     if len(prompt_ids) > room:
         raise RequestError(400, f"the prompt is {len(prompt_ids)} tokens; at most {room} fit with max_tokens "
@@ -198,7 +203,7 @@ async def _respond(served: Served, parsed: GenerationRequest, prompt_ids: list[i
     rid = new_id("chatcmpl" if chat else "cmpl")
     await served.gate.enter()
     if parsed.stream:
-        events = _choice_events(served, parsed, prompt_ids, rid, chat)
+        events = _choice_events(served, parsed, prompt_ids, rid, chat, sources or [])
         return LeaveAfter(StreamingResponse(events, media_type="text/event-stream",
                                             headers={"Cache-Control": "no-cache"}), served.gate)
     try:
@@ -250,24 +255,32 @@ async def _drained(events: AsyncIterator[str | Completion]) -> Completion:
 
 
 async def _choice_events(served: Served, parsed: GenerationRequest, prompt_ids: list[int], rid: str,
-                         chat: bool) -> AsyncIterator[str]:
-    """Server-sent events: one chunk per text piece, a finishing chunk per choice, then [DONE]."""
+                         chat: bool, sources: Sequence[str] = ()) -> AsyncIterator[str]:
+    """Server-sent events: one chunk per text piece (citations written as `sources`, `SourcedStream`),
+    a finishing chunk per choice, then [DONE]."""
     finished: list[Completion] = []
     model_id = parsed.model
+
+    def piece(index: int, text: str) -> str:
+        return _sse(chat_chunk(rid, model_id, index, {"content": text}) if chat
+                    else completion_chunk(rid, model_id, index, text))
+
     for index in range(parsed.n):
         if chat:
             yield _sse(chat_chunk(rid, model_id, index, {"role": "assistant", "content": ""}))
+        sourced = SourcedStream(sources)
         try:
             async for item in _decoded(served, parsed, prompt_ids, index):
                 if isinstance(item, Completion):
                     finished.append(item)
-                else:
-                    yield _sse(chat_chunk(rid, model_id, index, {"content": item}) if chat
-                               else completion_chunk(rid, model_id, index, item))
+                elif text := (sourced.feed(item) if sources else item):
+                    yield piece(index, text)
         except Exception as exc:  # the status line is sent already: report in-band and stop
             log.exception("generation failed")
             yield _sse(RequestError(500, f"generation failed: {type(exc).__name__}").body())
             return
+        if rest := sourced.flush():
+            yield piece(index, rest)
         reason = finished[-1].finish_reason
         yield _sse(chat_chunk(rid, model_id, index, {}, reason) if chat
                    else completion_chunk(rid, model_id, index, "", reason))
@@ -303,17 +316,12 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: s
     transformers only)."""
     import uvicorn
 
-    from ..retrieval.raft import run_retrieval
+    from ..retrieval.raft import run_retriever
     from ..run import RunDir, base_model_id, base_of, load_run, run_system_prompt
 
     model, tokenizer = load_run(run)
     config = RunDir.open(run).config()
-    knowledge, retrieval = run_retrieval(config, knowledge, retrieval)  # a RAFT run answers as it was trained
-    retriever = None
-    if knowledge is not None:
-        from ..retrieval import Retriever
-
-        retriever = Retriever.load(knowledge, retrieval, log=log.info)
+    retriever = run_retriever(config, knowledge, retrieval, log.info)  # a RAFT run answers as it was trained
     name = model_id or Path(run).resolve().name
     hosts = [*LOOPBACK_HOSTS, host, *allowed_hosts]
     decoding = None

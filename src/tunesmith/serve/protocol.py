@@ -33,6 +33,10 @@ class GenerationRequest:
     include_usage: bool
     model: str = ""
     """The model id the request asked for (one of those served)."""
+    retrieval: bool = True
+    """Chat: put the served model's retrieved passages into the prompt (a run's knowledge source);
+    false (`"retrieval": false`, not an OpenAI field) answers the messages as sent, for a client that
+    put its own passages in."""
 
 
 def parse_chat_request(body: dict[str, Any], model_ids: str | Sequence[str], limits: ServeLimits) -> GenerationRequest:
@@ -55,7 +59,11 @@ def parse_chat_request(body: dict[str, Any], model_ids: str | Sequence[str], lim
             raise RequestError(400, f"'{key}' is not supported by this server", key)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    return replace(_request(body, limits, max_tokens, param, messages=tuple(messages)), model=model)
+    retrieval = body.get("retrieval", True)
+    if not isinstance(retrieval, bool):
+        raise RequestError(400, "'retrieval' must be true (the model's own passages) or false (none)", "retrieval")
+    return replace(_request(body, limits, max_tokens, param, messages=tuple(messages)), model=model,
+                   retrieval=retrieval)
 
 
 def parse_completion_request(body: dict[str, Any], model_ids: str | Sequence[str],

@@ -6,6 +6,7 @@ reaches a request in flight."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -27,11 +28,35 @@ class ServedJobs(Served):
     home: Path = Path(".")
     loaded: set[str] = field(default_factory=set)
     """Adapter names (job ids) loaded into the base so far."""
+    retrievers: dict[str, Any] = field(default_factory=dict)
+    """Each asked job's retriever (None for a job trained without `retrieval:`), by job id."""
+    embedder: Any = None
+    """The embedding model the jobs' dense retrievers share, loaded at the first that needs it."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held while a retriever is loaded: two requests to a new job load it once."""
 
     @property
     def model_ids(self) -> tuple[str, ...]:
         assert self.store is not None
         return (self.model_id, *self.store.fine_tuned_models())
+
+    def retriever_for(self, model_id: str) -> Any:
+        """A job trained with `retrieval:` (RAFT) answers with its own knowledge source and settings
+        (`run_retriever`, as `serve` of its run); the base and other jobs without passages."""
+        from ..retrieval import Embedder
+        from ..retrieval.raft import run_retriever
+        from ..run import RunDir
+
+        job_id = model_id.rsplit(":", 1)[-1]
+        if model_id == self.model_id or not JOB_ID.fullmatch(job_id):
+            return None
+        with self.lock:
+            if job_id not in self.retrievers:
+                config = RunDir(runs_dir(self.home) / job_id).config()
+                if config.retrieval is not None and config.retrieval.retriever != "bm25":
+                    self.embedder = self.embedder or Embedder.load()
+                self.retrievers[job_id] = run_retriever(config, embedder=self.embedder)
+            return self.retrievers[job_id]
 
     @contextlib.contextmanager
     def answering(self, model_id: str) -> Iterator[Any]:

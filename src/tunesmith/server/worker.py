@@ -4,8 +4,6 @@ worker process itself, which runs the `train` command, is `tunesmith.commands.jo
 """
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 import time
 from pathlib import Path
@@ -87,24 +85,6 @@ class JobEvents:
 def fail(store: Store, job_id: str, code: str, message: str, param: str | None = None) -> None:
     store.update_job(job_id, status="failed", finished_at=int(time.time()),
                      error={"code": code, "message": message, "param": param})
-
-
-def write_metrics_csv(run_dir: Path) -> Path:
-    """OpenAI's result file: one row per step, its training and (when measured) validation loss."""
-    from ..run import RunDir, write_atomic
-
-    rows: dict[int, dict[str, Any]] = {}
-    for row in RunDir(run_dir).metrics():
-        figures = rows.setdefault(row["step"], {"step": row["step"], "train_loss": "", "valid_loss": ""})
-        figures["train_loss"] = row.get("loss", figures["train_loss"])
-        figures["valid_loss"] = row.get("val_loss", figures["valid_loss"])
-    out = io.StringIO()
-    writer = csv.DictWriter(out, ["step", "train_loss", "valid_loss"], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows[step] for step in sorted(rows))
-    path = run_dir / "step_metrics.csv"
-    write_atomic(path, out.getvalue())
-    return path
 
 
 def register_result(store: Store, home: Path, source: Path, filename: str) -> str:

@@ -26,9 +26,20 @@ COMPARE_FIELDS = {"limit": (CompareSettings.limit, 1), "seen": (CompareSettings.
 """The Compare form's numbers: name -> (default, smallest allowed); the defaults are `tunesmith compare`'s."""
 
 
-def compare_args(body: dict[str, Any], knowledge: Path) -> dict[str, Any]:
-    """A compare request's settings, checked; a missing one is `tunesmith compare`'s default."""
-    args: dict[str, Any] = {"knowledge": str(knowledge)}
+OWN_KNOWLEDGE = "own"
+"""The Compare form's choice of a run trained with `retrieval:`: its own knowledge source (compare's default)."""
+
+
+def own_knowledge(run: Path) -> str | None:
+    """The knowledge source of a run trained with `retrieval:`, or None."""
+    section = RunDir(run).config().retrieval
+    return None if section is None else section.knowledge
+
+
+def compare_args(body: dict[str, Any], knowledge: Path | None) -> dict[str, Any]:
+    """A compare request's settings, checked; a missing one is `tunesmith compare`'s default; no
+    knowledge: the run's own (a run trained with `retrieval:`)."""
+    args: dict[str, Any] = {"knowledge": None if knowledge is None else str(knowledge)}
     for name, (default, least) in COMPARE_FIELDS.items():
         value = body.get(name, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -55,13 +66,16 @@ def task_routes(home: Path, store: Store, tasks: TaskRunner, retrievers: Retriev
 
     async def compare_start(request: Request) -> Response:
         run, body = succeeded_run(request), await read_json(request, 16_384)
-        return start(run, "compare", compare_args(body, knowledge_path(home, store, body.get("knowledge"))))
+        own = body.get("knowledge") == OWN_KNOWLEDGE and own_knowledge(run) is not None
+        return start(run, "compare", compare_args(body, None if own else
+                                                  knowledge_path(home, store, body.get("knowledge"))))
 
     async def compare_state(request: Request) -> Response:
         run = succeeded_run(request)
         result = RunDir(run).comparison()
         defaults = {name: default for name, (default, _) in COMPARE_FIELDS.items()}
-        return JSONResponse({"task": tasks.state(run, "compare"), "result": result, "defaults": defaults})
+        return JSONResponse({"task": tasks.state(run, "compare"), "result": result, "defaults": defaults,
+                             "own_knowledge": own_knowledge(run)})
 
     async def export_start(request: Request) -> Response:
         run, fmt, body = succeeded_run(request), request.path_params["fmt"], await read_json(request, 1024)
@@ -86,14 +100,27 @@ def task_routes(home: Path, store: Store, tasks: TaskRunner, retrievers: Retriev
 
     async def retrieve(request: Request) -> Response:
         body = await read_json(request, 65_536)
-        path = knowledge_path(home, store, body.get("knowledge"))
         max_tokens = body.get("max_tokens", 64)
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestError(400, "'max_tokens' must be a positive integer", "max_tokens")
         messages = body.get("messages")
         if not isinstance(messages, list):
             raise RequestError(400, "'messages' must be a list of chat turns", "messages")
-        return JSONResponse(await run_in_threadpool(retrievers.augment, path, messages, max_tokens))
+        retriever = await run_in_threadpool(chosen_retriever, request.app.state.served, body)
+        return JSONResponse(await run_in_threadpool(retrievers.augment, retriever, messages, max_tokens))
+
+    def chosen_retriever(served: Any, body: dict[str, Any]) -> Any:
+        """`knowledge` (a file or job id) searched as `model` answers (a RAFT job: its retriever, passage
+        count, hand-off and citations); without `knowledge`, the retriever the server's chat answers
+        `model` with (a RAFT job's own, else none); without `model`, plain retrieval."""
+        model = body.get("model")
+        if model is not None and model not in served.model_ids:
+            raise RequestError(404, f"The model '{model}' does not exist", "model", "model_not_found")
+        own = served.retriever_for(model) if model is not None else None
+        if body.get("knowledge") is None and model is not None:
+            return own
+        path = knowledge_path(home, store, body.get("knowledge"))
+        return retrievers.get(path, own.settings if own is not None else RetrievalSettings())
 
     jobs = "/ui/api/jobs/{job_id}"
     return [

@@ -1,6 +1,7 @@
 """Knowledge sources for the Compare page and the playground's retrieval: an uploaded file, or the
 training data of a job, named by its id; and the playground's retrieval itself, through the
-`Retriever` that `chat --knowledge` and `compare` use (the same passages, the same prompt)."""
+`Retriever` that `chat --knowledge` and `compare` use (the same passages, the same prompt); a RAFT
+job's own is the one the server's chat answers it with (`ServedJobs.retriever_for`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from ..server.files import FILE_ID, file_path
 from ..server.jobs import JOB_ID
 from ..server.store import Store
+from ..settings import RetrievalSettings
 from ..web.errors import RequestError
 
 
@@ -25,31 +27,35 @@ def knowledge_path(home: Path, store: Store, source: Any) -> Path:
 
 
 class Retrievers:
-    """One embedder for the server, loaded at the first question, and one Retriever per knowledge file
-    (an upload never changes: its id names its content)."""
+    """One embedder for the page, loaded at the first question, and one Retriever per knowledge file and
+    settings (an upload never changes: its id names its content)."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.embedder: Any = None
-        self.loaded: dict[Path, Any] = {}
+        self.loaded: dict[tuple[Path, RetrievalSettings], Any] = {}
         self.lock = threading.Lock()
 
-    def get(self, path: Path) -> Any:
+    def get(self, path: Path, settings: RetrievalSettings = RetrievalSettings()) -> Any:
         from ..retrieval import Embedder, Retriever
 
         with self.lock:
-            if path not in self.loaded:
-                self.embedder = self.embedder or Embedder.load()
-                self.loaded[path] = Retriever.load(path, embedder=self.embedder)
-            return self.loaded[path]
+            if (path, settings) not in self.loaded:
+                if settings.retriever != "bm25":
+                    self.embedder = self.embedder or Embedder.load()
+                self.loaded[path, settings] = Retriever.load(path, settings, embedder=self.embedder)
+            return self.loaded[path, settings]
 
-    def augment(self, path: Path, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
-        """The passages retrieved for the last user turn, and the conversation with them in it, as
-        `chat --knowledge` builds it (within the model's context less the answer)."""
+    def augment(self, retriever: Any, messages: list[dict[str, str]], max_tokens: int) -> dict[str, Any]:
+        """The passages `retriever` finds for the last user turn, their sources, and the conversation with
+        them in it, as `chat` builds it (within the model's context less the answer); `cite`: whether
+        the answer is asked to cite them, as `[2]`."""
         if not messages or messages[-1].get("role") != "user" or not isinstance(messages[-1].get("content"), str):
             raise RequestError(400, "'messages' must end with a user turn with text content", "messages")
-        retriever = self.get(path)
+        if retriever is None:  # a model that answers without passages
+            return {"passages": [], "sources": [], "cite": False, "budget_tokens": None, "messages": messages}
         passages = retriever.retrieve([messages[-1]["content"]])[0]
         budget = retriever.prompt_budget(self.model, max_tokens)
-        return {"passages": [{"text": p.text, "source": p.source} for p in passages], "budget_tokens": budget,
+        return {"passages": [{"text": p.text, "source": p.source} for p in passages],
+                "sources": [p.source for p in passages], "cite": retriever.settings.cite, "budget_tokens": budget,
                 "messages": retriever.augment_with(messages, passages, self.tokenizer, budget)}

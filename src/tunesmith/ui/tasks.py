@@ -112,7 +112,7 @@ def _compare(run: Path, args: dict[str, Any], log: Any) -> dict[str, Any]:
 
     settings = CompareSettings(limit=args["limit"], seen=args["seen"], max_new_tokens=args["max_new_tokens"],
                                retrieval=RetrievalSettings(top_k=args["top_k"]))
-    result = compare_run(run, args["knowledge"], None, settings, log=log)
+    result = compare_run(run, args["knowledge"], None, settings, log=log)  # knowledge None: a RAFT run's own
     return {"choice": result["choice"], "seconds": result["seconds"]}  # the figures stay in compare.json
 
 

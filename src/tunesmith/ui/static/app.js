@@ -231,6 +231,8 @@ async function playPage(_, params) {
   const ids = models.data.map((m) => m.id);
   const tuned = params.get("model") || ids[ids.length - 1];
   const options = (chosen) => ids.map((m) => `<option ${m === chosen ? "selected" : ""}>${esc(m)}</option>`).join("");
+  const pane = (side) => `<section class="pane" aria-label="${side} answer"><h2 id="${side}-name"></h2>
+    <div id="${side}-answer" class="answer" aria-live="polite"></div><div id="${side}-passages"></div></section>`;
   render(`<h1>Playground</h1><form id="chat"><div class="pair">
       <div><label for="left">Left model</label> <select id="left">${options(ids[0])}</select></div>
       <div><label for="right">Right model</label> <select id="right">${options(tuned)}</select></div></div>
@@ -238,44 +240,59 @@ async function playPage(_, params) {
     <p><label for="message">Message</label><textarea id="message" rows="3" required></textarea></p>
     <div class="row"><label for="max-tokens">max_tokens</label><input id="max-tokens" type="number" min="1" value="64">
       <label for="knowledge">Retrieval</label><select id="knowledge" aria-describedby="knowledge-help">
-        <option value="">none</option>${knowledge}</select>
+        <option value="own">each model's own</option><option value="none">none</option>${knowledge}</select>
       <button id="send">Send to both</button></div>
-    <p class="help muted" id="knowledge-help">With a knowledge file, the passages retrieved for the message go into
-      both prompts (as <code>tunesmith chat --knowledge</code> does).</p></form>
-    <div id="passages" aria-live="polite"></div>
-    <div class="pair"><section class="pane" aria-label="left answer"><h2 id="left-name"></h2><div id="left-answer" class="answer" aria-live="polite"></div></section>
-      <section class="pane" aria-label="right answer"><h2 id="right-name"></h2><div id="right-answer" class="answer" aria-live="polite"></div></section></div>`);
-  $("chat").onsubmit = async (e) => {
+    <p class="help muted" id="knowledge-help">Each model's own: a job trained with <code>retrieval:</code> answers from
+      its knowledge source with its own settings, as the server's chat does; other models without passages. A
+      knowledge file: its passages go into both prompts (as <code>tunesmith chat --knowledge</code> does). A cited
+      passage <code>[2]</code> is shown as its source.</p></form>
+    <div class="pair">${pane("left")}${pane("right")}</div>`);
+  $("chat").onsubmit = (e) => {
     e.preventDefault();
-    let messages = [...($("system").value ? [{ role: "system", content: $("system").value }] : []),
-                    { role: "user", content: $("message").value }];
-    const maxTokens = Number($("max-tokens").value);
-    $("passages").innerHTML = "";
-    if ($("knowledge").value) {
-      try {
-        const found = await post("/ui/api/retrieve", { knowledge: $("knowledge").value, messages, max_tokens: maxTokens });
-        messages = found.messages;
-        $("passages").innerHTML = `<h2>Passages used</h2><ol id="passage-list">${found.passages.map((p) => `<li>
-          <span class="muted">${esc(p.source.split("/").pop())}</span> ${esc(p.text)}</li>`).join("")}</ol>`;
-      } catch (err) {
-        $("passages").innerHTML = `<p class="error" role="alert">Retrieval failed: ${esc(err.message)}</p>`;
-        return;
-      }
-    }
+    const messages = [...($("system").value ? [{ role: "system", content: $("system").value }] : []),
+                      { role: "user", content: $("message").value }];
     for (const side of ["left", "right"]) {
       $(`${side}-name`).textContent = $(side).value;
-      stream($(side).value, messages, maxTokens, $(`${side}-answer`));
+      answer($(side).value, messages, Number($("max-tokens").value), $("knowledge").value, side);
     }
   };
 }
 
-async function stream(model, messages, maxTokens, out) { // chat completions with stream=true, read as SSE
+// One side's answer: with the model's own retrieval the server's chat puts the passages in and writes a
+// cited [2] as its source, streamed too; with a knowledge file the page puts them in, as that model
+// answers (a RAFT job's prompt), and asks the server for none of its own.
+async function answer(model, messages, maxTokens, choice, side) {
+  const out = $(`${side}-answer`), shown = $(`${side}-passages`);
+  shown.innerHTML = "";
+  let ask = { model, messages, max_tokens: maxTokens, stream: true }, sources = [];
+  if (choice !== "own") ask.retrieval = false;
+  if (choice !== "none") {
+    try {
+      const found = await post("/ui/api/retrieve", { model, messages, max_tokens: maxTokens,
+                                                     ...(choice === "own" ? {} : { knowledge: choice }) });
+      if (choice !== "own") { ask.messages = found.messages; sources = found.cite ? found.sources : []; }
+      if (found.passages.length) {
+        shown.innerHTML = `<h3>Passages used</h3><ol class="passage-list" id="${side}-passage-list">${found.passages
+          .map((p) => `<li><span class="muted">${esc(p.source.split("/").pop())}</span> ${esc(p.text)}</li>`).join("")}</ol>`;
+      }
+    } catch (err) {
+      out.textContent = `Retrieval failed: ${err.message}`;
+      out.classList.add("error");
+      return;
+    }
+  }
+  await stream(ask, out);
+  if (sources.length) out.textContent = out.textContent.replace(/\[(\d{1,3})\]/g, (m, n) => (sources[n - 1] ? `[${sources[n - 1]}]` : m));
+  out.dataset.done = "true";
+}
+
+async function stream(ask, out) { // chat completions with stream=true, read as SSE
   out.textContent = "";
   out.classList.remove("error");
+  delete out.dataset.done;
   try {
     const response = await api("/v1/chat/completions", { method: "POST", raw: true,
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ model, messages, max_tokens: maxTokens, stream: true }) });
+      headers: { "Content-Type": "application/json" }, body: JSON.stringify(ask) });
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
@@ -290,7 +307,6 @@ async function stream(model, messages, maxTokens, out) { // chat completions wit
         if (delta) out.textContent += delta;
       }
     }
-    out.dataset.done = "true";
   } catch (err) { out.textContent = err.message; out.classList.add("error"); }
 }
 

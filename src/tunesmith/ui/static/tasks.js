@@ -18,21 +18,57 @@ function taskStatus(task, what) { // a background task's state, how long it has 
 
 // --- Compare ---------------------------------------------------------------------------------------
 
-function compareTable(split) {
+const RATES = ["handoff_rate", "made_up_rate", "false_handoff_rate", "citation_accuracy"];
+
+function compareTable(split) { // the content and form metrics, and the rates a split of a RAFT run reports
+  const columns = [...METRICS, ...RATES.filter((m) => SYSTEMS.some((s) => split.systems[s][m]))];
   return `<table class="compare-table" data-split="${esc(split.name)}"><caption>${split.n} ${esc(split.description)}
-    (value [95% CI])</caption><thead><tr><th>System</th>${METRICS.map((m) => `<th>${m}</th>`).join("")}</tr></thead>
-    <tbody>${SYSTEMS.map((s) => `<tr><th scope="row">${s}</th>${METRICS.map((m) => {
+    (value [95% CI])</caption><thead><tr><th>System</th>${columns.map((m) => `<th>${m}</th>`).join("")}</tr></thead>
+    <tbody>${SYSTEMS.map((s) => `<tr><th scope="row">${s}</th>${columns.map((m) => {
       const x = split.systems[s][m];
-      return `<td class="num">${fmt(x.value, 3)} [${fmt(x.ci95[0], 3)}, ${fmt(x.ci95[1], 3)}]</td>`;
+      return x ? `<td class="num">${fmt(x.value, 3)} [${fmt(x.ci95[0], 3)}, ${fmt(x.ci95[1], 3)}]</td>` : "<td>–</td>";
     }).join("")}</tr>`).join("")}</tbody></table>`;
+}
+
+const CHARTS = [["token_f1", "Token F1 against the reference"], ["handoff_rate", "Hand-off rate"],
+  ["made_up_rate", "Made-up rate: answered where no passage held the answer"],
+  ["false_handoff_rate", "False hand-off rate: handed off where a passage held the answer"]];
+const SYSTEM_COLORS = { base: "#9aa5ad", "base+rag": "#5b8fc9", tuned: "#d39b3a", "tuned+rag": "#1e6b35" };
+
+// One metric per split per system as bars (0 to 1) with their 95% intervals as whiskers; the splits that
+// report it only (the rates: a run trained with retrieval's found / missed / unanswerable).
+function splitChart(splits, metric, title) {
+  const shown = splits.filter(([, s]) => s.systems.base && s.systems.base[metric]);
+  if (!shown.length) return "";
+  const [w, h, pad, foot] = [720, 190, 34, 34];
+  const group = (w - 2 * pad) / shown.length, bar = group / (SYSTEMS.length + 1), top = 12;
+  const y = (v) => top + (1 - Math.max(0, Math.min(1, v))) * (h - top - foot);
+  const bars = shown.map(([name, split], g) => SYSTEMS.map((system, k) => {
+    const x = pad + g * group + (k + 0.5) * bar, m = split.systems[system][metric], v = m.value ?? 0;
+    const [lo, hi] = m.ci95.map((c) => c ?? v);
+    return `<rect class="bar" data-split="${esc(name)}" data-system="${system}" data-value="${m.value}" x="${x}"
+      y="${y(v)}" width="${bar - 2}" height="${y(0) - y(v)}" fill="${SYSTEM_COLORS[system]}"><title>${esc(name)}, ${system}:
+      ${fmt(m.value, 3)} [${fmt(lo, 3)}, ${fmt(hi, 3)}]</title></rect><line x1="${x + bar / 2 - 1}" x2="${x + bar / 2 - 1}"
+      y1="${y(lo)}" y2="${y(hi)}" stroke="#1d2327"/>`;
+  }).join("") + `<text x="${pad + g * group + group / 2}" y="${h - 12}" font-size="12" text-anchor="middle">${esc(name)}
+    (${split.n})</text>`).join("");
+  const axis = [0, 0.5, 1].map((t) => `<text x="${pad - 6}" y="${y(t) + 4}" font-size="11" text-anchor="end">${t}</text>
+    <line x1="${pad}" x2="${w - pad}" y1="${y(t)}" y2="${y(t)}" stroke="#d5dbe0"/>`).join("");
+  return `<figure class="split-chart" data-metric="${metric}"><figcaption>${esc(title)}, per split and system
+    (bar: value, line: 95% interval)</figcaption><svg class="chart" viewBox="0 0 ${w} ${h}" role="img"
+    aria-label="${esc(title)} per split and system">${axis}${bars}</svg></figure>`;
 }
 
 function compareResult(result) {
   if (!result) return "";
-  const splits = Object.entries(result.splits).filter(([name]) => name !== "all")
-    .map(([name, split]) => compareTable({ name, ...split })).join("");
+  const named = Object.entries(result.splits).filter(([name]) => name !== "all");
+  const splits = named.map(([name, split]) => compareTable({ name, ...split })).join("");
+  const charts = CHARTS.map(([metric, title]) => splitChart(named, metric, title)).join("");
+  const legend = `<p class="legend">${SYSTEMS.map((s) => `<span><svg width="12" height="12" aria-hidden="true"><rect
+    width="12" height="12" fill="${SYSTEM_COLORS[s]}"/></svg> ${s}</span>`).join("")}</p>`;
   const r = result.retrieval;
-  return `<div class="verdict" id="recommendation"><p>${esc(result.recommendation)}</p></div>${splits}
+  return `<div class="verdict" id="recommendation"><p>${esc(result.recommendation)}</p></div>
+    <div id="split-charts">${legend}${charts}</div>${splits}
     <p class="muted">Retrieval: ${r.passages} passages, top ${r.top_k}, prompts within ${r.prompt_budget_tokens} tokens;
       the answer was in a retrieved passage for ${fmt(100 * r.answer_found_rate, 1)}% of the questions.
       ${esc(result.created)}, ${fmt(result.seconds, 1)} s.</p>
@@ -43,7 +79,9 @@ function compareResult(result) {
 
 export async function comparePage(jobId) {
   if (!jobId) return pickJob("Compare", "compare");
-  const [state, knowledge] = await Promise.all([api(`/ui/api/jobs/${jobId}/compare`), knowledgeOptions(jobId)]);
+  const state = await api(`/ui/api/jobs/${jobId}/compare`);
+  const knowledge = (state.own_knowledge ? `<option value="own" selected>the run's own: ${esc(state.own_knowledge
+    .split("/").pop())} (trained with retrieval:)</option>` : "") + await knowledgeOptions(state.own_knowledge ? "" : jobId);
   const number = (name, help) => `<label for="c-${name}">${name}</label><input id="c-${name}" type="number" min="0"
     value="${state.defaults[name]}" aria-describedby="ch-${name}"><p class="help" id="ch-${name}">${help}</p>`;
   render(`<h1>Compare <code>${esc(jobId)}</code>: fine-tuning vs RAG</h1>
@@ -51,7 +89,8 @@ export async function comparePage(jobId) {
       knowledge file (<code>tunesmith compare</code>); minutes on a real model, run by the server in the background.</p>
     <form id="compare" class="grid"><label for="c-knowledge">knowledge</label><select id="c-knowledge"
       aria-describedby="ch-knowledge">${knowledge}</select><p class="help" id="ch-knowledge">The file passages are
-      retrieved from: an upload, or a job's own training data.</p>
+      retrieved from: a run trained with retrieval: its own knowledge source, with its settings; an upload; or a job's
+      own training data.</p>
       ${number("limit", "Held-out questions answered.")}${number("seen", "Training questions answered (facts seen in training).")}
       ${number("max_new_tokens", "Longest answer.")}${number("top_k", "Passages retrieved per question.")}
       <span></span><div><button id="compare-start">Start the comparison</button></div></form>
