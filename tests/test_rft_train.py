@@ -55,6 +55,16 @@ def test_grpo_settings_are_checked_with_the_field_and_the_fix():
     assert config.grader == GRADER and config.grpo.beta == 0.04 and config.lr is None
 
 
+def test_a_judge_grader_is_refused_before_anything_trains(tmp_path, tiny_model_dir):
+    judge = {"type": "score_model", "name": "judge", "model": "any", "range": [0, 1],
+             "input": [{"role": "user", "content": "Score {{sample.output_text}} from 0 to 1."}]}
+    out = tmp_path / "run"
+    config = load_config(None, {**grpo_config(tmp_path, tiny_model_dir), "output": str(out), "grader": judge})
+    with pytest.raises(ConfigError, match="score_model grader needs a judge"):
+        train(config, show_progress=False)
+    assert not out.exists()
+
+
 def test_rows_lacking_a_field_the_grader_reads_are_named_before_anything_trains(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     config = load_config(None, {**grpo_config(tmp_path, tiny_model_dir), "output": str(out)})
