@@ -3,8 +3,8 @@
     python bench/bench_grpo_variants.py [--model DIR] [--steps 16] [--seeds 0 100 200]
 
 Without --model, the tests' tiny random Llama (2 layers, 32 wide) is built in a temporary folder. The
-loop is tests/test_grpo.py's: two prompts, groups of 8, 8-token completions, plain AdamW (lr 1e-2) on
-all weights, reward = the share of a completion's characters that are spaces. Each variant starts from
+loop is `grpo_step` by hand: two prompts, groups of 8, 8-token completions, plain AdamW (lr 1e-2) on all
+weights, reward = the share of a completion's characters that are spaces. Each variant starts from
 the same weights and samples with the same per-step seeds. Prints one JSON line per run, then a table.
 """
 

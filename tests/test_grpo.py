@@ -24,7 +24,6 @@ from tunesmith.training.grpo import (
     grader_reward,
     group_advantages,
     grpo_loss,
-    grpo_step,
     roll_out,
     step_seed,
     token_losses,
@@ -282,33 +281,6 @@ def test_grpo_loss_and_gradients_equal_trls(tiny_model_dir, tiny_tokenizer, tmp_
     for name, grad in expected_grads.items():
         torch.testing.assert_close(got_grads[name], grad, rtol=0, atol=1e-5, msg=name)
     assert max(float(g.abs().max()) for g in expected_grads.values()) > 1e-3  # gradients that a 1e-5 check can see
-
-
-# --- a learnable reward rises
-
-def test_a_learnable_reward_rises_over_a_few_steps(tiny_model_dir, tiny_tokenizer):
-    """Reward: the share of a completion's characters that are spaces (about 0.09 for the random tiny
-    model); plain AdamW on all its weights, the default settings but for short completions."""
-    from transformers import AutoModelForCausalLM
-
-    from tunesmith.model.attention import use_packed_attention
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    use_packed_attention(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    settings = GrpoConfig(max_completion_tokens=8)
-    prompts = prompts_of(tiny_tokenizer, ["What is a permit?", "How long does it take?"])
-    share_of_spaces = lambda texts, rows: [t.count(" ") / max(1, len(t)) for t in texts]  # noqa: E731
-    rewards = []
-    for step in range(16):
-        loss, metrics = grpo_step(model, prompts, [{}, {}], share_of_spaces, tiny_tokenizer, settings,
-                                  [tiny_tokenizer.eos_token_id], tiny_tokenizer.pad_token_id, seed=step, device=CPU)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        rewards.append(metrics["reward"])
-    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
-    assert last > first + 0.04 and last > 1.4 * first, rewards  # measured: 0.092 -> 0.155
 
 
 def test_a_resumed_run_samples_and_steps_as_the_uninterrupted_one(tiny_model_dir, tiny_tokenizer):
