@@ -126,7 +126,7 @@ def main() -> None:
 
 @main.command("train")
 @click.argument("source", type=click.Path(), required=False)
-@config_options(*RUN_KEYS, "output", "save_every", "report_to",
+@config_options(*RUN_KEYS, "grader", "output", "save_every", "report_to",
                 helps={"output": "Run directory (default runs/<data-name>-<timestamp>)."})
 @click.option("--knowledge",
               help=f"Train with passages retrieved from this {KNOWLEDGE_HELP} (RAFT; sets retrieval.knowledge).")

@@ -24,8 +24,9 @@ RUN_KEYS = ("model", "method", "objective", "epochs", "max_steps", "lr", "seed",
 FLAG_HELP = {
     "model": f"Local model directory, hub id, or {DEFAULT_MODEL} (default).",
     "method": f"Fine-tuning method (default {TrainConfig.method}).",
-    "objective": f"What the run learns from: sft (answers), dpo or orpo (preference pairs) (default "
-                 f"{TrainConfig.objective}).",
+    "objective": f"What the run learns from: sft (answers), dpo or orpo (preference pairs), grpo (rewards from "
+                 f"--grader) (default {TrainConfig.objective}).",
+    "grader": "objective grpo: the OpenAI-format grader (JSON file) that scores the sampled answers.",
     "epochs": "Passes over the data (default: from the data size).",
     "max_steps": "Optimizer steps; wins over --epochs.",
     "lr": "Peak learning rate (default: per method).",

@@ -61,13 +61,16 @@ def grade_command(grader: str, data: str, run: str | None, max_new_tokens: int, 
 
 def check_files_with_grader(config: Any, tokenizer: Any, limits: Any, show: int, options: dict[str, Any],
                             grader: str | None) -> Any:
-    """`data check`'s report (data.check.check_files); with `grader`, RFT prompts are what the data should
-    hold, and the grader's problems and every row lacking a field it reads are errors too."""
+    """`data check`'s report (data.check.check_files); with `grader` (or a config's `objective: grpo` and its
+    grader file), RFT prompts are what the data should hold, and the grader's problems and every row lacking a
+    field it reads are errors too."""
     from .data.check import check_files
 
+    if grader is None and config.objective == "grpo" and isinstance(config.grader, str):
+        grader = config.grader
     report = check_files(config.data, config.eval, tokenizer, config.max_seq_tokens, limits, show=show,
-                         val_fraction=None if config.eval else config.val_fraction, reinforcement=grader is not None,
-                         **options)
+                         val_fraction=None if config.eval else config.val_fraction,
+                         reinforcement=grader is not None or config.objective == "grpo", **options)
     if grader is not None:
         from .commands.grade import grader_field_issues
 

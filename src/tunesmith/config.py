@@ -7,15 +7,16 @@ import dataclasses
 import difflib
 import math
 import os
-import types
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 
 from .config_names import OTHER_TOOLS_NAMES, other_key_of
+from .config_values import coerce_value
 from .errors import ConfigError, require
+from .grpo_config import GrpoConfig
 from .settings import RetrievalTrainConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -26,7 +27,7 @@ Precision = Literal["auto", "bf16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 Distributed = Literal["ddp", "fsdp"]
 DISTRIBUTED: tuple[str, ...] = get_args(Distributed)
-Objective = Literal["sft", "dpo", "orpo"]
+Objective = Literal["sft", "dpo", "orpo", "grpo"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 PREFERENCE_OBJECTIVES = ("dpo", "orpo")
 """The objectives that train on preference pairs (prompt, chosen, rejected) instead of answers."""
@@ -46,7 +47,7 @@ def cache_dir() -> Path:
 
 
 # Keys holding nested config sections, each built by its own function rather than coerced.
-_NESTED_SECTIONS = ("lora", "forgetting", "budget", "preference", "retrieval")
+_NESTED_SECTIONS = ("lora", "forgetting", "budget", "preference", "retrieval", "grpo")
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,12 @@ class TrainConfig:
     objective: Objective = "sft"
     """What the run learns from: sft (answers: cross-entropy on the assistant turns), dpo (preference
     pairs against the base as reference: the same model with adapters disabled, or with method full a
-    frozen copy), or orpo (preference pairs, reference-free: the chosen answers' cross-entropy plus an
-    odds-ratio term). `method` stays the kind of weights trained."""
+    frozen copy), orpo (preference pairs, reference-free: the chosen answers' cross-entropy plus an
+    odds-ratio term), or grpo (reinforcement: prompts answered by sampling, the answers scored by
+    `grader`; docs/rft.md). `method` stays the kind of weights trained."""
+    grader: str | dict[str, Any] | None = None
+    """objective grpo: the grader that scores each sampled answer, in OpenAI's JSON format (docs/graders.md):
+    a .json file, or the grader itself as a mapping. The run's saved config holds it inline."""
     output: str | None = None
     """Run directory; None gives runs/<data-name>-<timestamp>."""
     epochs: float | None = None
@@ -242,6 +247,8 @@ class TrainConfig:
     """Forgetting budget, mitigations and extra general probes."""
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     """beta and orpo_lambda of the dpo and orpo objectives."""
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    """Sampling, advantages and the clipped loss of objective grpo (grpo_config.py)."""
     retrieval: RetrievalTrainConfig | None = None
     """Train on prompts that carry retrieved passages (RAFT) and hand off when they lack the answer;
     None trains on the questions alone. docs/raft.md."""
@@ -260,7 +267,20 @@ class TrainConfig:
         require(self.objective in OBJECTIVES, "objective",
                f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         require(self.objective == "sft" or self.forgetting.replay_fraction == 0, "forgetting.replay_fraction",
-               f"must be 0 with objective {self.objective}: replayed text has no rejected side to compare")
+               f"must be 0 with objective {self.objective}: replayed text has "
+               f"{'no grader to score it' if self.objective == 'grpo' else 'no rejected side to compare'}")
+        require(self.objective != "grpo" or self.grader is not None, "grader",
+                "is required with objective grpo: the OpenAI-format grader that scores the sampled answers "
+                "(grader: GRADER.json in the config, or --grader GRADER.json)")
+        require(self.objective == "grpo" or self.grader is None, "grader",
+                f"is read by objective grpo only, and objective is {self.objective}: set objective: grpo to "
+                "train on the grader's rewards, or remove grader")
+        require(self.grader is None or isinstance(self.grader, (str, dict)), "grader",
+                f"must be a grader .json file or the grader as a mapping, got {self.grader!r}")
+        require(self.objective != "grpo" or self.grpo.num_iterations == 1, "grpo.num_iterations",
+                f"must be 1 in train for now (each step samples afresh), got {self.grpo.num_iterations}")
+        require(self.objective != "grpo" or self.retrieval is None, "retrieval",
+                "is not available with objective grpo yet: train RAFT with objective sft")
         require(self.epochs is None or self.epochs > 0, "epochs", f"must be positive, got {self.epochs}")
         require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be at least 1, got {self.max_steps}")
         require(self.lr is None or self.lr > 0, "lr", f"must be positive, got {self.lr}")
@@ -313,10 +333,12 @@ def default_lr(method: str, objective: str = "sft") -> float:
     1e-3 to learn a small task in a few epochs; full fine-tuning moves every weight and wants 1e-4
     at most before general-text perplexity climbs. The preference objectives take a tenth: their
     gradient does not fade as the pair separates the way cross-entropy's does near a fitted answer,
-    and TRL's DPO recipes use 5e-6 (full) to 5e-5 (LoRA) on 7B models (not yet measured here).
+    and TRL's DPO recipes use 5e-6 (full) to 5e-5 (LoRA) on 7B models (not yet measured here). GRPO
+    takes the same tenth: its advantage-weighted gradient has no fitted answer to fade at either, and
+    each step's samples are noisy (not yet measured here).
     """
     rate = 5e-5 if method == "full" else 1e-3  # every other method trains an adapter
-    return rate / 10 if objective in PREFERENCE_OBJECTIVES else rate
+    return rate / 10 if objective in (*PREFERENCE_OBJECTIVES, "grpo") else rate
 
 
 EXAMPLES_SEEN = 400
@@ -360,7 +382,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         path = Path(path)
         raw = {k: v for k, v in read_config_file(path).items() if k not in COMMAND_SECTIONS}
         # Relative data paths in a config file are relative to the file, so configs can travel.
-        raw.update({key: _beside(path, raw[key]) for key in ("data", "eval", "system_prompt") if key in raw})
+        raw.update({key: _beside(path, raw[key]) for key in ("data", "eval", "system_prompt", "grader") if key in raw})
         for name, key in (("forgetting", "probes"), ("retrieval", "knowledge")):
             section = raw.get(name)
             if isinstance(section, dict) and key in section:
@@ -389,12 +411,15 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> TrainConfig
     lora = _section(LoraConfig, raw.pop("lora", None) or {}, source, "lora")
     forgetting = forgetting_from_dict(raw.pop("forgetting", None) or {}, source)
     preference = _section(PreferenceConfig, raw.pop("preference", None) or {}, source, "preference")
+    grpo = _section(GrpoConfig, raw.pop("grpo", None) or {}, source, "grpo")
+    grader = raw.pop("grader", None)
     retrieval_raw = raw.pop("retrieval", None)
     retrieval = None if retrieval_raw is None else _section(RetrievalTrainConfig, retrieval_raw, source, "retrieval")
     kwargs = _typed_kwargs(TrainConfig, raw, source, prefix="")
     if "data" not in kwargs:
         raise ConfigError(f"{source}: config key 'data' is required: the training data file")
-    return TrainConfig(**kwargs, lora=lora, forgetting=forgetting, preference=preference, retrieval=retrieval)
+    return TrainConfig(**kwargs, lora=lora, forgetting=forgetting, preference=preference, grpo=grpo,
+                       grader=grader, retrieval=retrieval)
 
 
 def _section(cls: type, raw: Any, source: str, key: str) -> Any:
@@ -415,7 +440,7 @@ def forgetting_from_dict(raw: Any, source: str) -> ForgettingConfig:
 
 _SECTIONS: dict[str, type] = {"": TrainConfig, "lora.": LoraConfig, "forgetting.": ForgettingConfig,
                                "forgetting.budget.": ForgettingBudget, "preference.": PreferenceConfig,
-                               "retrieval.": RetrievalTrainConfig}
+                               "retrieval.": RetrievalTrainConfig, "grpo.": GrpoConfig}
 
 
 def unknown_keys(raw: dict[str, Any], prefix: str = "") -> list[str]:
@@ -444,41 +469,8 @@ def _suggestion(key: str, prefix: str, names: list[str]) -> str:
 def _typed_kwargs(cls: type, raw: dict[str, Any], source: str, prefix: str) -> dict[str, Any]:
     """The section's values coerced to its fields' types (its keys are known: see `unknown_keys`)."""
     hints = get_type_hints(cls)
-    return {key: _coerce(value, hints[key], f"{prefix}{key}", source) for key, value in raw.items()
-            if key not in _NESTED_SECTIONS}
-
-
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Accept what YAML gives (ints for floats, '1e-4' strings for floats); reject wrong types clearly."""
-    if value is None:
-        return None
-    # Only unions are split into their members: get_args(list[str]) is (str,), not a choice of types.
-    is_union = get_origin(hint) in (Union, types.UnionType)
-    allowed = [a for a in get_args(hint) if a is not type(None)] if is_union else [hint]
-    if (any(getattr(a, "__origin__", None) is Literal for a in allowed)
-            or hint.__class__.__name__ == "_LiteralGenericAlias"):
-        return value
-    for kind in allowed:
-        if kind is bool and isinstance(value, bool):
-            return value
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if kind is float and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if kind is str and isinstance(value, str):
-            return value
-        if getattr(kind, "__origin__", None) is dict and isinstance(value, dict) \
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            return dict(value)
-        if getattr(kind, "__origin__", None) is list and isinstance(value, list):
-            return value
-    wanted = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
-    raise ConfigError(f"{source}: config key '{key}' must be {wanted}, got {value!r}")
+    return {key: coerce_value(value, hints[key], f"{prefix}{key}", source) for key, value in raw.items()
+            if key not in _NESTED_SECTIONS and not (prefix == "" and key == "grader")}
 
 
 def dump_config(config: TrainConfig) -> str:

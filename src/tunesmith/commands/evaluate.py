@@ -37,6 +37,7 @@ from ..inference.decode import adapters_merged, generate_batch
 from ..model.base import cached_base
 from ..retrieval.raft import training_files
 from ..run import RunDir, load_run_and_base
+from .evaluate_reward import reward_sentence, reward_task_metrics
 
 SAMPLES_SHOWN = 5
 """Generated answers quoted in eval.json and the report, base beside tuned."""
@@ -152,7 +153,9 @@ def task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: Callable
     """Held-out loss and perplexity (every validation example), and generated-answer scores on a
     sample; for a preference run also which answer of each held-out pair each model prefers. The
     base model's side is read from the cache when an earlier eval of the same base, examples and
-    sizes wrote it (`cached_base`)."""
+    sizes wrote it (`cached_base`). A GRPO run is measured by its grader instead (evaluate_reward.py)."""
+    if config.objective == "grpo":
+        return reward_task_metrics(model, tokenizer, config, view, log)
     data = task_examples(config, tokenizer, sizes)
     val, rejected, pairs = data.val, data.rejected, data.pairs
     base, cached = cached_base(config.model, tokenizer, task_fingerprint([*val, *rejected], pairs, sizes, model),
@@ -210,10 +213,8 @@ def preference_scores(base_chosen: np.ndarray, base_rejected: np.ndarray, tuned_
             "logp_margin": paired_summary(base_rejected - base_chosen, tuned_rejected - tuned_chosen, ones)}
 
 
-def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]],
-            training: dict[str, Any] | None = None) -> str:
-    """Three plain sentences: what improved, what was lost, whether it is within budget; a fourth when
-    the probes that chose the model during training judged it otherwise (`training_verdict`)."""
+def loss_sentence(task: dict[str, Any]) -> str:
+    """The verdict's task sentence: held-out loss base -> tuned, the preference and answers' scores."""
     loss = task["loss"]
     change = loss["delta"] / loss["base"] if loss["base"] else 0.0
     learned = f"Task: held-out loss {loss['base']:.3f} -> {loss['tuned']:.3f} ({change:+.1%}"
@@ -230,7 +231,14 @@ def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]],
         looped, base_looped = round(task["looping"]["tuned"] * n), round(task["looping"]["base"] * n)
         learned += (f"; {looped} of {n} tuned answers loop (one phrase repeated over most of the answer; base "
                     f"{base_looped}): sample with repetition_penalty, or train fewer steps")
-    learned += "."
+    return learned + "."
+
+
+def verdict(task: dict[str, Any], ok: bool, checks: list[tuple[str, bool, str]],
+            training: dict[str, Any] | None = None) -> str:
+    """Three plain sentences: what improved, what was lost, whether it is within budget; a fourth when
+    the probes that chose the model during training judged it otherwise (`training_verdict`)."""
+    learned = reward_sentence(task) if "reward" in task else loss_sentence(task)
     worst = [text for _, good, text in checks if not good]
     if ok:
         lost = "General abilities: " + "; ".join(text for _, _, text in checks) + "."

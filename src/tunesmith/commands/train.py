@@ -22,13 +22,12 @@ from ..config import PREFERENCE_OBJECTIVES, TrainConfig
 from ..data import PreparedData, prepare_data
 from ..data.gate import check_data
 from ..data.preference import prepare_pairs
+from ..data.prompts import prepare_prompts
 from ..errors import NonFiniteLossError, StoppedBeforeTraining
 from ..forgetting import ReplaySource, measure_probes_fast, probe_metrics_row, within_budget
-from ..model.attention import use_packed_attention
-from ..model.loading import add_adapter, load_base_copy, load_model, save_trained
-from ..model.precision import autocast, compute_dtype, frozen_weight_dtype
-from ..model.sharding import compile_layers, local_share, shard_model
-from ..model.swiglu import use_fused_swiglu
+from ..model.loading import build_training_model, load_base_copy, save_trained
+from ..model.precision import autocast, compute_dtype
+from ..model.sharding import local_share
 from ..model.tokenizer import load_tokenizer
 from ..retrieval.raft import training_files
 from ..run import RunDir, refuse_occupied
@@ -57,6 +56,7 @@ from ..training.loss import KLTerm, backward_group
 from ..training.objectives import Objective, objective_for, reference_needed
 from ..training.processes import end_processes, make_accelerator
 from ..training.resume import create_run, locate_run, restore_run
+from ..training.rft import GroupLoss, open_reward_task
 from ..training.schedule import Schedule, lr_scheduler, plan_schedule
 from ..training.selection import select_final
 from ..training.signals import StopFlag, agree_to_stop, stop_at_once
@@ -84,6 +84,8 @@ class TrainResult:
     """True when SIGTERM/SIGINT stopped the run after saving a checkpoint."""
     main_process: bool = True
     """False on the other ranks of a multi-process run (only rank 0 reports)."""
+    objective: str = "sft"
+    """The run's objective; with grpo the validation losses are minus the held-out greedy reward."""
 
 
 @dataclass(frozen=True)
@@ -155,14 +157,18 @@ def train(config: TrainConfig, overwrite: bool = False, console: Console | None 
             base_val_loss = evaluate_base(session, record)
     except KeyboardInterrupt:
         raise StoppedBeforeTraining(discard_unstarted(made)) from None
-    with bar, StopFlag() as stop:
-        state, stopped_by = run_steps(session, record, stop)
-    if stopped_by is not None:
-        session.console.print(f"{stopped_by}: saved checkpoint step-{state.step}; continue with "
-                              f"`tunesmith train --resume {session.run.path}`")
-        return TrainResult(session.run.path, base_val_loss, latest_val_loss(session.metrics), state.train_tokens,
-                           state.wall_seconds, state.step, interrupted=True, main_process=main)
-    return save_final(session, state, base_val_loss, record)
+    try:
+        with bar, StopFlag() as stop:
+            state, stopped_by = run_steps(session, record, stop)
+        if stopped_by is not None:
+            session.console.print(f"{stopped_by}: saved checkpoint step-{state.step}; continue with "
+                                  f"`tunesmith train --resume {session.run.path}`")
+            return TrainResult(session.run.path, base_val_loss, latest_val_loss(session.metrics), state.train_tokens,
+                               state.wall_seconds, state.step, interrupted=True, main_process=main,
+                               objective=session.config.objective)
+        return save_final(session, state, base_val_loss, record)
+    finally:
+        session.objective.close()
 
 
 def recorder(metrics: list[dict[str, Any]], subscribers: list[Subscriber]) -> Record:
@@ -208,9 +214,12 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
     check_data(config, tokenizer, console)
     config, files, options = training_files(config, tokenizer, lambda m: console.print(f"[dim]{escape(m)}[/]"))
-    prepare = prepare_pairs if config.objective in PREFERENCE_OBJECTIVES else prepare_data  # pairs or answers
+    prepare = prepare_pairs if config.objective in PREFERENCE_OBJECTIVES else \
+        prepare_prompts if config.objective == "grpo" else prepare_data  # pairs, prompts or answers
     data = prepare(*files, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
                    **options, train_fraction=config.train_fraction)
+    config, rewards = open_reward_task(config, tokenizer, data, accelerator.num_processes) \
+        if config.objective == "grpo" else (config, None)  # the grader, checked against every prompt's row
     for warning in data.warnings:
         if not warning.startswith("small data:"):  # the data check above has said it already
             console.print(f"[yellow]warning:[/] {warning}")
@@ -218,7 +227,7 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     config, run_path, start_from = locate_run(config, resume, force, data.sha256, accelerator)
     set_seed(config.seed)
     dtype = compute_dtype(config.precision)
-    model, sharded = build_model(config, accelerator, dtype, console)
+    model, sharded = build_training_model(config, accelerator.num_processes, dtype, console.print)
     fg = config.forgetting
     base_copy = load_base_copy(config,
                                needed=fg.kl_weight > 0 or fg.measure_during_training or reference_needed(config))
@@ -246,26 +255,9 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
                       inner_optimizer, scheduler, trainable, dtype, schedule,
                       eval_batches(data.val, config.batch_size),
                       config.forward_token_limit(accelerator.device.type), sharded, start, metrics, started,
-                      objective_for(config, base_copy))
+                      objective_for(config, base_copy, rewards))
     print_header(session)
     return session
-
-
-def build_model(config: TrainConfig, accelerator: Any, dtype: torch.dtype, console: Console) -> tuple[Any, bool]:
-    """The base with packed attention (and fused SwiGLU unless compiled), its adapter or full
-    training, sharded under FSDP and compiled when asked; and whether it is sharded."""
-    base = load_model(config.model, trust_remote_code=config.trust_remote_code, quantize_4bit=config.method == "qlora")
-    use_packed_attention(base)
-    if not config.compile:  # inductor picks what to save itself, and the custom function only slows it
-        use_fused_swiglu(base)
-    model = add_adapter(base, config.method, config.lora, frozen_dtype=frozen_weight_dtype(config.method, dtype),
-                        gradient_checkpointing=config.gradient_checkpointing)
-    sharded = config.distributed == "fsdp" and accelerator.num_processes > 1
-    if sharded:  # before the optimizer exists: sharding replaces the parameters by DTensors
-        model = shard_model(model)
-    if config.compile:
-        console.print(f"compiling {compile_layers(model)} decoder layers (torch.compile): the first steps wait for it")
-    return model, sharded
 
 
 def print_header(s: Session) -> None:
@@ -319,14 +311,14 @@ def run_steps(s: Session, record: Record, stop: StopFlag) -> tuple[TrainState, s
     state, tick = s.start, time.perf_counter()
     for step in range(s.start.step + 1, s.schedule.total_steps + 1):  # 1-based: the step being done
         group, batches, kl_term = step_batches(s, stream, replay)
-        step_loss = backward(s, batches, kl_term)
+        step_loss, rollout, sampled_tokens = backward(s, batches, kl_term, step)
         lr, grad_norm, skipped = optimizer_step(s, step, step_loss, batches, state.skipped_steps)
         epoch, index = data_position(group, len(s.data.train))
         elapsed = time.perf_counter() - tick
-        tokens = state.train_tokens + sum(b.n_tokens for b in batches)
+        tokens = state.train_tokens + sum(b.n_tokens for b in batches) + sampled_tokens
         record(StepEvent(step, step_loss, lr, group[-1][0], tokens,
                          (tokens - s.start.train_tokens) / elapsed if elapsed > 0 else 0.0, grad_norm,
-                         tuple(src for b in batches for src in b.sources), s.schedule.total_steps))
+                         tuple(src for b in batches for src in b.sources), s.schedule.total_steps, rollout))
         evaluating = s.schedule.evaluates(step)
         measured = evaluate_and_probe(s, step, record) if evaluating else None
         state = TrainState(step, epoch, index, 0, tokens, measured, skipped,
@@ -355,20 +347,28 @@ def step_batches(s: Session, stream: Iterator[tuple[int, int, Batch]], replay: R
         if fg.replay_fraction > 0:
             batches = [replay.extend(b, fg.replay_fraction) for b in batches]
         if fg.kl_weight > 0:
-            kl_batches = [replay.batch(max(1, round(b.n_trained * fg.kl_tokens))) for b in batches]
+            kl_batches = [replay.batch(max(1, round(s.objective.trained_tokens(b) * fg.kl_tokens))) for b in batches]
             kl_term = KLTerm(fg.kl_weight, kl_batches[rank::world], s.base_copy)
     return group, batches, kl_term
 
 
-def backward(s: Session, batches: list[Batch], kl_term: KLTerm | None) -> float:
-    """This process's share of the step's gradients; returns the step's loss over all processes."""
+def backward(s: Session, batches: list[Batch], kl_term: KLTerm | None,
+             step: int) -> tuple[float, dict[str, float] | None, int]:
+    """This process's share of the step's gradients; returns the step's loss over all processes and,
+    for GRPO, what its samples scored (`GroupLoss.step_metrics`) and their tokens (trained beside the
+    prompts; 0 for the other objectives)."""
     world, rank = s.accelerator.num_processes, s.accelerator.process_index
+    objective_loss = s.objective.step_loss(batches, s.accelerator.unwrap_model(s.model), step,
+                                           s.accelerator.device, s.dtype)
     step_loss = backward_group(s.model, batches[rank::world], s.accelerator, s.dtype,
                                group_trained=sum(b.n_trained for b in batches), kl_term=kl_term,
-                               forward_tokens=s.forward_tokens, step_loss=s.objective.step_loss(batches))
+                               forward_tokens=s.forward_tokens if s.objective.splits_batches else None,
+                               step_loss=objective_loss)
     if world > 1:
         step_loss = float(s.accelerator.reduce(torch.tensor(step_loss, device=s.accelerator.device), "sum"))
-    return step_loss
+    if isinstance(objective_loss, GroupLoss):
+        return step_loss, objective_loss.step_metrics(), objective_loss.totals.tokens
+    return step_loss, None, 0
 
 
 def optimizer_step(s: Session, step: int, step_loss: float, batches: list[Batch],
@@ -451,7 +451,7 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     if chosen is not None and chosen != total_steps:
         val_loss = next(r["val_loss"] for r in metrics if r["step"] == chosen and "val_loss" in r)
     result = TrainResult(s.run.path, base_val_loss, val_loss, state.train_tokens, wall, total_steps,
-                         main_process=s.accelerator.is_main_process)
+                         main_process=s.accelerator.is_main_process, objective=s.config.objective)
     unwrapped = s.accelerator.unwrap_model(s.model)
     # A collective under FSDP (every rank gathers its shards); the full model for full fine-tuning.
     final_weights = gather_weights(unwrapped, frozen=s.config.method == "full")
@@ -473,7 +473,9 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     finished = FinishedEvent(
         base_val_loss=base_val_loss, final_val_loss=val_loss, last_val_loss=last_val_loss,
         selected_step=chosen or total_steps, selection=why, within_budget=within,
-        val_loss_change=(val_loss - base_val_loss) / base_val_loss, train_tokens=state.train_tokens,
+        # GRPO's loss is minus a reward, which may be 0 at the base: no relative change then (None)
+        val_loss_change=(val_loss - base_val_loss) / abs(base_val_loss) if base_val_loss else None,
+        train_tokens=state.train_tokens,
         wall_seconds=wall, steps=total_steps, skipped_steps=state.skipped_steps, method=method,
         model=s.config.model)
     s.run.write_summary(finished.to_dict())
@@ -482,10 +484,14 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
 
 
 def result_lines(result: TrainResult) -> list[str]:
-    """A finished run for the terminal (rich markup): the loss before and after, and where the run is."""
-    change = (result.final_val_loss - result.base_val_loss) / result.base_val_loss
-    return ["", "[bold]tunesmith: run finished[/]",
-            f"  validation loss   base {result.base_val_loss:.4f} -> tuned {result.final_val_loss:.4f} ({change:+.1%})",
+    """A finished run for the terminal (rich markup): the loss (GRPO: held-out reward) before and after,
+    and where the run is."""
+    change = (result.final_val_loss - result.base_val_loss) / (abs(result.base_val_loss) or math.nan)
+    headline = (f"  held-out reward   base {-result.base_val_loss:.4f} -> tuned {-result.final_val_loss:.4f}"
+                if result.objective == "grpo" else
+                f"  validation loss   base {result.base_val_loss:.4f} -> tuned {result.final_val_loss:.4f} "
+                f"({change:+.1%})")
+    return ["", "[bold]tunesmith: run finished[/]", headline,
             f"  tokens trained    {result.train_tokens:,} in {result.steps} steps",
             f"  wall time         {result.wall_seconds:.0f} s",
             f"  run directory     {result.run_dir}",

@@ -24,8 +24,9 @@ GRADED_FORMATS = ("rft",)
 `reference_answer`, ...) are the grader's to read, not columns left over."""
 RFT_NOT_SUPERVISED = (
     "holds RFT prompts (every row's messages end with a user turn, no answer): supervised training has no answer "
-    "to learn — check them for reinforcement fine-tuning with `tunesmith data check DATA --grader GRADER.json` "
-    "(training by reinforcement is not available yet in this version), or add each row's assistant answer")
+    "to learn — train them by reinforcement (objective: grpo, with a grader: `tunesmith train DATA --objective grpo "
+    "--grader GRADER.json`; check them with `tunesmith data check DATA --grader GRADER.json`), or add each row's "
+    "assistant answer")
 """The data check's error for an RFT file checked for supervised training."""
 
 

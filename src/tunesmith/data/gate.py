@@ -15,9 +15,14 @@ from .prepare import data_options
 
 
 def check_data(config: TrainConfig, tokenizer: Any, console: Console) -> None:
-    """`data check` of the config's files; raises DataError (printing every issue) when they fail."""
+    """`data check` of the config's files; raises DataError (printing every issue) when they fail.
+    Objective grpo's prompts are checked every time (the record of a passed check does not say for
+    which objective it passed)."""
     key = (config.data, config.eval, tokenizer, config.max_seq_tokens)
     options = {**data_options(config), "val_fraction": None if config.eval else config.val_fraction}
+    if config.objective == "grpo":
+        check_files(*key, **options, reinforcement=True).enforce(console)
+        return
     earlier = passed_check(*key, **options)
     if earlier is None:
         report = check_files(*key, **options)

@@ -23,6 +23,8 @@ class PreparedData:
     """SHA-256 of each input file (or folder), for the manifest and resume checks."""
     held_out_documents: list[str] = field(default_factory=list)
     """The .txt/.md files held out whole for validation, when the data has several; sorted."""
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Objective grpo: each prompt's row by its source (file:line), as the grader reads it (`item`)."""
 
 
 @dataclass(frozen=True)

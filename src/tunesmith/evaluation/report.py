@@ -168,7 +168,8 @@ def write_report(run: RunDir, result: dict[str, Any]) -> Path:
                                      "own budget (red: over budget)"))
     ok = result["within_budget"]
     task = result["task"]
-    task_rows = [(m, task[m], m, "") for m in ("loss", "perplexity", "exact_match", "token_f1", "rouge_l") if m in task]
+    task_rows = [(m, task[m], m, "") for m in ("reward", "loss", "perplexity", "exact_match", "token_f1",
+                                                       "rouge_l") if m in task]
     check_by_probe = {c["probe"]: c["ok"] for c in result["budget_checks"]}
     general_rows = [
         (f"{name} ({s['metric']})", s, s["metric"],

@@ -85,10 +85,11 @@ def model_card(run: RunDir) -> str:
     metrics = ""
     if summary:
         metrics = (
+            f"| held-out reward, base | {-summary['base_val_loss']:.4f} |\n"  # grpo's loss: minus the reward
+            f"| held-out reward, tuned | {-summary['final_val_loss']:.4f} |\n" if config.objective == "grpo" else
             f"| validation loss, base | {summary['base_val_loss']:.4f} |\n"
             f"| validation loss, tuned | {summary['final_val_loss']:.4f} ({summary['val_loss_change']:+.1%}) |\n"
-            f"| steps | {summary['steps']} |\n| tokens trained | {summary['train_tokens']:,} |\n"
-        )
+        ) + f"| steps | {summary['steps']} |\n| tokens trained | {summary['train_tokens']:,} |\n"
     return (
         f"---\nbase_model: {config.model}\nlibrary_name: peft\ntags: [tunesmith, {config.method}]\n---\n\n"
         f"# {run.path.name}\n\n{config.method.upper()} adapter trained with tunesmith.\n\n"

@@ -7,8 +7,8 @@ from .fields import check_rows, referenced_item_fields
 from .grading import GradeResult, GradingSession, grade, grade_rows
 from .judge import Judge
 from .limits import GraderLimits
-from .spec import Grader, load_grader, parse_grader
+from .spec import Grader, load_grader, parse_grader, read_grader_spec
 from .templates import make_sample, render
 
 __all__ = ["GradeResult", "Grader", "GraderLimits", "GradingSession", "Judge", "check_rows", "grade", "grade_rows",
-           "load_grader", "make_sample", "parse_grader", "referenced_item_fields", "render"]
+           "load_grader", "make_sample", "parse_grader", "read_grader_spec", "referenced_item_fields", "render"]

@@ -99,15 +99,19 @@ Grader = Union[StringCheck, TextSimilarity, PythonGrader, ScoreModel, JsonSchema
 
 def load_grader(path: str | Path, limits: GraderLimits = GraderLimits()) -> Grader:
     """The grader in a JSON file; GraderError naming the file, each JSON path and its fix."""
+    return parse_grader(read_grader_spec(path), str(path), limits)
+
+
+def read_grader_spec(path: str | Path) -> Any:
+    """A grader file's JSON, unchecked; GraderError when the file is missing or not JSON."""
     path = Path(path)
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise GraderError(f"{path}: no such grader file — check the path") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise GraderError(f"{path}: not valid JSON ({exc}) — a grader is one JSON object, "
                           "e.g. {\"type\": \"string_check\", ...}") from None
-    return parse_grader(spec, str(path), limits)
 
 
 def parse_grader(spec: Any, source: str = "grader", limits: GraderLimits = GraderLimits()) -> Grader:

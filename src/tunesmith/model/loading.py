@@ -6,7 +6,7 @@ import importlib.util
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -15,6 +15,29 @@ from ..errors import CheckpointError, ModelError
 from .tokenizer import explain_load_failure, resolve_model_path
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+def build_training_model(config: TrainConfig, processes: int, dtype: torch.dtype,
+                         log: Callable[[str], None]) -> tuple[Any, bool]:
+    """The base with packed attention (and fused SwiGLU unless compiled), its adapter or full
+    training, sharded under FSDP and compiled when asked; and whether it is sharded."""
+    from .attention import use_packed_attention
+    from .precision import frozen_weight_dtype
+    from .sharding import compile_layers, shard_model
+    from .swiglu import use_fused_swiglu
+
+    base = load_model(config.model, trust_remote_code=config.trust_remote_code, quantize_4bit=config.method == "qlora")
+    use_packed_attention(base)
+    if not config.compile:  # inductor picks what to save itself, and the custom function only slows it
+        use_fused_swiglu(base)
+    model = add_adapter(base, config.method, config.lora, frozen_dtype=frozen_weight_dtype(config.method, dtype),
+                        gradient_checkpointing=config.gradient_checkpointing)
+    sharded = config.distributed == "fsdp" and processes > 1
+    if sharded:  # before the optimizer exists: sharding replaces the parameters by DTensors
+        model = shard_model(model)
+    if config.compile:
+        log(f"compiling {compile_layers(model)} decoder layers (torch.compile): the first steps wait for it")
+    return model, sharded
+
+
 def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False,
                quantize_4bit: bool = False) -> Any:
     """A causal LM from a local directory, hub id or the bundled default; safetensors only.

@@ -43,11 +43,14 @@ class StepEvent:
     """The step's examples by source (`file:line`), in batch order; not in metrics.jsonl."""
     total_steps: int = 0
     """Optimizer steps the run's schedule takes (for an ETA); not in metrics.jsonl."""
+    rollout: dict[str, float] | None = None
+    """Objective grpo: what the step's samples scored (reward, reward_std, flat_groups, completion_tokens,
+    truncated) and the loss's clip_fraction and kl; None for the others."""
 
     def to_dict(self) -> dict[str, Any]:
         """The metrics.jsonl row (without `examples`, which would make every row long, and `total_steps`)."""
         return {"step": self.step, "loss": self.loss, "lr": self.lr, "epoch": self.epoch, "tokens": self.tokens,
-                "tokens_per_s": self.tokens_per_s, "grad_norm": self.grad_norm}
+                "tokens_per_s": self.tokens_per_s, "grad_norm": self.grad_norm, **(self.rollout or {})}
 
 
 @dataclass(frozen=True)
@@ -58,13 +61,17 @@ class EvaluationEvent:
     """Optimizer steps done when measured (0: the untouched model)."""
     val_loss: float
     """Mean cross-entropy per trained token of the validation set (objective dpo or orpo: the
-    preference loss of the held-out pairs)."""
+    preference loss of the held-out pairs; grpo: minus the mean held-out greedy reward, so that lower
+    is better for every objective)."""
     preference: dict[str, Any] | None = None
     """Objective dpo or orpo: preference_accuracy, reward_margin (each with a 95% `_ci`) and pairs
     of the held-out pairs (training/objectives.py); None for sft."""
+    reward: dict[str, Any] | None = None
+    """Objective grpo: reward (the greedy answers' mean) and reward_sampled (one sampled answer per
+    prompt), each with a 95% `_ci`, and prompts, over the held-out prompts (training/rft.py)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "val_loss": self.val_loss, **(self.preference or {})}
+        return {"step": self.step, "val_loss": self.val_loss, **(self.preference or {}), **(self.reward or {})}
 
 
 @dataclass(frozen=True)
@@ -124,8 +131,8 @@ class FinishedEvent:
     """Why that step: 'last step', or the forgetting-budget rule that picked it."""
     within_budget: bool | None
     """Whether the selected step was within the forgetting budget (None: not measured)."""
-    val_loss_change: float
-    """(final - base) / base."""
+    val_loss_change: float | None
+    """(final - base) / |base|; None when base is 0 (objective grpo's loss is minus a reward, which can be)."""
     train_tokens: int
     """Tokens trained on."""
     wall_seconds: float

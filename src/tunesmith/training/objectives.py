@@ -1,6 +1,7 @@
-"""The training objective: cross-entropy on answers (sft), or a preference loss on packed pairs (dpo,
-orpo), with each one's held-out evaluation. `train.py` calls the session's `Objective` and nothing else
-differs: batching, accumulation, checkpoints, resume, signals and the probes are the same code.
+"""The training objective: cross-entropy on answers (sft), a preference loss on packed pairs (dpo,
+orpo), or GRPO on graded samples of prompts (grpo, training/rft.py), with each one's held-out
+evaluation. `train.py` calls the session's `Objective` and nothing else differs: batching,
+accumulation, checkpoints, resume, signals and the probes are the same code.
 
 DPO (Rafailov et al. 2023, eq. 7): per pair, -log sigmoid(beta x ((log p(chosen) - log ref(chosen)) -
 (log p(rejected) - log ref(rejected)))), log p summed over the answer's tokens; the reference is the
@@ -27,6 +28,7 @@ from ..model.precision import autocast
 from .batching import Batch, sequence_log_probs
 from .events import EvaluationEvent
 from .loss import validation_loss
+from .rft import GroupLoss, RewardTask, group_loss, held_out_rewards
 
 
 @dataclass(frozen=True)
@@ -109,29 +111,60 @@ class Objective:
     """What a run's steps minimise and how its evaluations measure it (the session's `objective`)."""
 
     name: str
-    """The config's `objective`: sft, dpo or orpo."""
+    """The config's `objective`: sft, dpo, orpo or grpo."""
     settings: PreferenceConfig
     base_copy: Any | None
-    """The frozen base of full fine-tuning (the DPO reference); None with adapters."""
+    """The frozen base of full fine-tuning (the DPO reference, GRPO's KL base); None with adapters."""
+    rewards: RewardTask | None = None
+    """Objective grpo: its settings, grader and prompts' rows; None for the others."""
 
     def reference(self) -> Callable[[Any], Callable[[], Any]] | None:
-        if self.name != "dpo":
+        if self.name != "dpo" and not (self.rewards is not None and self.rewards.settings.beta > 0):
             return None
         return lambda inner: base_view(inner, self.base_copy)
 
-    def step_loss(self, batches: list[Batch]) -> PairLoss | None:
-        """The loss of a step of these micro-batches (all processes'); None: cross-entropy (sft)."""
+    def close(self) -> None:
+        """Stop what the objective started: GRPO's python graders' processes, its judge's client."""
+        if self.rewards is not None:
+            self.rewards.grading.close()
+
+    def trained_tokens(self, batch: Batch) -> int:
+        """The tokens a micro-batch trains, which size the KL term's general text (forgetting.kl_tokens
+        per trained token): its answers' tokens; for grpo, the most its completions can have (prompts x
+        group_size x max_completion_tokens), as the text is drawn before the step samples them."""
+        if self.rewards is None:
+            return batch.n_trained
+        return len(batch.sources) * self.rewards.settings.group_size * self.rewards.settings.max_completion_tokens
+
+    @property
+    def splits_batches(self) -> bool:
+        """Whether a micro-batch may run in pieces of `forward_tokens`: not GRPO's, whose prompts are
+        a small part of what its forward pass reads (group_size completions each); batch_size bounds it."""
+        return self.rewards is None
+
+    def step_loss(self, batches: list[Batch], model: Any = None, step: int = 0, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> PairLoss | GroupLoss | None:
+        """The loss of a step of these micro-batches (all processes'); None: cross-entropy (sft). GRPO
+        samples and grades the step's answers here, with the unwrapped `model`, seeded by `step`."""
         if self.name == "sft":
             return None
+        if self.rewards is not None:
+            reference = self.reference()
+            return group_loss(self.rewards, model, batches, step, device, dtype,
+                              reference(model) if reference is not None else None)
         return PairLoss(self.name, self.settings, self.reference(), sum(len(b.sources) for b in batches),
                         max(1, sum(chosen_trained(b) for b in batches)))
 
     def evaluate(self, model: Any, batches: list[Batch], device: torch.device, dtype: torch.dtype,
                  step: int) -> EvaluationEvent:
         """The validation loss (sft: per trained token; dpo, orpo: the step loss over the held-out
-        pairs) and, for preference, held-out preference accuracy and reward margin with 95% intervals."""
+        pairs; grpo: minus the held-out greedy reward) and, for preference, held-out preference
+        accuracy and reward margin, for grpo the held-out rewards, with 95% intervals."""
         if self.name == "sft":
             return EvaluationEvent(step, validation_loss(model, batches, device, dtype))
+        if self.rewards is not None:
+            rewards = held_out_rewards(self.rewards, getattr(model, "module", model), batches, device, dtype)
+            return EvaluationEvent(step, -rewards["reward"], reward=rewards)
         was_training = model.training
         model.eval()
         loss = self.step_loss(batches)
@@ -154,12 +187,13 @@ def preference_metrics(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, An
             "pairs": len(wins)}
 
 
-def objective_for(config: TrainConfig, base_copy: Any | None) -> Objective:
-    return Objective(config.objective, config.preference, base_copy)
+def objective_for(config: TrainConfig, base_copy: Any | None, rewards: RewardTask | None = None) -> Objective:
+    return Objective(config.objective, config.preference, base_copy, rewards)
 
 
 def reference_needed(config: TrainConfig) -> bool:
-    """Whether the run needs the base beside the trained model for its loss (DPO's reference)."""
-    return config.objective == "dpo"
+    """Whether the run needs the base beside the trained model for its loss (DPO's reference, GRPO's
+    KL to the base when grpo.beta > 0)."""
+    return config.objective == "dpo" or (config.objective == "grpo" and config.grpo.beta > 0)
 
 

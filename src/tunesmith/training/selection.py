@@ -10,6 +10,7 @@ def select_final(metrics: list[dict[str, Any]]) -> tuple[int | None, str]:
 
     The best validation loss among evaluations within the forgetting budget; when none is within,
     the best validation loss, said plainly. None (the last step) when probes were not measured.
+    Objective grpo's validation loss is minus its held-out greedy reward: the best loss is the best reward.
     """
     vals = {r["step"]: r["val_loss"] for r in metrics if "val_loss" in r and r["step"] > 0}
     within = {r["step"]: r["within_budget"] for r in metrics if "within_budget" in r}

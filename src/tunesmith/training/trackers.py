@@ -66,9 +66,10 @@ def event_metrics(event: TrainingEvent) -> dict[str, float]:
     if isinstance(event, StepEvent):
         return {"train/loss": event.loss, "train/lr": event.lr, "train/grad_norm": event.grad_norm,
                 "train/tokens_per_s": event.tokens_per_s, "train/tokens": float(event.tokens),
-                "train/epoch": float(event.epoch)}
-    if isinstance(event, EvaluationEvent):
-        return {"eval/val_loss": event.val_loss}
+                "train/epoch": float(event.epoch), **{f"train/{k}": v for k, v in (event.rollout or {}).items()}}
+    if isinstance(event, EvaluationEvent):  # grpo's held-out rewards too (their intervals are lists: not logged)
+        return {"eval/val_loss": event.val_loss,
+                **{f"eval/{k}": float(v) for k, v in (event.reward or {}).items() if _is_number(v)}}
     if isinstance(event, ProbesEvent):
         figures = {f"probes/{_key(name)}/{field}": float(value) for name, probe in event.probes.items()
                    for field, value in _with_interval(probe).items() if _is_number(value)}
