@@ -55,6 +55,16 @@ def test_grpo_settings_are_checked_with_the_field_and_the_fix():
     assert config.grader == GRADER and config.grpo.beta == 0.04 and config.lr is None
 
 
+def test_a_judge_grader_is_refused_before_anything_trains(tmp_path, tiny_model_dir):
+    judge = {"type": "score_model", "name": "judge", "model": "any", "range": [0, 1],
+             "input": [{"role": "user", "content": "Score {{sample.output_text}} from 0 to 1."}]}
+    out = tmp_path / "run"
+    config = load_config(None, {**grpo_config(tmp_path, tiny_model_dir), "output": str(out), "grader": judge})
+    with pytest.raises(ConfigError, match="score_model grader needs a judge"):
+        train(config, show_progress=False)
+    assert not out.exists()
+
+
 def test_rows_lacking_a_field_the_grader_reads_are_named_before_anything_trains(tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     config = load_config(None, {**grpo_config(tmp_path, tiny_model_dir), "output": str(out)})
@@ -116,7 +126,19 @@ def test_eval_of_a_grpo_run_reports_the_reward_base_to_tuned(learned_run, monkey
     assert "held-out reward" in result["verdict"] and result["general"]
 
 
+def test_the_kept_checkpoint_is_the_best_held_out_reward_within_the_budget():
+    from tunesmith.training.events import EvaluationEvent, ProbesEvent
+    from tunesmith.training.selection import select_final
+
+    measured = ((2, 0.4, True), (4, 0.7, True), (6, 0.9, False))  # (step, held-out reward, within budget)
+    metrics = [row for step, reward, ok in measured for row in (
+        EvaluationEvent(step, -reward, reward={"reward": reward}).to_dict(), ProbesEvent(step, {}, ok).to_dict())]
+    assert select_final(metrics) == (4, "best held-out reward within the forgetting budget")
+
+
 def test_grpo_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    """LoRA with beta > 0 (the KL to the base, its adapters disabled, in every step's loss), two
+    micro-batches a step (one rollout, its loss in two pieces over the step's totals)."""
     from test_nothing_lost import losses, run_cli, wait_for_step
 
     def rewards(run):
@@ -124,8 +146,9 @@ def test_grpo_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_mod
 
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({**grpo_config(tmp_path, tiny_model_dir), "output": str(tmp_path / "run"),
-                                      "grpo": {"group_size": 4, "max_completion_tokens": 4}, "max_steps": 6,
-                                      "batch_size": 2, "lr": 1e-2, "save_every": 1, "eval_every": 6}))
+                                      "grpo": {"group_size": 4, "max_completion_tokens": 4, "beta": 0.04},
+                                      "max_steps": 6, "batch_size": 1, "grad_accum_steps": 2, "lr": 1e-2,
+                                      "save_every": 1, "eval_every": 6}))
     train(load_config(config, {"output": str(tmp_path / "ref")}), show_progress=False)
     proc = run_cli([str(config), "--no-progress"])
     wait_for_step(tmp_path / "run", 2, proc)
@@ -135,6 +158,17 @@ def test_grpo_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_mod
     assert train(load_config(config), resume="auto", show_progress=False).steps == 6
     assert losses(tmp_path / "run") == losses(tmp_path / "ref")  # bit for bit, every step
     assert rewards(tmp_path / "run") == rewards(tmp_path / "ref")  # the same samples, graded the same
+    assert any(r["kl"] > 0 for r in RunDir(tmp_path / "run").metrics() if "loss" in r)  # beta: the base read
+
+
+def test_the_grader_flag_is_a_train_flag(tmp_path):
+    from click.testing import CliRunner
+
+    from tunesmith.cli import main
+
+    data = write_jsonl(tmp_path / "rft.jsonl", rft_rows())
+    result = CliRunner().invoke(main, ["train", str(data), "--grader", "g.json"])  # no --objective grpo
+    assert result.exit_code != 0 and "set objective: grpo" in result.output
 
 
 def test_data_check_of_a_grpo_config_takes_its_prompts_and_its_grader(tmp_path, tiny_tokenizer):

@@ -293,7 +293,9 @@ def evaluate_base(s: Session, record: Record) -> float:
     """The base model's validation loss: measured on a fresh run, read from the record on resume."""
     if s.start.step == 0:
         record(s.objective.evaluate(s.model, s.val_batches, s.accelerator.device, s.dtype, 0))
-        s.console.print(f"base validation loss {s.metrics[-1]['val_loss']:.4f}")
+        row = s.metrics[-1]  # grpo's evaluation is a reward; its loss is minus that
+        s.console.print(f"base held-out reward {row['reward']:.4f}" if "reward" in row else
+                        f"base validation loss {row['val_loss']:.4f}")
     return next(r["val_loss"] for r in s.metrics if r["step"] == 0 and "val_loss" in r)
 
 

@@ -164,7 +164,7 @@ class Objective:
             return EvaluationEvent(step, validation_loss(model, batches, device, dtype))
         if self.rewards is not None:
             rewards = held_out_rewards(self.rewards, getattr(model, "module", model), batches, device, dtype)
-            return EvaluationEvent(step, -rewards["reward"], reward=rewards)
+            return EvaluationEvent(step, 0.0 - rewards["reward"], reward=rewards)  # 0 - r: no -0.0 in the record
         was_training = model.training
         model.eval()
         loss = self.step_loss(batches)
