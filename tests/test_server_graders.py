@@ -231,6 +231,8 @@ def test_bad_reinforcement_requests_are_400s_naming_the_field(servers, tmp_path)
     refused = create(LENGTH)
     assert refused["code"] == "python_graders_disabled" and "--allow-python-graders" in refused["message"]
     assert create({**CITY, "operation": "x"})["param"] == "method.reinforcement.grader"
+    judged = create({"type": "multi", "name": "m", "calculate_output": "judge", "graders": {"judge": JUDGED}})
+    assert judged["param"] == "method.reinforcement.grader" and "score_model grader 'judge'" in judged["message"]
     assert create(CITY, {"eval_interval": 0})["param"] == "method.reinforcement.hyperparameters.eval_interval"
     assert create(CITY, {"reasoning_effort": "max"})["param"] == "method.reinforcement.hyperparameters.reasoning_effort"
     assert create(CITY, {"beta": 0.1})["param"] == "method.reinforcement.hyperparameters.beta"

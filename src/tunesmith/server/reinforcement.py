@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..graders.spec import ScoreModel
 from ..web.errors import RequestError
-from .graders import check_grader
+from .graders import check_grader, graders_in
 
 REASONING_EFFORTS = ("default", "low", "medium", "high")
 
@@ -91,7 +92,13 @@ def reinforcement_grader(method: dict[str, Any], allow_python: bool) -> dict[str
     if unknown:
         raise RequestError(400, f"'method.reinforcement.{unknown[0]}' is not a field of the reinforcement method: "
                                 "use grader, hyperparameters", f"method.reinforcement.{unknown[0]}")
-    check_grader(section.get("grader"), allow_python, "method.reinforcement.grader")
+    grader = check_grader(section.get("grader"), allow_python, "method.reinforcement.grader")
+    judged = [g.name for g in graders_in(grader) if isinstance(g, ScoreModel)]
+    if judged:  # train refuses it too (training/rft.py): every sample would score 0
+        raise RequestError(400, f"score_model grader {judged[0]!r} cannot train yet: training cannot be given a "
+                                "judge; train with string_check, text_similarity, python or json_schema graders "
+                                "(graders/run grades with score_model)", "method.reinforcement.grader",
+                           "invalid_grader")
     return section["grader"]
 
 
