@@ -156,6 +156,11 @@ def test_the_guard_refuses_a_cross_origin_or_keyless_grader_run(servers):
         assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin", r.text
     r = httpx.post(url, json=body)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    job = {"model": "tiny-model0", "training_file": "file-" + "0" * 24,
+           "method": {"type": "reinforcement", "reinforcement": {"grader": LENGTH}}}
+    r = httpx.post(servers["python"] + "/v1/fine_tuning/jobs", json=job,
+                   headers={"Origin": "http://evil.example", "Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin"  # a reinforcement job too
     r = httpx.post(url, content=httpx.Request("POST", url, json=body).content,
                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"})
     assert r.status_code == 415

@@ -584,5 +584,8 @@ def test_the_grader_editor_runs_the_grader_on_a_row_and_starts_a_grpo_job(page, 
     job = ui.api("GET", f"/v1/fine_tuning/jobs/{page.locator('h1 code').inner_text()}")
     assert job["method"]["type"] == "reinforcement" and job["method"]["reinforcement"]["grader"] == grader
     assert job["method"]["reinforcement"]["hyperparameters"]["eval_interval"] == 2
+    rows_route = f"http://127.0.0.1:{ui.port}/ui/api/files/{job['training_file']}/rows"
+    assert httpx.get(rows_route).status_code == 401  # the editor's rows sit behind the key like every route
+    assert ui.api("GET", rows_route.split(str(ui.port))[1])["rows"][0] == {"line": 1, "row": rows[0]}
     # Chromium logs the refused graders/run (a 400) as a failed resource load; nothing else may fail.
     assert [e for e in page.errors if "status of 400" not in e] == []
