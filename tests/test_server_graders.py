@@ -205,6 +205,10 @@ def test_a_reinforcement_job_trains_grpo_with_its_grader(servers, tmp_path):
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert [c.step_number for c in checkpoints] == [3, 2] and checkpoints[1].metrics.valid_loss == -evaluation.data[
         "reward"]
+    assert [client.files.retrieve(f).filename for f in done.result_files] == ["step_metrics.csv"]
+    reply = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=4)
+    assert reply.model == done.fine_tuned_model  # the GRPO job's adapter answers by its name
 
 
 def test_a_reinforcement_job_whose_rows_lack_a_grader_field_fails_validation_naming_the_line(servers, tmp_path):
@@ -250,9 +254,13 @@ def test_a_python_grader_job_is_accepted_with_the_flag_and_refused_by_a_server_w
     client = client_of(servers["python"])
     rows = [{"messages": [{"role": "user", "content": q}], "city": "Paris", "scale": 10} for q, _ in FAQ]
     job = client.fine_tuning.jobs.create(model="tiny-model0", training_file=rft_upload(client, tmp_path, rows).id,
-                                         method={"type": "reinforcement", "reinforcement": {"grader": LENGTH}})
+                                         method={"type": "reinforcement", "reinforcement": {
+                                             "grader": LENGTH, "hyperparameters": {"n_epochs": 1, "batch_size": 9}}})
     assert job.method.reinforcement.grader.type == "python"
-    client.fine_tuning.jobs.cancel(job.id)
+    done = wait_for(lambda: finished(client, job.id), timeout=300)  # graded in the sandbox's processes
+    assert done.status == "succeeded", done.error
+    steps = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if "total_steps" in (e.data or {})]
+    assert steps and all(0 < s["reward"] for s in steps)  # len(answer) / 10: a python reward reached training
     stored = Store(servers["homes"]["python"] / DB_NAME).job(job.id)["config"]["train"]
     assert stored["objective"] == "grpo" and stored["grader"] == LENGTH
     assert python_grader_refusal(stored, allow_python=True) is None
