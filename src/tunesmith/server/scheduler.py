@@ -1,7 +1,7 @@
 """The job queue: validate new jobs' files (`data check`, and a reinforcement job's rows against its
 grader), run queued jobs one at a time in creation order, each in a worker process, and pass cancels on
-as SIGTERM. One thread, polling the database, so
-that a cancel from `tunesmith jobs cancel --home` (which writes the database only) works too."""
+as SIGTERM. One thread, polling the database, so that a cancel from `tunesmith jobs cancel --home`
+(which writes the database only) works too."""
 
 from __future__ import annotations
 
