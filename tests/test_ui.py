@@ -64,6 +64,19 @@ def test_train_form_has_the_config_defaults_and_docstrings():
     assert length_histogram([1, 5, 12, 24], 4) == {"edges": [0, 6, 12, 18, 24], "counts": [2, 0, 1, 1]}
 
 
+def test_the_data_check_of_an_upload_names_the_objective_its_rows_call_for(tmp_path, tiny_tokenizer):
+    from tunesmith.config import TrainConfig
+    from tunesmith.ui.api import check_report
+
+    rft = [{"messages": [{"role": "user", "content": q}], "city": "Paris"} for q, _ in FAQ]
+    pairs = [{"prompt": q, "chosen": a, "rejected": "No idea."} for q, a in FAQ]
+    config = TrainConfig(data="x")
+    for rows, objective in ((rft, "grpo"), (pairs, "dpo"), (faq_rows("chat"), None)):
+        path = write_jsonl(tmp_path / "up.jsonl", rows)
+        report = check_report(path, "up.jsonl", config, tiny_tokenizer)
+        assert report["ok"] and report["objective"] == objective, report["errors"]
+
+
 def test_settings_differ_flattens_and_skips_the_run_folder():
     a = {"epochs": 4.0, "output": "runs/a", "lora": {"r": 8, "alpha": 16}, "seed": 0}
     b = {"epochs": 12.0, "output": "runs/b", "lora": {"r": 8, "alpha": 32}, "seed": 0, "eval": "x.jsonl"}

@@ -89,19 +89,21 @@ def sample_rows(path: Path, limit: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
 
 
 def check_report(path: Path, filename: str, config: TrainConfig, tokenizer: Any) -> dict[str, Any]:
-    """`data check --json --show` of one uploaded file, its path shown as the uploaded name, and the
-    first examples as (text, trained, cut) runs."""
+    """`data check --json --show` of one uploaded file, its path shown as the uploaded name, the first
+    examples as (text, trained, cut) runs, and the objective its rows call for (`objective`: grpo for RFT
+    prompts, dpo for preference pairs, else None: the Train page's default)."""
     from ..data import data_options
     from ..data.check import check_files
-    from ..data.formats import GRADED_FORMATS, detect_format
+    from ..data.formats import GRADED_FORMATS, PREFERENCE_FORMATS, detect_format
     from ..data.preview import preview_segments
 
-    first = sample_rows(path, 1)  # RFT prompts are checked as objective grpo takes them
-    graded = bool(first) and detect_format(first[0]["row"]) in GRADED_FORMATS
+    first = sample_rows(path, 1)
+    kind = detect_format(first[0]["row"]) if first else None
+    graded = kind in GRADED_FORMATS  # RFT prompts are checked as objective grpo takes them
     report = check_files(path, None, tokenizer, config.max_seq_tokens, show=PREVIEWS, val_fraction=config.val_fraction,
                          reinforcement=graded, **data_options(config))
     body = json.loads(json.dumps(report.to_json()).replace(json.dumps(str(path))[1:-1], filename))
-    body["objective"] = "grpo" if graded else None
+    body["objective"] = "grpo" if graded else "dpo" if kind in PREFERENCE_FORMATS else None
     body["previews"] = [{"source": e.source.replace(str(path), filename),
                          "segments": preview_segments(e, tokenizer, config.max_seq_tokens)} for e in report.previews]
     return body

@@ -69,7 +69,8 @@ function checkReport(uploaded, report) {
   const problems = [...report.errors.map((i) => ["error", i]), ...report.warnings.map((i) => ["warning", i])];
   const head = report.ok
     ? `<p class="ok" role="status"><strong>Data check passed</strong> (${report.warnings.length} warning(s)).
-        ${report.objective ? `Its rows are RFT prompts, trained by objective ${report.objective} with a grader.` : ""}
+        ${{ grpo: "Its rows are RFT prompts, trained by objective grpo with a grader.",
+            dpo: "Its rows are preference pairs, trained by objective dpo." }[report.objective] || ""}
         <a href="#/train?file=${uploaded.id}${report.objective ? `&objective=${report.objective}` : ""}">Train on ${
           esc(uploaded.filename)}</a></p>`
     : `<p class="error" role="status"><strong>Data check failed:</strong> ${report.errors.length} error(s),
