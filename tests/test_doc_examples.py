@@ -57,6 +57,7 @@ OWNED_ELSEWHERE = {
     ("docs/server.md", "import time"): "needs a running server and trains a job on the real model",
     ("docs/server.md", "HOME/"): "a folder tree, not code",
     ("docs/server.md", "result = client.fine_tuning.alpha.graders.run("): "needs a running server and its client",
+    ("docs/server.md", "job = client.fine_tuning.jobs.create("): "needs a running server and its client",
     ("docs/server.md", "tunesmith server --home /srv/tunesmith"): "a server that runs until stopped",
     ("docs/server.md", "CUDA_VISIBLE_DEVICES=0 tunesmith server"): "a server on a GPU",
     ("docs/ui.md", "tunesmith ui --home"): "a server that runs until stopped, and a browser",

@@ -362,6 +362,20 @@ def test_job_events_subscriber_writes_each_kind(tmp_path):
                                                              "(step 1: last step)"
 
 
+
+def test_job_events_of_a_grpo_job_say_the_reward(tmp_path):
+    store = Store(tmp_path / DB_NAME)
+    events = JobEvents(store, "ftjob-1", "grpo")
+    events(StepEvent(1, 0.01, 1e-4, 0, 100, 50.0, 0.7, (), total_steps=2, rollout={"reward": 0.25, "kl": 0.0}))
+    events(EvaluationEvent(1, -0.5, reward={"reward": 0.5, "reward_sampled": 0.375, "prompts": 4}))
+    events(FinishedEvent(-0.25, -0.5, -0.5, 1, "last step", None, None, 100, 1.0, 1, 0, "lora", "tiny"))
+    rows = store.events("ftjob-1")[::-1]
+    assert [r["message"] for r in rows] == ["Step 1/2: training loss=0.0100, sampled reward=0.2500",
+                                            "Step 1: held-out reward=0.5000 (sampled 0.3750)",
+                                            "Training finished: held-out reward 0.2500 -> 0.5000 (step 1: last step)"]
+    assert rows[0]["data"]["reward"] == 0.25 and rows[1]["data"] == {"step": 1, "valid_loss": -0.5, "reward": 0.5,
+                                                                     "reward_sampled": 0.375, "prompts": 4}
+
 def start_server(home: Path, port: int, tiny_model_dir, base_config) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "server", "--home", str(home), "--port", str(port),

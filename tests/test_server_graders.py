@@ -1,22 +1,33 @@
 """The grader routes of `tunesmith server` driven by the official openai client (graders/run and
 graders/validate in OpenAI's shapes), python graders refused without --allow-python-graders and run
-with it, score_model asking only the server's judge, the guard in front of the routes, and a
-reinforcement job checked in full and then refused."""
+with it, score_model asking only the server's judge, the guard in front of the routes; and reinforcement
+jobs: trained by GRPO on the tiny model with their events and checkpoints, rows lacking the grader's
+field failed in validation, bad requests refused naming the field, python graders only with the flag."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from http.server import ThreadingHTTPServer
 
 import httpx
 import pytest
+import yaml
 
-from conftest import faq_rows, write_jsonl
+from conftest import FAQ, write_jsonl
 from test_graders import _Judge
 from test_serve import running
+from test_server import BASE_CONFIG, LIMITS, finished, wait_for
+from tunesmith.config import TrainConfig, default_lr
 from tunesmith.server.app import ServerSettings, build_server_app, load_base, open_home
-from tunesmith.server.jobs import method_hyperparameters
-from tunesmith.server.reinforcement import NOT_AVAILABLE, ReinforcementHyperparameters, reinforcement_hyperparameters
+from tunesmith.server.jobs import method_hyperparameters, train_overrides
+from tunesmith.server.reinforcement import (
+    ReinforcementHyperparameters,
+    python_grader_refusal,
+    reinforcement_hyperparameters,
+)
+from tunesmith.server.store import DB_NAME, Store
 from tunesmith.web.errors import RequestError
 
 KEY = "sk-graders-test"
@@ -24,6 +35,11 @@ CITY = {"type": "string_check", "name": "city", "input": "{{sample.output_text}}
         "operation": "ilike"}
 LENGTH = {"type": "python", "name": "length",
           "source": "def grade(sample, item):\n    return len(sample['output_text']) / item['scale']"}
+SIMILAR = {"type": "text_similarity", "name": "close", "evaluation_metric": "fuzzy_match",
+           "input": "{{sample.output_text}}", "reference": "{{item.city}}"}
+"""A reward that varies between the tiny model's random answers (a string_check would be 0 for all)."""
+RFT_CONFIG = {**BASE_CONFIG, "grpo": {"group_size": 2, "max_completion_tokens": 4}}
+"""The servers' --config: GRPO's group and answer length kept small, for reinforcement jobs only."""
 JUDGED = {"type": "score_model", "name": "judge", "model": "gpt-4.1-mini", "range": [0, 1],
           "input": [{"role": "user", "content": "Reference {{item.city}}. Answer: {{sample.output_text}}"}]}
 
@@ -42,16 +58,18 @@ def judge():
 @pytest.fixture(scope="module")
 def servers(tiny_model_dir, tmp_path_factory, judge):
     """Two servers on one loaded base: {"plain": started without flags but --judge-url, "python": with
-    --allow-python-graders} -> base url."""
-    first = ServerSettings(tmp_path_factory.mktemp("home"), model=str(tiny_model_dir), api_key=KEY, evaluate=False,
-                           judge_url=judge, judge_api_key="sk-judge")
+    --allow-python-graders} -> base url, and "homes": their --home folders."""
+    config = tmp_path_factory.mktemp("config") / "base.yaml"
+    config.write_text(json.dumps(RFT_CONFIG))
+    first = ServerSettings(tmp_path_factory.mktemp("home"), model=str(tiny_model_dir), config=config, api_key=KEY,
+                           evaluate=False, judge_url=judge, judge_api_key="sk-judge", limits=LIMITS)
     model, tokenizer, base_id, _ = load_base(first)
-    second = ServerSettings(tmp_path_factory.mktemp("home"), model=str(tiny_model_dir), api_key=KEY, evaluate=False,
-                            allow_python_graders=True)
+    second = ServerSettings(tmp_path_factory.mktemp("home"), model=str(tiny_model_dir), config=config, api_key=KEY,
+                            evaluate=False, allow_python_graders=True, limits=LIMITS)
     apps = {name: build_server_app(open_home(s.home), s, model, tokenizer, base_id)
             for name, s in (("plain", first), ("python", second))}
     with running(apps["plain"]) as (plain, _), running(apps["python"]) as (python, _):
-        yield {"plain": plain, "python": python}
+        yield {"plain": plain, "python": python, "homes": {"plain": first.home, "python": second.home}}
 
 
 def client_of(url: str):
@@ -138,17 +156,79 @@ def test_the_guard_refuses_a_cross_origin_or_keyless_grader_run(servers):
         assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin", r.text
     r = httpx.post(url, json=body)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    job = {"model": "tiny-model0", "training_file": "file-" + "0" * 24,
+           "method": {"type": "reinforcement", "reinforcement": {"grader": LENGTH}}}
+    r = httpx.post(servers["python"] + "/v1/fine_tuning/jobs", json=job,
+                   headers={"Origin": "http://evil.example", "Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin"  # a reinforcement job too
     r = httpx.post(url, content=httpx.Request("POST", url, json=body).content,
                    headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"})
     assert r.status_code == 415
 
 
-def test_a_reinforcement_job_is_checked_then_refused(servers, tmp_path):
+def rft_upload(client, tmp_path, rows=None):
+    """OpenAI's RFT rows (messages ending with the user's turn, the field the grader reads), uploaded."""
+    rows = rows or [{"messages": [{"role": "user", "content": f"{q} [{k}]"}], "city": "Paris"}
+                    for k in range(2) for q, _ in FAQ]
+    return client.files.create(file=write_jsonl(tmp_path / "rft.jsonl", rows).open("rb"), purpose="fine-tune")
+
+
+def test_a_reinforcement_job_trains_grpo_with_its_grader(servers, tmp_path):
+    client = client_of(servers["plain"])
+    upload = rft_upload(client, tmp_path)
+    hyperparameters = {"n_epochs": 1, "batch_size": 6, "eval_interval": 2, "eval_samples": 4,
+                       "compute_multiplier": 1.5, "reasoning_effort": "low"}
+    job = client.fine_tuning.jobs.create(model="tiny-model0", training_file=upload.id, suffix="rft", method={
+        "type": "reinforcement", "reinforcement": {"grader": SIMILAR, "hyperparameters": hyperparameters}})
+    assert job.status == "validating_files" and job.method.type == "reinforcement"
+    assert job.method.reinforcement.grader.to_dict() == SIMILAR
+    assert job.method.reinforcement.hyperparameters.to_dict() == {**hyperparameters, "learning_rate_multiplier": "auto"}
+    assert job.hyperparameters.n_epochs == 1 and job.hyperparameters.learning_rate_multiplier == "auto"
+    done = wait_for(lambda: finished(client, job.id), timeout=300)
+    assert done.status == "succeeded", done.error
+    assert done.fine_tuned_model == f"ft:tiny-model0:rft:{job.id}"
+    config = yaml.safe_load((servers["homes"]["plain"] / "runs" / job.id / "config.yaml").read_text())
+    # 18 prompts train (2 of 20 held out), 6 a step: 3 steps; evaluated at 0, 2 and the last.
+    assert (config["objective"], config["grader"], config["eval_every"], config["epochs"], config["batch_size"]) == (
+        "grpo", SIMILAR, 2, 1.0, 6)
+    assert config["grpo"]["group_size"] == 2 and config["lr"] == pytest.approx(default_lr("lora", "grpo"))
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)][::-1]
+    steps = [m for m in messages if re.match(r"Step \d/3: training loss=\S+, sampled reward=", m)]
+    rewards = [m for m in messages if re.match(r"Step \d: held-out reward=\S+ \(sampled \S+\)", m)]
+    assert len(steps) == 3 and [m.split(":")[0] for m in rewards] == ["Step 0", "Step 2", "Step 3"], messages
+    assert any(m.startswith("Training finished: held-out reward ") for m in messages), messages
+    metrics = [json.loads(line) for line in
+               (servers["homes"]["plain"] / "runs" / job.id / "metrics.jsonl").read_text().splitlines()]
+    evaluation = next(e for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+                      if e.message.startswith("Step 2: held-out"))
+    assert evaluation.data["reward"] == next(r["reward"] for r in metrics if r["step"] == 2 and "val_loss" in r)
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [3, 2] and checkpoints[1].metrics.valid_loss == -evaluation.data[
+        "reward"]
+    assert [client.files.retrieve(f).filename for f in done.result_files] == ["step_metrics.csv"]
+    reply = client.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}],
+                                           max_tokens=4)
+    assert reply.model == done.fine_tuned_model  # the GRPO job's adapter answers by its name
+
+
+def test_a_reinforcement_job_whose_rows_lack_a_grader_field_fails_validation_naming_the_line(servers, tmp_path):
+    client = client_of(servers["plain"])
+    rows = [{"messages": [{"role": "user", "content": q}], "city": "Paris"} for q, _ in FAQ]
+    del rows[2]["city"]
+    upload = rft_upload(client, tmp_path, rows)
+    job = client.fine_tuning.jobs.create(model="tiny-model0", training_file=upload.id, method={
+        "type": "reinforcement", "reinforcement": {"grader": CITY}})
+    done = wait_for(lambda: finished(client, job.id))
+    assert done.status == "failed" and done.error.code == "invalid_training_file"
+    assert f"{upload.id}:3: item.city: grader 'city' reads {{{{item.city}}}}" in done.error.message, done.error.message
+
+
+def test_bad_reinforcement_requests_are_400s_naming_the_field(servers, tmp_path):
     import openai
 
     client = client_of(servers["plain"])
-    rows = [{"messages": row["messages"][:1], "city": "Paris"} for row in faq_rows("chat")]
-    upload = client.files.create(file=write_jsonl(tmp_path / "rft.jsonl", rows).open("rb"), purpose="fine-tune")
+    upload = rft_upload(client, tmp_path)
+    before = len(client.fine_tuning.jobs.list().data)
 
     def create(grader, hyperparameters=None, **extra):
         with pytest.raises(openai.BadRequestError) as refused:
@@ -157,14 +237,36 @@ def test_a_reinforcement_job_is_checked_then_refused(servers, tmp_path):
                                                            **extra}})
         return refused.value.body
 
-    refused = create(CITY, {"n_epochs": 2, "eval_samples": 4, "compute_multiplier": 1.5, "reasoning_effort": "low"})
-    assert refused["code"] == "reinforcement_not_available" and NOT_AVAILABLE in refused["message"]
-    assert create(LENGTH)["code"] == "python_graders_disabled"
+    refused = create(LENGTH)
+    assert refused["code"] == "python_graders_disabled" and "--allow-python-graders" in refused["message"]
     assert create({**CITY, "operation": "x"})["param"] == "method.reinforcement.grader"
+    judged = create({"type": "multi", "name": "m", "calculate_output": "judge", "graders": {"judge": JUDGED}})
+    assert judged["param"] == "method.reinforcement.grader" and "score_model grader 'judge'" in judged["message"]
     assert create(CITY, {"eval_interval": 0})["param"] == "method.reinforcement.hyperparameters.eval_interval"
     assert create(CITY, {"reasoning_effort": "max"})["param"] == "method.reinforcement.hyperparameters.reasoning_effort"
+    assert create(CITY, {"beta": 0.1})["param"] == "method.reinforcement.hyperparameters.beta"
+    assert create(CITY, tools=[])["param"] == "method.reinforcement.tools"
     assert create(None)["param"] == "method.reinforcement.grader"
-    assert client.fine_tuning.jobs.list().data == []  # nothing stored
+    assert len(client.fine_tuning.jobs.list().data) == before  # nothing stored
+
+
+def test_a_python_grader_job_is_accepted_with_the_flag_and_refused_by_a_server_without_it(servers, tmp_path):
+    client = client_of(servers["python"])
+    rows = [{"messages": [{"role": "user", "content": q}], "city": "Paris", "scale": 10} for q, _ in FAQ]
+    job = client.fine_tuning.jobs.create(model="tiny-model0", training_file=rft_upload(client, tmp_path, rows).id,
+                                         method={"type": "reinforcement", "reinforcement": {
+                                             "grader": LENGTH, "hyperparameters": {"n_epochs": 1, "batch_size": 9}}})
+    assert job.method.reinforcement.grader.type == "python"
+    done = wait_for(lambda: finished(client, job.id), timeout=300)  # graded in the sandbox's processes
+    assert done.status == "succeeded", done.error
+    steps = [e.data for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if "total_steps" in (e.data or {})]
+    assert steps and all(0 < s["reward"] for s in steps)  # len(answer) / 10: a python reward reached training
+    stored = Store(servers["homes"]["python"] / DB_NAME).job(job.id)["config"]["train"]
+    assert stored["objective"] == "grpo" and stored["grader"] == LENGTH
+    assert python_grader_refusal(stored, allow_python=True) is None
+    refused = python_grader_refusal(stored, allow_python=False)  # a restart without the flag: queued, then failed
+    assert refused["code"] == "python_graders_disabled" and "'length'" in refused["message"]
+    assert python_grader_refusal({**stored, "grader": CITY}, allow_python=False) is None
 
 
 def test_reinforcement_hyperparameters_map_openais_fields():
@@ -179,4 +281,9 @@ def test_reinforcement_hyperparameters_map_openais_fields():
         "reinforcement", {"eval_interval": 5, "compute_multiplier": 1.0})
     with pytest.raises(RequestError, match="'beta' is not supported by method 'reinforcement'"):
         reinforcement_hyperparameters({"beta": 0.1})
-    assert set(ReinforcementHyperparameters.IGNORED) == {"compute_multiplier", "reasoning_effort"}
+    assert set(ReinforcementHyperparameters.IGNORED) == {"eval_samples", "compute_multiplier", "reasoning_effort"}
+    overrides = train_overrides({"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 2.0, "eval_interval": 5,
+                                 "eval_samples": 8, "compute_multiplier": 2.0, "reasoning_effort": "high"},
+                                TrainConfig(data="x"), "reinforcement", CITY)
+    assert overrides == {"objective": "grpo", "grader": CITY, "eval_every": 5, "epochs": 3.0, "max_steps": None,
+                         "batch_size": 4, "lr": 2.0 * default_lr("lora", "grpo")}

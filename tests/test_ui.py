@@ -41,7 +41,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 KEY = "sk-ui-test"
 IMG = Path(__file__).parents[1] / "docs" / "img"
-QUIET_CONFIG = {**BASE_CONFIG, "eval_every": 3}
+QUIET_CONFIG = {**BASE_CONFIG, "eval_every": 3, "grpo": {"group_size": 2, "max_completion_tokens": 4}}
 
 
 def test_train_form_has_the_config_defaults_and_docstrings():
@@ -53,9 +53,28 @@ def test_train_form_has_the_config_defaults_and_docstrings():
     fields = {f["name"]: f for f in form["fields"]}
     assert fields["batch_size"]["value"] == 3 and fields["batch_size"]["help"] == docs["batch_size"]
     assert fields["learning_rate_multiplier"]["value"] == 1
-    assert fields["learning_rate_multiplier"]["help"].startswith(f"Multiplies the peak learning rate "
-                                                                 f"{default_lr('lora', 'sft'):g}.")
+    objectives = {o["name"]: o for o in form["objectives"]}
+    assert {n: o["method"] for n, o in objectives.items()} == {"sft": "supervised", "dpo": "dpo",
+                                                                "grpo": "reinforcement"}
+    assert objectives["grpo"]["lr"] == default_lr("lora", "grpo") and objectives["sft"]["lr"] == default_lr("lora")
+    assert [f["name"] for f in objectives["grpo"]["fields"]] == ["eval_interval"]
+    assert [(f["name"], f["value"]) for f in objectives["dpo"]["fields"]] == [("beta", 0.1)]
+    assert {s["key"]: s["value"] for s in form["grpo_settings"]}["grpo.group_size"] == 8
+    assert form["grader"]["type"] == "text_similarity"
     assert length_histogram([1, 5, 12, 24], 4) == {"edges": [0, 6, 12, 18, 24], "counts": [2, 0, 1, 1]}
+
+
+def test_the_data_check_of_an_upload_names_the_objective_its_rows_call_for(tmp_path, tiny_tokenizer):
+    from tunesmith.config import TrainConfig
+    from tunesmith.ui.api import check_report
+
+    rft = [{"messages": [{"role": "user", "content": q}], "city": "Paris"} for q, _ in FAQ]
+    pairs = [{"prompt": q, "chosen": a, "rejected": "No idea."} for q, a in FAQ]
+    config = TrainConfig(data="x")
+    for rows, objective in ((rft, "grpo"), (pairs, "dpo"), (faq_rows("chat"), None)):
+        path = write_jsonl(tmp_path / "up.jsonl", rows)
+        report = check_report(path, "up.jsonl", config, tiny_tokenizer)
+        assert report["ok"] and report["objective"] == objective, report["errors"]
 
 
 def test_settings_differ_flattens_and_skips_the_run_folder():
@@ -542,3 +561,44 @@ def test_another_sites_page_cannot_drive_the_server_and_the_own_page_still_works
     own.close()
     assert errors == []
     assert len(ui.api("GET", "/v1/files")["data"]) == len(files) + 1
+
+
+def test_the_grader_editor_runs_the_grader_on_a_row_and_starts_a_grpo_job(page, ui, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"{q} [{k}]"}], "city": "Paris"}
+            for k in range(2) for q, _ in FAQ]
+    page.get_by_label("Training file").set_input_files(str(write_jsonl(tmp_path / "rft.jsonl", rows)))
+    page.get_by_text("Its rows are RFT prompts").wait_for()  # checked as grpo's prompts, not refused as SFT data
+    page.get_by_role("link", name="Train on rft.jsonl").click()
+    page.locator("#f-grader").wait_for()
+    assert page.locator("#f-objective").input_value() == "grpo"
+    grader = json.loads(page.locator("#f-grader").input_value())
+    assert grader["reference"] == "{{item.city}}"  # the starting grader reads the rows' own field
+
+    def run_grader(spec: dict, answer: str) -> str:
+        page.locator("#f-grader").fill(json.dumps(spec))
+        page.get_by_label("sample answer").fill(answer)
+        page.locator("#grader-result").evaluate("e => e.innerHTML = ''")
+        page.get_by_role("button", name="Run the grader on this row").click()
+        page.locator("#grader-result [role=status], #grader-result [role=alert]").wait_for()
+        return page.locator("#grader-result").inner_text()
+
+    missing = run_grader({**grader, "reference": "{{item.town}}"}, "Paris")
+    assert missing.startswith("Reward 0") and "item.town" in missing
+    assert "$.evaluation_metric" in run_grader({**grader, "evaluation_metric": "nope"}, "Paris")  # graders/run's 400
+    assert run_grader(grader, "Paris").startswith("Reward 1")
+    assert page.locator("#grader-reward").inner_text() == "1"
+    page.get_by_label("n_epochs").fill("1")
+    page.get_by_label("batch_size").fill("6")
+    page.get_by_label("eval_interval").fill("2")
+    shoot(page, "train-grpo")
+    page.get_by_role("button", name=re.compile("Start training")).click()
+    page.wait_for_function("document.getElementById('status')?.textContent === 'succeeded'", timeout=240_000)
+    assert page.locator("#curve-title").inner_text() == "Reward"
+    job = ui.api("GET", f"/v1/fine_tuning/jobs/{page.locator('h1 code').inner_text()}")
+    assert job["method"]["type"] == "reinforcement" and job["method"]["reinforcement"]["grader"] == grader
+    assert job["method"]["reinforcement"]["hyperparameters"]["eval_interval"] == 2
+    rows_route = f"http://127.0.0.1:{ui.port}/ui/api/files/{job['training_file']}/rows"
+    assert httpx.get(rows_route).status_code == 401  # the editor's rows sit behind the key like every route
+    assert ui.api("GET", rows_route.split(str(ui.port))[1])["rows"][0] == {"line": 1, "row": rows[0]}
+    # Chromium logs the refused graders/run (a 400) as a failed resource load; nothing else may fail.
+    assert [e for e in page.errors if "status of 400" not in e] == []

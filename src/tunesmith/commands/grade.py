@@ -97,23 +97,15 @@ def read_rows(data: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 def grader_field_issues(grader_path: str | Path, data: list[str | Path]) -> list[DataIssue]:
     """`data check --grader`: the grader's own problems (its file, each at its JSON path), or a DataIssue
-    (file:line, the field) for every row of the data files (or folders) lacking a field the grader reads.
-    Rows are read as the grader gets them (no column mapping); bad lines are the data check's to report."""
-    from ..data.limits import CheckLimits
-    from ..data.records import TEXT_SUFFIXES, data_files, resolve_data_path
-    from ..data.rows import iter_rows
+    (file:line, the field) for every row of the data files (or folders) lacking a field the grader reads."""
     from ..errors import GraderError
+    from ..graders import check_data_fields
 
     try:
         grader = load_grader(grader_path)
     except GraderError as exc:
         return [_grader_problem(str(grader_path), line) for line in str(exc).splitlines()]
-    paths = [resolve_data_path(d) for d in data]
-    files = [f for p in paths for f in (data_files(p).files if p.is_dir() else [p])
-             if f.suffix.lower() not in TEXT_SUFFIXES]
-    rows = ((str(file), line, split_row(row).item) for file in files
-            for line, row, _ in iter_rows(file, CheckLimits(), []))
-    return check_rows(grader, rows)
+    return check_data_fields(grader, data)
 
 
 def _grader_problem(grader_path: str, problem: str) -> DataIssue:

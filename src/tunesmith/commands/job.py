@@ -36,7 +36,7 @@ def run_job(store: Store, home: Path, job_id: str) -> None:
     console = Console(file=sys.stdout, width=120, color_system=None)
     try:
         result = train(config, show_progress=False, console=console, resume="auto",
-                       subscribers=[JobEvents(store, job_id)])
+                       subscribers=[JobEvents(store, job_id, config.objective)])
     except StoppedBeforeTraining:
         result = None
     except TunesmithError as exc:

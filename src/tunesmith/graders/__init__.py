@@ -3,12 +3,13 @@ json_schema: parsed and checked (spec), rendered (templates), run (grading), and
 the fields they read (fields). Usable on their own: `grade(parse_grader({...}), make_sample(text), row)`.
 """
 
-from .fields import check_rows, referenced_item_fields
+from .fields import check_data_fields, check_rows, referenced_item_fields
 from .grading import GradeResult, GradingSession, grade, grade_rows
 from .judge import Judge
 from .limits import GraderLimits
 from .spec import Grader, load_grader, parse_grader, read_grader_spec
 from .templates import make_sample, render
 
-__all__ = ["GradeResult", "Grader", "GraderLimits", "GradingSession", "Judge", "check_rows", "grade", "grade_rows",
-           "load_grader", "make_sample", "parse_grader", "read_grader_spec", "referenced_item_fields", "render"]
+__all__ = ["GradeResult", "Grader", "GraderLimits", "GradingSession", "Judge", "check_data_fields", "check_rows",
+           "grade", "grade_rows", "load_grader", "make_sample", "parse_grader", "read_grader_spec",
+           "referenced_item_fields", "render"]

@@ -9,6 +9,7 @@ that teaches nothing.
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from ..data.issues import DataIssue
@@ -84,3 +85,20 @@ def check_rows(grader: Grader, rows: Iterable[tuple[str, int, dict[str, Any]]]) 
                                         f"{str(exc).split(': ', 1)[1]} — add the field to every row, or "
                                         "change the grader", ISSUE_KIND))
     return issues
+
+
+def check_data_fields(grader: Grader, data: list[str | Path]) -> list[DataIssue]:
+    """`check_rows` over every row of the data files (or folders): `data check --grader` and the jobs
+    server's validation of a reinforcement job. Rows are read as the grader gets them (no column
+    mapping; without their answer); bad lines are the data check's to report."""
+    from ..data.limits import CheckLimits
+    from ..data.records import TEXT_SUFFIXES, data_files, resolve_data_path
+    from ..data.rows import iter_rows
+    from .rows import split_row
+
+    paths = [resolve_data_path(d) for d in data]
+    files = [f for p in paths for f in (data_files(p).files if p.is_dir() else [p])
+             if f.suffix.lower() not in TEXT_SUFFIXES]
+    rows = ((str(file), line, split_row(row).item) for file in files
+            for line, row, _ in iter_rows(file, CheckLimits(), []))
+    return check_rows(grader, rows)

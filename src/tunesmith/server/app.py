@@ -33,7 +33,6 @@ from .jobs import checkpoint_object, event_object, fine_tuned_name, job_config, 
 from .locks import hold_lock
 from .lookups import find_file, find_job
 from .models import ServedJobs
-from .reinforcement import refuse_reinforcement
 from .scheduler import Scheduler
 from .store import ACTIVE, DB_NAME, Store
 from .worker import runs_dir
@@ -112,7 +111,7 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
     served = ServedJobs(model, tokenizer, base_id, chat, GenerationGate(chat.max_queued, chat.max_batch),
                         int(getattr(model.config, "max_position_embeddings", 0) or chat.max_prompt_tokens),
                         system_prompt=system_prompt, store=store, home=home.path)
-    scheduler = Scheduler(store, home.path, tokenizer, limits)
+    scheduler = Scheduler(store, home.path, tokenizer, limits, settings.allow_python_graders)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -200,7 +199,7 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
 
     async def create(request: Request) -> Response:
         body = await read_json(request, settings.serve_limits.max_body_bytes)
-        parsed = parse_job_request(body, (base_id,))
+        parsed = parse_job_request(body, (base_id,), settings.allow_python_graders)
         if store.count_jobs(("validating_files", "queued")) >= limits.max_queued_jobs:
             raise RequestError(429, f"{limits.max_queued_jobs} jobs are already waiting; retry when one has started",
                                code="queue_full")
@@ -212,8 +211,6 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
                 raise RequestError(400, f"invalid {key} {file_id!r}: upload it with purpose 'fine-tune' first", key,
                                    "invalid_file")
             paths[key] = file_path(home.path, row["id"], row["stored"]) if row else None
-        if parsed.method == "reinforcement":  # every field checked above and here, then a 400: no GRPO yet
-            refuse_reinforcement(body["method"], settings.allow_python_graders)
         job_id = new_id("ftjob")
         try:
             config = job_config(parsed.to_dict(), settings.config, settings.model, paths["training_file"],

@@ -42,7 +42,7 @@ def check_grader(spec: Any, allow_python: bool, param: str = "grader") -> Grader
         grader = parse_grader(spec, param)
     except GraderError as exc:
         raise RequestError(400, str(exc), param, "invalid_grader") from None
-    python = [g.name for g in _graders_in(grader) if isinstance(g, PythonGrader)]
+    python = [g.name for g in graders_in(grader) if isinstance(g, PythonGrader)]
     if python and not allow_python:
         raise RequestError(400, f"python grader {python[0]!r} refused: python graders run code on the server's "
                                 f"machine and are off unless the server is started with {PYTHON_FLAG}",
@@ -121,6 +121,7 @@ def _flag(errors: dict[str, Any], grader: Grader, error: str) -> None:
         errors["other_error"] = True
 
 
-def _graders_in(grader: Grader) -> list[Grader]:
+def graders_in(grader: Grader) -> list[Grader]:
+    """The grader and a multi grader's sub-graders."""
     return [grader, *(g for _, g in grader.graders)] if isinstance(grader, MultiGrader) else [grader]
 

@@ -12,14 +12,17 @@ from typing import Any
 from ..config import TrainConfig, default_lr, load_config
 from ..web.errors import RequestError
 from ..web.ids import id_pattern
-from .reinforcement import reinforcement_hyperparameters
+from .reinforcement import ReinforcementHyperparameters, reinforcement_grader, reinforcement_hyperparameters
 
 JOB_ID = id_pattern("ftjob")
 SUFFIX = re.compile(r"[A-Za-z0-9_-]{1,64}")
 HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
-METHODS = {"supervised": HYPERPARAMETERS, "dpo": (*HYPERPARAMETERS, "beta")}
-"""`method.type` -> the hyperparameters it honours; dpo trains `objective: dpo` on preference rows
-(OpenAI's DPO format: input.messages, preferred_output, non_preferred_output) with its `beta`."""
+METHODS = {"supervised": HYPERPARAMETERS, "dpo": (*HYPERPARAMETERS, "beta"),
+           "reinforcement": tuple(f.name for f in dataclasses.fields(ReinforcementHyperparameters))}
+"""`method.type` -> the hyperparameters it takes; dpo trains `objective: dpo` on preference rows
+(OpenAI's DPO format: input.messages, preferred_output, non_preferred_output) with its `beta`;
+reinforcement trains `objective: grpo` on RFT prompts with its grader (server/reinforcement.py says
+which of its hyperparameters are honoured)."""
 
 
 @dataclass(frozen=True)
@@ -33,16 +36,19 @@ class JobRequest:
     seed: int | None = None
     method: str = "supervised"
     hyperparameters: dict[str, Any] = field(default_factory=dict)
-    """The honoured hyperparameters that are not "auto" (n_epochs, batch_size, learning_rate_multiplier)."""
+    """The method's hyperparameters that are not "auto" (n_epochs, batch_size, learning_rate_multiplier, ...)."""
+    grader: dict[str, Any] | None = None
+    """Method reinforcement: the grader as sent (checked); None for the others."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "training_file": self.training_file, "validation_file": self.validation_file,
                 "suffix": self.suffix, "seed": self.seed, "method": self.method,
-                "hyperparameters": self.hyperparameters}
+                "hyperparameters": self.hyperparameters, "grader": self.grader}
 
 
-def parse_job_request(body: dict[str, Any], model_ids: tuple[str, ...]) -> JobRequest:
-    """The body's fields checked; `model` must be one this server trains (its base model)."""
+def parse_job_request(body: dict[str, Any], model_ids: tuple[str, ...], allow_python: bool = False) -> JobRequest:
+    """The body's fields checked; `model` must be one this server trains (its base model); a
+    reinforcement method's grader as graders/validate checks it (python only with `allow_python`)."""
     model = body.get("model")
     if model not in model_ids:
         raise RequestError(400, f"model {model!r} cannot be fine-tuned here: this server trains "
@@ -58,17 +64,18 @@ def parse_job_request(body: dict[str, Any], model_ids: tuple[str, ...]) -> JobRe
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         raise RequestError(400, "'seed' must be a non-negative integer", "seed")
     method, hyperparameters = method_hyperparameters(body)
+    grader = reinforcement_grader(body["method"], allow_python) if method == "reinforcement" else None
     return JobRequest(model, body["training_file"], body.get("validation_file"), suffix, seed, method,
-                      hyperparameters)
+                      hyperparameters, grader)
 
 
 def method_hyperparameters(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The training method and its hyperparameters, from `method` ({"type": "supervised",
     "supervised": {"hyperparameters": {...}}}) or the older top-level `hyperparameters`. The one
-    place a new method (dpo's `beta`) joins; reinforcement's are checked, its job refused by the route."""
+    place a new method (dpo's `beta`) joins; reinforcement's have their own types (reinforcement.py)."""
     method = body.get("method") or {"type": "supervised"}
     kind = method.get("type") if isinstance(method, dict) else None
-    if kind == "reinforcement":  # checked here, refused by the route after its grader is (reinforcement.py)
+    if kind == "reinforcement":
         section = method.get("reinforcement")
         given = reinforcement_hyperparameters(section.get("hyperparameters") if isinstance(section, dict) else None)
         return kind, {k: v for k, v in dataclasses.asdict(given).items() if v is not None}
@@ -96,15 +103,22 @@ def method_hyperparameters(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return kind, checked
 
 
-def train_overrides(hyperparameters: dict[str, Any], base: TrainConfig, method: str = "supervised") -> dict[str, Any]:
+def train_overrides(hyperparameters: dict[str, Any], base: TrainConfig, method: str = "supervised",
+                    grader: dict[str, Any] | None = None) -> dict[str, Any]:
     """TrainConfig keys for OpenAI's method and hyperparameters: dpo -> objective dpo (beta ->
-    preference.beta), n_epochs -> epochs, batch_size, and the learning rate as a multiple of the
-    base config's (tunesmith's default for its method and objective when it has none)."""
+    preference.beta), reinforcement -> objective grpo with `grader` inline (eval_interval -> eval_every;
+    its other settings are the base config's `grpo:` section), n_epochs -> epochs, batch_size, and the
+    learning rate as a multiple of the base config's (tunesmith's default for its method and objective
+    when it has none). Hyperparameters that have no meaning here are left out (ReinforcementHyperparameters.IGNORED)."""
     overrides: dict[str, Any] = {}
     if method == "dpo":
         overrides["objective"] = "dpo"
         if "beta" in hyperparameters:
             overrides["preference"] = dataclasses.replace(base.preference, beta=float(hyperparameters["beta"]))
+    if method == "reinforcement":
+        overrides.update(objective="grpo", grader=grader)
+        if "eval_interval" in hyperparameters:
+            overrides["eval_every"] = hyperparameters["eval_interval"]
     if "n_epochs" in hyperparameters:
         overrides["epochs"] = float(hyperparameters["n_epochs"])
         overrides["max_steps"] = None  # n_epochs is the run's length, as OpenAI means it
@@ -123,7 +137,7 @@ def job_config(request: dict[str, Any], base: Path | None, model: str | None, da
     config = load_config(base, {"data": str(data), "eval": str(eval_data) if eval_data else None, "model": model,
                                 "output": str(output), "seed": request["seed"]})
     return dataclasses.replace(config, **train_overrides(request["hyperparameters"], config,
-                                                         request.get("method", "supervised")))
+                                                         request.get("method", "supervised"), request.get("grader")))
 
 
 def fine_tuned_name(job: dict[str, Any]) -> str:
@@ -133,14 +147,20 @@ def fine_tuned_name(job: dict[str, Any]) -> str:
 
 
 def job_object(job: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI's fine_tuning.job object."""
+    """OpenAI's fine_tuning.job object; `method` echoes the request's (a reinforcement job's grader too)."""
     request = job["request"]
-    hyper = {key: request["hyperparameters"].get(key, "auto") for key in METHODS[request["method"]]}
+    kind = request["method"]
+    hyper = {key: request["hyperparameters"].get(key, "auto") for key in METHODS[kind]}
+    method: dict[str, Any] = {"type": kind, kind: {"hyperparameters": hyper}}
+    if kind == "reinforcement":
+        hyper = ReinforcementHyperparameters(**request["hyperparameters"]).to_dict()
+        method[kind] = {"grader": request["grader"], "hyperparameters": hyper}
+        hyper = {key: hyper[key] for key in HYPERPARAMETERS}  # the top level's are OpenAI's three
     return {
         "object": "fine_tuning.job", "id": job["id"], "created_at": job["created_at"], "model": request["model"],
         "status": job["status"], "fine_tuned_model": job["fine_tuned_model"], "finished_at": job["finished_at"],
         "training_file": request["training_file"], "validation_file": request["validation_file"],
-        "hyperparameters": hyper, "method": {"type": request["method"], request["method"]: {"hyperparameters": hyper}},
+        "hyperparameters": hyper, "method": method,
         "trained_tokens": job["trained_tokens"], "estimated_finish": job["estimated_finish"], "error": job["error"],
         "result_files": job["result_files"], "seed": request["seed"] if request["seed"] is not None else 0,
         "suffix": request["suffix"], "organization_id": "tunesmith", "integrations": [], "metadata": None,

@@ -1,8 +1,8 @@
 """OpenAI's reinforcement method on `POST /v1/fine_tuning/jobs`: `{"type": "reinforcement", "reinforcement":
 {"grader": ..., "hyperparameters": {...}}}` checked in full (the grader parses, python graders only
-with --allow-python-graders, every hyperparameter's type), then refused with a 400: training by GRPO
-is not in this version. The job is refused, not stored and failed, so that `jobs.create` raises at
-once with the reason instead of handing the client a job id that could never run.
+with --allow-python-graders, every hyperparameter's type) and mapped onto `objective: grpo` with the
+grader inline (jobs.py `train_overrides`). A python grader of a job created with the flag is refused
+again when its job is validated or started by a server without it (`python_grader_refusal`).
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..graders.spec import ScoreModel
 from ..web.errors import RequestError
-from .graders import check_grader
+from .graders import check_grader, graders_in
 
-NOT_AVAILABLE = "reinforcement training is not available yet in this version"
 REASONING_EFFORTS = ("default", "low", "medium", "high")
 
 
 @dataclass(frozen=True)
 class ReinforcementHyperparameters:
     """OpenAI's reinforcement hyperparameters (openai-python's ReinforcementHyperparameters) and what each
-    will mean for tunesmith's GRPO; None is "auto": tunesmith's default for the field."""
+    means for tunesmith's GRPO; None is "auto": tunesmith's default for the field."""
 
     n_epochs: int | None = None
     """Passes over the training prompts: `epochs` (and no `max_steps`), as for supervised jobs."""
@@ -31,14 +31,15 @@ class ReinforcementHyperparameters:
     eval_interval: int | None = None
     """Optimizer steps between evaluations on the validation prompts: `eval_every`."""
     eval_samples: int | None = None
-    """Answers sampled per validation prompt at each evaluation; their mean reward is the evaluation's score."""
+    """Accepted and ignored: an evaluation scores each validation prompt's greedy answer (the kept
+    checkpoint's measure) and one sampled answer, and `train` has no setting for more samples."""
     compute_multiplier: float | None = None
     """Accepted and ignored: OpenAI's scale of the exploration compute has no documented formula, so it
     is not mapped onto the group size (answers per prompt), which the config sets."""
     reasoning_effort: str | None = None
     """Accepted and ignored: OpenAI's reasoning models' effort; the open models trained here have no such setting."""
 
-    IGNORED = ("compute_multiplier", "reasoning_effort")
+    IGNORED = ("eval_samples", "compute_multiplier", "reasoning_effort")
 
     def to_dict(self) -> dict[str, Any]:
         """OpenAI's shape: every field, "auto" (reasoning_effort "default") for those not given."""
@@ -80,9 +81,9 @@ def reinforcement_hyperparameters(raw: Any, at: str = "method.reinforcement.hype
     return ReinforcementHyperparameters(**checked)
 
 
-def refuse_reinforcement(method: dict[str, Any], allow_python: bool) -> None:
-    """Check a reinforcement method as a job would need it, then refuse it (400 `reinforcement_not_available`):
-    a bad grader or hyperparameter is named first, so the request is right when GRPO arrives."""
+def reinforcement_grader(method: dict[str, Any], allow_python: bool) -> dict[str, Any]:
+    """The reinforcement section's grader, checked as graders/validate checks it (a 400 at its path,
+    or naming the flag for a python grader the server does not allow); the spec as sent."""
     section = method.get("reinforcement")
     if not isinstance(section, dict):
         raise RequestError(400, "'method.reinforcement' must be an object with a 'grader' (and 'hyperparameters')",
@@ -91,9 +92,24 @@ def refuse_reinforcement(method: dict[str, Any], allow_python: bool) -> None:
     if unknown:
         raise RequestError(400, f"'method.reinforcement.{unknown[0]}' is not a field of the reinforcement method: "
                                 "use grader, hyperparameters", f"method.reinforcement.{unknown[0]}")
-    check_grader(section.get("grader"), allow_python, "method.reinforcement.grader")
-    reinforcement_hyperparameters(section.get("hyperparameters"))
-    raise RequestError(400, f"{NOT_AVAILABLE}: the grader and hyperparameters are valid, but tunesmith cannot "
-                            "train by reinforcement (GRPO) yet — grade answers with POST "
-                            "/v1/fine_tuning/alpha/graders/run or `tunesmith grade`, or train with method "
-                            "'supervised' or 'dpo'", "method.type", "reinforcement_not_available")
+    grader = check_grader(section.get("grader"), allow_python, "method.reinforcement.grader")
+    judged = [g.name for g in graders_in(grader) if isinstance(g, ScoreModel)]
+    if judged:  # train refuses it too (training/rft.py): every sample would score 0
+        raise RequestError(400, f"score_model grader {judged[0]!r} cannot train yet: training cannot be given a "
+                                "judge; train with string_check, text_similarity, python or json_schema graders "
+                                "(graders/run grades with score_model)", "method.reinforcement.grader",
+                           "invalid_grader")
+    return section["grader"]
+
+
+def python_grader_refusal(config: dict[str, Any], allow_python: bool) -> dict[str, Any] | None:
+    """OpenAI's error object when a job's run config (`TrainConfig.to_dict()`) grades with a python grader
+    and this server does not allow them; None otherwise. A job created by a server started with the
+    flag may be validated or started by one started without it."""
+    if config.get("objective") != "grpo" or allow_python:
+        return None
+    try:
+        check_grader(config.get("grader"), allow_python, "method.reinforcement.grader")
+    except RequestError as exc:
+        return {"code": exc.code, "message": exc.message, "param": exc.param}
+    return None

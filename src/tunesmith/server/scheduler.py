@@ -1,6 +1,7 @@
-"""The job queue: validate new jobs' files (`data check`), run queued jobs one at a time in creation
-order, each in a worker process, and pass cancels on as SIGTERM. One thread, polling the database, so
-that a cancel from `tunesmith jobs cancel --home` (which writes the database only) works too."""
+"""The job queue: validate new jobs' files (`data check`, and a reinforcement job's rows against its
+grader), run queued jobs one at a time in creation order, each in a worker process, and pass cancels on
+as SIGTERM. One thread, polling the database, so that a cancel from `tunesmith jobs cancel --home`
+(which writes the database only) works too."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from ..settings import ServerLimits
 from ..web.children import Children, log_tail
 from ..web.ids import new_id
 from .files import file_path
+from .reinforcement import python_grader_refusal
 from .store import Store
 from .worker import fail, log_path
 
@@ -26,8 +28,11 @@ STOP_WAIT_S = 60.0
 class Scheduler:
     """Owns the worker process; `start` runs the loop in a daemon thread, `stop` ends both."""
 
-    def __init__(self, store: Store, home: Path, tokenizer: Any, limits: ServerLimits) -> None:
+    def __init__(self, store: Store, home: Path, tokenizer: Any, limits: ServerLimits,
+                 allow_python_graders: bool = False) -> None:
         self.store, self.home, self.tokenizer, self.limits = store, home, tokenizer, limits
+        self.allow_python_graders = allow_python_graders
+        """Whether a job's python grader may run: a job created by a server with the flag is refused by one without."""
         self.workers: Children[str] = Children(STOP_WAIT_S)
         """At most one: the running job's, keyed by its id."""
         self.job_id: str | None = None
@@ -72,7 +77,8 @@ class Scheduler:
     def _validate(self, job: dict[str, Any]) -> None:
         """queued, or failed with the data check's FILE:LINE: field: message lines (file ids for paths)."""
         self._event(job["id"], "Validating training file: " + job["request"]["training_file"])
-        error = check_job_files(job, self.home, self.tokenizer)
+        error = python_grader_refusal(job["config"]["train"], self.allow_python_graders) \
+            or check_job_files(job, self.home, self.tokenizer)
         if error is None:
             if self.store.move_job(job["id"], ("validating_files",), status="queued"):
                 self._event(job["id"], "Files validated, moving job to queued state")
@@ -83,6 +89,11 @@ class Scheduler:
     def _launch(self, job_id: str) -> None:
         if not self.store.move_job(job_id, ("queued",), status="running"):
             return  # cancelled meanwhile
+        refused = python_grader_refusal(self.store.job(job_id)["config"]["train"], self.allow_python_graders)
+        if refused is not None:  # queued by a server started with --allow-python-graders
+            fail(self.store, job_id, refused["code"], refused["message"], refused["param"])
+            self._event(job_id, refused["message"], level="error")
+            return
         self._event(job_id, "Fine-tuning job started")
         self.workers.start(job_id, "tunesmith.commands.job", [str(self.home), job_id], log_path(self.home, job_id))
         self.job_id, self.signalled = job_id, False
@@ -111,8 +122,9 @@ class Scheduler:
 
 
 def check_job_files(job: dict[str, Any], home: Path, tokenizer: Any) -> dict[str, Any] | None:
-    """Run `data check` on the job's files as `train` would; None when they pass, else OpenAI's
-    error object with every problem as FILE:LINE: field: message, the file named by its id."""
+    """Run `data check` on the job's files as `train` would (objective grpo: and every row lacking a field
+    its grader reads); None when they pass, else OpenAI's error object with every problem as
+    FILE:LINE: field: message, the file named by its id."""
     from rich.console import Console
 
     from ..config import config_from_dict
@@ -129,6 +141,12 @@ def check_job_files(job: dict[str, Any], home: Path, tokenizer: Any) -> dict[str
         for path in names:
             file_path(home, names[path], Path(path).name)  # still ours, still inside --home
         check_data(config, tokenizer, Console(file=io.StringIO()))
+        if config.objective == "grpo":
+            from ..graders import check_data_fields, parse_grader
+
+            issues = check_data_fields(parse_grader(config.grader), list(names))
+            if issues:
+                raise DataError(issues)
     except DataError as exc:
         lines = [_with_ids(str(issue), names) for issue in exc.issues[:20]]
         more = f" (and {len(exc.issues) - 20} more)" if len(exc.issues) > 20 else ""

@@ -33,10 +33,12 @@ def log_path(home: Path, job_id: str) -> Path:
 
 class JobEvents:
     """A training subscriber writing each event as an OpenAI job event (steps, evaluations,
-    forgetting verdicts, checkpoints with their metrics), and the job's progress fields."""
+    forgetting verdicts, checkpoints with their metrics), and the job's progress fields. Objective
+    grpo's events say the held-out reward (its validation loss is minus that reward) and each step's
+    sampled reward, in their data too (`reward`, `reward_sampled` with `_ci`; a step's rollout metrics)."""
 
-    def __init__(self, store: Store, job_id: str) -> None:
-        self.store, self.job_id = store, job_id
+    def __init__(self, store: Store, job_id: str, objective: str = "sft") -> None:
+        self.store, self.job_id, self.rewarded = store, job_id, objective == "grpo"
         self.last_loss: float | None = None
         self.val_loss: dict[int, float] = {}
         self.first: tuple[int, float] | None = None
@@ -47,8 +49,11 @@ class JobEvents:
             self._step(event)
         elif isinstance(event, EvaluationEvent):
             self.val_loss[event.step] = event.val_loss
-            self._add(f"eval-{event.step}", f"Step {event.step}: validation loss={event.val_loss:.4f}",
-                      {"step": event.step, "valid_loss": event.val_loss})
+            data = {"step": event.step, "valid_loss": event.val_loss, **(event.reward or {})}
+            message = (f"Step {event.step}: held-out reward={event.reward['reward']:.4f} (sampled "
+                       f"{event.reward['reward_sampled']:.4f})" if event.reward else
+                       f"Step {event.step}: validation loss={event.val_loss:.4f}")
+            self._add(f"eval-{event.step}", message, data)
         elif isinstance(event, ProbesEvent):
             verdict = "within the forgetting budget" if event.within_budget else "over the forgetting budget"
             self._add(f"probes-{event.step}", f"Step {event.step}: general probes {verdict}",
@@ -61,8 +66,9 @@ class JobEvents:
             self._add(f"stop-{event.step}", f"{event.signal}: stopped after step {event.step} (checkpoint saved)",
                       event.to_dict(), kind="message")
         elif isinstance(event, FinishedEvent):
-            self._add("finished", f"Training finished: validation loss {event.base_val_loss:.4f} -> "
-                                  f"{event.final_val_loss:.4f} (step {event.selected_step}: {event.selection})",
+            measure, sign = ("held-out reward", -1) if self.rewarded else ("validation loss", 1)
+            self._add("finished", f"Training finished: {measure} {sign * event.base_val_loss:.4f} -> "
+                                  f"{sign * event.final_val_loss:.4f} (step {event.selected_step}: {event.selection})",
                       event.to_dict(), kind="message")
 
     def _step(self, event: StepEvent) -> None:
@@ -73,10 +79,12 @@ class JobEvents:
         eta = now + (now - self.first[1]) / done * (event.total_steps - event.step) if done else None
         self.store.update_job(self.job_id, trained_tokens=event.tokens,
                               estimated_finish=int(eta) if eta else None)
-        self._add(f"step-{event.step}", f"Step {event.step}/{event.total_steps}: training loss={event.loss:.4f}",
+        reward = f", sampled reward={event.rollout['reward']:.4f}" if event.rollout else ""
+        self._add(f"step-{event.step}",
+                  f"Step {event.step}/{event.total_steps}: training loss={event.loss:.4f}{reward}",
                   {"step": event.step, "total_steps": event.total_steps, "train_loss": event.loss,
                    "learning_rate": event.lr, "epoch": event.epoch, "tokens": event.tokens,
-                   "tokens_per_s": event.tokens_per_s})
+                   "tokens_per_s": event.tokens_per_s, **(event.rollout or {})})
 
     def _add(self, key: str, message: str, data: dict[str, Any], kind: str = "metrics") -> None:
         self.store.add_event(self.job_id, new_id("ftevent"), key, "info", message, kind, data)

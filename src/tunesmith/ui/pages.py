@@ -1,4 +1,4 @@
-"""The page's own files (HTML, three JS modules, CSS, all in the package: no CDN, no build step), served
+"""The page's own files (HTML, four JS modules, CSS, all in the package: no CDN, no build step), served
 at / to anyone past the Host check: they hold no data, and a browser cannot send a key to load a page.
 The guard lets PAGES through without the key (ui/app.py names them as open paths)."""
 
@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 STATIC = Path(__file__).with_name("static")
 PAGES = {"/": "index.html", "/ui/static/app.js": "app.js", "/ui/static/core.js": "core.js",
-         "/ui/static/tasks.js": "tasks.js", "/ui/static/style.css": "style.css"}
+         "/ui/static/tasks.js": "tasks.js", "/ui/static/grader.js": "grader.js", "/ui/static/style.css": "style.css"}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8"}
 

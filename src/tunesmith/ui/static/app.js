@@ -3,6 +3,7 @@
 
 import { $, ACTIVE, KEY, api, esc, failed, fmt, knowledgeOptions, metricRows, pickJob, poll, post, render,
          stopPolling } from "./core.js";
+import { graderEditor, readGrader } from "./grader.js";
 import { comparePage, exportPage, sideBySide } from "./tasks.js";
 // Every event of a job, oldest first: the events route pages newest first with `after`.
 async function allEvents(jobId) {
@@ -68,7 +69,10 @@ function checkReport(uploaded, report) {
   const problems = [...report.errors.map((i) => ["error", i]), ...report.warnings.map((i) => ["warning", i])];
   const head = report.ok
     ? `<p class="ok" role="status"><strong>Data check passed</strong> (${report.warnings.length} warning(s)).
-        <a href="#/train?file=${uploaded.id}">Train on ${esc(uploaded.filename)}</a></p>`
+        ${{ grpo: "Its rows are RFT prompts, trained by objective grpo with a grader.",
+            dpo: "Its rows are preference pairs, trained by objective dpo." }[report.objective] || ""}
+        <a href="#/train?file=${uploaded.id}${report.objective ? `&objective=${report.objective}` : ""}">Train on ${
+          esc(uploaded.filename)}</a></p>`
     : `<p class="error" role="status"><strong>Data check failed:</strong> ${report.errors.length} error(s),
         ${report.warnings.length} warning(s). Fix the lines below and upload the file again.</p>`;
   const table = problems.length ? `<table><caption>Problems</caption><thead><tr><th>Severity</th><th>Where</th>
@@ -105,30 +109,53 @@ async function trainPage(_, params) {
     return;
   }
   const chosen = params.get("file") || files.data[files.data.length - 1].id;
-  const fields = form.fields.map((f) => `<label for="f-${f.name}">${esc(f.name)}</label>
+  const field = (f) => `<label for="f-${f.name}">${esc(f.name)}</label>
     <input id="f-${f.name}" name="${f.name}" type="number" step="any" min="0" value="${f.value ?? ""}"
-      placeholder="auto" aria-describedby="h-${f.name}"><p class="help" id="h-${f.name}">${esc(f.help)}</p>`).join("");
+      placeholder="auto" aria-describedby="h-${f.name}"><p class="help" id="h-${f.name}">${esc(f.help)}</p>`;
+  const objective = form.objectives.find((o) => o.name === params.get("objective")) || form.objectives[0];
   render(`<h1>Train</h1><form id="train" class="grid">
     <label for="f-file">training_file</label><select id="f-file">${files.data.map((f) => `<option value="${f.id}"
       ${f.id === chosen ? "selected" : ""}>${esc(f.filename)} (${f.id})</option>`).join("")}</select>
+    <label for="f-objective">objective</label><select id="f-objective" aria-describedby="h-objective">${
+      form.objectives.map((o) => `<option value="${o.name}" ${o === objective ? "selected" : ""}>${o.name}</option>`).join("")}
+    </select><p class="help" id="h-objective">sft learns the answers (method supervised); dpo prefers the chosen
+      answer of preference rows (method dpo); grpo samples answers to RFT prompts and learns from the grader's
+      rewards (method reinforcement). Peak learning rate <span id="peak-lr"></span>.</p>
     <label for="f-suffix">suffix</label><input id="f-suffix" type="text" pattern="[A-Za-z0-9_\\-]{1,64}"
       aria-describedby="h-suffix"><p class="help" id="h-suffix">Part of the tuned model's name, ft:BASE:SUFFIX:JOB.</p>
-    ${fields}<span></span><div><button id="start">Start training ${esc(health.model)}</button></div></form>
+    ${form.fields.map(field).join("")}<div id="objective-fields" style="display: contents"></div>
+    <span></span><div><button id="start">Start training ${esc(health.model)}</button></div></form>
     <p id="train-error" class="error" role="alert"></p>
     <h2>Settings every job shares (the server's --config)</h2><table><tbody>${form.settings.map((s) => `<tr>
       <th scope="row">${esc(s.key)}</th><td>${fmt(s.value)}</td><td class="muted">${esc(s.help)}</td></tr>`).join("")}
-    </tbody></table>`);
+    </tbody></table><div id="grpo-settings"></div>`);
+  const current = () => form.objectives.find((o) => o.name === $("f-objective").value);
+  const show = async () => {
+    const o = current();
+    $("peak-lr").textContent = fmt(o.lr, 8);
+    $("objective-fields").innerHTML = o.fields.map(field).join("") + (o.name === "grpo" ? `<div id="grader-editor"
+      style="display: contents"></div>` : "");
+    $("grpo-settings").innerHTML = o.name !== "grpo" ? "" : `<h2>GRPO settings (the server's --config grpo: section)</h2>
+      <table><tbody>${form.grpo_settings.map((s) => `<tr><th scope="row">${esc(s.key)}</th><td>${fmt(s.value)}</td>
+      <td class="muted">${esc(s.help)}</td></tr>`).join("")}</tbody></table>`;
+    if (o.name === "grpo") await graderEditor($("grader-editor"), $("f-file").value, form.grader);
+  };
+  $("f-objective").onchange = () => show().catch(failed);
+  $("f-file").onchange = () => (current().name === "grpo" ? show().catch(failed) : null);
+  await show();
   $("train").onsubmit = async (e) => {
     e.preventDefault();
-    const hyperparameters = {};
-    for (const f of form.fields) {
+    const o = current(), hyperparameters = {};
+    for (const f of [...form.fields, ...o.fields]) {
       const value = $(`f-${f.name}`).value;
       if (value !== "" && f.name !== "seed") hyperparameters[f.name] = Number(value);
     }
     const seed = $("f-seed").value, suffix = $("f-suffix").value;
     try {
+      const method = o.name === "grpo" ? { type: o.method, [o.method]: { grader: readGrader(), hyperparameters } }
+        : { type: o.method, [o.method]: { hyperparameters } };
       const job = await post("/v1/fine_tuning/jobs", { model: health.model, training_file: $("f-file").value,
-        hyperparameters, ...(seed !== "" ? { seed: Number(seed) } : {}), ...(suffix ? { suffix } : {}) });
+        method, ...(seed !== "" ? { seed: Number(seed) } : {}), ...(suffix ? { suffix } : {}) });
       location.hash = `#/job/${job.id}`;
     } catch (err) { $("train-error").textContent = err.message; }
   };
@@ -137,7 +164,7 @@ async function trainPage(_, params) {
 function jobPage(jobId) {
   render(`<h1>Job <code>${esc(jobId)}</code></h1><div id="job" aria-live="polite"></div>
     <div class="row"><button id="cancel" class="secondary" hidden>Cancel</button></div>
-    <h2>Loss</h2><div id="curve"></div><h2>Forgetting probes</h2><div id="probes"></div>
+    <h2 id="curve-title">Loss</h2><div id="curve"></div><h2>Forgetting probes</h2><div id="probes"></div>
     <h2>Events</h2><ol id="events" reversed></ol>`);
   $("cancel").onclick = () => post(`/v1/fine_tuning/jobs/${jobId}/cancel`, {}).catch(failed);
   poll(async () => {
@@ -155,8 +182,15 @@ function jobPage(jobId) {
         <a href="#/play?model=${encodeURIComponent(job.fine_tuned_model)}">Chat with ${esc(job.fine_tuned_model)}</a> ·
         <a href="#/export/${jobId}">Export</a></p>` : ""}`;
     $("cancel").hidden = !ACTIVE.includes(job.status);
-    $("curve").innerHTML = chart([{ name: "training loss", cls: "train", points: steps.map((e) => [e.data.step, e.data.train_loss]) },
-                                  { name: "validation loss", cls: "valid", points: valid.map((e) => [e.data.step, e.data.valid_loss]) }]);
+    if (job.method.type === "reinforcement") { // GRPO's loss says little: its rewards are the curve
+      const held = events.filter((e) => e.data && e.data.reward_sampled !== undefined);
+      $("curve-title").textContent = "Reward";
+      $("curve").innerHTML = chart([{ name: "sampled reward", cls: "train", points: steps.map((e) => [e.data.step, e.data.reward]) },
+                                    { name: "held-out reward", cls: "valid", points: held.map((e) => [e.data.step, e.data.reward]) }]);
+    } else {
+      $("curve").innerHTML = chart([{ name: "training loss", cls: "train", points: steps.map((e) => [e.data.step, e.data.train_loss]) },
+                                    { name: "validation loss", cls: "valid", points: valid.map((e) => [e.data.step, e.data.valid_loss]) }]);
+    }
     const probes = events.filter((e) => e.data && e.data.within_budget !== undefined && e.data.probes);
     $("probes").innerHTML = probes.length ? `<ul>${probes.map((e) => `<li class="${e.data.within_budget ? "ok" : "error"}">
       ${esc(e.message)}</li>`).join("")}</ul>` : `<p class="muted">None measured during this run.</p>`;
@@ -175,14 +209,14 @@ async function runsPage(_, params) {
     return;
   }
   render(`<h1>Runs</h1><table><thead><tr><th>Pick</th><th>Job</th><th>Model</th><th>Status</th>
-    <th>Held-out loss, base → tuned</th><th>Forgetting budget</th><th>Pages</th></tr></thead><tbody>${jobs.data.map((j) => {
-      const s = (runs[j.id] || {}).summary;
+    <th>Held-out loss (grpo: reward), base → tuned</th><th>Forgetting budget</th><th>Pages</th></tr></thead><tbody>${jobs.data.map((j) => {
+      const s = (runs[j.id] || {}).summary, sign = j.method.type === "reinforcement" ? -1 : 1;
       const budget = !s ? "–" : s.within_budget === null || s.within_budget === undefined ? "not measured"
         : s.within_budget ? `<span class="ok">within</span>` : `<span class="error">over</span>`;
       return `<tr><td><input type="checkbox" class="pick" value="${j.id}" aria-label="pick ${j.id}"></td>
         <td><a href="#/job/${j.id}">${j.id}</a></td><td>${esc(j.fine_tuned_model || j.model)}</td>
         <td class="${j.status === "failed" ? "error" : ""}">${j.status}</td>
-        <td class="num">${s ? `${fmt(s.base_val_loss)} → ${fmt(s.final_val_loss)}` : "–"}</td><td>${budget}</td>
+        <td class="num">${s ? `${fmt(sign * s.base_val_loss)} → ${fmt(sign * s.final_val_loss)}` : "–"}</td><td>${budget}</td>
         <td>${j.status === "succeeded" ? `<a href="#/report/${j.id}">report</a> · <a href="#/compare/${j.id}">compare</a>
           · <a href="#/export/${j.id}">export</a>` : ""}</td></tr>`;
     }).join("")}</tbody></table>
