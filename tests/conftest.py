@@ -4,12 +4,20 @@ built from a config in a temporary directory (offline, ~1 s)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    # `make test` runs the suite in several processes (pytest-xdist): each gets its share of the cores
+    # for torch's threads, and so do the processes it starts (they inherit the variable). Two workers of
+    # two threads each on two cores stall: OpenMP's threads wait for each other at every operation.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // workers))
 
 # SmolLM2's template, default system prompt included, so tests see what the default model does.
 CHATML = (
