@@ -19,7 +19,16 @@ from .judge import Judge, JudgeError, ask_judge, judge_body, read_score
 from .limits import GraderLimits
 from .sandbox import PythonSandbox
 from .similarity import similarity
-from .spec import Grader, JsonSchemaCheck, MultiGrader, PythonGrader, ScoreModel, StringCheck, TextSimilarity
+from .spec import (
+    Grader,
+    JsonSchemaCheck,
+    MultiGrader,
+    PythonGrader,
+    ScoreModel,
+    StringCheck,
+    TextSimilarity,
+    graders_in,
+)
 from .templates import MissingField, render
 
 
@@ -77,7 +86,7 @@ class GradingSession:
         `limits.judge_concurrency` rows at once (the judge's latency, not our CPU, is the cost),
         unless it also holds a python grader, whose one process grades one row at a time."""
         rows = list(rows)
-        kinds = {type(g) for g in _graders_in(self.grader)}
+        kinds = {type(g) for g in graders_in(self.grader)}
         if ScoreModel not in kinds or PythonGrader in kinds or self.limits.judge_concurrency == 1 or len(rows) < 2:
             return [self.grade(sample, item) for sample, item in rows]
         with ThreadPoolExecutor(self.limits.judge_concurrency) as pool:
@@ -189,11 +198,6 @@ def _schema_check(grader: JsonSchemaCheck, text: str) -> tuple[float, list[str]]
     validator = validator_for(grader.schema)(grader.schema)
     problems = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
     return (0.0, [f"{p.json_path}: {p.message}" for p in problems[:5]]) if problems else (1.0, [])
-
-
-def _graders_in(grader: Grader) -> list[Grader]:
-    """The grader and, for a multi grader, its sub-graders."""
-    return [grader, *(g for _, g in grader.graders)] if isinstance(grader, MultiGrader) else [grader]
 
 
 def _threshold(grader: Grader) -> float | None:

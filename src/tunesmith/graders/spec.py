@@ -97,6 +97,11 @@ class MultiGrader:
 Grader = Union[StringCheck, TextSimilarity, PythonGrader, ScoreModel, JsonSchemaCheck, MultiGrader]
 
 
+def graders_in(grader: Grader) -> list[Grader]:
+    """The grader and, for a multi grader, its sub-graders."""
+    return [grader, *(g for _, g in grader.graders)] if isinstance(grader, MultiGrader) else [grader]
+
+
 def load_grader(path: str | Path, limits: GraderLimits = GraderLimits()) -> Grader:
     """The grader in a JSON file; GraderError naming the file, each JSON path and its fix."""
     return parse_grader(read_grader_spec(path), str(path), limits)

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import GraderError
-from ..graders import Grader, GradeResult, GraderLimits, Judge, grade, make_sample, parse_grader
+from ..graders import Grader, GradeResult, GraderLimits, Judge, grade, graders_in, make_sample, parse_grader
 from ..graders.spec import MultiGrader, PythonGrader, ScoreModel
 from ..web.bodies import read_json
 from ..web.errors import RequestError
@@ -120,8 +120,4 @@ def _flag(errors: dict[str, Any], grader: Grader, error: str) -> None:
     else:
         errors["other_error"] = True
 
-
-def graders_in(grader: Grader) -> list[Grader]:
-    """The grader and a multi grader's sub-graders."""
-    return [grader, *(g for _, g in grader.graders)] if isinstance(grader, MultiGrader) else [grader]
 

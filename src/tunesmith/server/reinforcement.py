@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ..graders import graders_in
 from ..graders.spec import ScoreModel
 from ..web.errors import RequestError
-from .graders import check_grader, graders_in
+from .graders import check_grader
 
 REASONING_EFFORTS = ("default", "low", "medium", "high")
 

@@ -58,16 +58,15 @@ def open_reward_task(config: TrainConfig, tokenizer: Any, data: PreparedData,
     inline, so that the run's config.yaml holds the grader it trained on."""
     from ..data.issues import DataError
     from ..data.render import end_of_turn_ids, pad_id
-    from ..graders import GradingSession, check_rows, parse_grader, read_grader_spec
-    from ..graders.spec import MultiGrader, ScoreModel
+    from ..graders import GradingSession, check_rows, graders_in, parse_grader, read_grader_spec
+    from ..graders.spec import ScoreModel
 
     if processes > 1:
         raise ConfigError("objective grpo trains in one process for now: run `tunesmith train` without "
                           "torchrun / accelerate launch")
     spec = read_grader_spec(config.grader) if isinstance(config.grader, str) else config.grader
     grader = parse_grader(spec, config.grader if isinstance(config.grader, str) else "grader")
-    subs = [g for _, g in grader.graders] if isinstance(grader, MultiGrader) else []
-    if any(isinstance(g, ScoreModel) for g in (grader, *subs)):  # each sample would score 0, teaching nothing
+    if any(isinstance(g, ScoreModel) for g in graders_in(grader)):  # each sample would score 0, teaching nothing
         raise ConfigError("grader: a score_model grader needs a judge, which train cannot be given yet; train "
                           "with string_check, text_similarity, python or json_schema graders")
     rows = [(*_file_line(source), item) for source, item in data.items.items()]
