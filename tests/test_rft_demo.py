@@ -25,7 +25,7 @@ def built():
 
 def test_every_faq_row_is_a_prompt_ending_in_a_user_turn_with_the_graders_fields(built):
     prompts, answers = built
-    assert len(prompts) == len(answers) == 503
+    assert len(prompts) == len(answers) == 497  # the FAQ's 503 rows, its 6 repeated questions once
     assert all(row["messages"][-1]["role"] == "user" for row in prompts)
     assert all(json.loads(row["messages"][-1]["content"]) == {"team": row["team"], "source": row["source"]}
                for row in answers)

@@ -4,7 +4,10 @@ base -> tuned. Tiny random model, fp32, a few short steps each."""
 
 from __future__ import annotations
 
+import json
 import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -60,9 +63,56 @@ def test_a_judge_grader_is_refused_before_anything_trains(tmp_path, tiny_model_d
              "input": [{"role": "user", "content": "Score {{sample.output_text}} from 0 to 1."}]}
     out = tmp_path / "run"
     config = load_config(None, {**grpo_config(tmp_path, tiny_model_dir), "output": str(out), "grader": judge})
-    with pytest.raises(ConfigError, match="score_model grader needs a judge"):
+    with pytest.raises(ConfigError, match="'judge' needs a judge: set grpo.judge_url"):
         train(config, show_progress=False)
     assert not out.exists()
+    with pytest.raises(ConfigError, match="'grpo.judge_url' must be an http"):
+        load_config(None, {"data": "d.jsonl", "objective": "grpo", "grader": judge, "grpo": {"judge_url": "localhost"}})
+
+
+class _LengthJudge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible judge that scores an answer by its length (0.1 a character, at most 1)."""
+
+    seen: list[tuple[dict, str | None]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _LengthJudge.seen.append((body, self.headers.get("Authorization")))
+        answer = body["messages"][-1]["content"].split("ANSWER:", 1)[1]
+        reply = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant",
+                                                                  "content": str(min(1.0, 0.1 * len(answer)))}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply.encode())
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_judge_grader_trains_with_the_judge_the_config_names(tmp_path, tiny_model_dir, monkeypatch):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LengthJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("TUNESMITH_JUDGE_API_KEY", "sk-judge")
+    judge = {"type": "score_model", "name": "judge", "model": "gpt-judge", "range": [0, 1],
+             "input": [{"role": "user", "content": "Score from 0 to 1. ANSWER:{{sample.output_text}}"}]}
+    out = tmp_path / "run"
+    url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        train(load_config(None, {**grpo_config(tmp_path, tiny_model_dir), "output": str(out), "grader": judge,
+                                 "grpo": {"group_size": 4, "max_completion_tokens": 6, "judge_url": url,
+                                          "judge_model": "served-run"}, "max_steps": 1}), show_progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    steps = [r for r in RunDir(out).metrics() if "loss" in r]
+    # the step's 4 prompts x 4 samples, and the 4 held-out prompts' greedy and sampled answers at steps 0 and 1
+    assert len(_LengthJudge.seen) == 4 * 4 + 2 * (4 + 4)
+    assert {auth for _, auth in _LengthJudge.seen} == {"Bearer sk-judge"}
+    assert {body["model"] for body, _ in _LengthJudge.seen} == {"served-run"}
+    assert 0 < steps[0]["reward"] <= 1  # the judge's scores, not 0 for every sample
+    assert RunDir(out).config().grpo.judge_url == url and "sk-judge" not in (out / "config.yaml").read_text()
 
 
 def test_rows_lacking_a_field_the_grader_reads_are_named_before_anything_trains(tmp_path, tiny_model_dir):

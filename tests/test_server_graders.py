@@ -240,14 +240,35 @@ def test_bad_reinforcement_requests_are_400s_naming_the_field(servers, tmp_path)
     refused = create(LENGTH)
     assert refused["code"] == "python_graders_disabled" and "--allow-python-graders" in refused["message"]
     assert create({**CITY, "operation": "x"})["param"] == "method.reinforcement.grader"
-    judged = create({"type": "multi", "name": "m", "calculate_output": "judge", "graders": {"judge": JUDGED}})
-    assert judged["param"] == "method.reinforcement.grader" and "score_model grader 'judge'" in judged["message"]
     assert create(CITY, {"eval_interval": 0})["param"] == "method.reinforcement.hyperparameters.eval_interval"
     assert create(CITY, {"reasoning_effort": "max"})["param"] == "method.reinforcement.hyperparameters.reasoning_effort"
     assert create(CITY, {"beta": 0.1})["param"] == "method.reinforcement.hyperparameters.beta"
     assert create(CITY, tools=[])["param"] == "method.reinforcement.tools"
     assert create(None)["param"] == "method.reinforcement.grader"
     assert len(client.fine_tuning.jobs.list().data) == before  # nothing stored
+
+
+def test_a_score_model_job_trains_with_the_servers_judge_and_is_refused_without_one(servers, tmp_path):
+    import openai
+
+    judged = {"type": "multi", "name": "m", "calculate_output": "judge", "graders": {"judge": JUDGED}}
+    without = client_of(servers["python"])  # started without --judge-url
+    with pytest.raises(openai.BadRequestError) as refused:
+        without.fine_tuning.jobs.create(model="tiny-model0", training_file=rft_upload(without, tmp_path).id,
+                                        method={"type": "reinforcement", "reinforcement": {"grader": judged}})
+    assert refused.value.body["param"] == "method.reinforcement.grader"
+    assert "'judge' needs a judge" in refused.value.body["message"] and "--judge-url" in refused.value.body["message"]
+    client, seen = client_of(servers["plain"]), len(_Judge.seen)
+    job = client.fine_tuning.jobs.create(model="tiny-model0", training_file=rft_upload(client, tmp_path).id, method={
+        "type": "reinforcement", "reinforcement": {"grader": judged, "hyperparameters": {"n_epochs": 1,
+                                                                                         "batch_size": 18}}})
+    done = wait_for(lambda: finished(client, job.id), timeout=300)
+    assert done.status == "succeeded", done.error
+    asked = _Judge.seen[seen:]  # 18 prompts x 2 samples, and the 2 held-out prompts greedy and sampled, twice
+    assert len(asked) == 18 * 2 + 2 * (2 + 2) and {auth for _, auth in asked} == {"Bearer sk-judge"}
+    run = servers["homes"]["plain"] / "runs" / job.id
+    assert yaml.safe_load((run / "config.yaml").read_text())["grpo"]["judge_url"].endswith("/v1")
+    assert "sk-judge" not in (run / "config.yaml").read_text()  # the key reaches the worker, not the run's files
 
 
 def test_a_python_grader_job_is_accepted_with_the_flag_and_refused_by_a_server_without_it(servers, tmp_path):

@@ -323,3 +323,29 @@ def test_forward_tokens_default_splits_on_cpu_only():
     assert config.forward_token_limit("cpu") == 1024 and config.forward_token_limit("cuda") is None
     assert load_config(None, {"data": "x.jsonl", "forward_tokens": 0}).forward_token_limit("cpu") is None
     assert load_config(None, {"data": "x.jsonl", "forward_tokens": 300}).forward_token_limit("cuda") == 300
+
+
+def test_init_from_starts_the_adapter_from_a_finished_runs_adapter(tiny_run, tiny_model_dir, tmp_path):
+    """The new run's adapter begins as the earlier run's (its lora_B randomised, so not zero): after one
+    step at a vanishing rate the saved adapter is still that one. A run that differs is refused, naming
+    the key and the fix, before anything is written."""
+    from safetensors.torch import load_file
+
+    settings = {"data": str(tiny_run.parent / "tiny-lora-faq.jsonl"), "model": str(tiny_model_dir), "max_steps": 1,
+                "batch_size": 4, "lr": 1e-9, "warmup_ratio": 0, "forgetting": {"measure_during_training": False}}
+    train(load_config(None, {**settings, "output": str(tmp_path / "next"), "init_from": str(tiny_run)}),
+          show_progress=False)
+    started, earlier = (load_file(run / "adapter" / "adapter_model.safetensors")
+                        for run in (tmp_path / "next", tiny_run))
+    assert started.keys() == earlier.keys()
+    assert all(torch.allclose(started[k], earlier[k], atol=1e-6) for k in earlier)
+    assert any("lora_B" in k and earlier[k].abs().max() > 0.1 for k in earlier)  # not the zero init of a fresh run
+    with pytest.raises(ConfigError, match=r"was trained with lora.r 16, this run has 4: set lora.r: 16"):
+        train(load_config(None, {**settings, "output": str(tmp_path / "r4"), "init_from": str(tiny_run),
+                                 "lora": {"r": 4}}), show_progress=False)
+    assert not (tmp_path / "r4").exists()
+    with pytest.raises(ConfigError, match="'init_from' must be a finished run with an adapter"):
+        train(load_config(None, {**settings, "output": str(tmp_path / "nowhere"), "init_from": str(tmp_path)}),
+              show_progress=False)
+    with pytest.raises(ConfigError, match="'init_from' starts an adapter .* method is full"):
+        load_config(None, {**settings, "method": "full", "init_from": str(tiny_run)})

@@ -130,12 +130,14 @@ def main() -> None:
                 helps={"output": "Run directory (default runs/<data-name>-<timestamp>)."})
 @click.option("--knowledge",
               help=f"Train with passages retrieved from this {KNOWLEDGE_HELP} (RAFT; sets retrieval.knowledge).")
+@click.option("--judge-url", help="objective grpo with a score_model grader: the judge's OpenAI-compatible /v1 URL "
+                                   "(sets grpo.judge_url; its key from TUNESMITH_JUDGE_API_KEY).")
 @click.option("--resume", help="Continue a run: RUN, RUN/checkpoints/step-N, or 'auto' (the output dir's newest).")
 @click.option("--force", is_flag=True, help="With --resume: continue even if the config or data changed.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
-def train_command(source: str | None, overrides: dict[str, Any], knowledge: str | None, resume: str | None, force: bool,
-                  overwrite: bool, no_progress: bool) -> None:
+def train_command(source: str | None, overrides: dict[str, Any], knowledge: str | None, judge_url: str | None,
+                  resume: str | None, force: bool, overwrite: bool, no_progress: bool) -> None:
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
@@ -149,6 +151,10 @@ def train_command(source: str | None, overrides: dict[str, Any], knowledge: str 
         config = RunDir.open(checkpoint_run(resume)).config(overrides)
     else:
         config = _load_source(source, overrides)
+    if judge_url:
+        import dataclasses
+
+        config = dataclasses.replace(config, grpo=dataclasses.replace(config.grpo, judge_url=judge_url))
     result = train(with_knowledge(config, knowledge), overwrite=overwrite, console=console,
                    show_progress=not no_progress, resume=resume, force=force)
     end_processes()  # this command owns the process: close its group cleanly (not on errors)

@@ -174,6 +174,11 @@ class TrainConfig:
     grader: str | dict[str, Any] | None = None
     """objective grpo: the grader that scores each sampled answer, in OpenAI's JSON format (docs/graders.md):
     a .json file, or the grader itself as a mapping. The run's saved config holds it inline."""
+    init_from: str | None = None
+    """A finished run whose adapter this run's adapter starts from instead of zero (lora, dora, qlora):
+    e.g. GRPO after an SFT run taught the answer's form (docs/rft.md). Its model, method family and
+    adapter shape must be this run's; the base of the probes, the budget and DPO/GRPO's reference stays
+    `model` itself, so forgetting counts from the untuned model. Relative to the config file."""
     output: str | None = None
     """Run directory; None gives runs/<data-name>-<timestamp>."""
     epochs: float | None = None
@@ -269,6 +274,12 @@ class TrainConfig:
         require(self.objective == "sft" or self.forgetting.replay_fraction == 0, "forgetting.replay_fraction",
                f"must be 0 with objective {self.objective}: replayed text has "
                f"{'no grader to score it' if self.objective == 'grpo' else 'no rejected side to compare'}")
+        require(self.init_from is None or self.method in ("lora", "dora", "qlora"), "init_from",
+                f"starts an adapter from a run's adapter, and method is {self.method}: use method lora or dora, or "
+                "for full fine-tuning set model to the run's merged model (tunesmith export RUN --format merged)")
+        require(self.grpo.sampler != "vllm" or self.method in ("lora", "qlora"), "grpo.sampler",
+                f"vllm takes the policy as a LoRA adapter, and method is {self.method}: use method lora, or "
+                "grpo.sampler: transformers")
         require(self.objective != "grpo" or self.grader is not None, "grader",
                 "is required with objective grpo: the OpenAI-format grader that scores the sampled answers "
                 "(grader: GRADER.json in the config, or --grader GRADER.json)")
@@ -382,7 +393,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         path = Path(path)
         raw = {k: v for k, v in read_config_file(path).items() if k not in COMMAND_SECTIONS}
         # Relative data paths in a config file are relative to the file, so configs can travel.
-        raw.update({key: _beside(path, raw[key]) for key in ("data", "eval", "system_prompt", "grader") if key in raw})
+        raw.update({key: _beside(path, raw[key]) for key in ("data", "eval", "system_prompt", "grader", "init_from")
+                    if key in raw})
         for name, key in (("forgetting", "probes"), ("retrieval", "knowledge")):
             section = raw.get(name)
             if isinstance(section, dict) and key in section:

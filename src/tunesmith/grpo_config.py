@@ -3,15 +3,20 @@ clipped loss and its normalisation. docs/rft.md says which GRPO variant the defa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from .errors import require
 
 LossType = Literal["dapo", "grpo", "bnpo", "dr_grpo"]
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 RewardScaling = Literal["none", "group", "batch"]
+SamplerName = Literal["auto", "transformers", "vllm"]
+SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 REWARD_SCALINGS: tuple[str, ...] = get_args(RewardScaling)
+JUDGE_KEY_ENV = "TUNESMITH_JUDGE_API_KEY"
+"""Where a score_model judge's key comes from (as `tunesmith grade --judge-api-key` reads it)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,19 @@ class GrpoConfig:
     num_iterations: int = 1
     """Optimizer steps on each batch of samples (GRPO's mu). Above 1 the later steps are off-policy and
     the clip matters; 1 samples afresh for every step, as TRL's default."""
+    sampler: SamplerName = "auto"
+    """What draws a step's samples: transformers (the project's batched decoder, seeded per completion;
+    everywhere), vllm (vLLM on an NVIDIA GPU, the policy's LoRA adapter handed over at every step;
+    lora and qlora only, since vLLM serves no DoRA), or auto: vllm where CUDA is there, vllm is
+    installed and the method is lora or qlora, else transformers. Never required."""
+    judge_url: str | None = None
+    """The OpenAI-compatible base URL (e.g. http://127.0.0.1:8000/v1, `tunesmith serve RUN`'s) that a
+    score_model grader asks for each sample's score, in training and in `tunesmith eval`. Its key, if
+    it needs one, comes from the environment (TUNESMITH_JUDGE_API_KEY), never from the config, since the
+    run's config.yaml is written out. None: a score_model grader is refused before anything trains."""
+    judge_model: str | None = None
+    """Model id sent to the judge instead of each score_model grader's `model` (`tunesmith serve` names
+    its model after the run)."""
 
     def __post_init__(self) -> None:
         require(self.group_size >= 2, "grpo.group_size",
@@ -81,7 +99,18 @@ class GrpoConfig:
                 f"must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
         require(self.scale_rewards in REWARD_SCALINGS, "grpo.scale_rewards",
                 f"must be one of {', '.join(REWARD_SCALINGS)}, got {self.scale_rewards!r}")
+        require(self.judge_url is None or str(self.judge_url).startswith(("http://", "https://")), "grpo.judge_url",
+                f"must be an http:// or https:// URL (an OpenAI-compatible server's /v1), got {self.judge_url!r}")
+        require(self.sampler in SAMPLERS, "grpo.sampler", f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         require(self.num_iterations >= 1, "grpo.num_iterations", f"must be at least 1, got {self.num_iterations}")
+
+    def judge(self) -> Any:
+        """The graders.Judge these settings name (its key from TUNESMITH_JUDGE_API_KEY); None without a URL."""
+        from .graders import Judge
+
+        if self.judge_url is None:
+            return None
+        return Judge(self.judge_url, os.environ.get(JUDGE_KEY_ENV) or None, self.judge_model)
 
     @property
     def clip_high(self) -> float:

@@ -45,7 +45,7 @@ def reward_task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: C
     with view() as base:
         base_text = greedy_answers(base, tokenizer, prompts, max_new_tokens)
     tuned_text = greedy_answers(model, tokenizer, prompts, max_new_tokens)
-    with GradingSession(parse_grader(config.grader, "the run's grader")) as session:
+    with GradingSession(parse_grader(config.grader, "the run's grader"), config.grpo.judge()) as session:
         base_grades = session.grade_many((make_sample(t), row) for t, row in zip(base_text, rows))
         tuned_grades = session.grade_many((make_sample(t), row) for t, row in zip(tuned_text, rows))
     ones = np.ones(len(prompts))

@@ -1,10 +1,12 @@
 """Seeded sampling of several completions per prompt (GRPO's groups) through the project's batched
-decoder (`generate_batch`): the same seed gives the same completions, so a resumed run samples what
-the uninterrupted one did."""
+decoder (`generate_batch`), or through vLLM on a GPU (`VllmSampler`): the same seed gives the same
+completions, so a resumed run samples what the uninterrupted one did."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -28,7 +30,7 @@ class TokenSampler:
         self.temperature, self.top_p, self.seed = temperature, top_p, seed
 
     def __call__(self, rows: Sequence[int]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        seeds = [int(np.random.SeedSequence([self.seed, row]).generate_state(1)[0]) for row in rows]
+        seeds = completion_seeds(self.seed, rows)
         generators: list[torch.Generator] = []  # made on the logits' device at the first token
 
         def choose(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -81,6 +83,17 @@ def sample_completions(model: Any, prompt_ids: Sequence[list[int]], group_size: 
                              sampler=TokenSampler(temperature, top_p, seed))
     finally:
         model.train(was_training)
+    return completions_of(out, eos_ids, pad_id)
+
+
+def completion_seeds(seed: int, rows: Sequence[int]) -> list[int]:
+    """Each completion's own seed, from the call's seed and the completion's index: the same draws in
+    any batch, by either sampler."""
+    return [int(np.random.SeedSequence([seed, row]).generate_state(1)[0]) for row in rows]
+
+
+def completions_of(out: Sequence[list[int]], eos_ids: Sequence[int], pad_id: int) -> Completions:
+    """Completions from token-id lists, each already cut after its first end-of-turn token."""
     width = max(1, max(len(c) for c in out))
     ids = torch.full((len(out), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(out), width), dtype=torch.long)
@@ -90,3 +103,70 @@ def sample_completions(model: Any, prompt_ids: Sequence[list[int]], group_size: 
     ends = set(eos_ids)
     truncated = torch.tensor([not c or c[-1] not in ends for c in out])
     return Completions(ids, mask, truncated)
+
+
+Sampler = Callable[..., Completions]
+"""`sample_completions`' signature: (model, prompt_ids, group_size, temperature, top_p, max_new_tokens,
+eos_ids, pad_id, seed) -> Completions."""
+
+
+class VllmSampler:
+    """GRPO's samples drawn by vLLM (GPU), as serve's vLLM engine answers: the base loaded once with LoRA
+    enabled, and at every call the policy's adapter as it is now, saved to a fresh folder and passed as
+    a new LoRARequest (vLLM caches adapters by id, so each call's weights get their own). Each
+    completion is its own request with its own seed (`completion_seeds`, as `TokenSampler` seeds), so
+    a resumed run asks for what the uninterrupted one did; vLLM's kernels, not transformers', draw them,
+    so the two samplers' completions differ. The loss scores the samples under the training model."""
+
+    def __init__(self, model_path: str, lora_rank: int, memory_share: float = 0.3) -> None:
+        import importlib
+        import tempfile
+
+        try:
+            self.vllm = importlib.import_module("vllm")
+            self.lora_request = importlib.import_module("vllm.lora.request").LoRARequest
+        except ImportError:
+            from ..errors import ConfigError
+
+            raise ConfigError("config key 'grpo.sampler' is vllm, and the 'vllm' package is not installed: pip "
+                              "install vllm (Linux with an NVIDIA GPU), or set grpo.sampler: transformers") from None
+        # training shares the GPU: vLLM takes `memory_share` of it for its weights and KV cache
+        self.llm = self.vllm.LLM(model=model_path, enable_lora=True, max_lora_rank=lora_rank,
+                                 gpu_memory_utilization=memory_share)
+        self.folder = Path(tempfile.mkdtemp(prefix="tunesmith-vllm-policy-"))
+        self.calls = 0
+
+    def __call__(self, model: Any, prompt_ids: Sequence[list[int]], group_size: int, temperature: float,
+                 top_p: float, max_new_tokens: int, eos_ids: Sequence[int], pad_id: int, seed: int) -> Completions:
+        self.calls += 1
+        adapter = self.folder / f"policy-{self.calls}"
+        model.save_pretrained(str(adapter))  # peft: the adapter's weights and config only
+        prompts = [list(p) for p in prompt_ids for _ in range(group_size)]  # (N,) prompt-major
+        params = [self.vllm.SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                           seed=s, stop_token_ids=sorted(eos_ids))
+                  for s in completion_seeds(seed, range(len(prompts)))]
+        outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], params,
+                                    lora_request=self.lora_request(adapter.name, self.calls, str(adapter)),
+                                    use_tqdm=False)
+        shutil.rmtree(self.folder / f"policy-{self.calls - 1}", ignore_errors=True)  # loaded: the last one stays
+        ends = set(eos_ids)
+        out = []
+        for o in outputs:
+            ids = list(o.outputs[0].token_ids)
+            cut = next((k + 1 for k, t in enumerate(ids) if t in ends), len(ids))
+            out.append(ids[:cut])
+        return completions_of(out, eos_ids, pad_id)
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def vllm_wanted(choice: str, method: str) -> bool:
+    """Whether GRPO samples with vLLM: `grpo.sampler` vllm, or auto on a CUDA machine where vllm is
+    installed and the run trains a LoRA (vLLM takes the policy as a LoRA adapter, and serves no DoRA)."""
+    if choice != "auto":
+        return choice == "vllm"
+    import importlib.util
+
+    return (method in ("lora", "qlora") and torch.cuda.is_available()
+            and importlib.util.find_spec("vllm") is not None)

@@ -111,7 +111,7 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
     served = ServedJobs(model, tokenizer, base_id, chat, GenerationGate(chat.max_queued, chat.max_batch),
                         int(getattr(model.config, "max_position_embeddings", 0) or chat.max_prompt_tokens),
                         system_prompt=system_prompt, store=store, home=home.path)
-    scheduler = Scheduler(store, home.path, tokenizer, limits, settings.allow_python_graders)
+    scheduler = Scheduler(store, home.path, tokenizer, limits, settings.allow_python_graders, settings.judge_api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -139,8 +139,12 @@ def build_server_app(home: Home, settings: ServerSettings, model: Any, tokenizer
 
 def server_grader_routes(settings: ServerSettings) -> list[Route]:
     """graders/run and graders/validate with the server's flag and judge (server/graders.py)."""
-    judge = Judge(settings.judge_url, settings.judge_api_key, settings.judge_model) if settings.judge_url else None
-    return grader_routes(settings.allow_python_graders, judge, settings.serve_limits.max_body_bytes)
+    return grader_routes(settings.allow_python_graders, server_judge(settings), settings.serve_limits.max_body_bytes)
+
+
+def server_judge(settings: ServerSettings) -> Judge | None:
+    """The judge the server was started with (--judge-url), which every score_model grader asks."""
+    return Judge(settings.judge_url, settings.judge_api_key, settings.judge_model) if settings.judge_url else None
 
 
 def file_routes(home: Home, limits: ServerLimits) -> list[Route]:
@@ -199,7 +203,7 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
 
     async def create(request: Request) -> Response:
         body = await read_json(request, settings.serve_limits.max_body_bytes)
-        parsed = parse_job_request(body, (base_id,), settings.allow_python_graders)
+        parsed = parse_job_request(body, (base_id,), settings.allow_python_graders, settings.judge_url is not None)
         if store.count_jobs(("validating_files", "queued")) >= limits.max_queued_jobs:
             raise RequestError(429, f"{limits.max_queued_jobs} jobs are already waiting; retry when one has started",
                                code="queue_full")
@@ -214,7 +218,7 @@ def job_routes(home: Home, settings: ServerSettings, base_id: str) -> list[Route
         job_id = new_id("ftjob")
         try:
             config = job_config(parsed.to_dict(), settings.config, settings.model, paths["training_file"],
-                                paths["validation_file"], runs_dir(home.path) / job_id)
+                                paths["validation_file"], runs_dir(home.path) / job_id, server_judge(settings))
         except ConfigError as exc:
             raise RequestError(400, str(exc), "hyperparameters") from None
         store.add_job(job_id, parsed.to_dict(), {"train": config.to_dict(), "evaluate": settings.evaluate})

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainConfig, default_lr, load_config
+from ..graders import Judge
 from ..web.errors import RequestError
 from ..web.ids import id_pattern
 from .reinforcement import ReinforcementHyperparameters, reinforcement_grader, reinforcement_hyperparameters
@@ -46,9 +47,11 @@ class JobRequest:
                 "hyperparameters": self.hyperparameters, "grader": self.grader}
 
 
-def parse_job_request(body: dict[str, Any], model_ids: tuple[str, ...], allow_python: bool = False) -> JobRequest:
+def parse_job_request(body: dict[str, Any], model_ids: tuple[str, ...], allow_python: bool = False,
+                      judge: bool = False) -> JobRequest:
     """The body's fields checked; `model` must be one this server trains (its base model); a
-    reinforcement method's grader as graders/validate checks it (python only with `allow_python`)."""
+    reinforcement method's grader as graders/validate checks it (python only with `allow_python`,
+    score_model only where the server has a judge)."""
     model = body.get("model")
     if model not in model_ids:
         raise RequestError(400, f"model {model!r} cannot be fine-tuned here: this server trains "
@@ -64,7 +67,7 @@ def parse_job_request(body: dict[str, Any], model_ids: tuple[str, ...], allow_py
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
         raise RequestError(400, "'seed' must be a non-negative integer", "seed")
     method, hyperparameters = method_hyperparameters(body)
-    grader = reinforcement_grader(body["method"], allow_python) if method == "reinforcement" else None
+    grader = reinforcement_grader(body["method"], allow_python, judge) if method == "reinforcement" else None
     return JobRequest(model, body["training_file"], body.get("validation_file"), suffix, seed, method,
                       hyperparameters, grader)
 
@@ -131,13 +134,18 @@ def train_overrides(hyperparameters: dict[str, Any], base: TrainConfig, method: 
 
 
 def job_config(request: dict[str, Any], base: Path | None, model: str | None, data: Path, eval_data: Path | None,
-               output: Path) -> TrainConfig:
+               output: Path, judge: Judge | None = None) -> TrainConfig:
     """The TrainConfig of a job: the server's base config (`--config`, `--model`), then the job's
-    files, seed and hyperparameters, its run directory under --home."""
+    files, seed and hyperparameters, its run directory under --home; a reinforcement job grades its
+    score_model graders with the server's judge (its URL and model; the worker inherits the key)."""
     config = load_config(base, {"data": str(data), "eval": str(eval_data) if eval_data else None, "model": model,
                                 "output": str(output), "seed": request["seed"]})
-    return dataclasses.replace(config, **train_overrides(request["hyperparameters"], config,
-                                                         request.get("method", "supervised"), request.get("grader")))
+    config = dataclasses.replace(config, **train_overrides(request["hyperparameters"], config,
+                                                           request.get("method", "supervised"), request.get("grader")))
+    if judge is None or config.objective != "grpo":
+        return config
+    return dataclasses.replace(config, grpo=dataclasses.replace(config.grpo, judge_url=judge.base_url,
+                                                                judge_model=judge.model))
 
 
 def fine_tuned_name(job: dict[str, Any]) -> str:

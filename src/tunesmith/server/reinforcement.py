@@ -82,9 +82,10 @@ def reinforcement_hyperparameters(raw: Any, at: str = "method.reinforcement.hype
     return ReinforcementHyperparameters(**checked)
 
 
-def reinforcement_grader(method: dict[str, Any], allow_python: bool) -> dict[str, Any]:
+def reinforcement_grader(method: dict[str, Any], allow_python: bool, judge: bool = False) -> dict[str, Any]:
     """The reinforcement section's grader, checked as graders/validate checks it (a 400 at its path,
-    or naming the flag for a python grader the server does not allow); the spec as sent."""
+    or naming the flag for a python grader the server does not allow; a score_model grader where the
+    server has no judge, `judge` False); the spec as sent."""
     section = method.get("reinforcement")
     if not isinstance(section, dict):
         raise RequestError(400, "'method.reinforcement' must be an object with a 'grader' (and 'hyperparameters')",
@@ -95,11 +96,11 @@ def reinforcement_grader(method: dict[str, Any], allow_python: bool) -> dict[str
                                 "use grader, hyperparameters", f"method.reinforcement.{unknown[0]}")
     grader = check_grader(section.get("grader"), allow_python, "method.reinforcement.grader")
     judged = [g.name for g in graders_in(grader) if isinstance(g, ScoreModel)]
-    if judged:  # train refuses it too (training/rft.py): every sample would score 0
-        raise RequestError(400, f"score_model grader {judged[0]!r} cannot train yet: training cannot be given a "
-                                "judge; train with string_check, text_similarity, python or json_schema graders "
-                                "(graders/run grades with score_model)", "method.reinforcement.grader",
-                           "invalid_grader")
+    if judged and not judge:  # train refuses it too (training/rft.py): every sample would score 0
+        raise RequestError(400, f"score_model grader {judged[0]!r} needs a judge, and this server was started "
+                                "without one: start it with --judge-url (an OpenAI-compatible /v1, e.g. `tunesmith "
+                                "serve RUN`'s), or train with string_check, text_similarity, python or json_schema "
+                                "graders", "method.reinforcement.grader", "invalid_grader")
     return section["grader"]
 
 

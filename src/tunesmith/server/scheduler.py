@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..grpo_config import JUDGE_KEY_ENV
 from ..settings import ServerLimits
 from ..web.children import Children, log_tail
 from ..web.ids import new_id
@@ -29,10 +30,12 @@ class Scheduler:
     """Owns the worker process; `start` runs the loop in a daemon thread, `stop` ends both."""
 
     def __init__(self, store: Store, home: Path, tokenizer: Any, limits: ServerLimits,
-                 allow_python_graders: bool = False) -> None:
+                 allow_python_graders: bool = False, judge_api_key: str | None = None) -> None:
         self.store, self.home, self.tokenizer, self.limits = store, home, tokenizer, limits
         self.allow_python_graders = allow_python_graders
         """Whether a job's python grader may run: a job created by a server with the flag is refused by one without."""
+        self.worker_env = {JUDGE_KEY_ENV: judge_api_key} if judge_api_key else {}
+        """The judge's key, for a job's score_model graders: given to the worker, never written in its config."""
         self.workers: Children[str] = Children(STOP_WAIT_S)
         """At most one: the running job's, keyed by its id."""
         self.job_id: str | None = None
@@ -95,7 +98,8 @@ class Scheduler:
             self._event(job_id, refused["message"], level="error")
             return
         self._event(job_id, "Fine-tuning job started")
-        self.workers.start(job_id, "tunesmith.commands.job", [str(self.home), job_id], log_path(self.home, job_id))
+        self.workers.start(job_id, "tunesmith.commands.job", [str(self.home), job_id], log_path(self.home, job_id),
+                           env=self.worker_env)
         self.job_id, self.signalled = job_id, False
 
     def _finish(self, code: int) -> None:

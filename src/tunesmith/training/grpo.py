@@ -19,7 +19,7 @@ import torch
 
 from ..data import IGNORE
 from ..grpo_config import GrpoConfig
-from ..inference.sample import Completions, sample_completions
+from ..inference.sample import Completions, Sampler, sample_completions
 from .batching import Batch, token_log_probs
 
 RewardFunction = Callable[[list[str], list[Any]], Sequence[float]]
@@ -117,12 +117,12 @@ def completion_log_probs(model: Any, prompt_ids: Sequence[list[int]], completion
 
 def roll_out(model: Any, prompt_ids: Sequence[list[int]], rows: Sequence[Any], reward: RewardFunction,
              tokenizer: Any, settings: GrpoConfig, eos_ids: Sequence[int], pad_id: int, seed: int,
-             device: torch.device, reference: Reference | None = None) -> Rollout:
+             device: torch.device, reference: Reference | None = None, sample: Sampler = sample_completions) -> Rollout:
     """Sample `group_size` completions of each prompt (seeded: the step's seed gives the step's
     samples), reward their text (special tokens dropped) with `reward`, and compute their advantages;
     the base's log-probabilities when beta > 0 (`reference` enters it), the sampling policy's when the
-    samples serve several iterations."""
-    completions = sample_completions(model, prompt_ids, settings.group_size, settings.temperature, settings.top_p,
+    samples serve several iterations. `sample` draws them: the batched decoder, or a `VllmSampler`."""
+    completions = sample(model, prompt_ids, settings.group_size, settings.temperature, settings.top_p,
                                      settings.max_completion_tokens, eos_ids, pad_id, seed)
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completions.lists()]
     repeated = [row for row in rows for _ in range(settings.group_size)]

@@ -124,9 +124,9 @@ class Objective:
         return lambda inner: base_view(inner, self.base_copy)
 
     def close(self) -> None:
-        """Stop what the objective started: GRPO's python graders' processes, its judge's client."""
+        """Stop what the objective started: GRPO's python graders' processes, its judge's client, its vLLM folder."""
         if self.rewards is not None:
-            self.rewards.grading.close()
+            self.rewards.close()
 
     def trained_tokens(self, batch: Batch) -> int:
         """The tokens a micro-batch trains, which size the KL term's general text (forgetting.kl_tokens

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..evaluation.bootstrap import bootstrap_ci
 from ..grpo_config import GrpoConfig
 from ..inference.decode import generate_batch
-from ..inference.sample import sample_completions
+from ..inference.sample import Sampler, VllmSampler, sample_completions, vllm_wanted
 from ..model.precision import autocast
 from .batching import Batch
 from .grpo import RewardFunction, Rollout, StepTotals, grader_reward, grpo_loss, roll_out, rollout_metrics, step_seed
@@ -46,6 +46,14 @@ class RewardTask:
     """The run's seed; step k samples with step_seed(seed, k)."""
     grading: Any
     """The open graders.GradingSession behind `reward` (python graders' processes): closed when train ends."""
+    sample: Sampler = sample_completions
+    """What draws the step's samples: the batched decoder, or a VllmSampler (grpo.sampler)."""
+
+    def close(self) -> None:
+        """End what grading and sampling started: python graders' processes, the judge's client, vLLM's folder."""
+        self.grading.close()
+        if isinstance(self.sample, VllmSampler):
+            self.sample.close()
 
     def rows(self, batch: Batch) -> list[dict[str, Any]]:
         return [self.items.get(source, {}) for source in batch.sources]
@@ -66,17 +74,24 @@ def open_reward_task(config: TrainConfig, tokenizer: Any, data: PreparedData,
                           "torchrun / accelerate launch")
     spec = read_grader_spec(config.grader) if isinstance(config.grader, str) else config.grader
     grader = parse_grader(spec, config.grader if isinstance(config.grader, str) else "grader")
-    if any(isinstance(g, ScoreModel) for g in graders_in(grader)):  # each sample would score 0, teaching nothing
-        raise ConfigError("grader: a score_model grader needs a judge, which train cannot be given yet; train "
-                          "with string_check, text_similarity, python or json_schema graders")
+    judged = [g.name for g in graders_in(grader) if isinstance(g, ScoreModel)]
+    if judged and config.grpo.judge_url is None:  # each sample would score 0, teaching nothing
+        raise ConfigError(f"grader: score_model grader {judged[0]!r} needs a judge: set grpo.judge_url to an "
+                          "OpenAI-compatible server's /v1 (e.g. `tunesmith serve RUN`'s, or --judge-url on train), "
+                          "its key in TUNESMITH_JUDGE_API_KEY")
     rows = [(*_file_line(source), item) for source, item in data.items.items()]
     issues = check_rows(grader, rows)
     if issues:
         raise DataError(issues)
-    grading = GradingSession(grader)
+    grading = GradingSession(grader, config.grpo.judge())
+    sample = sample_completions
+    if vllm_wanted(config.grpo.sampler, config.method):
+        from ..model.tokenizer import resolve_model_path
+
+        sample = VllmSampler(resolve_model_path(config.model), config.lora.r)
     return replace(config, grader=spec), RewardTask(
         config.grpo, grader_reward(grading), tokenizer, data.items, sorted(end_of_turn_ids(tokenizer)),
-        pad_id(tokenizer), config.seed, grading)
+        pad_id(tokenizer), config.seed, grading, sample)
 
 
 def _file_line(source: str) -> tuple[str, int]:
@@ -129,7 +144,7 @@ def group_loss(task: RewardTask, model: Any, batches: list[Batch], step: int, de
     settings = task.settings
     with autocast(device, dtype):
         rollout = roll_out(model, prompts, rows, task.reward, task.tokenizer, settings, task.eos_ids, task.pad_id,
-                           step_seed(task.seed, step), device, reference)
+                           step_seed(task.seed, step), device, reference, task.sample)
     pieces, start = [], 0
     for batch in batches:
         stop = start + len(batch.sources) * settings.group_size

@@ -28,13 +28,15 @@ class Children(Generic[Key]):
         """On `stop`, how long a child has after SIGTERM (to save a checkpoint) before it is killed."""
         self.live: dict[Key, subprocess.Popen[bytes]] = {}
 
-    def start(self, key: Key, module: str, args: list[str], log: Path, append: bool = True) -> None:
+    def start(self, key: Key, module: str, args: list[str], log: Path, append: bool = True,
+              env: dict[str, str] | None = None) -> None:
         """Run `python -m module *args SERVER_PID`, its stdout and stderr into `log` (appended across
-        restarts, or started afresh)."""
+        restarts, or started afresh), with `env` added to this process's environment."""
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab" if append else "wb") as out:  # the child has its own copy of the descriptor
             self.live[key] = subprocess.Popen([sys.executable, "-m", module, *args, str(os.getpid())],
-                                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+                                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                              env={**os.environ, **env} if env else None)
 
     def __contains__(self, key: object) -> bool:
         return key in self.live
