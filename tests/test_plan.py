@@ -39,3 +39,23 @@ def test_plan_command_prints_json(faq_file, tiny_model_dir):
     plan = json.loads(result.output)
     total, trainable = count_parameters(str(tiny_model_dir), TrainConfig.method, LoraConfig.r)[:2]
     assert (plan["parameters"], plan["trainable_parameters"]) == (total, trainable)  # as peft counts them (above)
+
+
+def test_a_grpo_plan_counts_every_prompts_group_of_answers_in_one_pass(tmp_path, tiny_model_dir, tiny_tokenizer):
+    """A GRPO micro-batch is its prompts, each with group_size answers of up to max_completion_tokens,
+    in one forward pass (never split): reading its prompts as answers would find none to train."""
+    from conftest import write_jsonl
+    from test_rft_train import GRADER, rft_rows
+
+    data = write_jsonl(tmp_path / "rft.jsonl", rft_rows())
+    settings = {"data": str(data), "model": str(tiny_model_dir), "objective": "grpo", "grader": GRADER,
+                "batch_size": 3, "val_fraction": 0.1, "grpo": {"group_size": 4, "max_completion_tokens": 10}}
+    plan = plan_memory(load_config(None, settings), cuda=False)
+    prompts = [len(tiny_tokenizer.apply_chat_template(r["messages"], add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False)) for r in rft_rows()]
+    assert plan.max_forward_tokens == plan.max_micro_batch_tokens  # one pass per micro-batch
+    assert 3 * 4 * (min(prompts) + 10) <= plan.max_forward_tokens <= 3 * 4 * (max(prompts) + 10)
+    wider = plan_memory(load_config(None, {**settings, "grpo": {"group_size": 8, "max_completion_tokens": 10}}),
+                        cuda=False)
+    assert wider.max_forward_tokens == 2 * plan.max_forward_tokens  # the same prompts, twice the answers
+    assert wider.logits_gib == 2 * plan.logits_gib

@@ -17,6 +17,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from tunesmith.data.similarity import normalize
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -35,7 +37,12 @@ def build(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     teams = sorted({row["category"] for row in rows})
     system = system_prompt(teams)
     prompts, answers = [], []
+    seen: set[str] = set()
     for row in rows:
+        question = normalize(row["q"])
+        if question in seen:  # the FAQ asks a few questions twice: one copy, so none is both trained and held out
+            continue
+        seen.add(question)
         fields = {"team": row["category"], "source": row["sources"][0], "sources": row["sources"]}
         messages = [{"role": "system", "content": system}, {"role": "user", "content": row["q"]}]
         prompts.append({"messages": messages, **fields})

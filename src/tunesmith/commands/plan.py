@@ -64,16 +64,10 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     """Peak memory per device of `config`, from the model's shape and the data's real token counts."""
     cuda = torch.cuda.is_available() if cuda is None else cuda
     tokenizer = load_tokenizer(config.model, config.chat_template, config.trust_remote_code)
-    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
-                        **data_options(config), train_fraction=config.train_fraction)
     total, trainable, linear_params, layers, hidden, vocab = count_parameters(
         config.model, config.method, config.lora.r, config.trust_remote_code)
-
-    micro = [pack_examples([data.train[j] for j in m])
-             for m in epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens)]
-    tokens = [b.n_tokens for b in micro]
-    passes = [p for b in micro for p in split_batch(b, config.forward_token_limit("cuda" if cuda else "cpu"))]
-    worst = max(passes, key=lambda p: p.n_tokens)  # activations are held for one forward pass at a time
+    tokens, (worst_tokens, worst_trained) = (grpo_passes if config.objective == "grpo" else answer_passes)(
+        config, tokenizer, cuda)
 
     frozen_bytes = frozen_weight_dtype(config.method, compute_dtype(config.precision)).itemsize
     if config.method == "full":
@@ -85,8 +79,8 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     state = trainable * 16
     per_token = CHECKPOINTED_BYTES_PER_TOKEN_LAYER_HIDDEN if config.gradient_checkpointing else \
         ACTIVATION_BYTES_PER_TOKEN_LAYER_HIDDEN
-    activations = worst.n_tokens * layers * hidden * per_token
-    logits = worst.n_trained * vocab * LOGIT_BYTES_PER_TRAINED_TOKEN_VOCAB
+    activations = worst_tokens * layers * hidden * per_token
+    logits = worst_trained * vocab * LOGIT_BYTES_PER_TRAINED_TOKEN_VOCAB
     runtime = RUNTIME_BYTES_CUDA if cuda else RUNTIME_BYTES_CPU
     if config.distributed == "fsdp" and devices > 1:
         weights, state = weights // devices, state // devices
@@ -94,12 +88,38 @@ def plan_memory(config: TrainConfig, devices: int = 1, cuda: bool | None = None)
     load_peak = runtime + total * 4 * (1 if cuda else 2)  # fp32 tensors, plus the file's pages on CPU
     return MemoryPlan(
         parameters=total, trainable_parameters=trainable, devices=devices,
-        max_micro_batch_tokens=max(tokens), max_forward_tokens=worst.n_tokens,
+        max_micro_batch_tokens=max(tokens), max_forward_tokens=worst_tokens,
         tokens_per_step=int(math.fsum(tokens) / len(tokens) * config.grad_accum_steps * devices),
         weights_gib=weights / GIB, trainable_state_gib=state / GIB, activations_gib=activations / GIB,
         logits_gib=logits / GIB, runtime_gib=runtime / GIB, load_peak_gib=load_peak / GIB,
         peak_gib=max(train_peak, load_peak) / GIB,
     )
+
+
+def answer_passes(config: TrainConfig, tokenizer: Any, cuda: bool) -> tuple[list[int], tuple[int, int]]:
+    """Each micro-batch's tokens, and the (tokens, trained tokens) of the largest forward pass: the
+    data's real examples packed as training packs them, split by `forward_tokens`."""
+    data = prepare_data(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction, config.seed,
+                        **data_options(config), train_fraction=config.train_fraction)
+    micro = [pack_examples([data.train[j] for j in m])
+             for m in epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens)]
+    passes = [p for b in micro for p in split_batch(b, config.forward_token_limit("cuda" if cuda else "cpu"))]
+    worst = max(passes, key=lambda p: p.n_tokens)  # activations are held for one forward pass at a time
+    return [b.n_tokens for b in micro], (worst.n_tokens, worst.n_trained)
+
+
+def grpo_passes(config: TrainConfig, tokenizer: Any, cuda: bool) -> tuple[list[int], tuple[int, int]]:
+    """As `answer_passes` for objective grpo: a micro-batch's prompts each answered `group_size` times
+    in one forward pass (it is never split), every completion counted at `max_completion_tokens`, the
+    longest it can be; its completions are the trained tokens."""
+    from ..data.prompts import prepare_prompts
+
+    data = prepare_prompts(config.data, config.eval, tokenizer, config.max_seq_tokens, config.val_fraction,
+                           config.seed, **data_options(config), train_fraction=config.train_fraction)
+    group, longest = config.grpo.group_size, config.grpo.max_completion_tokens
+    sizes = [(sum(group * (len(data.train[j].input_ids) + longest) for j in m), len(m) * group * longest)
+             for m in epoch_plan(data.train, config.batch_size, config.seed, 0, config.batch_tokens)]
+    return [n for n, _ in sizes], max(sizes)
 
 
 def plan_lines(plan: MemoryPlan, config: TrainConfig, devices: int) -> list[str]:

@@ -117,13 +117,13 @@ def completion_log_probs(model: Any, prompt_ids: Sequence[list[int]], completion
 
 def roll_out(model: Any, prompt_ids: Sequence[list[int]], rows: Sequence[Any], reward: RewardFunction,
              tokenizer: Any, settings: GrpoConfig, eos_ids: Sequence[int], pad_id: int, seed: int,
-             device: torch.device, reference: Reference | None = None, sample: Sampler = sample_completions) -> Rollout:
+             device: torch.device, reference: Reference | None = None, sample: Sampler | None = None) -> Rollout:
     """Sample `group_size` completions of each prompt (seeded: the step's seed gives the step's
     samples), reward their text (special tokens dropped) with `reward`, and compute their advantages;
     the base's log-probabilities when beta > 0 (`reference` enters it), the sampling policy's when the
-    samples serve several iterations. `sample` draws them: the batched decoder, or a `VllmSampler`."""
-    completions = sample(model, prompt_ids, settings.group_size, settings.temperature, settings.top_p,
-                                     settings.max_completion_tokens, eos_ids, pad_id, seed)
+    samples serve several iterations. `sample` draws them: a `VllmSampler`, or None: the batched decoder."""
+    completions = (sample or sample_completions)(model, prompt_ids, settings.group_size, settings.temperature,
+                                                 settings.top_p, settings.max_completion_tokens, eos_ids, pad_id, seed)
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in completions.lists()]
     repeated = [row for row in rows for _ in range(settings.group_size)]
     rewards = torch.tensor([float(r) for r in reward(texts, repeated)], dtype=torch.float32)

@@ -46,8 +46,8 @@ class RewardTask:
     """The run's seed; step k samples with step_seed(seed, k)."""
     grading: Any
     """The open graders.GradingSession behind `reward` (python graders' processes): closed when train ends."""
-    sample: Sampler = sample_completions
-    """What draws the step's samples: the batched decoder, or a VllmSampler (grpo.sampler)."""
+    sample: Sampler | None = None
+    """What draws the step's samples: a VllmSampler (grpo.sampler), or None: the batched decoder."""
 
     def close(self) -> None:
         """End what grading and sampling started: python graders' processes, the judge's client, vLLM's folder."""
@@ -84,7 +84,7 @@ def open_reward_task(config: TrainConfig, tokenizer: Any, data: PreparedData,
     if issues:
         raise DataError(issues)
     grading = GradingSession(grader, config.grpo.judge())
-    sample = sample_completions
+    sample = None
     if vllm_wanted(config.grpo.sampler, config.method):
         from ..model.tokenizer import resolve_model_path
 
