@@ -27,7 +27,7 @@ SETUP_LOG := $(VENV)/setup.log
 ANNOUNCED_BREAK := 'by [0-9]{4}-[a-z]{3}-[0-9]{1,2}|by [0-9]{4}-[0-9]{2}-[0-9]{2}|maintenance mode|no longer be supported'
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo compare-demo raft-demo tune-demo voice-demo test test-isa lint bench lock clean
+.PHONY: setup demo compare-demo raft-demo rft-demo tune-demo voice-demo test test-isa lint bench lock clean
 
 setup: $(STAMP)
 
@@ -69,6 +69,19 @@ raft-demo: setup
 	$(VENV)/bin/tunesmith train examples/raft-demo.yaml --overwrite
 	$(VENV)/bin/tunesmith compare --run runs/raft-demo
 	$(PY) examples/raft-demo/report.py runs/compare-demo runs/raft-demo
+
+# Reinforcement fine-tuning (docs/rft.md): route each FAQ question to its team and name its source, as
+# JSON, graded by examples/rft-demo/grader.json. SFT on the FAQ's own answers teaches the form, GRPO
+# from that adapter trains on the grader's reward; eval gives each its forgetting verdict, and the
+# report the held-out reward base -> SFT -> GRPO and runs/rft-tradeoff.png (reward against forgetting
+# at every checkpoint of both).
+rft-demo: setup
+	$(PY) examples/rft-demo/build.py
+	$(VENV)/bin/tunesmith train examples/rft-demo/sft.yaml --overwrite
+	$(VENV)/bin/tunesmith train examples/rft-demo/grpo.yaml --overwrite
+	$(VENV)/bin/tunesmith eval runs/rft-sft
+	$(VENV)/bin/tunesmith eval runs/rft-grpo
+	$(PY) examples/rft-demo/report.py runs/rft-sft runs/rft-grpo
 
 # Brand voice by preference (docs/preference.md): pairs of the FAQ's answer over the base model's own
 # (generated once, cached), SFT on the FAQ, merged, then DPO from it; the style score of the SFT run,

@@ -42,3 +42,31 @@ def test_the_faq_answers_score_one_and_wrong_ones_what_the_formula_says(built):
     assert wrong_team.reward == pytest.approx(0.4) and wrong_team.sub_scores["team"] == 0.0
     prose = grade(grader, make_sample(f"The {row['team']} team; see {row['source']}."), row)
     assert prose.reward == 0.0 and prose.sub_scores["shape"] == 0.0
+
+
+def test_the_sft_and_grpo_stages_hold_out_the_same_questions(built, tmp_path, tiny_tokenizer):
+    """The demo compares base, SFT and GRPO on questions neither run trained on: sft.yaml (answers) and
+    grpo.yaml (prompts) split the same rows alike, which its report checks before it measures."""
+    import yaml
+
+    from tunesmith import load_config
+
+    spec = importlib.util.spec_from_file_location("rft_report", DEMO / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    prompts, answers = built
+    configs = {}
+    for name, rows in (("sft", answers), ("grpo", prompts)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        settings = yaml.safe_load((DEMO / f"{name}.yaml").read_text())
+        settings.update(data=str(tmp_path / f"{name}.jsonl"), init_from=None)
+        if "grader" in settings:
+            settings["grader"] = str(DEMO / "grader.json")
+        configs[name] = load_config(None, {k: v for k, v in settings.items() if v is not None})
+
+    class Run:
+        def __init__(self, config):
+            self.config = lambda: config
+
+    report.same_questions(Run(configs["sft"]), Run(configs["grpo"]), tiny_tokenizer)  # raises when they differ
+    assert configs["grpo"].grpo.group_size == 8 and configs["grpo"].objective == "grpo"

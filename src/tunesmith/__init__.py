@@ -12,7 +12,7 @@ _EXPORTS = {
     "TrainConfig": "config", "TunesmithError": "errors", "load_config": "config",
     "DataError": "data", "prepare_data": "data", "read_records": "data",
     "Retriever": "retrieval", "compare_run": "commands.compare", "evaluate_run": "commands.evaluate",
-    "generate": "commands.generate", "load_run": "run", "TrainResult": "commands.train",
+    "generate": "commands.generate", "load_run": "run", "TrainResult": "commands.train_result",
     "train": "commands.train", "CurveResult": "commands.curve", "curve": "commands.curve",
 }
 

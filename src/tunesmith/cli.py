@@ -141,7 +141,8 @@ def train_command(source: str | None, overrides: dict[str, Any], knowledge: str 
     """Fine-tune on SOURCE: a data file (.jsonl/.txt/.md/.json/.csv), a folder of them, or a CONFIG.yaml.
 
     SOURCE may be left out with --resume RUN: the run's own config.yaml is used."""
-    from .commands.train import end_processes, result_lines, train
+    from .commands.train import end_processes, train
+    from .commands.train_result import result_lines
     from .retrieval.raft import with_knowledge
     from .run import RunDir, checkpoint_run
 

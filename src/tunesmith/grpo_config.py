@@ -3,9 +3,8 @@ clipped loss and its normalisation. docs/rft.md says which GRPO variant the defa
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 from .errors import require
 
@@ -103,14 +102,6 @@ class GrpoConfig:
                 f"must be an http:// or https:// URL (an OpenAI-compatible server's /v1), got {self.judge_url!r}")
         require(self.sampler in SAMPLERS, "grpo.sampler", f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         require(self.num_iterations >= 1, "grpo.num_iterations", f"must be at least 1, got {self.num_iterations}")
-
-    def judge(self) -> Any:
-        """The graders.Judge these settings name (its key from TUNESMITH_JUDGE_API_KEY); None without a URL."""
-        from .graders import Judge
-
-        if self.judge_url is None:
-            return None
-        return Judge(self.judge_url, os.environ.get(JUDGE_KEY_ENV) or None, self.judge_model)
 
     @property
     def clip_high(self) -> float:

@@ -39,6 +39,19 @@ def checkpoint_run(path: str | Path) -> Path:
     return path.parent.parent if path.parent.name == "checkpoints" else path
 
 
+def finished_adapter(path: str | Path) -> tuple[TrainConfig, Path]:
+    """A finished run's config and its adapter's weights file (`init_from`); a ConfigError naming the
+    key where `path` is no run with an adapter."""
+    from .errors import ConfigError
+
+    run = Path(path).expanduser()
+    weights = run / "adapter" / "adapter_model.safetensors"
+    if not (run / CONFIG).is_file() or not weights.is_file():
+        raise ConfigError(f"config key 'init_from' must be a finished run with an adapter: {run} has no "
+                          "adapter/adapter_model.safetensors (train it to the end first, or point at another run)")
+    return load_config(run / CONFIG), weights
+
+
 def refuse_occupied(path: Path, overwrite: bool = False) -> None:
     """A RunDirError when `path` cannot become a fresh run directory: it is a file, or a folder that
     already holds files (unless `overwrite`). `train` asks before loading anything, so the answer

@@ -13,7 +13,7 @@ from ..data import data_options
 from ..data.prompts import prepare_prompts
 from ..data.render import end_of_turn_ids, pad_id
 from ..evaluation.bootstrap import paired_summary
-from ..graders import GradeResult, GradingSession, make_sample, parse_grader
+from ..graders import GradeResult, GradingSession, configured_judge, make_sample, parse_grader
 from ..inference.decode import adapters_merged, generate_batch
 
 SAMPLES_SHOWN = 5
@@ -45,7 +45,8 @@ def reward_task_metrics(model: Any, tokenizer: Any, config: TrainConfig, view: C
     with view() as base:
         base_text = greedy_answers(base, tokenizer, prompts, max_new_tokens)
     tuned_text = greedy_answers(model, tokenizer, prompts, max_new_tokens)
-    with GradingSession(parse_grader(config.grader, "the run's grader"), config.grpo.judge()) as session:
+    judge = configured_judge(config.grpo.judge_url, config.grpo.judge_model)
+    with GradingSession(parse_grader(config.grader, "the run's grader"), judge) as session:
         base_grades = session.grade_many((make_sample(t), row) for t, row in zip(base_text, rows))
         tuned_grades = session.grade_many((make_sample(t), row) for t, row in zip(tuned_text, rows))
     ones = np.ones(len(prompts))

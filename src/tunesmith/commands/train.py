@@ -30,7 +30,7 @@ from ..model.precision import autocast, compute_dtype
 from ..model.sharding import local_share
 from ..model.tokenizer import load_tokenizer
 from ..retrieval.raft import training_files
-from ..run import RunDir, refuse_occupied
+from ..run import RunDir, finished_adapter, refuse_occupied
 from ..training.batching import Batch, epoch_plan, eval_batches, micro_batches
 from ..training.checkpoint import (
     TrainState,
@@ -62,6 +62,7 @@ from ..training.selection import select_final
 from ..training.signals import StopFlag, agree_to_stop, stop_at_once
 from ..training.subscribers import MetricsWriter, ProgressBar
 from ..training.trackers import check_trackers, open_trackers
+from .train_result import TrainResult, start_label
 
 __all__ = ["NonFiniteLossError", "TrainResult", "end_processes", "make_accelerator", "train"]
 
@@ -70,22 +71,6 @@ MIN_SCHEDULE_STEPS = 8
 decay need some steps between them."""
 Record = Callable[[TrainingEvent], None]
 """Adds a metrics event to the run's record and sends any event to the subscribers."""
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    run_dir: Path
-    base_val_loss: float
-    final_val_loss: float
-    train_tokens: int
-    wall_seconds: float
-    steps: int
-    interrupted: bool = False
-    """True when SIGTERM/SIGINT stopped the run after saving a checkpoint."""
-    main_process: bool = True
-    """False on the other ranks of a multi-process run (only rank 0 reports)."""
-    objective: str = "sft"
-    """The run's objective; with grpo the validation losses are minus the held-out greedy reward."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +212,8 @@ def set_up_session(config: TrainConfig, overwrite: bool, console: Console | None
     config, run_path, start_from = locate_run(config, resume, force, data.sha256, accelerator)
     set_seed(config.seed)
     dtype = compute_dtype(config.precision)
-    model, sharded = build_training_model(config, accelerator.num_processes, dtype, console.print)
+    start = finished_adapter(config.init_from) if config.init_from is not None else None
+    model, sharded = build_training_model(config, accelerator.num_processes, dtype, console.print, start)
     fg = config.forgetting
     base_copy = load_base_copy(config,
                                needed=fg.kl_weight > 0 or fg.measure_during_training or reference_needed(config))
@@ -294,8 +280,8 @@ def evaluate_base(s: Session, record: Record) -> float:
     if s.start.step == 0:
         record(s.objective.evaluate(s.model, s.val_batches, s.accelerator.device, s.dtype, 0))
         row = s.metrics[-1]  # grpo's evaluation is a reward; its loss is minus that
-        s.console.print(f"base held-out reward {row['reward']:.4f}" if "reward" in row else
-                        f"base validation loss {row['val_loss']:.4f}")
+        s.console.print(f"{start_label(s.config)} held-out reward {row['reward']:.4f}" if "reward" in row else
+                        f"{start_label(s.config)} validation loss {row['val_loss']:.4f}")
     return next(r["val_loss"] for r in s.metrics if r["step"] == 0 and "val_loss" in r)
 
 
@@ -453,7 +439,8 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     if chosen is not None and chosen != total_steps:
         val_loss = next(r["val_loss"] for r in metrics if r["step"] == chosen and "val_loss" in r)
     result = TrainResult(s.run.path, base_val_loss, val_loss, state.train_tokens, wall, total_steps,
-                         main_process=s.accelerator.is_main_process, objective=s.config.objective)
+                         main_process=s.accelerator.is_main_process, objective=s.config.objective,
+                         start=start_label(s.config))
     unwrapped = s.accelerator.unwrap_model(s.model)
     # A collective under FSDP (every rank gathers its shards); the full model for full fine-tuning.
     final_weights = gather_weights(unwrapped, frozen=s.config.method == "full")
@@ -483,18 +470,3 @@ def save_final(s: Session, state: TrainState, base_val_loss: float, record: Reco
     s.run.write_summary(finished.to_dict())
     record(finished)
     return result
-
-
-def result_lines(result: TrainResult) -> list[str]:
-    """A finished run for the terminal (rich markup): the loss (GRPO: held-out reward) before and after,
-    and where the run is."""
-    change = (result.final_val_loss - result.base_val_loss) / (abs(result.base_val_loss) or math.nan)
-    headline = (f"  held-out reward   base {-result.base_val_loss:.4f} -> tuned {-result.final_val_loss:.4f}"
-                if result.objective == "grpo" else
-                f"  validation loss   base {result.base_val_loss:.4f} -> tuned {result.final_val_loss:.4f} "
-                f"({change:+.1%})")
-    return ["", "[bold]tunesmith: run finished[/]", headline,
-            f"  tokens trained    {result.train_tokens:,} in {result.steps} steps",
-            f"  wall time         {result.wall_seconds:.0f} s",
-            f"  run directory     {result.run_dir}",
-            f"  try it            tunesmith generate {result.run_dir} --prompt \"...\""]

@@ -5,11 +5,11 @@ the fields they read (fields). Usable on their own: `grade(parse_grader({...}), 
 
 from .fields import check_data_fields, check_rows, referenced_item_fields
 from .grading import GradeResult, GradingSession, grade, grade_rows
-from .judge import Judge
+from .judge import Judge, configured_judge
 from .limits import GraderLimits
 from .spec import Grader, graders_in, load_grader, parse_grader, read_grader_spec
 from .templates import make_sample, render
 
 __all__ = ["GradeResult", "Grader", "GraderLimits", "GradingSession", "Judge", "check_data_fields", "check_rows",
-           "grade", "grade_rows", "graders_in", "load_grader", "make_sample", "parse_grader", "read_grader_spec",
-           "referenced_item_fields", "render"]
+           "configured_judge", "grade", "grade_rows", "graders_in", "load_grader", "make_sample", "parse_grader",
+           "read_grader_spec", "referenced_item_fields", "render"]

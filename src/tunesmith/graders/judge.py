@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -53,6 +54,15 @@ class Judge:
     """Sent as `Authorization: Bearer KEY`."""
     model: str | None = None
     """Replaces every score_model grader's `model` (tunesmith serve names its model after the run)."""
+
+
+def configured_judge(url: str | None, model: str | None = None) -> Judge | None:
+    """The judge a training config names (`grpo.judge_url`, `grpo.judge_model`), its key from the
+    environment (TUNESMITH_JUDGE_API_KEY: a config is written out with the run, a key must not be);
+    None without a URL."""
+    from ..grpo_config import JUDGE_KEY_ENV
+
+    return None if url is None else Judge(url, os.environ.get(JUDGE_KEY_ENV) or None, model)
 
 
 def judge_body(grader: ScoreModel, messages: list[dict[str, str]], model: str | None = None) -> dict[str, Any]:

@@ -15,10 +15,11 @@ from ..errors import CheckpointError, ModelError
 from .tokenizer import explain_load_failure, resolve_model_path
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-def build_training_model(config: TrainConfig, processes: int, dtype: torch.dtype,
-                         log: Callable[[str], None]) -> tuple[Any, bool]:
+def build_training_model(config: TrainConfig, processes: int, dtype: torch.dtype, log: Callable[[str], None],
+                         start: tuple[TrainConfig, Path] | None = None) -> tuple[Any, bool]:
     """The base with packed attention (and fused SwiGLU unless compiled), its adapter or full
-    training, sharded under FSDP and compiled when asked; and whether it is sharded."""
+    training (started from `start`, init_from's run config and adapter weights), sharded under FSDP
+    and compiled when asked; and whether it is sharded."""
     from .attention import use_packed_attention
     from .precision import frozen_weight_dtype
     from .sharding import compile_layers, shard_model
@@ -30,8 +31,8 @@ def build_training_model(config: TrainConfig, processes: int, dtype: torch.dtype
         use_fused_swiglu(base)
     model = add_adapter(base, config.method, config.lora, frozen_dtype=frozen_weight_dtype(config.method, dtype),
                         gradient_checkpointing=config.gradient_checkpointing)
-    if config.init_from is not None:
-        start_from_run(model, config)
+    if start is not None:
+        start_from_run(model, config, *start)
         log(f"adapter started from {config.init_from}")
     sharded = config.distributed == "fsdp" and processes > 1
     if sharded:  # before the optimizer exists: sharding replaces the parameters by DTensors
@@ -45,21 +46,15 @@ ADAPTER_FAMILY = {"lora": "lora", "qlora": "lora", "dora": "dora"}
 """Methods whose adapters load into each other (QLoRA trains a LoRA on a 4-bit base)."""
 
 
-def start_from_run(model: Any, config: TrainConfig) -> None:
-    """`init_from`: the finished run's adapter weights copied into `model`'s fresh adapter. A run that
-    is not one, a model, method family or adapter shape that differs, is a ConfigError naming the field."""
+def start_from_run(model: Any, config: TrainConfig, earlier: TrainConfig, weights: Path) -> None:
+    """`init_from`: the finished run's adapter weights (`weights`, trained under `earlier`) copied into
+    `model`'s fresh adapter. A model, method family or adapter shape that differs is a ConfigError
+    naming the key and the fix."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from ..errors import ConfigError
-    from ..run import RunDir
 
-    source = Path(config.init_from).expanduser()
-    weights = source / "adapter" / "adapter_model.safetensors"
-    if not RunDir.is_run(source) or not weights.is_file():
-        raise ConfigError(f"config key 'init_from' must be a finished run with an adapter: {source} has no "
-                          "adapter/adapter_model.safetensors (train it to the end first, or point at another run)")
-    earlier = RunDir.open(source).config()
     differs = [(key, mine, theirs) for key, mine, theirs in (
         ("model", config.model, earlier.model),
         ("method", ADAPTER_FAMILY.get(config.method), ADAPTER_FAMILY.get(earlier.method)),
@@ -67,8 +62,8 @@ def start_from_run(model: Any, config: TrainConfig) -> None:
         ("lora.target_modules", config.lora.target_modules, earlier.lora.target_modules)) if mine != theirs]
     if differs:
         key, mine, theirs = differs[0]
-        raise ConfigError(f"config key 'init_from': {source} was trained with {key} {theirs!r}, this run has "
-                          f"{mine!r}: set {key}: {theirs!r} to start from its adapter")
+        raise ConfigError(f"config key 'init_from': {config.init_from} was trained with {key} {theirs!r}, this run "
+                          f"has {mine!r}: set {key}: {theirs!r} to start from its adapter")
     loaded = set_peft_model_state_dict(model, load_file(str(weights)))
     if loaded.unexpected_keys:
         raise ConfigError(f"config key 'init_from': {weights} holds weights this model's adapter has no place for "

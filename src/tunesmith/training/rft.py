@@ -66,7 +66,7 @@ def open_reward_task(config: TrainConfig, tokenizer: Any, data: PreparedData,
     inline, so that the run's config.yaml holds the grader it trained on."""
     from ..data.issues import DataError
     from ..data.render import end_of_turn_ids, pad_id
-    from ..graders import GradingSession, check_rows, graders_in, parse_grader, read_grader_spec
+    from ..graders import GradingSession, check_rows, configured_judge, graders_in, parse_grader, read_grader_spec
     from ..graders.spec import ScoreModel
 
     if processes > 1:
@@ -83,7 +83,7 @@ def open_reward_task(config: TrainConfig, tokenizer: Any, data: PreparedData,
     issues = check_rows(grader, rows)
     if issues:
         raise DataError(issues)
-    grading = GradingSession(grader, config.grpo.judge())
+    grading = GradingSession(grader, configured_judge(config.grpo.judge_url, config.grpo.judge_model))
     sample = None
     if vllm_wanted(config.grpo.sampler, config.method):
         from ..model.tokenizer import resolve_model_path
