@@ -4,9 +4,12 @@ held-out reward of every evaluation's checkpoint of both runs against the worst 
 share of its budget at that step (RL's Razor, Shenfeld et al. 2025: does the reward GRPO adds cost less
 forgetting than SFT's?).
 
-Every reward here is measured the same way: the greedy answers (at most grpo.max_completion_tokens
-tokens) to the GRPO run's held-out prompts, graded by its grader; SFT's held-out split is checked to be
-the same questions. Each checkpoint's adapter is loaded in turn into one model.
+Every reward here is of the greedy answers (at most grpo.max_completion_tokens tokens) to the GRPO
+run's held-out prompts, graded by its grader; SFT's held-out split is checked to be the same questions.
+The base, SFT and GRPO rows are answered here in fp32, as eval answers (paired intervals need each
+prompt's reward), and so are the SFT checkpoints, each loaded in turn into one model; the GRPO
+checkpoints' come from the GRPO run's own evaluations, which answered and graded the same prompts
+while it trained (its line starts at the SFT run's kept checkpoint, where GRPO started).
 
     python examples/rft-demo/report.py [runs/rft-sft] [runs/rft-grpo]
 """
@@ -19,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from tunesmith.commands.evaluate_reward import greedy_answers, held_out_prompts
 from tunesmith.data import data_options, prepare_data
@@ -84,7 +86,8 @@ def main() -> None:
     same_questions(sft, grpo, tokenizer)
     prompts, rows = held_out_prompts(config, tokenizer)
     tokens = config.grpo.max_completion_tokens
-    model = load_tuned(sft.path, config.model, config.method, dtype=torch.bfloat16).eval()
+    # fp32, as eval loads a run: merging a LoRA into bf16 weights rounds away part of its small delta
+    model = load_tuned(sft.path, config.model, config.method).eval()
     session = GradingSession(parse_grader(config.grader, "the demo's grader"),
                              configured_judge(config.grpo.judge_url, config.grpo.judge_model))
 
@@ -108,19 +111,21 @@ def main() -> None:
         print(f"  {name:<5} {s['tuned']:.3f}  vs {against}: {s['delta']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
               + (f"; {verdict(run)}" if against == "base" else ""))
 
-    points: dict[str, list[tuple[int, float, float, str]]] = {}
-    model.set_adapter("default")  # the SFT checkpoints and the GRPO ones load into the same adapter slot
-    for label, run in (("SFT", sft), ("GRPO", grpo)):
-        shares = worst_shares(run)
-        points[label] = []
-        for step in checkpoint_steps(run):
-            if step not in shares:
-                continue
-            load_trainable(run.path / "checkpoints" / f"step-{step}", model)
-            reward = float(rewards(greedy_answers(model, tokenizer, prompts, tokens)).mean())
-            points[label].append((step, reward, *shares[step]))
-            print(f"  {label} step {step}: reward {reward:.3f}, worst probe {shares[step][1]} at "
-                  f"{100 * shares[step][0]:.0f}% of its budget")
+    points: dict[str, list[tuple[int, float, float, str]]] = {"SFT": [], "GRPO": []}
+    model.set_adapter("default")  # each SFT checkpoint loads into the SFT adapter's slot
+    shares = worst_shares(sft)
+    for step in checkpoint_steps(sft):
+        if step in shares:
+            load_trainable(sft.path / "checkpoints" / f"step-{step}", model)
+            points["SFT"].append((step, float(rewards(greedy_answers(model, tokenizer, prompts, tokens)).mean()),
+                                  *shares[step]))
+    shares = worst_shares(grpo)  # GRPO's evaluations graded these prompts' greedy answers as they trained
+    points["GRPO"] = points["SFT"][-1:] + [(r["step"], r["reward"], *shares[r["step"]]) for r in grpo.metrics()
+                                          if "reward" in r and "val_loss" in r and r["step"] in shares]
+    for label, rows in points.items():
+        for step, reward, share, probe in rows:
+            print(f"  {label} step {step}: reward {reward:.3f}, worst probe {probe} at {100 * share:.0f}% of its "
+                  "budget")
     session.close()
     plot(points, float(scores["base"].mean()), sft.path.parent / PLOT)
     for i in range(min(SHOWN, len(prompts))):
