@@ -120,14 +120,14 @@ def main() -> None:
             points["SFT"].append((step, float(rewards(greedy_answers(model, tokenizer, prompts, tokens)).mean()),
                                   *shares[step]))
     shares = worst_shares(grpo)  # GRPO's evaluations graded these prompts' greedy answers as they trained
-    points["GRPO"] = points["SFT"][-1:] + [(r["step"], r["reward"], *shares[r["step"]]) for r in grpo.metrics()
-                                          if "reward" in r and "val_loss" in r and r["step"] in shares]
-    for label, rows in points.items():
-        for step, reward, share, probe in rows:
+    points["GRPO"] = [(r["step"], r["reward"], *shares[r["step"]]) for r in grpo.metrics()
+                      if "reward" in r and "val_loss" in r and r["step"] in shares]
+    for label, measured in points.items():
+        for step, reward, share, probe in measured:
             print(f"  {label} step {step}: reward {reward:.3f}, worst probe {probe} at {100 * share:.0f}% of its "
                   "budget")
     session.close()
-    plot(points, float(scores["base"].mean()), sft.path.parent / PLOT)
+    plot(points, float(scores["base"].mean()), (sft.summary() or {}).get("selected_step"), sft.path.parent / PLOT)
     for i in range(min(SHOWN, len(prompts))):
         print(f"\nQ: {tokenizer.decode(prompts[i], skip_special_tokens=True).splitlines()[-2][:200]}")
         print(f"  expected: {json.dumps({'team': rows[i]['team'], 'source': rows[i]['source']}, ensure_ascii=False)}")
@@ -136,9 +136,11 @@ def main() -> None:
     print(f"\nplot: {sft.path.parent / PLOT}")
 
 
-def plot(points: dict[str, list[tuple[int, float, float, str]]], base_reward: float, path: Path) -> None:
+def plot(points: dict[str, list[tuple[int, float, float, str]]], base_reward: float, grpo_start: int | None,
+         path: Path) -> None:
     """Held-out reward (y) against the worst probe's share of its budget (x) at each checkpoint, a line
-    per run from the base's point (0% of any budget), the budget at 100%."""
+    per run: SFT's from the base's point (0% of any budget), GRPO's from SFT's step `grpo_start` (the
+    kept checkpoint, whose adapter GRPO started from); the budget at 100%."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +148,10 @@ def plot(points: dict[str, list[tuple[int, float, float, str]]], base_reward: fl
 
     fig, ax = plt.subplots(figsize=(6.4, 4))
     for (label, rows), color in zip(points.items(), ("#3a6ea5", "#d1495b")):
-        start = [(0.0, base_reward)] if label == "SFT" else []
+        # SFT's line starts at the base; GRPO's where it started: the SFT checkpoint it was given
+        start = [(0.0, base_reward)] if label == "SFT" else [(100 * min(share, 3.0), reward)
+                                                              for step, reward, share, _ in points["SFT"]
+                                                              if step == grpo_start]
         xs = [x for x, _ in start] + [100 * min(share, 3.0) for _, _, share, _ in rows]
         ys = [y for _, y in start] + [reward for _, reward, _, _ in rows]
         ax.plot(xs, ys, marker="o", color=color, label=label)
