@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -49,7 +50,8 @@ class LLM:
     def generate(self, inputs, params, lora_request=None, use_tqdm=True):
         weights = load_file(str(Path(lora_request.lora_path) / "adapter_model.safetensors"))
         CALLS.append({"prompts": [i["prompt_token_ids"] for i in inputs], "params": params,
-                      "lora": (lora_request.lora_name, lora_request.lora_int_id), "weights": weights})
+                      "lora": (lora_request.lora_name, lora_request.lora_int_id), "weights": weights,
+                      "path": lora_request.lora_path})
         # an answer chosen by the request's seed, then its first stop token (and a token past it, cut)
         return [_Output(ANSWERS[p.seed % len(ANSWERS)] + [p.stop_token_ids[0], 11]) for p in params]
 '''
@@ -103,7 +105,7 @@ def test_grpo_samples_through_vllm_with_the_policy_of_each_step(tmp_path, tiny_m
     for step, row in enumerate(steps, start=1):  # vLLM's completions, cut after the stop token, were trained
         lengths = [len(answers[s % 2]) + 1 for s in completion_seeds(step_seed(config.seed, step), range(16))]
         assert row["completion_tokens"] == pytest.approx(sum(lengths) / 16) and row["reward_std"] > 0
-    assert not list(tmp_path.glob("tunesmith-vllm-policy-*"))
+    assert not Path(fake_vllm.CALLS[0]["path"]).parent.exists()  # the adapters' folder goes when train ends
 
 
 def test_the_sampler_setting_is_checked_and_auto_keeps_the_cpu_on_transformers(tiny_model_dir):
