@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from .errors import EXIT_ERROR, EXIT_OK
-from .settings import Sampling
+from .settings import JUDGE_KEY_ENV, Sampling
 
 # GraderLimits' defaults are written out in the help (importing them loads the data package);
 # tests/test_graders.py holds these texts to the fields.
@@ -33,8 +33,7 @@ GRADER_CHECK_HELP = ("An OpenAI-format grader (JSON): check it, name every row l
 @click.option("--judge-url", envvar="TUNESMITH_JUDGE_URL",
               help="OpenAI-compatible base URL of score_model's judge, e.g. http://127.0.0.1:8000/v1 for "
                    "`tunesmith serve RUN` (or set TUNESMITH_JUDGE_URL).")
-@click.option("--judge-api-key", envvar="TUNESMITH_JUDGE_API_KEY", help="The judge's API key (or set "
-                                                                        "TUNESMITH_JUDGE_API_KEY).")
+@click.option("--judge-api-key", envvar=JUDGE_KEY_ENV, help=f"The judge's API key (or set {JUDGE_KEY_ENV}).")
 @click.option("--judge-model", help="Model id sent to the judge instead of the grader's `model`.")
 @click.option("--python-timeout", type=click.FloatRange(min=0, min_open=True), help=TIMEOUT_HELP)
 @click.option("--python-memory-mb", type=click.IntRange(min=64), help=MEMORY_HELP)

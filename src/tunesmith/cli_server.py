@@ -14,7 +14,7 @@ import click
 
 from .cli_options import listen_options
 from .errors import TunesmithError
-from .settings import ServerLimits
+from .settings import JUDGE_KEY_ENV, ServerLimits
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -37,8 +37,7 @@ def _server_options(command: Any) -> Any:
         click.option("--judge-url", envvar="TUNESMITH_JUDGE_URL",
                      help="OpenAI-compatible base URL that score_model graders ask (the only one they may; or set "
                           "TUNESMITH_JUDGE_URL)."),
-        click.option("--judge-api-key", envvar="TUNESMITH_JUDGE_API_KEY",
-                     help="The judge's API key (or set TUNESMITH_JUDGE_API_KEY)."),
+        click.option("--judge-api-key", envvar=JUDGE_KEY_ENV, help=f"The judge's API key (or set {JUDGE_KEY_ENV})."),
         click.option("--judge-model", help="Model id sent to the judge instead of each grader's `model`."),
     )):
         command = option(command)

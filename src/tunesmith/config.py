@@ -16,7 +16,7 @@ import yaml
 from .config_names import OTHER_TOOLS_NAMES, other_key_of
 from .config_values import coerce_value
 from .errors import ConfigError, require
-from .grpo_config import GrpoConfig
+from .grpo_config import VLLM_METHODS, GrpoConfig
 from .settings import RetrievalTrainConfig
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -277,7 +277,7 @@ class TrainConfig:
         require(self.init_from is None or self.method in ("lora", "dora", "qlora"), "init_from",
                 f"starts an adapter from a run's adapter, and method is {self.method}: use method lora or dora, or "
                 "for full fine-tuning set model to the run's merged model (tunesmith export RUN --format merged)")
-        require(self.grpo.sampler != "vllm" or self.method in ("lora", "qlora"), "grpo.sampler",
+        require(self.grpo.sampler != "vllm" or self.method in VLLM_METHODS, "grpo.sampler",
                 f"vllm takes the policy as a LoRA adapter, and method is {self.method}: use method lora, or "
                 "grpo.sampler: transformers")
         require(self.objective != "grpo" or self.grader is not None, "grader",

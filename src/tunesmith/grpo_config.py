@@ -14,8 +14,8 @@ RewardScaling = Literal["none", "group", "batch"]
 SamplerName = Literal["auto", "transformers", "vllm"]
 SAMPLERS: tuple[str, ...] = get_args(SamplerName)
 REWARD_SCALINGS: tuple[str, ...] = get_args(RewardScaling)
-JUDGE_KEY_ENV = "TUNESMITH_JUDGE_API_KEY"
-"""Where a score_model judge's key comes from (as `tunesmith grade --judge-api-key` reads it)."""
+VLLM_METHODS = ("lora", "qlora")
+"""Methods whose policy vLLM can sample (it takes a LoRA adapter; it serves no DoRA nor full weights)."""
 
 
 @dataclass(frozen=True)

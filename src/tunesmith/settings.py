@@ -157,6 +157,9 @@ class RetrievalTrainConfig:
         return replace(base, retriever=self.retriever, top_k=self.top_k, handoff=self.handoff, cite=self.cite)
 
 
+JUDGE_KEY_ENV = "TUNESMITH_JUDGE_API_KEY"
+"""Where a score_model judge's key is read from (`grade`, `server`, and training's `grpo.judge_url`):
+the environment, never a config, since a run's config.yaml is written out."""
 GENERATION_BATCH = 16
 """Prompts decoded together by eval, compare and the probes. A decoding step of a small model is
 bound by reading the weights and by per-operation overhead, which a batch shares: eval's 12 demo

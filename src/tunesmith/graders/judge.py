@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..settings import JUDGE_KEY_ENV
 from .spec import ScoreModel
 
 RESPONSE_FORMAT = {
@@ -60,8 +61,6 @@ def configured_judge(url: str | None, model: str | None = None) -> Judge | None:
     """The judge a training config names (`grpo.judge_url`, `grpo.judge_model`), its key from the
     environment (TUNESMITH_JUDGE_API_KEY: a config is written out with the run, a key must not be);
     None without a URL."""
-    from ..grpo_config import JUDGE_KEY_ENV
-
     return None if url is None else Judge(url, os.environ.get(JUDGE_KEY_ENV) or None, model)
 
 

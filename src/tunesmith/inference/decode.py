@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Container, Iterator, Sequence
 
 import torch
 
@@ -59,10 +59,13 @@ def _generate_batches(model: Any, prompts: Sequence[list[int]], max_new_tokens: 
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=False,
                              max_new_tokens=max_new_tokens, eos_token_id=list(eos_ids), pad_token_id=pad_id, **chooser)
         for row, i in enumerate(group):
-            new = out[row, width:].tolist()  # (max_new,) padded with pad_id after EOS
-            cut = next((k + 1 for k, t in enumerate(new) if t in eos_ids), len(new))
-            outputs[i] = new[:cut]
+            outputs[i] = cut_after_end(out[row, width:].tolist(), eos_ids)  # (max_new,) padded after EOS
     return outputs
+
+
+def cut_after_end(ids: list[int], eos_ids: Container[int]) -> list[int]:
+    """Token ids up to and including the first end-of-turn token (all of them when there is none)."""
+    return ids[: next((k + 1 for k, t in enumerate(ids) if t in eos_ids), len(ids))]
 
 
 class FreeCores:

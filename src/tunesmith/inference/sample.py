@@ -12,8 +12,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..grpo_config import VLLM_METHODS
 from ..settings import GENERATION_BATCH
-from .decode import generate_batch
+from .decode import cut_after_end, generate_batch
 
 
 class TokenSampler:
@@ -150,12 +151,7 @@ class VllmSampler:
                                     use_tqdm=False)
         shutil.rmtree(self.folder / f"policy-{self.calls - 1}", ignore_errors=True)  # loaded: the last one stays
         ends = set(eos_ids)
-        out = []
-        for o in outputs:
-            ids = list(o.outputs[0].token_ids)
-            cut = next((k + 1 for k, t in enumerate(ids) if t in ends), len(ids))
-            out.append(ids[:cut])
-        return completions_of(out, eos_ids, pad_id)
+        return completions_of([cut_after_end(list(o.outputs[0].token_ids), ends) for o in outputs], eos_ids, pad_id)
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -168,5 +164,5 @@ def vllm_wanted(choice: str, method: str) -> bool:
         return choice == "vllm"
     import importlib.util
 
-    return (method in ("lora", "qlora") and torch.cuda.is_available()
+    return (method in VLLM_METHODS and torch.cuda.is_available()
             and importlib.util.find_spec("vllm") is not None)

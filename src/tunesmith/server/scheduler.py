@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..grpo_config import JUDGE_KEY_ENV
-from ..settings import ServerLimits
+from ..settings import JUDGE_KEY_ENV, ServerLimits
 from ..web.children import Children, log_tail
 from ..web.ids import new_id
 from .files import file_path

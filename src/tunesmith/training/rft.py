@@ -23,6 +23,7 @@ from ..grpo_config import GrpoConfig
 from ..inference.decode import generate_batch
 from ..inference.sample import Sampler, VllmSampler, sample_completions, vllm_wanted
 from ..model.precision import autocast
+from ..settings import JUDGE_KEY_ENV
 from .batching import Batch
 from .grpo import RewardFunction, Rollout, StepTotals, grader_reward, grpo_loss, roll_out, rollout_metrics, step_seed
 
@@ -78,7 +79,7 @@ def open_reward_task(config: TrainConfig, tokenizer: Any, data: PreparedData,
     if judged and config.grpo.judge_url is None:  # each sample would score 0, teaching nothing
         raise ConfigError(f"grader: score_model grader {judged[0]!r} needs a judge: set grpo.judge_url to an "
                           "OpenAI-compatible server's /v1 (e.g. `tunesmith serve RUN`'s, or --judge-url on train), "
-                          "its key in TUNESMITH_JUDGE_API_KEY")
+                          f"its key in {JUDGE_KEY_ENV}")
     rows = [(*_file_line(source), item) for source, item in data.items.items()]
     issues = check_rows(grader, rows)
     if issues:
