@@ -60,14 +60,17 @@ compare-demo: setup
 	$(VENV)/bin/tunesmith train examples/compare-demo.yaml --overwrite
 	$(VENV)/bin/tunesmith compare --run runs/compare-demo --knowledge pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl
 
-# Answers a support team can ship (docs/raft.md): the compare demo's plain tune (trained unless its
-# compare.json is there), the same run trained with retrieval: (examples/raft-demo.yaml), compare of it
-# with its own knowledge and settings, then the four-way table + the RAFT model, its found / missed /
-# unanswerable splits, and sample answers side by side.
+# Answers a support team can ship (docs/raft.md): the compare demo's plain tune (trained unless it is
+# there), the same run trained with retrieval: (examples/raft-demo.yaml), both compared on all 101
+# held-out questions, then the four-way table + the RAFT model, its found / missed / unanswerable
+# splits, and sample answers side by side.
+RAFT_QUESTIONS = 101
 raft-demo: setup
-	test -f runs/compare-demo/compare.json || $(MAKE) compare-demo
+	test -f runs/compare-demo/summary.json || $(VENV)/bin/tunesmith train examples/compare-demo.yaml --overwrite
+	$(VENV)/bin/tunesmith compare --run runs/compare-demo --limit $(RAFT_QUESTIONS) \
+		--knowledge pkg:zaragoza_construction_faq/data/faq-en-alpaca.jsonl
 	$(VENV)/bin/tunesmith train examples/raft-demo.yaml --overwrite
-	$(VENV)/bin/tunesmith compare --run runs/raft-demo
+	$(VENV)/bin/tunesmith compare --run runs/raft-demo --limit $(RAFT_QUESTIONS)
 	$(PY) examples/raft-demo/report.py runs/compare-demo runs/raft-demo
 
 # Reinforcement fine-tuning (docs/rft.md): route each FAQ question to its team and name its source, as

@@ -4,7 +4,10 @@ settings used by compare, chat and serve, and compare.json's found / missed / un
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+import zlib
 
 import numpy as np
 import pytest
@@ -28,7 +31,7 @@ from tunesmith.retrieval import RetrievalSettings, Retriever
 from tunesmith.retrieval.context import CONTEXT_HEADER, context_header
 from tunesmith.retrieval.raft import assign_roles, raft_examples, run_retrieval
 from tunesmith.retrieval.recall import recall_at_k
-from tunesmith.settings import DEFAULT_HANDOFF, RetrievalTrainConfig
+from tunesmith.settings import DEFAULT_HANDOFF, MIN_RELEVANCE_MISS, RetrievalTrainConfig
 
 HANDOFF = DEFAULT_HANDOFF
 
@@ -67,7 +70,21 @@ def retriever(knowledge):
 
 
 def section(knowledge, **kw) -> RetrievalTrainConfig:
-    return RetrievalTrainConfig(knowledge=str(knowledge), retriever="bm25", top_k=3, **kw)
+    return RetrievalTrainConfig(knowledge=str(knowledge), retriever="bm25", top_k=3, **{"min_relevance": 0, **kw})
+
+
+class WordEmbedder:
+    """Stands in for all-MiniLM-L6-v2 in the relevance floor: unit bag-of-words vectors, so texts that
+    share words have a high cosine."""
+
+    name = "words"
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), 512), np.float32)
+        for i, text in enumerate(texts):
+            for word in re.findall(r"\w+", text.lower()):
+                out[i, zlib.crc32(word.encode()) % 512] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
 def test_the_retrieval_section_is_typed_checked_and_round_trips(tmp_path, knowledge):
@@ -127,7 +144,7 @@ def test_gold_share_defaults_to_the_measured_recall(knowledge, tiny_tokenizer):
     qs = [QA([{"role": "user", "content": "What colour is it painted every spring?" if i % 3 == 0
                else q}], a, f"d:{i}") for i, (q, a) in enumerate(ROWS)]
     retriever = Retriever.load(knowledge, RetrievalSettings(retriever="bm25", top_k=1, handoff=HANDOFF))
-    config = RetrievalTrainConfig(knowledge=str(knowledge), retriever="bm25", top_k=1, cite=False)
+    config = RetrievalTrainConfig(knowledge=str(knowledge), retriever="bm25", top_k=1, cite=False, min_relevance=0)
     examples, summary = raft_examples(qs, retriever, config, tiny_tokenizer, 1024, seed=0)
     found = [[p.text == q.reference for p in retriever.retrieve([q.messages[-1]["content"]], 1)[0]] for q in qs]
     recall = recall_at_k(found, [1])[1]
@@ -136,6 +153,64 @@ def test_gold_share_defaults_to_the_measured_recall(knowledge, tiny_tokenizer):
     roles = [e.role for e in examples]
     assert roles.count("gold") == round(recall * 20) and roles.count("handoff") == 20 - round(recall * 20)
     assert all(not e.messages[-1]["content"].endswith("]") for e in examples)  # cite off: no citation
+
+
+def test_the_relevance_floor_leaves_a_prompt_without_passages(knowledge, tiny_tokenizer, monkeypatch):
+    settings = RetrievalSettings(retriever="bm25", top_k=3, handoff=HANDOFF, cite=True)
+    plain = Retriever.load(knowledge, settings, embedder=WordEmbedder())
+    question = [{"role": "user", "content": "What colour is the door?"}]
+    passages = plain.retrieve([question[0]["content"]])[0]
+    scores = plain.relevance(question[0]["content"], passages)
+    expected = WordEmbedder().encode([p.text for p in passages]) @ WordEmbedder().encode([question[0]["content"]])[0]
+    assert scores == pytest.approx(expected.tolist(), abs=1e-6) and 0 < max(scores) < 1
+    for floor, kept in ((None, True), (0.0, True), (max(scores) - 1e-3, True), (max(scores) + 1e-3, False)):
+        floored = Retriever.load(knowledge, dataclasses.replace(settings, min_relevance=floor), embedder=WordEmbedder())
+        assert floored.relevant(question[0]["content"], passages) == (passages if kept else [])
+        prompt = floored.augment_with(question, passages, tiny_tokenizer, 1024)[-1]["content"]
+        # Without passages the prompt keeps its instruction, so the run gives its hand-off.
+        assert prompt.startswith(context_header(settings)) and ("[1] " in prompt) == kept
+    # chat (and serve, the server, the playground: the same `find` and prompt builder) of a run with a floor.
+    from types import SimpleNamespace
+
+    from tunesmith.retrieval.raft import chat_retrieval
+
+    monkeypatch.setattr("tunesmith.retrieval.Embedder.load", classmethod(lambda cls: WordEmbedder()))
+    for floor, kept in ((max(scores) - 1e-3, True), (max(scores) + 1e-3, False)):
+        run = SimpleNamespace(retrieval=section(knowledge, min_relevance=floor))
+        model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=2048))
+        augment, cite = chat_retrieval(run, None, RetrievalSettings(), model, tiny_tokenizer, 16)
+        assert ("[1] " in augment(question)[-1]["content"]) == kept
+        assert bool(cite("Red colour. [1]")) == kept  # a citation names a source only where passages were given
+    with pytest.raises(ConfigError, match="'retrieval.min_relevance' must be in \\[0, 1\\], got 1.5"):
+        config_from_dict({"data": "d", "retrieval": {"knowledge": "k", "min_relevance": 1.5}})
+
+
+def test_a_measured_floor_trains_the_handoff_on_prompts_without_passages(knowledge, tiny_tokenizer):
+    # Questions 0, 5, 10, 15 share no word with their answer beyond "colour": their best passage is weak.
+    qs = [QA([{"role": "user", "content": "Which colour was chosen for it last year?" if i % 5 == 0 else q}], a,
+             f"d:{i}") for i, (q, a) in enumerate(ROWS)]
+    retriever = Retriever.load(knowledge, RetrievalSettings(retriever="bm25", top_k=3, handoff=HANDOFF, cite=True),
+                               embedder=WordEmbedder())
+    examples, summary = raft_examples(qs, retriever, section(knowledge, min_relevance=None, gold_share=0.6,
+                                                             handoff_share=0.3), tiny_tokenizer, 1024, seed=0)
+    # The floor: the MIN_RELEVANCE_MISS quantile of the best passage's relevance over the questions whose
+    # top 3 hold their answer, computed here from the retriever's own ranking.
+    best = []
+    for q in qs:
+        top = retriever.retrieve([q.messages[-1]["content"]], 3)[0]
+        if any(p.text == q.reference for p in top):
+            best.append(max(retriever.relevance(q.messages[-1]["content"], top)))
+    assert summary.min_relevance == pytest.approx(float(np.quantile(best, MIN_RELEVANCE_MISS)), abs=1e-4)
+    assert summary.without_passages == sum(not e.passages for e in examples) > summary.roles["handoff"] == 6
+    for q, e in zip(qs, examples):
+        answer = e.messages[-1]["content"]
+        if e.role == "handoff" or not e.passages:  # hand-off rows have no passage; nor has a row under the floor
+            assert not e.passages and answer == HANDOFF and "[1] " not in e.messages[-2]["content"]
+        else:
+            assert max(retriever.relevance(q.messages[-1]["content"], e.passages)) >= summary.min_relevance
+            assert answer != HANDOFF
+    resolved = dataclasses.replace(section(knowledge, min_relevance=None), min_relevance=summary.min_relevance)
+    assert resolved.answer_settings().min_relevance == summary.min_relevance  # what the run answers with
 
 
 def test_a_handoff_is_recognised_in_its_light_variants():
@@ -188,7 +263,9 @@ def test_commands_answer_a_raft_run_with_its_retrieval_settings(knowledge):
 
     chosen, settings = run_retrieval(Run(), None, RetrievalSettings())
     assert chosen == str(knowledge) and settings.retriever == "bm25" and settings.top_k == 2
-    assert settings.handoff == "Ask Bo." and settings.cite
+    assert settings.handoff == "Ask Bo." and settings.cite and settings.min_relevance is None
+    Run.retrieval = dataclasses.replace(Run.retrieval, min_relevance=0.4)
+    assert run_retrieval(Run(), None, RetrievalSettings())[1].min_relevance == 0.4  # the run's floor
     _, given = run_retrieval(Run(), "other.jsonl", RetrievalSettings(top_k=5))
     assert given.top_k == 5 and given.retriever == "bm25"  # a flag the user set wins
     assert run_retrieval(object(), None, RetrievalSettings()) == (None, RetrievalSettings())
@@ -208,7 +285,7 @@ def raft_run(tiny_model_dir, tmp_path_factory):
                                 "max_steps": 2, "batch_size": 4, "lr": 1e-2,
                                 "forgetting": {"measure_during_training": False},
                                 "retrieval": {"knowledge": str(kb), "retriever": "bm25", "top_k": 2,
-                                              "handoff_share": 0.3}})
+                                              "handoff_share": 0.3, "min_relevance": 0}})
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TUNESMITH_CACHE_DIR", str(folder / "cache"))
         train(config, show_progress=False)

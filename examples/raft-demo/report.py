@@ -29,6 +29,10 @@ def report_lines(plain: dict[str, Any], raft: dict[str, Any]) -> list[str]:
     lines = [f"held-out questions ({unseen['n']}), value [95% CI]:", f"  {'system':<10}"
              + "".join(f"{c:>24}" for c in COLUMNS)]
     lines += [f"  {name:<10}" + "".join(f"{cell(s[c]):>24}" for c in COLUMNS) for name, s in rows]
+    floor = raft.get("retrieval", {}).get("min_relevance")
+    if floor:
+        lines.append(f"raft+rag's relevance floor {floor:.2f}: where no passage reaches it, no passages go in "
+                     "and the RAFT run hands off")
     for name in ("found", "missed", "unanswerable"):
         split = raft["splits"].get(name)
         if split is None:

@@ -155,13 +155,14 @@ def raft_evidence(splits: dict[str, Any]) -> RaftEvidence | None:
 
 def retrieval_summary(retrieval: RetrievalSettings, ranked: Sequence[Sequence[Passage]], questions: Sequence[QA],
                       n_unseen: int, recall_ks: Sequence[int]) -> dict[str, Any]:
-    """What compare.json says of the retriever: which one, its recall@k on the held-out questions
-    (the first `n_unseen`) and the share of all questions with the answer among the top_k passages
-    that go into the prompt. A passage holds the answer when its token F1 with the reference is at
-    least ANSWER_F1, the rule that works on any knowledge source (whose passages are not the references)."""
+    """What compare.json says of the retriever: which one, its relevance floor (`min_relevance`, None
+    without one), its recall@k on the held-out questions (the first `n_unseen`) and the share of all
+    questions with the answer among the top_k passages that go into the prompt. A passage holds the
+    answer when its token F1 with the reference is at least ANSWER_F1, the rule that works on any
+    knowledge source (whose passages are not the references)."""
     holds = [[token_f1(p.text, q.reference) >= ANSWER_F1 for p in row] for q, row in zip(questions, ranked)]
     recall = recall_at_k(holds[:n_unseen], recall_ks)
-    return {"retriever": retrieval.retriever, "top_k": retrieval.top_k,
+    return {"retriever": retrieval.retriever, "top_k": retrieval.top_k, "min_relevance": retrieval.min_relevance,
             "recall_at_k": {str(k): v for k, v in recall.items()}, "recall_questions": n_unseen,
             "answer_found_rate": float(np.mean([any(row[: retrieval.top_k]) for row in holds]))}
 

@@ -87,16 +87,17 @@ class Retriever:
         """The retriever of a knowledge source; its passages (and vectors) from the cache where the
         same files were read before, the embedding model loaded only when the retriever uses it."""
         index = None
+        if settings.retriever != "bm25" or settings.min_relevance:  # the floor is the embeddings' cosine
+            embedder = embedder or Embedder.load()
         if settings.retriever == "bm25":
             passages = load_or_read_passages(knowledge, settings.chunk_words, settings.overlap_words, log,
                                              unreadable_documents=settings.unreadable_documents)
         else:
-            embedder = embedder or Embedder.load()
             index = load_or_build_index(knowledge, embedder, settings.chunk_words, settings.overlap_words, log,
                                         unreadable_documents=settings.unreadable_documents)
             passages = index.passages
         lexical = LexicalIndex.build([p.text for p in passages]) if settings.retriever != "dense" else None
-        return cls(passages, settings, index, embedder if index is not None else None, lexical)
+        return cls(passages, settings, index, embedder, lexical)
 
     def retrieve(self, queries: Sequence[str], k: int | None = None) -> list[list[Passage]]:
         """The best k (default top_k) passages for each query, best first. bm25 returns only
@@ -111,6 +112,11 @@ class Retriever:
                      for i in range(len(queries))]
         return [[self.passages[j] for j in row[:k]] for row in per_query]
 
+    def find(self, question: str) -> list[Passage]:
+        """The passages a prompt for `question` gets: the top_k, or none when the best of them is under
+        the relevance floor (`relevant`)."""
+        return self.relevant(question, self.retrieve([question])[0])
+
     def prompt_budget(self, model: Any, max_new_tokens: int) -> int:
         """Tokens a prompt may take: the model's context less the answer, at most max_prompt_tokens."""
         context = int(getattr(model.config, "max_position_embeddings", 0) or self.settings.max_prompt_tokens)
@@ -120,7 +126,7 @@ class Retriever:
         """The conversation with passages for its last user turn, within min(budget, max_prompt_tokens)."""
         if not messages or messages[-1].get("role") != "user":
             return list(messages)
-        passages = self.retrieve([messages[-1]["content"]])[0]
+        passages = self.find(messages[-1]["content"])
         return self.augment_with(messages, passages, tokenizer, budget_tokens)
 
     def augment_sourced(self, messages: list[dict[str, str]], tokenizer: Any,
@@ -129,13 +135,30 @@ class Retriever:
         answer's sources; a passage the budget dropped has a number no prompt shows)."""
         if not messages or messages[-1].get("role") != "user":
             return list(messages), []
-        passages = self.retrieve([messages[-1]["content"]])[0]
+        passages = self.find(messages[-1]["content"])
         return self.augment_with(messages, passages, tokenizer, budget_tokens), [p.source for p in passages]
+
+    def relevance(self, question: str, passages: Sequence[Passage]) -> list[float]:
+        """Each passage's cosine similarity with the question, in all-MiniLM-L6-v2's embeddings (loaded
+        here for a bm25 retriever whose floor is still to be measured)."""
+        if self.embedder is None:
+            self.embedder = Embedder.load()
+        vectors = self.embedder.encode([question, *(p.text for p in passages)])
+        return [float(v) for v in vectors[1:] @ vectors[0]]
+
+    def relevant(self, question: str, passages: Sequence[Passage]) -> list[Passage]:
+        """The passages, or none when the best of them is under the relevance floor (`min_relevance`)."""
+        floor = self.settings.min_relevance
+        if not floor or not passages or max(self.relevance(question, passages)) >= floor:
+            return list(passages)
+        return []
 
     def augment_with(self, messages: list[dict[str, str]], passages: Sequence[Passage], tokenizer: Any,
                      budget_tokens: int) -> list[dict[str, str]]:
-        """The conversation with these passages, best first, in its last user turn, within the budget:
-        the one prompt builder of training (RAFT), compare, chat, serve, the server and the UI."""
+        """The conversation with these passages, best first, in its last user turn, within the budget
+        (none when the best is under the relevance floor): the one prompt builder of training (RAFT),
+        compare, chat, serve, the server and the UI."""
+        passages = self.relevant(messages[-1]["content"], passages)
         budget = min(budget_tokens, self.settings.max_prompt_tokens)
         return fit_passages(messages, [p.text for p in passages], tokenizer, budget, self.settings.min_passage_tokens,
                             context_header(self.settings))

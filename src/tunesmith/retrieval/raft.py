@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
+import numpy as np
+
 from ..data import QA, answered_questions, read_records
 from ..data.render import encode_text
 from ..evaluation.text_metrics import answer_tokens
-from ..settings import RetrievalSettings, RetrievalTrainConfig
+from ..settings import MIN_RELEVANCE_MISS, RetrievalSettings, RetrievalTrainConfig
 from .chunking import Passage
 from .context import Retriever
 from .recall import ANSWER_F1, answer_f1s
@@ -61,6 +63,10 @@ class RaftSummary:
     measured_recall: float
     """The retriever's recall@top_k on these questions (rows with a gold passage): gold_share's default."""
     roles: dict[str, int]
+    min_relevance: float
+    """The relevance floor the prompts were built with (0: none), measured when the config left it None."""
+    without_passages: int
+    """Rows whose prompt has no passage (the floor's, hand-off rows included), trained to hand off."""
 
 
 def gold_index(reference: str, knowledge: Sequence[Counter]) -> int | None:
@@ -85,11 +91,14 @@ def assign_roles(n: int, gold_share: float, handoff_share: float, seed: int) -> 
 
 
 def choose_passages(role: Role, retrieved: Sequence[Passage], holds: Sequence[bool], gold: Passage | None,
-                    k: int, rng: random.Random) -> list[Passage]:
+                    k: int, rng: random.Random, floor: bool = False) -> list[Passage]:
     """The k passages of a row's prompt. gold (and no_gold): the retrieved top k, as compare puts them
     into its prompt — with the gold passage put in at a seeded place for the last one when none of
     the k holds the answer. handoff and distractors: the best retrieved passages that do not hold the
-    answer (mined distractors)."""
+    answer (mined distractors); with a relevance `floor`, a hand-off row has none, as the deployed
+    retriever gives where no passage is relevant."""
+    if role == "handoff" and floor:
+        return []
     if role in ("gold", "no_gold"):
         chosen = list(retrieved[:k])
         if role == "gold" and gold is not None and not any(holds[:k]):
@@ -117,6 +126,12 @@ def raft_examples(questions: Sequence[QA], retriever: Retriever, config: Retriev
              for q, row in zip(questions, ranked)]
     with_gold = [i for i, g in enumerate(golds) if g is not None]
     recall = sum(any(holds[i][:k]) for i in with_gold) / len(with_gold) if with_gold else 0.0
+    floor = config.min_relevance
+    if floor is None:  # measured: the best passage of MIN_RELEVANCE_MISS of the found questions is under it
+        best = [max(retriever.relevance(questions[i].messages[-1]["content"], ranked[i][:k])) for i in with_gold
+                if any(holds[i][:k])]
+        floor = round(float(np.quantile(best, MIN_RELEVANCE_MISS)), 4) if best else 0.0
+    retriever = dataclasses.replace(retriever, settings=dataclasses.replace(retriever.settings, min_relevance=floor))
     gold_share = recall if config.gold_share is None else config.gold_share
     handoff_share = 1.0 - gold_share if config.handoff_share is None else min(config.handoff_share, 1.0 - gold_share)
     roles: list[Role] = ["no_gold"] * len(questions)
@@ -126,8 +141,9 @@ def raft_examples(questions: Sequence[QA], retriever: Retriever, config: Retriev
     for q, role, row, held, g in zip(questions, roles, ranked, holds, golds):
         rng = random.Random(f"raft:{seed}:{q.source}")
         gold = retriever.passages[g] if g is not None else None
-        passages = choose_passages(role, row, held, gold, k, rng)
-        answer = config.handoff if role == "handoff" else q.reference
+        passages = retriever.relevant(q.messages[-1]["content"], choose_passages(role, row, held, gold, k, rng,
+                                                                                 bool(floor)))
+        answer = config.handoff if role == "handoff" or (floor and not passages) else q.reference
         budget = max_seq_tokens - len(encode_text(tokenizer, answer)) - ANSWER_TEMPLATE_TOKENS
         prompt = retriever.augment_with(q.messages, passages, tokenizer, budget)
         if role == "gold" and config.cite and passages:
@@ -135,7 +151,8 @@ def raft_examples(questions: Sequence[QA], retriever: Retriever, config: Retriev
                 p.text for p in passages]).__getitem__))
         examples.append(RaftExample(q.source, role, tuple(passages),
                                     prompt + [{"role": "assistant", "content": answer}]))
-    summary = RaftSummary(gold_share, handoff_share, recall, {r: roles.count(r) for r in ROLES})
+    summary = RaftSummary(gold_share, handoff_share, recall, {r: roles.count(r) for r in ROLES}, floor,
+                          sum(not e.passages for e in examples))
     return examples, summary
 
 
@@ -185,13 +202,15 @@ def prepare_raft_data(config: Any, tokenizer: Any, options: dict[str, Any], fold
         examples, built = raft_examples(questions, retriever, resolved, tokenizer, config.max_seq_tokens, config.seed)
         if name == "data":  # the eval file is built with the shares the training file resolved
             summary = built
-            resolved = dataclasses.replace(section, gold_share=built.gold_share, handoff_share=built.handoff_share)
+            resolved = dataclasses.replace(section, gold_share=built.gold_share, handoff_share=built.handoff_share,
+                                           min_relevance=built.min_relevance)
         key = hashlib.sha256(json.dumps([e.messages for e in examples]).encode()).hexdigest()[:16]
         out[name] = str(raft_data_file(path, examples, key, folder))
     assert summary is not None and out["data"] is not None
     log(f"retrieval: {len(retriever.passages)} passages; gold share {summary.gold_share:.2f} (recall@"
-        f"{section.top_k} {summary.measured_recall:.2f}), hand-off share {summary.handoff_share:.2f}; rows: "
-        + ", ".join(f"{r} {n}" for r, n in summary.roles.items()))
+        f"{section.top_k} {summary.measured_recall:.2f}), hand-off share {summary.handoff_share:.2f}, relevance "
+        f"floor {summary.min_relevance:.2f}" + (" (measured)" if section.min_relevance is None else "") + "; rows: "
+        + ", ".join(f"{r} {n}" for r, n in summary.roles.items()) + f"; {summary.without_passages} without passages")
     return RaftData(out["data"], out["eval"], resolved, summary)
 
 
@@ -249,7 +268,7 @@ def chat_retrieval(run_config: Any, knowledge: str | Path | None, settings: Retr
     shown: list[str] = []  # the sources of the passages in the last prompt, for its citations
 
     def augment(messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        passages = retriever.retrieve([messages[-1]["content"]])[0]
+        passages = retriever.find(messages[-1]["content"])
         shown[:] = [p.source for p in passages]
         return retriever.augment_with(messages, passages, tokenizer, budget)
 

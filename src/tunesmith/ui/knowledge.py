@@ -41,7 +41,7 @@ class Retrievers:
 
         with self.lock:
             if (path, settings) not in self.loaded:
-                if settings.retriever != "bm25":
+                if settings.retriever != "bm25" or settings.min_relevance:  # the floor's embeddings too
                     self.embedder = self.embedder or Embedder.load()
                 self.loaded[path, settings] = Retriever.load(path, settings, embedder=self.embedder)
             return self.loaded[path, settings]
@@ -54,7 +54,7 @@ class Retrievers:
             raise RequestError(400, "'messages' must end with a user turn with text content", "messages")
         if retriever is None:  # a model that answers without passages
             return {"passages": [], "sources": [], "cite": False, "budget_tokens": None, "messages": messages}
-        passages = retriever.retrieve([messages[-1]["content"]])[0]
+        passages = retriever.find(messages[-1]["content"])
         budget = retriever.prompt_budget(self.model, max_tokens)
         return {"passages": [{"text": p.text, "source": p.source} for p in passages],
                 "sources": [p.source for p in passages], "cite": retriever.settings.cite, "budget_tokens": budget,
