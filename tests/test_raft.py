@@ -213,6 +213,19 @@ def test_a_measured_floor_trains_the_handoff_on_prompts_without_passages(knowled
     assert resolved.answer_settings().min_relevance == summary.min_relevance  # what the run answers with
 
 
+def test_the_floor_embeds_each_text_once(knowledge, tiny_tokenizer, monkeypatch):
+    encoded: list[str] = []
+    embedder = WordEmbedder()
+    monkeypatch.setattr(embedder, "encode", lambda texts: encoded.extend(texts) or WordEmbedder().encode(texts))
+    retriever = Retriever.load(knowledge, RetrievalSettings(retriever="bm25", top_k=3, handoff=HANDOFF, cite=True),
+                               embedder=embedder)
+    raft_examples(questions(), retriever, section(knowledge, min_relevance=None), tiny_tokenizer, 1024, seed=0)
+    assert encoded and len(encoded) == len(set(encoded))  # measured floor, chosen passages, prompts: once each
+    monkeypatch.setattr("tunesmith.retrieval.context.EMBED_MEMO", 3)
+    retriever.embed(["a", "b", "c", "d"])
+    assert list(retriever.vectors) == ["b", "c", "d"]  # the newest kept
+
+
 def test_a_handoff_is_recognised_in_its_light_variants():
     assert is_handoff(HANDOFF, HANDOFF)
     assert is_handoff("i can't find that in our documentation; I'll pass your question to a colleague [2]", HANDOFF)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunesmith.commands.compare import question_splits, rag_prompts, run_settings, sample
+from tunesmith.commands.compare import prompt_passages, question_splits, rag_prompts, run_settings, sample
 from tunesmith.inference.decode import adapters_merged
 from tunesmith.retrieval import Retriever
 from tunesmith.run import RunDir, load_run_and_base
@@ -54,8 +54,7 @@ def main() -> None:
     with adapters_merged(model) as decoding, torch.no_grad():
         handoff = np.array([float(decoding(torch.tensor([p])).logits[0, -1].float().log_softmax(-1)[first])
                             for p in prompts])
-    chosen = [list(row[:top]) for row in ranked] + [[p for p, x in zip(row, h) if not x][:top]
-                                                    for row, h in zip(ranked, holds)]
+    chosen = prompt_passages(ranked, holds, top, n)
     relevance = np.array([max(retriever.relevance(q, c)) for q, c in zip(asked + asked, chosen)])
     model_found, model_unans = handoff[:n][found], handoff[n:]
     print(f"{args.run}: {int(found.sum())} found, {n} unanswerable")

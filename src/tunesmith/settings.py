@@ -103,6 +103,11 @@ class RetrievalSettings:
     similarity under this with the question (all-MiniLM-L6-v2 embeddings, whatever the retriever), so
     a run trained with `retrieval:` gives its hand-off. None or 0: every retrieved passage goes in."""
 
+    @property
+    def uses_embedder(self) -> bool:
+        """Whether answering needs the embedding model: dense and hybrid rank with it, a floor measures with it."""
+        return self.retriever != "bm25" or bool(self.min_relevance)
+
     def __post_init__(self) -> None:
         require(self.min_relevance is None or 0.0 <= self.min_relevance <= 1.0, "retrieval.min_relevance",
                 f"must be in [0, 1], got {self.min_relevance}")

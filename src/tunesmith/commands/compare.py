@@ -194,15 +194,21 @@ def raft_splits(scores: dict[str, dict[str, np.ndarray]], answers: dict[str, lis
     return out
 
 
+def prompt_passages(ranked: Sequence[Sequence[Passage]], holds: Sequence[Sequence[bool]], top: int,
+                    n_unanswerable: int) -> list[list[Passage]]:
+    """The +rag systems' passages: each question's top `top`, then for the first `n_unanswerable` the
+    top of those that do not hold its answer (before the relevance floor, which the prompt builder applies)."""
+    return [list(row[:top]) for row in ranked] + [[p for p, x in zip(row, held) if not x][:top] for row, held
+                                                  in zip(ranked[:n_unanswerable], holds[:n_unanswerable])]
+
+
 def rag_prompts(retriever: Retriever, questions: Sequence[QA], ranked: Sequence[Sequence[Passage]], tokenizer: Any,
                 budget: int, n_unanswerable: int) -> tuple[list[list[bool]], list[list[int]]]:
     """Whether each ranked passage holds its question's answer, and the +rag systems' prompts: each
     question's top_k passages, then for the first `n_unanswerable` (held-out) questions the top_k of
     those that do not hold it (the unanswerable split of a run trained with retrieval)."""
-    top = retriever.settings.top_k
     holds = [[token_f1(p.text, q.reference) >= ANSWER_F1 for p in row] for q, row in zip(questions, ranked)]
-    chosen = [list(row[:top]) for row in ranked] + [[p for p, x in zip(row, held) if not x][:top] for row, held
-                                                    in zip(ranked[:n_unanswerable], holds[:n_unanswerable])]
+    chosen = prompt_passages(ranked, holds, retriever.settings.top_k, n_unanswerable)
     questions = list(questions) + list(questions[:n_unanswerable])
     return holds, [encode_prompt(retriever.augment_with(q.messages, passages, tokenizer, budget), tokenizer)
                    for q, passages in zip(questions, chosen)]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
+
+import numpy as np
 
 from ..data.render import encode_prompt, encode_text
 from ..settings import RetrievalSettings
@@ -70,6 +72,11 @@ def fit_passages(messages: list[dict[str, str]], passages: Sequence[str], tokeni
     return with_passages(messages, kept, header)
 
 
+EMBED_MEMO = 8192
+"""Texts whose vectors a Retriever keeps (about 12 MiB at MiniLM's 384 dimensions): a RAFT data set's
+questions and passages, or a service's recent questions."""
+
+
 @dataclass
 class Retriever:
     """A knowledge source's passages and what searches them: the MiniLM vector index and its
@@ -80,6 +87,9 @@ class Retriever:
     index: VectorIndex | None = None
     embedder: Embedder | None = None
     lexical: LexicalIndex | None = None
+    vectors: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+    """Unit vectors of the texts `embed` has met, the newest EMBED_MEMO kept: the relevance floor of a
+    prompt and of its passages' choice embed each question and passage once."""
 
     @classmethod
     def load(cls, knowledge: str | Path, settings: RetrievalSettings = RetrievalSettings(),
@@ -87,7 +97,7 @@ class Retriever:
         """The retriever of a knowledge source; its passages (and vectors) from the cache where the
         same files were read before, the embedding model loaded only when the retriever uses it."""
         index = None
-        if settings.retriever != "bm25" or settings.min_relevance:  # the floor is the embeddings' cosine
+        if settings.uses_embedder:
             embedder = embedder or Embedder.load()
         if settings.retriever == "bm25":
             passages = load_or_read_passages(knowledge, settings.chunk_words, settings.overlap_words, log,
@@ -138,12 +148,22 @@ class Retriever:
         passages = self.find(messages[-1]["content"])
         return self.augment_with(messages, passages, tokenizer, budget_tokens), [p.source for p in passages]
 
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, d) unit vectors of the texts in all-MiniLM-L6-v2's embeddings (loaded here for a bm25
+        retriever whose floor is still to be measured): those not met before are encoded together."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self.vectors))
+        if missing:
+            if self.embedder is None:
+                self.embedder = Embedder.load()
+            self.vectors.update(zip(missing, self.embedder.encode(missing)))
+        out = np.stack([self.vectors[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+        for oldest in list(self.vectors)[: max(0, len(self.vectors) - EMBED_MEMO)]:
+            del self.vectors[oldest]
+        return out
+
     def relevance(self, question: str, passages: Sequence[Passage]) -> list[float]:
-        """Each passage's cosine similarity with the question, in all-MiniLM-L6-v2's embeddings (loaded
-        here for a bm25 retriever whose floor is still to be measured)."""
-        if self.embedder is None:
-            self.embedder = Embedder.load()
-        vectors = self.embedder.encode([question, *(p.text for p in passages)])
+        """Each passage's cosine similarity with the question (`embed`)."""
+        vectors = self.embed([question, *(p.text for p in passages)])
         return [float(v) for v in vectors[1:] @ vectors[0]]
 
     def relevant(self, question: str, passages: Sequence[Passage]) -> list[Passage]:

@@ -127,6 +127,8 @@ def raft_examples(questions: Sequence[QA], retriever: Retriever, config: Retriev
     with_gold = [i for i, g in enumerate(golds) if g is not None]
     recall = sum(any(holds[i][:k]) for i in with_gold) / len(with_gold) if with_gold else 0.0
     floor = config.min_relevance
+    if floor != 0:  # every question and candidate embedded once, in batches, for the floor
+        retriever.embed([q.messages[-1]["content"] for q in questions] + [p.text for row in ranked for p in row])
     if floor is None:  # measured: the best passage of MIN_RELEVANCE_MISS of the found questions is under it
         best = [max(retriever.relevance(questions[i].messages[-1]["content"], ranked[i][:k])) for i in with_gold
                 if any(holds[i][:k])]

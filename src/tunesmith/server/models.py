@@ -53,7 +53,7 @@ class ServedJobs(Served):
         with self.lock:
             if job_id not in self.retrievers:
                 config = RunDir(runs_dir(self.home) / job_id).config()
-                if config.retrieval is not None and config.retrieval.retriever != "bm25":
+                if config.retrieval is not None and config.retrieval.answer_settings().uses_embedder:
                     self.embedder = self.embedder or Embedder.load()
                 self.retrievers[job_id] = run_retriever(config, embedder=self.embedder)
             return self.retrievers[job_id]

@@ -41,7 +41,7 @@ class Retrievers:
 
         with self.lock:
             if (path, settings) not in self.loaded:
-                if settings.retriever != "bm25" or settings.min_relevance:  # the floor's embeddings too
+                if settings.uses_embedder:
                     self.embedder = self.embedder or Embedder.load()
                 self.loaded[path, settings] = Retriever.load(path, settings, embedder=self.embedder)
             return self.loaded[path, settings]
