@@ -1,5 +1,6 @@
 """Config: one home per default, unknown keys suggested, shipped configs parse."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,17 @@ def test_a_method_that_is_an_objective_names_the_objective_key():
         load_config(None, {"data": "x.jsonl", "method": "dpo"})
     with pytest.raises(ConfigError, match="must be one of lora, dora, full, qlora, got 'lorax'"):
         load_config(None, {"data": "x.jsonl", "method": "lorax"})
+
+
+def test_a_refused_value_names_the_file_and_line_of_its_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: d.jsonl\nlr: 0.001\nretrieval:\n  knowledge: kb.jsonl\n  min_relevance: 1.5\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value) == f"{path}:5: config key 'retrieval.min_relevance' must be in [0, 1], got 1.5"
+    path.write_text("data: d.jsonl\nlr: -1\n")
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}:2: config key 'lr' must be positive"):
+        load_config(path)
+    path.write_text("data: d.jsonl\n")  # a flag's value is not the file's: no file or line is named
+    with pytest.raises(ConfigError, match="^config key 'lr' must be positive"):
+        load_config(path, {"lr": -1.0})

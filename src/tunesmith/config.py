@@ -13,6 +13,7 @@ from typing import Any, Literal, get_args, get_type_hints
 
 import yaml
 
+from .config_file import placed, read_config_file
 from .config_names import OTHER_TOOLS_NAMES, other_key_of
 from .config_values import coerce_value
 from .errors import ConfigError, require
@@ -371,21 +372,6 @@ COMMAND_SECTIONS = ("tune",)
 run: `load_config` drops them, so one YAML serves `tune` and `train` and a run's config never holds one."""
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """A YAML config file's top-level mapping as plain data; bad YAML is a ConfigError naming the line."""
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of config keys, got {type(loaded).__name__}")
-    return loaded
-
-
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML config (or none), apply non-None overrides, and build a checked TrainConfig."""
     raw: dict[str, Any] = {}
@@ -400,10 +386,11 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             if isinstance(section, dict) and key in section:
                 value = section[key]
                 section[key] = [_beside(path, v) for v in value] if isinstance(value, list) else _beside(path, value)
-    for key, value in (overrides or {}).items():
-        if value is not None:
-            raw[key] = value
-    return config_from_dict(raw, source=str(path) if path else "command line")
+    overridden = {key: value for key, value in (overrides or {}).items() if value is not None}
+    try:
+        return config_from_dict({**raw, **overridden}, source=str(path) if path else "command line")
+    except ConfigError as exc:
+        raise (exc if path is None else placed(exc, path, overridden)) from None
 
 
 def _beside(config_path: Path, value: Any) -> Any:
